@@ -1,0 +1,61 @@
+package codec
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"strings"
+)
+
+// The outbound messages audiofan sends to ACS in bidirectional mode. ACS
+// matches them case-insensitively (its own SDK helpers disagree on casing);
+// we always emit the PascalCase kind and camelCase body documented by
+// Microsoft.
+
+// AppendOutboundAudio appends the JSON message that plays pcm (16-bit PCM in
+// the call's format) into the call.
+func AppendOutboundAudio(dst, pcm []byte) []byte {
+	dst = append(dst, `{"kind":"AudioData","audioData":{"data":"`...)
+	dst = base64.StdEncoding.AppendEncode(dst, pcm)
+	return append(dst, `"}}`...)
+}
+
+// OutboundStopAudio is the JSON message that drops audio ACS has queued for
+// playing (barge-in).
+const OutboundStopAudio = `{"kind":"StopAudio","stopAudio":{}}`
+
+// OutboundACS is an outbound message as ACS would read it.
+type OutboundACS struct {
+	// Kind is OutboundKindAudio or OutboundKindStop.
+	Kind string
+	PCM  []byte
+}
+
+// ParseOutboundACS reads an outbound message in any of the casings the
+// official helpers emit (JS: kind "audioData" with a spurious "stopAudio":{};
+// .NET and Python: "Kind"/"AudioData"/"Data"). It is what a fake ACS needs.
+func ParseOutboundACS(msg []byte) (OutboundACS, error) {
+	var env struct {
+		Kind      string `json:"kind"`
+		AudioData *struct {
+			Data string `json:"data"`
+		} `json:"audioData"`
+	}
+	if err := json.Unmarshal(msg, &env); err != nil {
+		return OutboundACS{}, fmt.Errorf("%w: outbound: %v", ErrMalformed, err)
+	}
+	switch {
+	case strings.EqualFold(env.Kind, "AudioData"):
+		if env.AudioData == nil {
+			return OutboundACS{}, fmt.Errorf("%w: outbound audioData missing", ErrFieldType)
+		}
+		pcm, err := base64.StdEncoding.DecodeString(env.AudioData.Data)
+		if err != nil {
+			return OutboundACS{}, fmt.Errorf("%w: outbound: %v", ErrBase64, err)
+		}
+		return OutboundACS{Kind: OutboundKindAudio, PCM: pcm}, nil
+	case strings.EqualFold(env.Kind, "StopAudio"):
+		return OutboundACS{Kind: OutboundKindStop}, nil
+	}
+	return OutboundACS{}, fmt.Errorf("%w: outbound kind %q", ErrFieldType, env.Kind)
+}
