@@ -30,86 +30,86 @@ const (
 
 // Frame is one AudioData frame on calls.<call>.audio.<participant>.
 type Frame struct {
-	V           int    `msgpack:"v"`
-	Call        string `msgpack:"call"`
-	Participant string `msgpack:"participant"`
+	V           int    `msgpack:"v" json:"v"`
+	Call        string `msgpack:"call" json:"call"`
+	Participant string `msgpack:"participant" json:"participant"`
 	// Seq counts the participant's frames on one socket from 1. It is given
 	// when the frame is received, so a gap means a frame was dropped.
-	Seq        uint64    `msgpack:"seq"`
-	Timestamp  time.Time `msgpack:"timestamp"`
-	ReceivedAt time.Time `msgpack:"receivedAt"`
-	SampleRate int       `msgpack:"sampleRate"`
-	Channels   int       `msgpack:"channels"`
-	Encoding   string    `msgpack:"encoding"`
-	Silent     bool      `msgpack:"silent"`
-	Data       []byte    `msgpack:"data"`
+	Seq        uint64    `msgpack:"seq" json:"seq"`
+	Timestamp  time.Time `msgpack:"timestamp" json:"timestamp"`
+	ReceivedAt time.Time `msgpack:"receivedAt" json:"receivedAt"`
+	SampleRate int       `msgpack:"sampleRate" json:"sampleRate"`
+	Channels   int       `msgpack:"channels" json:"channels"`
+	Encoding   string    `msgpack:"encoding" json:"encoding"`
+	Silent     bool      `msgpack:"silent" json:"silent"`
+	Data       []byte    `msgpack:"data" json:"data"`
 }
 
 // Transcript is one TranscriptionData result on calls.<call>.transcript.<participant>.
 type Transcript struct {
-	V           int     `msgpack:"v"`
-	Call        string  `msgpack:"call"`
-	Participant string  `msgpack:"participant"`
-	Text        string  `msgpack:"text"`
-	Format      string  `msgpack:"format"`
-	Confidence  float64 `msgpack:"confidence"`
+	V           int     `msgpack:"v" json:"v"`
+	Call        string  `msgpack:"call" json:"call"`
+	Participant string  `msgpack:"participant" json:"participant"`
+	Text        string  `msgpack:"text" json:"text"`
+	Format      string  `msgpack:"format" json:"format"`
+	Confidence  float64 `msgpack:"confidence" json:"confidence"`
 	// Offset and Duration are in 100 ns ticks; Duration is -1 when unknown.
-	Offset     int64     `msgpack:"offset"`
-	Duration   int64     `msgpack:"duration"`
-	Words      []Word    `msgpack:"words"`
-	Final      bool      `msgpack:"final"`
-	Sentiment  string    `msgpack:"sentiment"`
-	Language   string    `msgpack:"language"`
-	ReceivedAt time.Time `msgpack:"receivedAt"`
+	Offset     int64     `msgpack:"offset" json:"offset"`
+	Duration   int64     `msgpack:"duration" json:"duration"`
+	Words      []Word    `msgpack:"words" json:"words"`
+	Final      bool      `msgpack:"final" json:"final"`
+	Sentiment  string    `msgpack:"sentiment" json:"sentiment"`
+	Language   string    `msgpack:"language" json:"language"`
+	ReceivedAt time.Time `msgpack:"receivedAt" json:"receivedAt"`
 }
 
 // Dtmf is one tone on calls.<call>.dtmf.<participant>.
 type Dtmf struct {
-	V           int       `msgpack:"v"`
-	Call        string    `msgpack:"call"`
-	Participant string    `msgpack:"participant"`
-	Tone        string    `msgpack:"tone"`
-	Timestamp   time.Time `msgpack:"timestamp"`
-	ReceivedAt  time.Time `msgpack:"receivedAt"`
+	V           int       `msgpack:"v" json:"v"`
+	Call        string    `msgpack:"call" json:"call"`
+	Participant string    `msgpack:"participant" json:"participant"`
+	Tone        string    `msgpack:"tone" json:"tone"`
+	Timestamp   time.Time `msgpack:"timestamp" json:"timestamp"`
+	ReceivedAt  time.Time `msgpack:"receivedAt" json:"receivedAt"`
 }
 
 // Lifecycle marks the start and end of one socket of a call on calls.<call>.lifecycle.
 type Lifecycle struct {
-	V              int       `msgpack:"v"`
-	Call           string    `msgpack:"call"`
-	Type           string    `msgpack:"type"`
-	Stream         string    `msgpack:"stream"`
-	Connection     string    `msgpack:"connection"`
-	Receiver       string    `msgpack:"receiver"`
-	SubscriptionID string    `msgpack:"subscriptionId"`
-	CorrelationID  string    `msgpack:"correlationId"`
-	SampleRate     int       `msgpack:"sampleRate"`
-	Channels       int       `msgpack:"channels"`
-	Encoding       string    `msgpack:"encoding"`
-	At             time.Time `msgpack:"at"`
+	V              int       `msgpack:"v" json:"v"`
+	Call           string    `msgpack:"call" json:"call"`
+	Type           string    `msgpack:"type" json:"type"`
+	Stream         string    `msgpack:"stream" json:"stream"`
+	Connection     string    `msgpack:"connection" json:"connection"`
+	Receiver       string    `msgpack:"receiver" json:"receiver"`
+	SubscriptionID string    `msgpack:"subscriptionId" json:"subscriptionId"`
+	CorrelationID  string    `msgpack:"correlationId" json:"correlationId"`
+	SampleRate     int       `msgpack:"sampleRate" json:"sampleRate"`
+	Channels       int       `msgpack:"channels" json:"channels"`
+	Encoding       string    `msgpack:"encoding" json:"encoding"`
+	At             time.Time `msgpack:"at" json:"at"`
 	// Reason and Frames are set on "ended": Frames maps each participant raw id
 	// ("" for mixed) to the frames stored for it.
-	Reason string            `msgpack:"reason"`
-	Frames map[string]uint64 `msgpack:"frames"`
+	Reason string            `msgpack:"reason" json:"reason"`
+	Frames map[string]uint64 `msgpack:"frames" json:"frames"`
 }
 
 // Event is what a subscriber reports on calls.<call>.events.<source>.
 type Event struct {
-	V           int            `msgpack:"v"`
-	Call        string         `msgpack:"call"`
-	Source      string         `msgpack:"source"`
-	Type        string         `msgpack:"type"`
-	Participant string         `msgpack:"participant"`
-	At          time.Time      `msgpack:"at"`
-	Data        map[string]any `msgpack:"data"`
+	V           int            `msgpack:"v" json:"v"`
+	Call        string         `msgpack:"call" json:"call"`
+	Source      string         `msgpack:"source" json:"source"`
+	Type        string         `msgpack:"type" json:"type"`
+	Participant string         `msgpack:"participant" json:"participant"`
+	At          time.Time      `msgpack:"at" json:"at"`
+	Data        map[string]any `msgpack:"data" json:"data"`
 }
 
 // Outbound asks the receiver holding a call's socket to play audio into the
 // call or to stop what is playing (calls.<call>.outbound).
 type Outbound struct {
-	V    int    `msgpack:"v"`
-	Kind string `msgpack:"kind"`
-	Data []byte `msgpack:"data"`
+	V    int    `msgpack:"v" json:"v"`
+	Kind string `msgpack:"kind" json:"kind"`
+	Data []byte `msgpack:"data" json:"data"`
 }
 
 // Marshal encodes a payload as MessagePack. Frames take the hand-written

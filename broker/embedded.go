@@ -1,0 +1,63 @@
+package broker
+
+import (
+	"fmt"
+	"net"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+)
+
+// EmbeddedConfig configures the NATS server `audiofan serve` runs in-process.
+type EmbeddedConfig struct {
+	// Listen is host:port for clients (the nats CLI, other roles); port 0
+	// picks a free one.
+	Listen string `env:"AUDIOFAN_NATS_LISTEN" envDefault:"127.0.0.1:4222" help:"where the embedded NATS server listens (serve only; port 0 = any free port)"`
+	// StoreDir holds the JetStream store.
+	StoreDir string `env:"-"`
+	// ServerName names the server in logs and in JetStream's metadata.
+	ServerName string `env:"-"`
+}
+
+// StartEmbedded starts a NATS server with JetStream and waits until it takes
+// connections. The caller shuts it down (Shutdown, then WaitForShutdown).
+func StartEmbedded(cfg EmbeddedConfig) (*server.Server, error) {
+	host, portStr, err := net.SplitHostPort(cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("embedded nats listen %q: %w", cfg.Listen, err)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil || port < 0 || port > 65535 {
+		return nil, fmt.Errorf("embedded nats listen %q: bad port", cfg.Listen)
+	}
+	if port == 0 {
+		port = server.RANDOM_PORT
+	}
+	name := cfg.ServerName
+	if name == "" {
+		name = "audiofan-embedded"
+	}
+	opts := &server.Options{
+		ServerName: name,
+		Host:       host,
+		Port:       port,
+		JetStream:  true,
+		StoreDir:   filepath.Clean(cfg.StoreDir),
+		// The store holds call audio, not secrets of the server; a clean
+		// shutdown syncs it, and JetStream's default sync interval bounds what
+		// a power loss can take.
+		NoSigs: true,
+	}
+	ns, err := server.NewServer(opts)
+	if err != nil {
+		return nil, fmt.Errorf("embedded nats: %w", err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(30 * time.Second) {
+		ns.Shutdown()
+		return nil, fmt.Errorf("embedded nats on %s: not ready after 30s", cfg.Listen)
+	}
+	return ns, nil
+}

@@ -1,0 +1,327 @@
+package broker_test
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/caarlos0/env/v11"
+	"github.com/gorilla/websocket"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/audiofan/audiofan/broker"
+	"github.com/audiofan/audiofan/broker/natstest"
+	"github.com/audiofan/audiofan/codec"
+)
+
+// harness runs a receiver against an embedded JetStream, both on random ports.
+type harness struct {
+	t      *testing.T
+	ns     *natstest.Server
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	sc     broker.StreamConfig
+	rc     broker.ReceiverConfig
+	r      *broker.Receiver
+	reg    *prometheus.Registry
+	addr   string
+	cancel context.CancelFunc
+	done   chan error
+}
+
+// defaults returns settings as the environment-free defaults give them.
+func defaults[T any](t testing.TB) T {
+	var v T
+	if err := env.ParseWithOptions(&v, env.Options{Environment: map[string]string{}}); err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+func testLogger() *slog.Logger {
+	if os.Getenv("AUDIOFAN_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+func newHarness(t *testing.T, modify func(*broker.ReceiverConfig)) *harness {
+	t.Helper()
+	h := &harness{t: t, ns: natstest.Start(t), sc: defaults[broker.StreamConfig](t), rc: defaults[broker.ReceiverConfig](t)}
+	h.rc.HTTPAddr = "127.0.0.1:0"
+	h.rc.Instance = "test-receiver"
+	if modify != nil {
+		modify(&h.rc)
+	}
+	if err := h.rc.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	nc, err := nats.Connect(h.ns.URL(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.nc = nc
+	if h.js, err = broker.NewJetStream(nc, h.rc.Publish); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := broker.EnsureStream(ctx, h.js, h.sc); err != nil {
+		t.Fatal(err)
+	}
+	h.reg = prometheus.NewRegistry()
+	h.r = broker.NewReceiver(h.rc, h.sc, nc, h.js, h.reg, testLogger())
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.addr = ln.Addr().String()
+	sctx, scancel := context.WithCancel(context.Background())
+	h.cancel, h.done = scancel, make(chan error, 1)
+	go func() { h.done <- h.r.Serve(sctx, ln, promhttp.HandlerFor(h.reg, promhttp.HandlerOpts{})) }()
+	t.Cleanup(func() {
+		h.stop()
+		nc.Close()
+	})
+	return h
+}
+
+// stop drains the receiver and waits for Serve to return.
+func (h *harness) stop() {
+	if h.cancel == nil {
+		return
+	}
+	h.cancel()
+	h.cancel = nil
+	select {
+	case err := <-h.done:
+		if err != nil {
+			h.t.Errorf("Serve: %v", err)
+		}
+	case <-time.After(60 * time.Second):
+		h.t.Error("Serve did not return after drain")
+	}
+}
+
+func (h *harness) wsURL(query string) string { return "ws://" + h.addr + "/ws" + query }
+
+// counter reads a counter of the receiver's registry.
+func (h *harness) counter(name string, labels ...string) float64 {
+	h.t.Helper()
+	mfs, err := h.reg.Gather()
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	metric:
+		for _, m := range mf.GetMetric() {
+			for i := 0; i+1 < len(labels); i += 2 {
+				found := false
+				for _, lp := range m.GetLabel() {
+					if lp.GetName() == labels[i] && lp.GetValue() == labels[i+1] {
+						found = true
+					}
+				}
+				if !found {
+					continue metric
+				}
+			}
+			if c := m.GetCounter(); c != nil {
+				return c.GetValue()
+			}
+			return m.GetGauge().GetValue()
+		}
+	}
+	return 0
+}
+
+
+// stored is one message read back from the stream.
+type stored struct {
+	subject string
+	msgID   string
+	seq     uint64
+	info    broker.SubjectInfo
+	payload any
+}
+
+// readStream waits until the stream holds `ended` lifecycle messages for
+// wantEnded sockets, then returns every message in stream order.
+func (h *harness) readStream(wantEnded int) []stored {
+	h.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		msgs := h.readAll()
+		ended := 0
+		for _, m := range msgs {
+			if lc, ok := m.payload.(*codec.Lifecycle); ok && lc.Type == codec.LifecycleEnded {
+				ended++
+			}
+		}
+		if ended >= wantEnded {
+			return msgs
+		}
+		if time.Now().After(deadline) {
+			h.t.Fatalf("stream holds %d ended lifecycles after 30s, want %d", ended, wantEnded)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (h *harness) readAll() []stored {
+	h.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	s, err := h.js.Stream(ctx, h.sc.Name)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	n := int(info.State.Msgs)
+	if n == 0 {
+		return nil
+	}
+	cons, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	subj := h.sc.Subjects()
+	out := make([]stored, 0, n)
+	for len(out) < n {
+		batch, err := cons.Fetch(n-len(out), jetstream.FetchMaxWait(5*time.Second))
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		got := 0
+		for m := range batch.Messages() {
+			got++
+			md, _ := m.Metadata()
+			info, err := subj.Parse(m.Subject())
+			if err != nil {
+				h.t.Fatalf("stored subject %q: %v", m.Subject(), err)
+			}
+			st := stored{subject: m.Subject(), msgID: m.Headers().Get(jetstream.MsgIDHeader), seq: md.Sequence.Stream, info: info}
+			switch info.Kind {
+			case broker.KindAudio:
+				st.payload = &codec.Frame{}
+			case broker.KindTranscript:
+				st.payload = &codec.Transcript{}
+			case broker.KindDtmf:
+				st.payload = &codec.Dtmf{}
+			case broker.KindLifecycle:
+				st.payload = &codec.Lifecycle{}
+			default:
+				h.t.Fatalf("unexpected subject %q", m.Subject())
+			}
+			if err := codec.Unmarshal(m.Data(), st.payload); err != nil {
+				h.t.Fatalf("%s: %v", m.Subject(), err)
+			}
+			out = append(out, st)
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
+			h.t.Fatal(err)
+		}
+		if got == 0 {
+			h.t.Fatalf("read %d of %d stored messages", len(out), n)
+		}
+	}
+	return out
+}
+
+// acs is a test client that speaks to the receiver as ACS does.
+type acs struct {
+	t *testing.T
+	c *websocket.Conn
+}
+
+func dialACS(t *testing.T, url string, header http.Header) *acs {
+	t.Helper()
+	c, resp, err := websocket.DefaultDialer.Dial(url, header)
+	if err != nil {
+		status := 0
+		if resp != nil {
+			status = resp.StatusCode
+		}
+		t.Fatalf("dial %s: %v (HTTP %d)", url, err, status)
+	}
+	return &acs{t: t, c: c}
+}
+
+func (a *acs) sendRaw(msg string) {
+	a.t.Helper()
+	if err := a.c.WriteMessage(websocket.TextMessage, []byte(msg)); err != nil {
+		a.t.Fatalf("send: %v", err)
+	}
+}
+
+func (a *acs) send(v any) {
+	a.t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		a.t.Fatal(err)
+	}
+	a.sendRaw(string(b))
+}
+
+func (a *acs) audioMetadata(subscriptionID string, rate int) {
+	a.send(map[string]any{"kind": "AudioMetadata", "audioMetadata": map[string]any{
+		"subscriptionId": subscriptionID, "encoding": "PCM", "sampleRate": rate, "channels": 1, "length": rate / 50 * 2}})
+}
+
+func (a *acs) audio(ts time.Time, participant string, pcm []byte, silent bool) {
+	body := map[string]any{"timestamp": ts.UTC().Format("2006-01-02T15:04:05.000Z"), "data": base64.StdEncoding.EncodeToString(pcm), "silent": silent}
+	if participant != "" {
+		body["participantRawID"] = participant
+	}
+	a.send(map[string]any{"kind": "AudioData", "audioData": body})
+}
+
+// close says goodbye as ACS does and waits for the receiver to close too.
+func (a *acs) close() {
+	_ = a.c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(time.Second))
+	a.waitClosed()
+}
+
+// waitClosed reads until the receiver closes the socket and returns its close code.
+func (a *acs) waitClosed() int {
+	_ = a.c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	for {
+		if _, _, err := a.c.ReadMessage(); err != nil {
+			_ = a.c.Close()
+			var ce *websocket.CloseError
+			if errors.As(err, &ce) {
+				return ce.Code
+			}
+			return -1
+		}
+	}
+}
+
+// frameOf returns distinct PCM for (participant index, frame index).
+func frameOf(p, i, size int) []byte {
+	b := make([]byte, size)
+	for j := range b {
+		b[j] = byte(p*31 + i*7 + j)
+	}
+	return b
+}
+
+func fmtMsgID(conn string, n int) string { return fmt.Sprintf("%s/%d", conn, n) }

@@ -1,0 +1,78 @@
+package broker
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Reasons label why an inbound message was refused. The set is fixed so the
+// metric's cardinality is too.
+const (
+	reasonJSON        = "json"
+	reasonFieldType   = "field_type"
+	reasonBase64      = "base64"
+	reasonPCMLength   = "pcm_length"
+	reasonTimestamp   = "timestamp"
+	reasonNoMetadata  = "no_metadata"
+	reasonSampleRate  = "sample_rate"
+	reasonChannels    = "channels"
+	reasonEncoding    = "encoding"
+	reasonTooLarge    = "too_large"
+	reasonBadID       = "bad_id"
+	reasonFlood       = "flood"
+	reasonFrameType   = "frame_type"
+	dropBackpressure  = "backpressure"
+	dropPublishFailed = "publish_failed"
+	dropRejected      = "rejected"
+)
+
+// metrics are the receiver's Prometheus collectors. None has a per-call label.
+type metrics struct {
+	connsOpen     prometheus.Gauge
+	conns         *prometheus.CounterVec
+	closes        *prometheus.CounterVec
+	messages      *prometheus.CounterVec
+	invalid       *prometheus.CounterVec
+	dropped       *prometheus.CounterVec
+	stored        *prometheus.CounterVec
+	retries       prometheus.Counter
+	ackLatency    prometheus.Histogram
+	inflight      prometheus.Gauge
+	draining      prometheus.Gauge
+	noMetadata    prometheus.Counter
+	logSuppressed prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		connsOpen: prometheus.NewGauge(prometheus.GaugeOpts{Name: "audiofan_receiver_connections_open", Help: "ACS WebSocket connections open now."}),
+		conns: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "audiofan_receiver_connections_total",
+			Help: "WebSocket upgrade requests by result: accepted, draining, limit, unauthorized, bad_request, upgrade_failed."}, []string{"result"}),
+		closes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "audiofan_receiver_connections_closed_total",
+			Help: "Closed connections by reason: peer, error, drain, invalid, flood, too_large, idle."}, []string{"reason"}),
+		messages: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "audiofan_receiver_messages_total",
+			Help: "ACS messages read, by kind (AudioData, AudioMetadata, ..., Unknown)."}, []string{"kind"}),
+		invalid: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "audiofan_receiver_invalid_messages_total",
+			Help: "ACS messages refused, by reason."}, []string{"reason"}),
+		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "audiofan_receiver_dropped_total",
+			Help: "Valid messages not stored: backpressure (publish window full), publish_failed (retries ran out), rejected (JetStream refused)."}, []string{"reason"}),
+		stored: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "audiofan_receiver_stored_total",
+			Help: "Messages acknowledged by JetStream, by subject kind."}, []string{"kind"}),
+		retries: prometheus.NewCounter(prometheus.CounterOpts{Name: "audiofan_receiver_publish_retries_total", Help: "Publishes sent again with the same Nats-Msg-Id."}),
+		ackLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "audiofan_receiver_publish_ack_seconds",
+			Help:    "Time from receiving an ACS message to JetStream's acknowledgement of it, as seen when the socket next looks.",
+			Buckets: []float64{.0005, .001, .002, .005, .01, .02, .05, .1, .25, .5, 1, 2.5, 5, 10}}),
+		inflight:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "audiofan_receiver_publish_inflight", Help: "Messages published and not yet acknowledged, all sockets."}),
+		draining:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "audiofan_receiver_draining", Help: "1 while the receiver drains for shutdown."}),
+		noMetadata:    prometheus.NewCounter(prometheus.CounterOpts{Name: "audiofan_receiver_connections_without_metadata_total", Help: "Connections that closed before any metadata message."}),
+		logSuppressed: prometheus.NewCounter(prometheus.CounterOpts{Name: "audiofan_receiver_log_suppressed_total", Help: "Warnings about bad input not logged because of the log rate limit."}),
+	}
+	reg.MustRegister(m.connsOpen, m.conns, m.closes, m.messages, m.invalid, m.dropped, m.stored, m.retries, m.ackLatency, m.inflight, m.draining, m.noMetadata, m.logSuppressed)
+	for _, r := range []string{reasonJSON, reasonFieldType, reasonBase64, reasonPCMLength, reasonTimestamp, reasonNoMetadata, reasonSampleRate,
+		reasonChannels, reasonEncoding, reasonTooLarge, reasonBadID, reasonFlood, reasonFrameType} {
+		m.invalid.WithLabelValues(r)
+	}
+	for _, r := range []string{dropBackpressure, dropPublishFailed, dropRejected} {
+		m.dropped.WithLabelValues(r)
+	}
+	return m
+}

@@ -1,0 +1,65 @@
+// Package natstest starts embedded NATS servers with JetStream for tests: a
+// random port and a temporary store per server, never a server already
+// running. Only tests import it.
+package natstest
+
+import (
+	"fmt"
+	"net"
+	"testing"
+
+	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/audiofan/audiofan/broker"
+)
+
+// Server is a test NATS server that can be stopped and started again on the
+// same port and store, to test what survives a restart.
+type Server struct {
+	t    testing.TB
+	Dir  string
+	Addr string
+	NS   *server.Server
+}
+
+// Start starts a server on a free loopback port with a store under t.TempDir().
+func Start(t testing.TB) *Server {
+	t.Helper()
+	s := &Server{t: t, Dir: t.TempDir(), Addr: freeAddr(t)}
+	s.Restart()
+	t.Cleanup(s.Stop)
+	return s
+}
+
+// URL is the client URL.
+func (s *Server) URL() string { return "nats://" + s.Addr }
+
+// Stop shuts the server down and waits; it may be started again with Restart.
+func (s *Server) Stop() {
+	if s.NS == nil {
+		return
+	}
+	s.NS.Shutdown()
+	s.NS.WaitForShutdown()
+	s.NS = nil
+}
+
+// Restart starts the server (again) on the same port and store.
+func (s *Server) Restart() {
+	s.t.Helper()
+	ns, err := broker.StartEmbedded(broker.EmbeddedConfig{Listen: s.Addr, StoreDir: s.Dir, ServerName: "natstest"})
+	if err != nil {
+		s.t.Fatalf("start nats: %v", err)
+	}
+	s.NS = ns
+}
+
+func freeAddr(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return fmt.Sprintf("127.0.0.1:%d", ln.Addr().(*net.TCPAddr).Port)
+}

@@ -1,0 +1,293 @@
+package broker
+
+import (
+	"context"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/audiofan/audiofan/codec"
+)
+
+// ReceiverConfig holds the receiver's settings.
+type ReceiverConfig struct {
+	HTTPAddr            string        `env:"AUDIOFAN_HTTP_ADDR" envDefault:"127.0.0.1:8080" help:"WebSocket (/ws), health and metrics listener"`
+	Auth                string        `env:"AUDIOFAN_AUTH" help:"how ACS is authenticated: secret or none (default none on a loopback listener; must be set on any other)"`
+	AuthSecret          string        `env:"AUDIOFAN_AUTH_SECRET" help:"shared secret ACS sends as the token query parameter or the last path segment (/ws/<secret>)"`
+	Instance            string        `env:"AUDIOFAN_INSTANCE" help:"this replica's name in lifecycle messages (default: the host name)"`
+	MaxConnections      int           `env:"AUDIOFAN_MAX_CONNECTIONS" envDefault:"10000" help:"open sockets past which upgrades are refused with 503"`
+	MaxMessageBytes     ByteSize      `env:"AUDIOFAN_MAX_MESSAGE_BYTES" envDefault:"64KiB" help:"largest ACS message; a larger one closes the socket with 1009"`
+	MaxParticipants     int           `env:"AUDIOFAN_MAX_PARTICIPANTS" envDefault:"64" help:"distinct participant ids one socket may carry"`
+	FirstMessageTimeout time.Duration `env:"AUDIOFAN_FIRST_MESSAGE_TIMEOUT" envDefault:"15s" help:"a socket that sends no metadata within this is closed"`
+	IdleTimeout         time.Duration `env:"AUDIOFAN_IDLE_TIMEOUT" envDefault:"10m" help:"a socket silent this long after its metadata is closed (0 = never)"`
+	MaxInvalidMessages  int           `env:"AUDIOFAN_MAX_INVALID_MESSAGES" envDefault:"20" help:"invalid messages a socket may send per AUDIOFAN_INVALID_WINDOW before it is closed with 1008"`
+	InvalidWindow       time.Duration `env:"AUDIOFAN_INVALID_WINDOW" envDefault:"10s" help:"window of AUDIOFAN_MAX_INVALID_MESSAGES"`
+	DrainTimeout        time.Duration `env:"AUDIOFAN_DRAIN_TIMEOUT" envDefault:"2m" help:"on SIGTERM, how long open calls may go on before their sockets are closed with 1001"`
+	Publish             PublishConfig
+}
+
+// Validate checks the settings and fills in defaults that depend on the host.
+func (c *ReceiverConfig) Validate() error {
+	if c.Instance == "" {
+		c.Instance, _ = os.Hostname()
+	}
+	host, _, err := net.SplitHostPort(c.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("AUDIOFAN_HTTP_ADDR %q: %w", c.HTTPAddr, err)
+	}
+	switch c.Auth {
+	case "":
+		if !isLoopback(host) {
+			return fmt.Errorf("AUDIOFAN_AUTH must be set when AUDIOFAN_HTTP_ADDR (%s) is not loopback: secret, or none to accept anyone", c.HTTPAddr)
+		}
+		c.Auth = "none"
+	case "none":
+	case "secret":
+		if len(c.AuthSecret) < 16 {
+			return errors.New("AUDIOFAN_AUTH=secret needs AUDIOFAN_AUTH_SECRET of at least 16 characters")
+		}
+	case "jwt", "jwt+secret":
+		return fmt.Errorf("AUDIOFAN_AUTH=%s is not supported by this version yet: use secret", c.Auth)
+	default:
+		return fmt.Errorf("AUDIOFAN_AUTH %q: want secret or none", c.Auth)
+	}
+	if c.MaxConnections < 1 || c.MaxMessageBytes < 1024 || c.MaxParticipants < 1 || c.MaxInvalidMessages < 0 || c.FirstMessageTimeout <= 0 {
+		return errors.New("receiver limits must be positive (AUDIOFAN_MAX_MESSAGE_BYTES at least 1KiB)")
+	}
+	return c.Publish.Validate()
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// Receiver accepts ACS WebSocket connections and publishes what they carry.
+type Receiver struct {
+	cfg    ReceiverConfig
+	subj   Subjects
+	stream string
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	log    *slog.Logger
+	warn   *warnLimiter
+	m      *metrics
+	reg    *prometheus.Registry
+
+	upgrader websocket.Upgrader
+	bufs     sync.Pool
+
+	mu       sync.Mutex
+	sockets  map[*socket]struct{}
+	wg       sync.WaitGroup
+	open     atomic.Int64
+	draining atomic.Bool
+}
+
+// NewReceiver builds a receiver publishing through js on nc (which the
+// caller owns and drains) into the stream of sc. Metrics register on reg.
+func NewReceiver(cfg ReceiverConfig, sc StreamConfig, nc *nats.Conn, js jetstream.JetStream, reg *prometheus.Registry, log *slog.Logger) *Receiver {
+	r := &Receiver{
+		cfg: cfg, subj: sc.Subjects(), stream: sc.Name, nc: nc, js: js, log: log, reg: reg,
+		m:       newMetrics(reg),
+		sockets: map[*socket]struct{}{},
+	}
+	r.warn = newWarnLimiter(log, 5, 20, r.m.logSuppressed)
+	r.bufs.New = func() any { b := make([]byte, 0, 2048); return &b }
+	r.upgrader = websocket.Upgrader{
+		HandshakeTimeout: 10 * time.Second,
+		// Idle sockets hold no write buffer; the pool lends one for the rare
+		// write (a close frame, a pong).
+		WriteBufferPool: &sync.Pool{},
+		// ACS is a server, not a browser: it sends no Origin to check.
+		CheckOrigin: func(*http.Request) bool { return true },
+	}
+	return r
+}
+
+// Handler serves /ws, /healthz, /readyz and /metrics.
+func (r *Receiver) Handler(metricsHandler http.Handler) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /ws", r.serveWS)
+	mux.HandleFunc("GET /ws/{secret}", r.serveWS)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	mux.HandleFunc("GET /readyz", r.serveReady)
+	mux.Handle("GET /metrics", metricsHandler)
+	return mux
+}
+
+func (r *Receiver) serveReady(w http.ResponseWriter, req *http.Request) {
+	if err := r.Ready(req.Context()); err != nil {
+		http.Error(w, err.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	_, _ = w.Write([]byte("ok\n"))
+}
+
+// Ready reports why the receiver should get no new calls, or nil.
+func (r *Receiver) Ready(ctx context.Context) error {
+	if r.draining.Load() {
+		return errors.New("draining")
+	}
+	if !r.nc.IsConnected() {
+		return fmt.Errorf("nats: %s", r.nc.Status())
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if _, err := r.js.Stream(ctx, r.stream); err != nil {
+		return fmt.Errorf("stream %s: %w", r.stream, err)
+	}
+	return nil
+}
+
+func (r *Receiver) authorized(req *http.Request) bool {
+	if r.cfg.Auth != "secret" {
+		return true
+	}
+	got := req.URL.Query().Get("token")
+	if p := req.PathValue("secret"); p != "" {
+		got = p
+	}
+	return subtle.ConstantTimeCompare([]byte(got), []byte(r.cfg.AuthSecret)) == 1
+}
+
+func (r *Receiver) serveWS(w http.ResponseWriter, req *http.Request) {
+	if r.draining.Load() {
+		r.m.conns.WithLabelValues("draining").Inc()
+		http.Error(w, "draining", http.StatusServiceUnavailable)
+		return
+	}
+	if !r.authorized(req) {
+		r.m.conns.WithLabelValues("unauthorized").Inc()
+		r.warn.Warn("WebSocket upgrade refused: bad secret", "remote", req.RemoteAddr)
+		http.Error(w, "unauthorized", http.StatusUnauthorized)
+		return
+	}
+	call := req.Header.Get("x-ms-call-connection-id")
+	if call == "" {
+		call = req.URL.Query().Get("callId")
+	}
+	if call != "" && !validID(call) {
+		r.m.conns.WithLabelValues("bad_request").Inc()
+		r.m.invalid.WithLabelValues(reasonBadID).Inc()
+		http.Error(w, "call id too long", http.StatusBadRequest)
+		return
+	}
+	if n := r.open.Add(1); n > int64(r.cfg.MaxConnections) {
+		r.open.Add(-1)
+		r.m.conns.WithLabelValues("limit").Inc()
+		r.warn.Warn("WebSocket upgrade refused: connection limit", "limit", r.cfg.MaxConnections)
+		http.Error(w, "too many connections", http.StatusServiceUnavailable)
+		return
+	}
+	defer r.open.Add(-1)
+	conn, err := r.upgrader.Upgrade(w, req, nil)
+	if err != nil {
+		r.m.conns.WithLabelValues("upgrade_failed").Inc()
+		return // the upgrader has answered with an HTTP error
+	}
+	r.m.conns.WithLabelValues("accepted").Inc()
+	conn.SetReadLimit(int64(r.cfg.MaxMessageBytes))
+
+	s := &socket{r: r, conn: conn, id: newConnID(), remote: req.RemoteAddr, correlationID: req.Header.Get("x-ms-call-correlation-id")}
+	s.pipe = pipeline{js: r.js, cfg: r.cfg.Publish, m: r.m, connID: s.id, onError: func(kind string, err error, _ bool) {
+		r.warn.Warn("message not stored", "kind", kind, "conn", s.id, "call", s.call, "err", err)
+	}}
+	s.log = r.log.With("conn", s.id)
+	if call != "" {
+		s.call, s.callTok, s.callFromURL = call, codec.EncodeToken(call), true
+		s.log = s.log.With("call", call)
+	}
+	if !r.track(s) {
+		s.drain()
+		return
+	}
+	defer r.untrack(s)
+	r.m.connsOpen.Inc()
+	defer r.m.connsOpen.Dec()
+	s.run(req.Context())
+}
+
+func (r *Receiver) track(s *socket) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.draining.Load() {
+		return false
+	}
+	r.sockets[s] = struct{}{}
+	r.wg.Add(1)
+	return true
+}
+
+func (r *Receiver) untrack(s *socket) {
+	r.mu.Lock()
+	delete(r.sockets, s)
+	r.mu.Unlock()
+	r.wg.Done()
+}
+
+// Serve answers on ln until ctx ends, then drains: readiness goes false, no
+// new sockets are taken, open calls go on until they end or DrainTimeout
+// passes, when their sockets are closed with 1001 (ACS then reconnects to
+// another replica). Every socket's messages are flushed and its "ended"
+// published before Serve returns. The NATS connection is the caller's.
+func (r *Receiver) Serve(ctx context.Context, ln net.Listener, metricsHandler http.Handler) error {
+	srv := &http.Server{
+		Handler:           r.Handler(metricsHandler),
+		ReadHeaderTimeout: 10 * time.Second,
+		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
+		ErrorLog:          slog.NewLogLogger(r.log.Handler(), slog.LevelDebug),
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("http serve: %w", err)
+	case <-ctx.Done():
+	}
+	r.Drain()
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = srv.Shutdown(sctx)
+	return nil
+}
+
+// Drain stops taking sockets and waits for the open ones as Serve describes.
+func (r *Receiver) Drain() {
+	r.mu.Lock()
+	r.draining.Store(true)
+	n := len(r.sockets)
+	r.mu.Unlock()
+	r.m.draining.Set(1)
+	r.log.Info("draining: refusing new calls, waiting for open ones", "open", n, "timeout", r.cfg.DrainTimeout)
+	done := make(chan struct{})
+	go func() { r.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		r.log.Info("drained: every call ended")
+		return
+	case <-time.After(r.cfg.DrainTimeout):
+	}
+	r.mu.Lock()
+	for s := range r.sockets {
+		s.drain()
+	}
+	r.mu.Unlock()
+	<-done
+	r.log.Info("drained: remaining calls closed with 1001")
+}

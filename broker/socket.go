@@ -1,0 +1,468 @@
+package broker
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/audiofan/audiofan/codec"
+)
+
+// maxIDLen bounds call and participant ids: long enough for every shape ACS
+// uses, short enough that a hostile id cannot bloat every subject.
+const maxIDLen = 256
+
+// participant is the per-socket state of one speaker.
+type participant struct {
+	raw     string
+	subject string
+	seq     uint64 // frames received
+	stored  uint64 // frames acknowledged
+}
+
+// socket is one ACS WebSocket connection and everything it publishes.
+type socket struct {
+	r      *Receiver
+	conn   *websocket.Conn
+	log    *slog.Logger
+	id     string // connection id, random, never reused
+	remote string
+
+	call          string // call id ("" until known)
+	callTok       string
+	callFromURL   bool // from the header or query: never replaced by a message
+	correlationID string
+
+	stream     string // codec.StreamAudio or codec.StreamTranscription once metadata came
+	subID      string
+	sampleRate int
+	channels   int
+
+	parser codec.Parser
+	in     codec.Inbound
+	parts  map[string]*participant
+	pipe   pipeline
+
+	invalidCount int
+	invalidSince time.Time
+	started      bool
+	closeReason  string
+	deadlineSet  time.Time
+	closeOnce    sync.Once
+	drained      atomic.Bool // closed by the receiver's drain, from another goroutine
+}
+
+// newConnID returns 16 random bytes in hex: unique across restarts, so a
+// Nats-Msg-Id is never reused by accident.
+func newConnID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// errClose ends the read loop with a close frame for ACS.
+type errClose struct {
+	code   int
+	reason string // metrics label
+	text   string
+}
+
+func (e *errClose) Error() string { return fmt.Sprintf("close %d: %s", e.code, e.text) }
+
+// run reads messages until the peer goes, the socket is closed for cause, or
+// the receiver closes it; then it flushes and publishes "ended".
+func (s *socket) run(ctx context.Context) {
+	r := s.r
+	err := s.readLoop(ctx)
+
+	var ec *errClose
+	switch {
+	case errors.As(err, &ec):
+		s.closeReason = ec.reason
+		s.sendClose(ec.code, ec.text)
+	case s.drained.Load():
+		s.closeReason = "drain"
+	case websocket.IsCloseError(err, websocket.CloseNormalClosure, websocket.CloseGoingAway, websocket.CloseNoStatusReceived):
+		s.closeReason = "peer"
+	case errors.Is(err, websocket.ErrReadLimit):
+		s.closeReason = "too_large"
+		r.m.invalid.WithLabelValues(reasonTooLarge).Inc()
+		r.warn.Warn("ACS message over the size limit; connection closed with 1009", "conn", s.id, "call", s.call, "limit", r.cfg.MaxMessageBytes)
+	case isTimeout(err):
+		s.closeReason = "idle"
+		s.sendClose(websocket.CloseGoingAway, "idle timeout")
+	default:
+		s.closeReason = "error"
+		if !errors.Is(err, io.ErrUnexpectedEOF) && !websocket.IsUnexpectedCloseError(err) {
+			s.log.Debug("socket read ended", "err", err)
+		}
+	}
+	_ = s.conn.Close()
+	r.m.closes.WithLabelValues(s.closeReason).Inc()
+
+	// Flush even when ctx is done (drain): what was read gets its chance to be
+	// stored, bounded by the retry window.
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.cfg.Publish.RetryFor+r.cfg.Publish.AckTimeout)
+	defer cancel()
+	s.pipe.flush(fctx)
+	if !s.started {
+		r.m.noMetadata.Inc()
+		s.log.Info("connection closed before any metadata", "reason", s.closeReason)
+		return
+	}
+	frames := make(map[string]uint64, len(s.parts))
+	for raw, p := range s.parts {
+		frames[raw] = p.stored
+	}
+	lc := s.lifecycle(codec.LifecycleEnded)
+	lc.Reason = s.closeReason
+	lc.Frames = frames
+	if err := s.publishLifecycle(fctx, lc); err != nil {
+		s.log.Error("ended lifecycle not stored", "err", err)
+	}
+	s.log.Info("call stream ended", "reason", s.closeReason, "frames", frames)
+}
+
+func isTimeout(err error) bool {
+	var ne interface{ Timeout() bool }
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// drain closes the socket from outside the read loop with 1001, so that ACS
+// reconnects to another replica.
+func (s *socket) drain() {
+	s.closeOnce.Do(func() {
+		s.drained.Store(true)
+		s.sendClose(websocket.CloseGoingAway, "server draining")
+		_ = s.conn.Close()
+	})
+}
+
+func (s *socket) sendClose(code int, text string) {
+	_ = s.conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, text), time.Now().Add(time.Second))
+}
+
+func (s *socket) readLoop(ctx context.Context) error {
+	r := s.r
+	_ = s.conn.SetReadDeadline(time.Now().Add(r.cfg.FirstMessageTimeout))
+	for {
+		mt, rd, err := s.conn.NextReader()
+		if err != nil {
+			return err
+		}
+		now := time.Now()
+		if s.started && r.cfg.IdleTimeout > 0 && now.Sub(s.deadlineSet) > time.Second {
+			// Refreshed at most once a second: the deadline is a timer
+			// operation, and this runs 50 times a second per participant.
+			s.deadlineSet = now
+			_ = s.conn.SetReadDeadline(now.Add(r.cfg.IdleTimeout))
+		}
+		buf := r.bufs.Get().(*[]byte)
+		msg, err := readAll(rd, (*buf)[:0])
+		if err != nil {
+			r.bufs.Put(buf)
+			return err
+		}
+		if mt != websocket.TextMessage && mt != websocket.BinaryMessage {
+			r.bufs.Put(buf)
+			continue
+		}
+		err = s.handle(ctx, msg, now)
+		*buf = msg[:0]
+		r.bufs.Put(buf)
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// readAll reads a message into buf, growing it as needed; the read limit set
+// on the connection bounds it.
+func readAll(rd io.Reader, buf []byte) ([]byte, error) {
+	for {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		n, err := rd.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if err == io.EOF {
+			return buf, nil
+		}
+		if err != nil {
+			return buf, err
+		}
+	}
+}
+
+// invalid counts a refused message and closes the socket once they come
+// faster than the flood limit allows.
+func (s *socket) invalid(reason string, err error) error {
+	r := s.r
+	r.m.invalid.WithLabelValues(reason).Inc()
+	r.warn.Warn("refused ACS message", "reason", reason, "err", err, "conn", s.id, "call", s.call, "remote", s.remote)
+	now := time.Now()
+	if now.Sub(s.invalidSince) > r.cfg.InvalidWindow {
+		s.invalidSince, s.invalidCount = now, 0
+	}
+	s.invalidCount++
+	if s.invalidCount > r.cfg.MaxInvalidMessages {
+		r.m.invalid.WithLabelValues(reasonFlood).Inc()
+		return &errClose{code: websocket.ClosePolicyViolation, reason: "flood", text: "too many invalid messages"}
+	}
+	return nil
+}
+
+func parseReason(err error) string {
+	switch {
+	case errors.Is(err, codec.ErrMalformed):
+		return reasonJSON
+	case errors.Is(err, codec.ErrBase64):
+		return reasonBase64
+	case errors.Is(err, codec.ErrPCMLength):
+		return reasonPCMLength
+	case errors.Is(err, codec.ErrTimestamp):
+		return reasonTimestamp
+	}
+	return reasonFieldType
+}
+
+func (s *socket) handle(ctx context.Context, msg []byte, now time.Time) error {
+	r := s.r
+	in := &s.in
+	if err := s.parser.Parse(msg, in); err != nil {
+		return s.invalid(parseReason(err), err)
+	}
+	r.m.messages.WithLabelValues(in.Kind.String()).Inc()
+	switch in.Kind {
+	case codec.KindAudioData:
+		return s.audio(ctx, &in.AudioData, now)
+	case codec.KindAudioMetadata:
+		return s.audioMetadata(ctx, &in.AudioMetadata, now)
+	case codec.KindTranscriptionMetadata:
+		return s.transcriptionMetadata(ctx, &in.TranscriptionMetadata, now)
+	case codec.KindTranscriptionData:
+		return s.transcript(ctx, &in.TranscriptionData, now)
+	case codec.KindDtmfData:
+		return s.dtmf(ctx, &in.Dtmf, now)
+	}
+	s.log.Debug("ignoring unknown ACS message kind", "kind", in.KindName)
+	return nil
+}
+
+func validID(id string) bool { return id != "" && len(id) <= maxIDLen }
+
+// setCall records the call id from a message unless the URL named it.
+func (s *socket) setCall(id string) error {
+	if s.callFromURL || s.call != "" {
+		return nil
+	}
+	if !validID(id) {
+		s.r.m.invalid.WithLabelValues(reasonBadID).Inc()
+		return &errClose{code: websocket.ClosePolicyViolation, reason: "invalid", text: "no usable call id"}
+	}
+	s.call, s.callTok = id, codec.EncodeToken(id)
+	s.log = s.log.With("call", id)
+	return nil
+}
+
+func (s *socket) audioMetadata(ctx context.Context, md *codec.AudioMetadata, now time.Time) error {
+	var reason, text string
+	switch {
+	case !strings.EqualFold(md.Encoding, "PCM"):
+		reason, text = reasonEncoding, fmt.Sprintf("unsupported encoding %q", md.Encoding)
+	case md.SampleRate != 16000 && md.SampleRate != 24000:
+		reason, text = reasonSampleRate, fmt.Sprintf("unsupported sample rate %d", md.SampleRate)
+	case md.Channels != 1:
+		reason, text = reasonChannels, fmt.Sprintf("unsupported channel count %d", md.Channels)
+	}
+	if reason != "" {
+		// Every frame after it would be unusable: say so and stop.
+		s.r.m.invalid.WithLabelValues(reason).Inc()
+		s.r.warn.Warn("refused ACS audio metadata", "reason", reason, "detail", text, "conn", s.id, "call", s.call)
+		return &errClose{code: websocket.CloseUnsupportedData, reason: "invalid", text: text}
+	}
+	if s.stream == codec.StreamTranscription {
+		return s.invalid(reasonFieldType, errors.New("audio metadata on a transcription socket"))
+	}
+	if s.started {
+		if md.SampleRate != s.sampleRate {
+			s.log.Warn("audio format changed mid-socket", "from", s.sampleRate, "to", md.SampleRate)
+		}
+		s.sampleRate, s.channels = md.SampleRate, md.Channels
+		return nil
+	}
+	if err := s.setCall(md.SubscriptionID); err != nil {
+		return err
+	}
+	s.stream, s.subID, s.sampleRate, s.channels = codec.StreamAudio, md.SubscriptionID, md.SampleRate, md.Channels
+	return s.start(ctx, now)
+}
+
+func (s *socket) transcriptionMetadata(ctx context.Context, md *codec.TranscriptionMetadata, now time.Time) error {
+	if s.started {
+		if s.stream != codec.StreamTranscription {
+			return s.invalid(reasonFieldType, errors.New("transcription metadata on an audio socket"))
+		}
+		return nil
+	}
+	id := md.CallConnectionID
+	if id == "" {
+		id = md.SubscriptionID
+	}
+	if err := s.setCall(id); err != nil {
+		return err
+	}
+	if s.correlationID == "" {
+		s.correlationID = md.CorrelationID
+	}
+	s.stream, s.subID = codec.StreamTranscription, md.SubscriptionID
+	return s.start(ctx, now)
+}
+
+func (s *socket) lifecycle(typ string) codec.Lifecycle {
+	lc := codec.Lifecycle{V: codec.Version, Call: s.call, Type: typ, Stream: s.stream, Connection: s.id, Receiver: s.r.cfg.Instance,
+		SubscriptionID: s.subID, CorrelationID: s.correlationID, SampleRate: s.sampleRate, Channels: s.channels, At: time.Now().UTC(),
+		Frames: map[string]uint64{}}
+	if s.stream == codec.StreamAudio {
+		lc.Encoding = codec.EncodingPCM16
+	}
+	return lc
+}
+
+func (s *socket) start(ctx context.Context, now time.Time) error {
+	s.started = true
+	s.deadlineSet = now
+	if s.r.cfg.IdleTimeout > 0 {
+		_ = s.conn.SetReadDeadline(now.Add(s.r.cfg.IdleTimeout))
+	} else {
+		_ = s.conn.SetReadDeadline(time.Time{})
+	}
+	s.log.Info("call stream started", "stream", s.stream, "sample_rate", s.sampleRate)
+	data, err := codec.Marshal(ptr(s.lifecycle(codec.LifecycleStarted)))
+	if err != nil {
+		return err
+	}
+	return s.publish(ctx, s.r.subj.Lifecycle(s.callTok), KindLifecycle, data, nil, now, false)
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func (s *socket) publishLifecycle(ctx context.Context, lc codec.Lifecycle) error {
+	data, err := codec.Marshal(&lc)
+	if err != nil {
+		return err
+	}
+	return s.pipe.publishSync(ctx, s.r.subj.Lifecycle(s.callTok), KindLifecycle, data)
+}
+
+// publish hands a message to the pipeline and accounts for a drop.
+func (s *socket) publish(ctx context.Context, subject, kind string, data []byte, part *participant, now time.Time, droppable bool) error {
+	err := s.pipe.publish(ctx, subject, kind, data, part, now, droppable)
+	if err != nil {
+		s.r.m.dropped.WithLabelValues(dropBackpressure).Inc()
+		s.r.warn.Warn("message dropped: JetStream is not keeping up", "kind", kind, "conn", s.id, "call", s.call, "inflight", s.pipe.inflight(), "err", err)
+	}
+	return nil
+}
+
+// participant returns the state of raw, creating it on first sight.
+func (s *socket) participant(raw []byte) (*participant, error) {
+	if p, ok := s.parts[string(raw)]; ok {
+		return p, nil
+	}
+	if len(raw) > maxIDLen {
+		return nil, fmt.Errorf("participant id of %d bytes", len(raw))
+	}
+	if len(s.parts) >= s.r.cfg.MaxParticipants {
+		return nil, fmt.Errorf("more than %d participants on one socket", s.r.cfg.MaxParticipants)
+	}
+	if s.parts == nil {
+		s.parts = make(map[string]*participant, 4)
+	}
+	id := string(raw)
+	tok := codec.EncodeToken(id)
+	p := &participant{raw: id, subject: s.r.subj.Audio(s.callTok, tok)}
+	s.parts[id] = p
+	return p, nil
+}
+
+func (s *socket) audio(ctx context.Context, a *codec.AudioData, now time.Time) error {
+	if s.stream != codec.StreamAudio {
+		return s.invalid(reasonNoMetadata, errors.New("AudioData before AudioMetadata"))
+	}
+	if len(a.PCM)%(2*s.channels) != 0 {
+		return s.invalid(reasonPCMLength, fmt.Errorf("%d bytes for %d channels", len(a.PCM), s.channels))
+	}
+	p, err := s.participant(a.Participant)
+	if err != nil {
+		return s.invalid(reasonBadID, err)
+	}
+	p.seq++
+	ts := a.Timestamp
+	if ts.IsZero() {
+		ts = now
+	}
+	f := codec.Frame{V: codec.Version, Call: s.call, Participant: p.raw, Seq: p.seq, Timestamp: ts, ReceivedAt: now,
+		SampleRate: s.sampleRate, Channels: s.channels, Encoding: codec.EncodingPCM16, Silent: a.Silent, Data: a.PCM}
+	data := codec.AppendFrame(make([]byte, 0, codec.FrameSize(&f)), &f)
+	return s.publish(ctx, p.subject, KindAudio, data, p, now, true)
+}
+
+// needCall refuses a message that needs a call id before metadata gave one.
+func (s *socket) needCall(kind string) error {
+	if s.call == "" || !s.started {
+		return s.invalid(reasonNoMetadata, fmt.Errorf("%s before metadata", kind))
+	}
+	return nil
+}
+
+func (s *socket) transcript(ctx context.Context, t *codec.TranscriptionData, now time.Time) error {
+	if err := s.needCall("TranscriptionData"); err != nil {
+		return err
+	}
+	if len(t.Participant) > maxIDLen {
+		return s.invalid(reasonBadID, fmt.Errorf("participant id of %d bytes", len(t.Participant)))
+	}
+	data, err := codec.Marshal(&codec.Transcript{V: codec.Version, Call: s.call, Participant: t.Participant, Text: t.Text, Format: t.Format,
+		Confidence: t.Confidence, Offset: t.Offset, Duration: t.Duration, Words: nonNilWords(t.Words), Final: t.Final, Sentiment: t.Sentiment,
+		Language: t.Language, ReceivedAt: now})
+	if err != nil {
+		return err
+	}
+	return s.publish(ctx, s.r.subj.Transcript(s.callTok, codec.EncodeToken(t.Participant)), KindTranscript, data, nil, now, false)
+}
+
+func nonNilWords(w []codec.Word) []codec.Word {
+	if w == nil {
+		return []codec.Word{}
+	}
+	return w
+}
+
+func (s *socket) dtmf(ctx context.Context, d *codec.DtmfData, now time.Time) error {
+	if err := s.needCall("DtmfData"); err != nil {
+		return err
+	}
+	if len(d.Participant) > maxIDLen || len(d.Tone) > maxIDLen {
+		return s.invalid(reasonBadID, errors.New("DTMF participant or tone too long"))
+	}
+	ts := d.Timestamp
+	if ts.IsZero() {
+		ts = now
+	}
+	data, err := codec.Marshal(&codec.Dtmf{V: codec.Version, Call: s.call, Participant: d.Participant, Tone: d.Tone, Timestamp: ts, ReceivedAt: now})
+	if err != nil {
+		return err
+	}
+	return s.publish(ctx, s.r.subj.Dtmf(s.callTok, codec.EncodeToken(d.Participant)), KindDtmf, data, nil, now, false)
+}

@@ -1,0 +1,113 @@
+package broker
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/audiofan/audiofan/codec"
+)
+
+// Subject kinds: the third token of every subject.
+const (
+	KindLifecycle  = "lifecycle"
+	KindAudio      = "audio"
+	KindTranscript = "transcript"
+	KindDtmf       = "dtmf"
+	KindEvents     = "events"
+	KindOutbound   = "outbound"
+)
+
+// ErrNotOurSubject is returned by Subjects.Parse for a subject outside the scheme.
+var ErrNotOurSubject = errors.New("subject outside the audiofan scheme")
+
+// Subjects builds and parses the subjects of the contract:
+// <prefix>.<call>.<kind>[.<participant or source>].
+type Subjects struct {
+	Prefix string
+}
+
+// Audio is the subject of a participant's frames; the tokens are already encoded.
+func (s Subjects) Audio(callTok, partTok string) string {
+	return s.Prefix + "." + callTok + "." + KindAudio + "." + partTok
+}
+
+// Transcript is the subject of a participant's transcripts.
+func (s Subjects) Transcript(callTok, partTok string) string {
+	return s.Prefix + "." + callTok + "." + KindTranscript + "." + partTok
+}
+
+// Dtmf is the subject of a participant's DTMF tones.
+func (s Subjects) Dtmf(callTok, partTok string) string {
+	return s.Prefix + "." + callTok + "." + KindDtmf + "." + partTok
+}
+
+// Lifecycle is the subject of a call's started/ended messages.
+func (s Subjects) Lifecycle(callTok string) string {
+	return s.Prefix + "." + callTok + "." + KindLifecycle
+}
+
+// Events is the subject a subscriber role reports on.
+func (s Subjects) Events(callTok, source string) string {
+	return s.Prefix + "." + callTok + "." + KindEvents + "." + source
+}
+
+// Outbound is the subject that speaks into a call.
+func (s Subjects) Outbound(callTok string) string {
+	return s.Prefix + "." + callTok + "." + KindOutbound
+}
+
+// All matches every subject of the scheme: what the stream stores.
+func (s Subjects) All() string { return s.Prefix + ".>" }
+
+// Call matches every subject of one call, given its id (not its token).
+func (s Subjects) Call(callID string) string {
+	return s.Prefix + "." + codec.EncodeToken(callID) + ".>"
+}
+
+// SubjectInfo is what a subject says: the decoded call id, the kind, and the
+// decoded participant id ("" for mixed) or the event source.
+type SubjectInfo struct {
+	Call        string
+	Kind        string
+	Participant string
+	Source      string
+}
+
+// Parse reads a subject of the scheme.
+func (s Subjects) Parse(subject string) (SubjectInfo, error) {
+	rest, ok := strings.CutPrefix(subject, s.Prefix+".")
+	if !ok {
+		return SubjectInfo{}, fmt.Errorf("%w: %q", ErrNotOurSubject, subject)
+	}
+	toks := strings.Split(rest, ".")
+	if len(toks) < 2 {
+		return SubjectInfo{}, fmt.Errorf("%w: %q", ErrNotOurSubject, subject)
+	}
+	call, err := codec.DecodeToken(toks[0])
+	if err != nil {
+		return SubjectInfo{}, fmt.Errorf("subject %q: call: %w", subject, err)
+	}
+	info := SubjectInfo{Call: call, Kind: toks[1]}
+	switch info.Kind {
+	case KindLifecycle, KindOutbound:
+		if len(toks) != 2 {
+			return SubjectInfo{}, fmt.Errorf("%w: %q", ErrNotOurSubject, subject)
+		}
+	case KindAudio, KindTranscript, KindDtmf:
+		if len(toks) != 3 {
+			return SubjectInfo{}, fmt.Errorf("%w: %q", ErrNotOurSubject, subject)
+		}
+		if info.Participant, err = codec.DecodeToken(toks[2]); err != nil {
+			return SubjectInfo{}, fmt.Errorf("subject %q: participant: %w", subject, err)
+		}
+	case KindEvents:
+		if len(toks) != 3 {
+			return SubjectInfo{}, fmt.Errorf("%w: %q", ErrNotOurSubject, subject)
+		}
+		info.Source = toks[2]
+	default:
+		return SubjectInfo{}, fmt.Errorf("%w: kind %q", ErrNotOurSubject, info.Kind)
+	}
+	return info, nil
+}

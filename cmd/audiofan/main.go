@@ -1,0 +1,152 @@
+// Command audiofan is the ACS audio fan-out broker: one binary whose
+// subcommand picks the role. `audiofan serve` runs everything in one process
+// on an embedded NATS server; the other subcommands run one role each against
+// NATS_URL.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+)
+
+// role is one subcommand: its settings (a struct read from the environment)
+// and what it runs.
+type role struct {
+	name    string
+	summary string
+	// config returns a fresh settings struct for help and parsing.
+	config func() any
+	// flags registers the role's own flags (beyond settings), if any.
+	flags func(fs *flag.FlagSet, cfg any)
+	run   func(ctx context.Context, cfg any, log *slog.Logger, stdout io.Writer) error
+}
+
+var roles = []role{serveRole, receiverRole, tapRole}
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintf(w, "audiofan: Azure Communication Services audio fan-out over NATS JetStream\n\nUsage: audiofan <command> [flags]\n\nCommands:\n")
+	for _, r := range roles {
+		fmt.Fprintf(w, "  %-10s %s\n", r.name, r.summary)
+	}
+	fmt.Fprintf(w, "\nSettings come from the environment; `audiofan <command> --help` lists each with its default.\n")
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		usage(stdout)
+		if len(args) == 0 {
+			return 2
+		}
+		return 0
+	}
+	var r *role
+	for i := range roles {
+		if roles[i].name == args[0] {
+			r = &roles[i]
+		}
+	}
+	if r == nil {
+		fmt.Fprintf(stderr, "audiofan: unknown command %q\n\n", args[0])
+		usage(stderr)
+		return 2
+	}
+	cfg := r.config()
+	fs := flag.NewFlagSet("audiofan "+r.name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	if r.flags != nil {
+		r.flags(fs, cfg)
+	}
+	fs.Usage = func() {
+		fmt.Fprintf(stdout, "audiofan %s: %s\n\n", r.name, r.summary)
+		if hasFlags(fs) {
+			fmt.Fprintf(stdout, "Flags:\n")
+			fs.SetOutput(stdout)
+			fs.PrintDefaults()
+			fmt.Fprintln(stdout)
+		}
+		fmt.Fprintf(stdout, "Settings (environment):\n")
+		printSettings(stdout, cfg)
+	}
+	if err := fs.Parse(args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "audiofan %s: unexpected argument %q\n", r.name, fs.Arg(0))
+		return 2
+	}
+	if err := parseSettings(cfg); err != nil {
+		fmt.Fprintf(stderr, "audiofan %s: %v\n", r.name, err)
+		return 2
+	}
+	log, err := newLogger(stderr, cfg)
+	if err != nil {
+		fmt.Fprintf(stderr, "audiofan %s: %v\n", r.name, err)
+		return 2
+	}
+
+	// First signal: drain. Second: exit now.
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	go func() {
+		<-ctx.Done()
+		stop()
+		hard := make(chan os.Signal, 1)
+		signal.Notify(hard, syscall.SIGINT, syscall.SIGTERM)
+		<-hard
+		log.Error("second signal: exiting without draining")
+		os.Exit(1)
+	}()
+	if err := r.run(ctx, cfg, log, stdout); err != nil {
+		log.Error(r.name+" failed", "err", err)
+		return 1
+	}
+	return 0
+}
+
+func hasFlags(fs *flag.FlagSet) bool {
+	n := 0
+	fs.VisitAll(func(*flag.Flag) { n++ })
+	return n > 0
+}
+
+// logSettings is embedded in every role's settings.
+type logSettings struct {
+	LogLevel  string `env:"AUDIOFAN_LOG_LEVEL" envDefault:"info" help:"debug, info, warn or error"`
+	LogFormat string `env:"AUDIOFAN_LOG_FORMAT" envDefault:"text" help:"text or json"`
+}
+
+func (l logSettings) logSettings() logSettings { return l }
+
+func newLogger(w io.Writer, cfg any) (*slog.Logger, error) {
+	ls := logSettings{LogLevel: "info", LogFormat: "text"}
+	if h, ok := cfg.(interface{ logSettings() logSettings }); ok {
+		ls = h.logSettings()
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(ls.LogLevel)); err != nil {
+		return nil, fmt.Errorf("AUDIOFAN_LOG_LEVEL: %w", err)
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	switch strings.ToLower(ls.LogFormat) {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("AUDIOFAN_LOG_FORMAT %q: want text or json", ls.LogFormat)
+}

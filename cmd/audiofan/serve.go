@@ -1,0 +1,168 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/audiofan/audiofan/broker"
+)
+
+// natsSettings are shared by every role that connects to NATS.
+type natsSettings struct {
+	URL string `env:"NATS_URL" help:"NATS servers (comma-separated); in serve, empty = start the embedded server"`
+}
+
+// receiverSettings are the settings of `audiofan receiver`.
+type receiverSettings struct {
+	logSettings
+	NATS     natsSettings
+	Stream   broker.StreamConfig
+	Receiver broker.ReceiverConfig
+}
+
+func (s *receiverSettings) validate() error {
+	if err := s.Stream.Validate(); err != nil {
+		return err
+	}
+	return s.Receiver.Validate()
+}
+
+// serveSettings add the embedded server to the receiver's.
+type serveSettings struct {
+	receiverSettings
+	DataDir  string `env:"AUDIOFAN_DATA_DIR" envDefault:"./data" help:"embedded JetStream store (jetstream/) and recordings (recordings/)"`
+	Embedded broker.EmbeddedConfig
+}
+
+var receiverRole = role{
+	name:    "receiver",
+	summary: "accept ACS WebSocket streams and publish them to JetStream at NATS_URL",
+	config:  func() any { return &receiverSettings{} },
+	run: func(ctx context.Context, cfg any, log *slog.Logger, _ io.Writer) error {
+		s := cfg.(*receiverSettings)
+		if s.NATS.URL == "" {
+			return errors.New("NATS_URL is empty: the receiver role needs a NATS server (or run `audiofan serve`)")
+		}
+		return runReceiver(ctx, s, s.NATS.URL, log)
+	},
+}
+
+var serveRole = role{
+	name:    "serve",
+	summary: "run everything in one process, on an embedded NATS server unless NATS_URL is set",
+	config:  func() any { return &serveSettings{} },
+	run: func(ctx context.Context, cfg any, log *slog.Logger, _ io.Writer) error {
+		s := cfg.(*serveSettings)
+		url := s.NATS.URL
+		if url == "" {
+			s.Embedded.StoreDir = filepath.Join(s.DataDir, "jetstream")
+			ns, err := broker.StartEmbedded(s.Embedded)
+			if err != nil {
+				return err
+			}
+			ns.SetLoggerV2(natsLogger{log.With("component", "nats")}, false, false, false)
+			defer func() {
+				ns.Shutdown()
+				ns.WaitForShutdown()
+				log.Info("embedded NATS stopped")
+			}()
+			url = ns.ClientURL()
+			log.Info("embedded NATS with JetStream", "url", url, "store", s.Embedded.StoreDir)
+		}
+		return runReceiver(ctx, &s.receiverSettings, url, log)
+	},
+}
+
+// runReceiver connects, provisions the stream and serves until ctx ends, then
+// drains the receiver and the NATS connection it opened.
+func runReceiver(ctx context.Context, s *receiverSettings, url string, log *slog.Logger) error {
+	nc, err := connect(url, "audiofan receiver "+s.Receiver.Instance, log)
+	if err != nil {
+		return err
+	}
+	defer drainConn(nc, log)
+	js, err := broker.NewJetStream(nc, s.Receiver.Publish)
+	if err != nil {
+		return err
+	}
+	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	stream, err := broker.EnsureStream(sctx, js, s.Stream)
+	cancel()
+	if err != nil {
+		return err
+	}
+	info := stream.CachedInfo()
+	log.Info("stream ready", "stream", info.Config.Name, "subjects", info.Config.Subjects, "max_age", info.Config.MaxAge,
+		"max_bytes", info.Config.MaxBytes, "replicas", info.Config.Replicas)
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	r := broker.NewReceiver(s.Receiver, s.Stream, nc, js, reg, log.With("component", "receiver"))
+	ln, err := net.Listen("tcp", s.Receiver.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", s.Receiver.HTTPAddr, err)
+	}
+	if s.Receiver.Auth == "none" {
+		log.Warn("AUDIOFAN_AUTH=none: anyone who reaches the listener can stream into it", "addr", ln.Addr().String())
+	}
+	log.Info("receiver listening", "ws", "ws://"+ln.Addr().String()+"/ws", "auth", s.Receiver.Auth)
+	return r.Serve(ctx, ln, promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+}
+
+// connect dials NATS for the life of the process: it reconnects forever,
+// buffering what is published meanwhile (nats.go's reconnect buffer, bounded).
+func connect(url, name string, log *slog.Logger) (*nats.Conn, error) {
+	nc, err := nats.Connect(url,
+		nats.Name(name),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250*time.Millisecond),
+		nats.RetryOnFailedConnect(false),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { log.Warn("NATS disconnected", "err", err) }),
+		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("NATS reconnected", "url", c.ConnectedUrlRedacted()) }),
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) { log.Warn("NATS async error", "err", err) }),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("connect to NATS at %s: %w", url, err)
+	}
+	return nc, nil
+}
+
+// drainConn drains nc (letting buffered publishes out) and waits for it to close.
+func drainConn(nc *nats.Conn, log *slog.Logger) {
+	closed := make(chan struct{})
+	nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
+	if err := nc.Drain(); err != nil {
+		nc.Close()
+		return
+	}
+	select {
+	case <-closed:
+	case <-time.After(30 * time.Second):
+		log.Warn("NATS drain timed out; closing")
+		nc.Close()
+	}
+}
+
+// natsLogger sends the embedded server's log to slog.
+type natsLogger struct{ log *slog.Logger }
+
+func (l natsLogger) Noticef(format string, v ...any) { l.log.Debug(fmt.Sprintf(format, v...)) }
+func (l natsLogger) Warnf(format string, v ...any)   { l.log.Warn(fmt.Sprintf(format, v...)) }
+func (l natsLogger) Fatalf(format string, v ...any)  { l.log.Error(fmt.Sprintf(format, v...)) }
+func (l natsLogger) Errorf(format string, v ...any)  { l.log.Error(fmt.Sprintf(format, v...)) }
+func (l natsLogger) Debugf(format string, v ...any)  { l.log.Debug(fmt.Sprintf(format, v...)) }
+func (l natsLogger) Tracef(format string, v ...any)  { l.log.Debug(fmt.Sprintf(format, v...)) }
+
+var _ server.Logger = natsLogger{}

@@ -1,0 +1,49 @@
+// Package subscribers holds what every consumer of the bus shares: how a
+// message is recognised and decoded from its subject and payload. Roles live
+// in the packages below it and use only this package, broker and codec.
+package subscribers
+
+import (
+	"fmt"
+
+	"github.com/audiofan/audiofan/broker"
+	"github.com/audiofan/audiofan/codec"
+)
+
+// Message is a bus message decoded by its subject.
+type Message struct {
+	Subject string
+	Info    broker.SubjectInfo
+	// Payload is a *codec.Frame, *codec.Transcript, *codec.Dtmf,
+	// *codec.Lifecycle, *codec.Event or *codec.Outbound.
+	Payload any
+}
+
+// Decode reads a message of the scheme subj. A subject outside the scheme
+// or a payload that does not decode is an error: a consumer should refuse
+// it for good rather than retry.
+func Decode(subj broker.Subjects, subject string, data []byte) (Message, error) {
+	info, err := subj.Parse(subject)
+	if err != nil {
+		return Message{}, err
+	}
+	var v any
+	switch info.Kind {
+	case broker.KindAudio:
+		v = &codec.Frame{}
+	case broker.KindTranscript:
+		v = &codec.Transcript{}
+	case broker.KindDtmf:
+		v = &codec.Dtmf{}
+	case broker.KindLifecycle:
+		v = &codec.Lifecycle{}
+	case broker.KindEvents:
+		v = &codec.Event{}
+	case broker.KindOutbound:
+		v = &codec.Outbound{}
+	}
+	if err := codec.Unmarshal(data, v); err != nil {
+		return Message{}, fmt.Errorf("%s: %w", subject, err)
+	}
+	return Message{Subject: subject, Info: info, Payload: v}, nil
+}
