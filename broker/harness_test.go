@@ -150,7 +150,6 @@ func (h *harness) counter(name string, labels ...string) float64 {
 	return 0
 }
 
-
 // stored is one message read back from the stream.
 type stored struct {
 	subject string
