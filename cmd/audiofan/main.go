@@ -100,16 +100,27 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 
 	// First signal: drain. Second: exit now.
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	finished := make(chan struct{})
+	defer close(finished)
 	go func() {
-		<-ctx.Done()
-		stop()
-		hard := make(chan os.Signal, 1)
-		signal.Notify(hard, syscall.SIGINT, syscall.SIGTERM)
-		<-hard
-		log.Error("second signal: exiting without draining")
-		os.Exit(1)
+		select {
+		case sig := <-sigs:
+			log.Info("signal: stopping; a second signal exits at once", "signal", sig.String())
+			cancel()
+		case <-finished:
+			return
+		}
+		select {
+		case <-sigs:
+			log.Error("second signal: exiting without draining")
+			os.Exit(1)
+		case <-finished:
+		}
 	}()
 	if err := r.run(ctx, cfg, log, stdout); err != nil {
 		log.Error(r.name+" failed", "err", err)
@@ -124,17 +135,17 @@ func hasFlags(fs *flag.FlagSet) bool {
 	return n > 0
 }
 
-// logSettings is embedded in every role's settings.
-type logSettings struct {
+// LogSettings is embedded in every role's settings.
+type LogSettings struct {
 	LogLevel  string `env:"AUDIOFAN_LOG_LEVEL" envDefault:"info" help:"debug, info, warn or error"`
 	LogFormat string `env:"AUDIOFAN_LOG_FORMAT" envDefault:"text" help:"text or json"`
 }
 
-func (l logSettings) logSettings() logSettings { return l }
+func (l LogSettings) logSettings() LogSettings { return l }
 
 func newLogger(w io.Writer, cfg any) (*slog.Logger, error) {
-	ls := logSettings{LogLevel: "info", LogFormat: "text"}
-	if h, ok := cfg.(interface{ logSettings() logSettings }); ok {
+	ls := LogSettings{LogLevel: "info", LogFormat: "text"}
+	if h, ok := cfg.(interface{ logSettings() LogSettings }); ok {
 		ls = h.logSettings()
 	}
 	var level slog.Level

@@ -19,29 +19,29 @@ import (
 	"github.com/audiofan/audiofan/broker"
 )
 
-// natsSettings are shared by every role that connects to NATS.
-type natsSettings struct {
+// NATSSettings are shared by every role that connects to NATS.
+type NATSSettings struct {
 	URL string `env:"NATS_URL" help:"NATS servers (comma-separated); in serve, empty = start the embedded server"`
 }
 
-// receiverSettings are the settings of `audiofan receiver`.
-type receiverSettings struct {
-	logSettings
-	NATS     natsSettings
+// ReceiverSettings are the settings of `audiofan receiver`.
+type ReceiverSettings struct {
+	LogSettings
+	NATS     NATSSettings
 	Stream   broker.StreamConfig
 	Receiver broker.ReceiverConfig
 }
 
-func (s *receiverSettings) validate() error {
+func (s *ReceiverSettings) validate() error {
 	if err := s.Stream.Validate(); err != nil {
 		return err
 	}
 	return s.Receiver.Validate()
 }
 
-// serveSettings add the embedded server to the receiver's.
-type serveSettings struct {
-	receiverSettings
+// ServeSettings add the embedded server to the receiver's.
+type ServeSettings struct {
+	ReceiverSettings
 	DataDir  string `env:"AUDIOFAN_DATA_DIR" envDefault:"./data" help:"embedded JetStream store (jetstream/) and recordings (recordings/)"`
 	Embedded broker.EmbeddedConfig
 }
@@ -49,9 +49,9 @@ type serveSettings struct {
 var receiverRole = role{
 	name:    "receiver",
 	summary: "accept ACS WebSocket streams and publish them to JetStream at NATS_URL",
-	config:  func() any { return &receiverSettings{} },
+	config:  func() any { return &ReceiverSettings{} },
 	run: func(ctx context.Context, cfg any, log *slog.Logger, _ io.Writer) error {
-		s := cfg.(*receiverSettings)
+		s := cfg.(*ReceiverSettings)
 		if s.NATS.URL == "" {
 			return errors.New("NATS_URL is empty: the receiver role needs a NATS server (or run `audiofan serve`)")
 		}
@@ -62,9 +62,9 @@ var receiverRole = role{
 var serveRole = role{
 	name:    "serve",
 	summary: "run everything in one process, on an embedded NATS server unless NATS_URL is set",
-	config:  func() any { return &serveSettings{} },
+	config:  func() any { return &ServeSettings{} },
 	run: func(ctx context.Context, cfg any, log *slog.Logger, _ io.Writer) error {
-		s := cfg.(*serveSettings)
+		s := cfg.(*ServeSettings)
 		url := s.NATS.URL
 		if url == "" {
 			s.Embedded.StoreDir = filepath.Join(s.DataDir, "jetstream")
@@ -81,13 +81,13 @@ var serveRole = role{
 			url = ns.ClientURL()
 			log.Info("embedded NATS with JetStream", "url", url, "store", s.Embedded.StoreDir)
 		}
-		return runReceiver(ctx, &s.receiverSettings, url, log)
+		return runReceiver(ctx, &s.ReceiverSettings, url, log)
 	},
 }
 
 // runReceiver connects, provisions the stream and serves until ctx ends, then
 // drains the receiver and the NATS connection it opened.
-func runReceiver(ctx context.Context, s *receiverSettings, url string, log *slog.Logger) error {
+func runReceiver(ctx context.Context, s *ReceiverSettings, url string, log *slog.Logger) error {
 	nc, err := connect(url, "audiofan receiver "+s.Receiver.Instance, log)
 	if err != nil {
 		return err

@@ -13,8 +13,8 @@ import (
 )
 
 type tapSettings struct {
-	logSettings
-	NATS   natsSettings
+	LogSettings
+	NATS   NATSSettings
 	Stream broker.StreamConfig
 	tap    tap.Config
 	call   string

@@ -1,0 +1,41 @@
+# audiofan: `make run` starts everything in one process; `make test` is what CI runs.
+GO       ?= go
+BIN      ?= bin/audiofan
+FUZZTIME ?= 30s
+BENCHTIME ?= 2s
+
+.PHONY: all build run test vet fmt-check bench fuzz clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/audiofan
+
+## run: audiofan serve with the embedded NATS server (store under ./data)
+run:
+	$(GO) run ./cmd/audiofan serve
+
+## test: formatting, vet, and every test with the race detector, in random order
+test: fmt-check vet
+	$(GO) test -race -shuffle=on -count=1 -timeout 8m ./...
+
+vet:
+	$(GO) vet ./...
+
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+## bench: codec and receiver benchmarks, each beside its baseline
+bench:
+	$(GO) test -run=NONE -bench=. -benchmem -benchtime=$(BENCHTIME) -count=3 ./codec
+	$(GO) test -run=NONE -bench=. -benchmem -benchtime=1x -count=3 -timeout 30m ./broker
+
+## fuzz: each fuzz target for FUZZTIME; crashers land in testdata/fuzz and are committed as regression cases
+fuzz:
+	for t in FuzzParse FuzzParseTimestamp FuzzToken FuzzParseOutboundACS; do \
+		$(GO) test -run=NONE -fuzz="^$$t\$$" -fuzztime=$(FUZZTIME) ./codec || exit 1; \
+	done
+
+clean:
+	rm -rf bin

@@ -1,0 +1,170 @@
+package broker_test
+
+import (
+	"bytes"
+	"net/http"
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/audiofan/audiofan/broker"
+	"github.com/audiofan/audiofan/codec"
+)
+
+// TestNATSRestart stops the NATS server in the middle of a call and starts it
+// again on the same store: nothing acknowledged is lost, nothing is stored
+// twice, and the frames sent during the outage are stored once it is back.
+func TestNATSRestart(t *testing.T) {
+	h := newHarness(t, func(c *broker.ReceiverConfig) {
+		c.Publish.AckTimeout = 500 * time.Millisecond
+		c.Publish.RetryFor = 30 * time.Second
+	})
+	const total = 400
+	t0 := time.Now()
+	c := dialACS(t, h.wsURL("?callId=restart"), nil)
+	c.audioMetadata("s", 16000)
+	restarted := make(chan struct{})
+	for i := 0; i < total; i++ {
+		if i == 100 {
+			// Down for longer than the ack timeout, so publishes time out
+			// and are sent again: de-duplication must hold.
+			h.ns.Stop()
+			go func() {
+				time.Sleep(1500 * time.Millisecond)
+				h.ns.Restart()
+				close(restarted)
+			}()
+		}
+		c.audio(t0.Add(time.Duration(i)*20*time.Millisecond), "8:acs:a", frameOf(0, i, 640), false)
+		time.Sleep(5 * time.Millisecond)
+	}
+	<-restarted
+	c.close()
+
+	msgs := h.readStream(1)
+	seqs := map[uint64]int{}
+	var order []uint64
+	var ended *codec.Lifecycle
+	for _, m := range msgs {
+		switch v := m.payload.(type) {
+		case *codec.Frame:
+			seqs[v.Seq]++
+			order = append(order, v.Seq)
+			if !bytes.Equal(v.Data, frameOf(0, int(v.Seq-1), 640)) {
+				t.Fatalf("frame %d: wrong PCM", v.Seq)
+			}
+		case *codec.Lifecycle:
+			if v.Type == codec.LifecycleEnded {
+				ended = v
+			}
+		}
+	}
+	for seq, n := range seqs {
+		if n > 1 {
+			t.Errorf("frame %d stored %d times", seq, n)
+		}
+	}
+	if ended == nil {
+		t.Fatal("no ended lifecycle")
+	}
+	if ended.Frames["8:acs:a"] != uint64(len(seqs)) {
+		t.Errorf("ended counts %d stored frames, stream holds %d", ended.Frames["8:acs:a"], len(seqs))
+	}
+	if len(seqs) != total {
+		t.Errorf("%d of %d frames stored", len(seqs), total)
+	}
+	if !sort.SliceIsSorted(order, func(i, j int) bool { return order[i] < order[j] }) {
+		t.Logf("frames stored out of receive order across the restart (allowed, see README): %v", order)
+	}
+	if h.counter("audiofan_receiver_publish_retries_total") == 0 {
+		t.Error("the outage caused no retries: the test did not test what it should")
+	}
+}
+
+// TestDrainLetsCallFinish: on shutdown the receiver stops being ready and
+// refuses new sockets, while an open call goes on to its natural end.
+func TestDrainLetsCallFinish(t *testing.T) {
+	h := newHarness(t, func(c *broker.ReceiverConfig) { c.DrainTimeout = time.Minute })
+	t0 := time.Now()
+	c := dialACS(t, h.wsURL("?callId=draining"), nil)
+	c.audioMetadata("s", 16000)
+	for i := 0; i < 10; i++ {
+		c.audio(t0.Add(time.Duration(i)*20*time.Millisecond), "", frameOf(0, i, 640), false)
+	}
+	stopped := make(chan struct{})
+	cancel := h.cancel
+	h.cancel = nil
+	go func() { cancel(); <-h.done; close(stopped) }()
+
+	waitFor(t, "readyz 503", func() bool {
+		resp, err := http.Get("http://" + h.addr + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusServiceUnavailable
+	})
+	if _, resp, err := websocket.DefaultDialer.Dial(h.wsURL("?callId=late"), nil); err == nil || resp == nil || resp.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("new socket while draining: err %v", err)
+	}
+	for i := 10; i < 60; i++ {
+		c.audio(t0.Add(time.Duration(i)*20*time.Millisecond), "", frameOf(0, i, 640), false)
+	}
+	select {
+	case <-stopped:
+		t.Fatal("Serve returned with a call still open")
+	case <-time.After(100 * time.Millisecond):
+	}
+	c.close()
+	<-stopped
+
+	msgs := h.readStream(1)
+	frames := 0
+	for _, m := range msgs {
+		switch v := m.payload.(type) {
+		case *codec.Frame:
+			frames++
+		case *codec.Lifecycle:
+			if v.Type == codec.LifecycleEnded && (v.Reason != "peer" || v.Frames[""] != 60) {
+				t.Errorf("ended %+v", v)
+			}
+		}
+	}
+	if frames != 60 {
+		t.Errorf("%d of 60 frames stored", frames)
+	}
+}
+
+// TestDrainDeadline: a call still open when the drain deadline passes is
+// closed with 1001 (ACS reconnects elsewhere), its frames flushed and its end
+// published.
+func TestDrainDeadline(t *testing.T) {
+	h := newHarness(t, func(c *broker.ReceiverConfig) { c.DrainTimeout = 300 * time.Millisecond })
+	c := dialACS(t, h.wsURL("?callId=long"), nil)
+	c.audioMetadata("s", 24000)
+	for i := 0; i < 20; i++ {
+		c.audio(time.Now(), "x", frameOf(0, i, 960), false)
+	}
+	h.stop()
+	if code := c.waitClosed(); code != websocket.CloseGoingAway {
+		t.Errorf("closed with %d, want 1001", code)
+	}
+	msgs := h.readStream(1)
+	last := msgs[len(msgs)-1].payload.(*codec.Lifecycle)
+	if last.Type != codec.LifecycleEnded || last.Reason != "drain" || last.Frames["x"] != 20 || len(msgs) != 22 {
+		t.Errorf("last message %+v of %d", last, len(msgs))
+	}
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

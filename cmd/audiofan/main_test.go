@@ -1,0 +1,171 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// syncBuffer is a bytes.Buffer safe for the logger and the test at once.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+func TestHelpListsEverySetting(t *testing.T) {
+	var out, errb bytes.Buffer
+	if code := run([]string{"serve", "--help"}, &out, &errb); code != 0 {
+		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+	for _, v := range []string{"NATS_URL", "AUDIOFAN_HTTP_ADDR", "AUDIOFAN_AUTH", "AUDIOFAN_DATA_DIR", "AUDIOFAN_NATS_LISTEN", "AUDIOFAN_SUBJECT_PREFIX", "AUDIOFAN_STREAM ", "AUDIOFAN_PUBLISH_WINDOW"} {
+		if !strings.Contains(out.String(), v) {
+			t.Errorf("serve --help lacks %s", strings.TrimSpace(v))
+		}
+	}
+	if code := run([]string{"nonsense"}, &out, &errb); code != 2 {
+		t.Errorf("unknown command exit %d", code)
+	}
+}
+
+func TestBadSettingsExit(t *testing.T) {
+	for env, want := range map[string]string{
+		"AUDIOFAN_HTTP_ADDR=0.0.0.0:0":        "AUDIOFAN_AUTH must be set",
+		"AUDIOFAN_STREAM_STORAGE=tape":        "file or memory",
+		"AUDIOFAN_STREAM_MAX_BYTES=lots":      "AUDIOFAN_STREAM_MAX_BYTES",
+		"AUDIOFAN_AUTH=secret":                "AUDIOFAN_AUTH_SECRET",
+		"AUDIOFAN_SUBJECT_PREFIX=calls.audio": "one subject token",
+	} {
+		k, v, _ := strings.Cut(env, "=")
+		t.Run(k, func(t *testing.T) {
+			t.Setenv(k, v)
+			var out, errb bytes.Buffer
+			if code := run([]string{"serve"}, &out, &errb); code != 2 || !strings.Contains(errb.String(), want) {
+				t.Errorf("exit %d, stderr %q; want 2 and %q", code, errb.String(), want)
+			}
+		})
+	}
+	t.Run("receiver without NATS_URL", func(t *testing.T) {
+		var out, errb bytes.Buffer
+		if code := run([]string{"receiver"}, &out, &errb); code != 1 || !strings.Contains(errb.String(), "NATS_URL is empty") {
+			t.Errorf("exit %d, stderr %q", code, errb.String())
+		}
+	})
+}
+
+// TestServeAndTap runs the binary's serve role, streams a call into it, reads
+// it back with tap, then stops serve with a real SIGTERM.
+func TestServeAndTap(t *testing.T) {
+	httpAddr, natsAddr := freePort(t), freePort(t)
+	t.Setenv("AUDIOFAN_HTTP_ADDR", httpAddr)
+	t.Setenv("AUDIOFAN_NATS_LISTEN", natsAddr)
+	t.Setenv("AUDIOFAN_DATA_DIR", t.TempDir())
+	t.Setenv("AUDIOFAN_DRAIN_TIMEOUT", "5s")
+	var serveOut, serveErr syncBuffer
+	done := make(chan int, 1)
+	go func() { done <- run([]string{"serve"}, &serveOut, &serveErr) }()
+
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := http.Get("http://" + httpAddr + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("serve not ready: %v\n%s", err, serveErr.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	c, _, err := websocket.DefaultDialer.Dial("ws://"+httpAddr+"/ws", http.Header{"x-ms-call-connection-id": {"4:+1 call"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	send := func(s string) {
+		if err := c.WriteMessage(websocket.TextMessage, []byte(s)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send(`{"kind":"AudioMetadata","audioMetadata":{"subscriptionId":"s","encoding":"PCM","sampleRate":16000,"channels":1,"length":640}}`)
+	pcm := bytes.Repeat([]byte{1, 2}, 320)
+	for i := 0; i < 5; i++ {
+		send(fmt.Sprintf(`{"kind":"AudioData","audioData":{"timestamp":"2025-03-14T09:26:53.%03dZ","participantRawID":"8:acs:x","data":"%s","silent":false}}`,
+			i*20, base64.StdEncoding.EncodeToString(pcm)))
+	}
+	_ = c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(time.Second))
+	for {
+		if _, _, err := c.ReadMessage(); err != nil {
+			break
+		}
+	}
+
+	t.Setenv("NATS_URL", "nats://"+natsAddr)
+	var tapOut, tapErr bytes.Buffer
+	if code := run([]string{"tap", "--all", "--call", "4:+1 call", "-n", "7"}, &tapOut, &tapErr); code != 0 {
+		t.Fatalf("tap exit %d: %s", code, tapErr.String())
+	}
+	var kinds []string
+	sc := bufio.NewScanner(&tapOut)
+	for sc.Scan() {
+		var line struct {
+			Subject string
+			Kind    string
+			Payload map[string]any
+		}
+		if err := json.Unmarshal(sc.Bytes(), &line); err != nil {
+			t.Fatalf("tap line %q: %v", sc.Text(), err)
+		}
+		kinds = append(kinds, line.Kind)
+		if line.Kind == "audio" && (line.Subject != "calls.4_3A_2B1_20call.audio.8_3Aacs_3Ax" || line.Payload["participant"] != "8:acs:x" || line.Payload["dataLen"] != 640.0) {
+			t.Errorf("tap audio line: %s", sc.Text())
+		}
+	}
+	if strings.Join(kinds, ",") != "lifecycle,audio,audio,audio,audio,audio,lifecycle" {
+		t.Errorf("tap printed kinds %v", kinds)
+	}
+
+	if err := syscall.Kill(syscall.Getpid(), syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case code := <-done:
+		if code != 0 {
+			t.Errorf("serve exit %d:\n%s", code, serveErr.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("serve did not stop on SIGTERM")
+	}
+	if !strings.Contains(serveErr.String(), "embedded NATS stopped") {
+		t.Errorf("serve log lacks a clean stop:\n%s", serveErr.String())
+	}
+}
