@@ -19,12 +19,13 @@ type PublishConfig struct {
 	MaxPending int           `env:"AUDIOFAN_PUBLISH_MAX_PENDING" envDefault:"16384" help:"messages the receiver may have unacknowledged across all sockets"`
 	AckTimeout time.Duration `env:"AUDIOFAN_PUBLISH_ACK_TIMEOUT" envDefault:"5s" help:"how long to wait for JetStream's acknowledgement before sending again"`
 	RetryFor   time.Duration `env:"AUDIOFAN_PUBLISH_RETRY_FOR" envDefault:"30s" help:"how long a message is sent again (same Nats-Msg-Id) before it is dropped (counted)"`
+	Block      time.Duration `env:"AUDIOFAN_PUBLISH_BLOCK" envDefault:"500ms" help:"how long a socket waits for room in a full window before it sheds audio until half the window is free"`
 }
 
 // Validate checks the settings.
 func (c PublishConfig) Validate() error {
-	if c.Window < 1 || c.MaxPending < 1 || c.AckTimeout <= 0 || c.RetryFor < 0 {
-		return errors.New("AUDIOFAN_PUBLISH_WINDOW, _MAX_PENDING and _ACK_TIMEOUT must be positive, _RETRY_FOR not negative")
+	if c.Window < 1 || c.MaxPending < 1 || c.AckTimeout <= 0 || c.RetryFor < 0 || c.Block < 0 {
+		return errors.New("AUDIOFAN_PUBLISH_WINDOW, _MAX_PENDING and _ACK_TIMEOUT must be positive, _RETRY_FOR and _BLOCK not negative")
 	}
 	return nil
 }
@@ -57,15 +58,19 @@ type pending struct {
 // A failed publish is sent again in place with the same Nats-Msg-Id, so
 // JetStream stores it once however often it is sent.
 type pipeline struct {
-	js      jetstream.JetStream
-	cfg     PublishConfig
-	m       *metrics
-	connID  string
-	n       uint64 // messages given a Nats-Msg-Id so far
-	q       []pending
-	head    int
-	stall   time.Duration
-	onError func(kind string, err error, dropped bool)
+	js     jetstream.JetStream
+	cfg    PublishConfig
+	m      *metrics
+	connID string
+	n      uint64 // messages given a Nats-Msg-Id so far
+	q      []pending
+	head   int
+	// shedding is set when the window stayed full for cfg.Block: audio is then
+	// dropped at once, so the socket keeps pace with ACS during an outage,
+	// until half the window is free again.
+	shedding bool
+	onError  func(kind string, err error, dropped bool)
+	onShed   func(shedding bool)
 }
 
 func (p *pipeline) inflight() int { return len(p.q) - p.head }
@@ -83,16 +88,34 @@ func (p *pipeline) newMsg(subject string, data []byte) *nats.Msg {
 	return &nats.Msg{Subject: subject, Data: data, Header: nats.Header{jetstream.MsgIDHeader: []string{p.msgID()}}}
 }
 
-// publish sends a message. Audio frames (droppable) are dropped when the
-// window is full; anything else waits for room, up to the retry deadline.
+// publish sends a message. When the window is full it waits for room: up to
+// cfg.Block for audio frames (then the socket sheds audio, see shedding), up
+// to the retry deadline for anything else.
 func (p *pipeline) publish(ctx context.Context, subject, kind string, data []byte, part *participant, received time.Time, droppable bool) error {
-	p.reap(ctx, false)
+	p.reap(ctx)
+	if p.shedding && p.inflight() <= p.cfg.Window/2 {
+		p.shedding = false
+		p.onShed(false)
+	}
 	if p.inflight() >= p.cfg.Window {
-		if droppable {
+		if droppable && p.shedding {
 			return errWindowFull
 		}
-		if !p.waitHead(ctx) && p.inflight() >= p.cfg.Window {
-			return errWindowFull
+		wait := p.cfg.RetryFor + p.cfg.AckTimeout
+		if droppable {
+			wait = p.cfg.Block
+		}
+		deadline := time.Now().Add(wait)
+		for p.inflight() >= p.cfg.Window {
+			left := time.Until(deadline)
+			if left <= 0 || ctx.Err() != nil {
+				if droppable {
+					p.shedding = true
+					p.onShed(true)
+				}
+				return errWindowFull
+			}
+			p.settleHead(ctx, left)
 		}
 	}
 	msg := p.newMsg(subject, data)
@@ -122,47 +145,41 @@ func (p *pipeline) send(msg *nats.Msg, stall time.Duration) (jetstream.PubAckFut
 	return p.js.PublishMsgAsync(msg, opts...)
 }
 
-// reap settles acknowledged messages at the head of the queue, in order. With
-// block it waits for each one; otherwise it stops at the first still open.
-func (p *pipeline) reap(ctx context.Context, block bool) {
-	for p.head < len(p.q) {
-		if !p.settleHead(ctx, block) {
-			return
-		}
+// reap settles the messages at the head of the queue that are done, in
+// order, without waiting.
+func (p *pipeline) reap(ctx context.Context) {
+	for p.head < len(p.q) && p.settleHead(ctx, 0) {
 	}
 }
 
-// waitHead blocks until the head settles (stored, or dropped for good).
-func (p *pipeline) waitHead(ctx context.Context) bool {
-	if p.head >= len(p.q) {
-		return true
-	}
-	return p.settleHead(ctx, true)
-}
-
-// settleHead handles the head's outcome; false means it is still open.
-func (p *pipeline) settleHead(ctx context.Context, block bool) bool {
+// settleHead handles the head's outcome, waiting up to wait for it; false
+// means it is still open (or was sent again).
+func (p *pipeline) settleHead(ctx context.Context, wait time.Duration) bool {
 	h := &p.q[p.head]
 	var err error
-	if h.fut == nil {
+	switch {
+	case h.fut == nil:
+		// Never got out (the client refused it): send it again, paced.
 		err = nats.ErrConnectionReconnecting
-	} else if block {
-		var timer <-chan time.Time
-		if wait := time.Until(h.deadline); wait > 0 {
-			t := time.NewTimer(wait + p.cfg.AckTimeout)
-			defer t.Stop()
-			timer = t.C
+		if wait > 0 {
+			select {
+			case <-time.After(min(wait, 100*time.Millisecond)):
+			case <-ctx.Done():
+				return false
+			}
 		}
+	case wait > 0:
+		t := time.NewTimer(wait)
+		defer t.Stop()
 		select {
-		case ack := <-h.fut.Ok():
-			_ = ack
+		case <-h.fut.Ok():
 		case err = <-h.fut.Err():
-		case <-timer:
-			err = jetstream.ErrAsyncPublishTimeout
+		case <-t.C:
+			return false
 		case <-ctx.Done():
 			return false
 		}
-	} else {
+	default:
 		select {
 		case <-h.fut.Ok():
 		case err = <-h.fut.Err():
@@ -181,14 +198,6 @@ func (p *pipeline) settleHead(ctx context.Context, block bool) bool {
 	}
 	if retryable(err) && time.Now().Before(h.deadline) {
 		p.m.retries.Inc()
-		if h.fut == nil && block {
-			// Nothing in flight to wait on: pace the resends.
-			select {
-			case <-time.After(100 * time.Millisecond):
-			case <-ctx.Done():
-				return false
-			}
-		}
 		fut, serr := p.send(h.msg, 0)
 		if serr != nil {
 			fut = nil
@@ -219,23 +228,19 @@ func (p *pipeline) pop() {
 	}
 }
 
-// flush waits until every message is stored or given up, then publishes msg
-// (the ended lifecycle) synchronously, so it is stored after all of them.
+// flush waits until every message is stored or given up (each is retried
+// until its own deadline), or ctx ends; what is left then is counted as
+// dropped. The caller then publishes "ended", stored after all of them.
 func (p *pipeline) flush(ctx context.Context) {
-	for p.head < len(p.q) {
-		if !p.settleHead(ctx, true) && ctx.Err() != nil {
-			break
-		}
+	for p.head < len(p.q) && ctx.Err() == nil {
+		p.settleHead(ctx, time.Until(p.q[p.head].deadline)+p.cfg.AckTimeout)
 	}
-	// What is left could not be settled before ctx ended: count it.
 	for p.head < len(p.q) {
 		p.m.dropped.WithLabelValues(dropPublishFailed).Inc()
 		p.onError(p.q[p.head].kind, ctx.Err(), true)
 		p.pop()
 	}
-	if cap(p.q) > 0 {
-		p.q = nil
-	}
+	p.q = nil
 }
 
 // publishSync sends one message and waits for its acknowledgement, retrying

@@ -205,9 +205,18 @@ func (r *Receiver) serveWS(w http.ResponseWriter, req *http.Request) {
 	conn.SetReadLimit(int64(r.cfg.MaxMessageBytes))
 
 	s := &socket{r: r, conn: conn, id: newConnID(), remote: req.RemoteAddr, correlationID: req.Header.Get("x-ms-call-correlation-id")}
-	s.pipe = pipeline{js: r.js, cfg: r.cfg.Publish, m: r.m, connID: s.id, onError: func(kind string, err error, _ bool) {
-		r.warn.Warn("message not stored", "kind", kind, "conn", s.id, "call", s.call, "err", err)
-	}}
+	s.pipe = pipeline{js: r.js, cfg: r.cfg.Publish, m: r.m, connID: s.id,
+		onError: func(kind string, err error, _ bool) {
+			r.warn.Warn("message not stored", "kind", kind, "conn", s.id, "call", s.call, "err", err)
+		},
+		onShed: func(on bool) {
+			if on {
+				r.warn.Warn("JetStream is not keeping up: shedding this socket's audio until its window drains", "conn", s.id, "call", s.call)
+			} else {
+				s.log.Info("JetStream caught up: no longer shedding audio")
+			}
+		},
+	}
 	s.log = r.log.With("conn", s.id)
 	if call != "" {
 		s.call, s.callTok, s.callFromURL = call, codec.EncodeToken(call), true

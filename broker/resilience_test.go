@@ -168,3 +168,52 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestOverloadShedsAndCounts: while JetStream is away the socket's window
+// fills; audio past it is dropped and counted, never silently, and every
+// frame is either stored or counted as dropped.
+func TestOverloadShedsAndCounts(t *testing.T) {
+	h := newHarness(t, func(c *broker.ReceiverConfig) {
+		c.Publish.Window = 16
+		c.Publish.Block = 50 * time.Millisecond
+		c.Publish.AckTimeout = 300 * time.Millisecond
+		c.Publish.RetryFor = 20 * time.Second
+	})
+	const total = 200
+	c := dialACS(t, h.wsURL("?callId=overload"), nil)
+	c.audioMetadata("s", 16000)
+	for i := 0; i < 20; i++ {
+		c.audio(time.Now(), "p", frameOf(0, i, 640), false)
+	}
+	h.ns.Stop()
+	for i := 20; i < total; i++ {
+		c.audio(time.Now(), "p", frameOf(0, i, 640), false)
+		time.Sleep(2 * time.Millisecond)
+	}
+	h.ns.Restart()
+	c.close()
+
+	msgs := h.readStream(1)
+	frames := 0
+	var ended *codec.Lifecycle
+	for _, m := range msgs {
+		switch v := m.payload.(type) {
+		case *codec.Frame:
+			frames++
+		case *codec.Lifecycle:
+			if v.Type == codec.LifecycleEnded {
+				ended = v
+			}
+		}
+	}
+	dropped := h.counter("audiofan_receiver_dropped_total", "reason", "backpressure")
+	if dropped == 0 {
+		t.Fatal("nothing was shed while JetStream was away")
+	}
+	if frames+int(dropped) != total {
+		t.Errorf("stored %d + dropped %v != sent %d", frames, dropped, total)
+	}
+	if ended == nil || ended.Frames["p"] != uint64(frames) {
+		t.Errorf("ended %+v, stream holds %d frames", ended, frames)
+	}
+}

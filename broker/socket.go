@@ -370,7 +370,9 @@ func (s *socket) publish(ctx context.Context, subject, kind string, data []byte,
 	err := s.pipe.publish(ctx, subject, kind, data, part, now, droppable)
 	if err != nil {
 		s.r.m.dropped.WithLabelValues(dropBackpressure).Inc()
-		s.r.warn.Warn("message dropped: JetStream is not keeping up", "kind", kind, "conn", s.id, "call", s.call, "inflight", s.pipe.inflight(), "err", err)
+		if !droppable {
+			s.r.warn.Warn("message dropped: JetStream is not keeping up", "kind", kind, "conn", s.id, "call", s.call, "err", err)
+		}
 	}
 	return nil
 }
