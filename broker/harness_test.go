@@ -28,7 +28,7 @@ import (
 
 // harness runs a receiver against an embedded JetStream, both on random ports.
 type harness struct {
-	t      *testing.T
+	t      testing.TB
 	ns     *natstest.Server
 	nc     *nats.Conn
 	js     jetstream.JetStream
@@ -57,7 +57,7 @@ func testLogger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(io.Discard, nil))
 }
 
-func newHarness(t *testing.T, modify func(*broker.ReceiverConfig)) *harness {
+func newHarness(t testing.TB, modify func(*broker.ReceiverConfig)) *harness {
 	t.Helper()
 	h := &harness{t: t, ns: natstest.Start(t), sc: defaults[broker.StreamConfig](t), rc: defaults[broker.ReceiverConfig](t)}
 	h.rc.HTTPAddr = "127.0.0.1:0"

@@ -243,6 +243,29 @@ func (p *pipeline) flush(ctx context.Context) {
 	p.q = nil
 }
 
+// publishAwait sends a message and waits up to one ack timeout for it to be
+// stored, so that nothing is left in flight after it; if JetStream does not
+// answer in time it joins the queue like any message (same Nats-Msg-Id), and
+// the socket goes on reading.
+func (p *pipeline) publishAwait(ctx context.Context, subject, kind string, data []byte, received time.Time) error {
+	p.reap(ctx)
+	msg := p.newMsg(subject, data)
+	actx, cancel := context.WithTimeout(ctx, p.cfg.AckTimeout)
+	_, err := p.js.PublishMsg(actx, msg, jetstream.WithRetryAttempts(3), jetstream.WithRetryWait(100*time.Millisecond))
+	cancel()
+	if err == nil {
+		p.m.stored.WithLabelValues(kind).Inc()
+		return nil
+	}
+	if !retryable(err) {
+		return fmt.Errorf("publish %s: %w", subject, err)
+	}
+	p.m.retries.Inc()
+	p.q = append(p.q, pending{msg: msg, kind: kind, received: received, deadline: received.Add(p.cfg.RetryFor)})
+	p.m.inflight.Inc()
+	return nil
+}
+
 // publishSync sends one message and waits for its acknowledgement, retrying
 // with the same Nats-Msg-Id until the retry deadline.
 func (p *pipeline) publishSync(ctx context.Context, subject, kind string, data []byte) error {

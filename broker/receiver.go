@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -34,6 +35,7 @@ type ReceiverConfig struct {
 	IdleTimeout         time.Duration `env:"AUDIOFAN_IDLE_TIMEOUT" envDefault:"10m" help:"a socket silent this long after its metadata is closed (0 = never)"`
 	MaxInvalidMessages  int           `env:"AUDIOFAN_MAX_INVALID_MESSAGES" envDefault:"20" help:"invalid messages a socket may send per AUDIOFAN_INVALID_WINDOW before it is closed with 1008"`
 	InvalidWindow       time.Duration `env:"AUDIOFAN_INVALID_WINDOW" envDefault:"10s" help:"window of AUDIOFAN_MAX_INVALID_MESSAGES"`
+	PProf               bool          `env:"AUDIOFAN_PPROF" envDefault:"false" help:"serve Go's profiler at /debug/pprof/ on the listener (for diagnosis; keep it off on a public listener)"`
 	DrainTimeout        time.Duration `env:"AUDIOFAN_DRAIN_TIMEOUT" envDefault:"2m" help:"on SIGTERM, how long open calls may go on before their sockets are closed with 1001"`
 	Publish             PublishConfig
 }
@@ -111,6 +113,9 @@ func NewReceiver(cfg ReceiverConfig, sc StreamConfig, nc *nats.Conn, js jetstrea
 	r.bufs.New = func() any { b := make([]byte, 0, 2048); return &b }
 	r.upgrader = websocket.Upgrader{
 		HandshakeTimeout: 10 * time.Second,
+		// A small frame-header buffer of gorilla's own over a lazyConn (see
+		// lazyconn.go), instead of keeping the HTTP server's 4 KiB one.
+		ReadBufferSize: 256,
 		// Idle sockets hold no write buffer; the pool lends one for the rare
 		// write (a close frame, a pong).
 		WriteBufferPool: &sync.Pool{},
@@ -128,6 +133,10 @@ func (r *Receiver) Handler(metricsHandler http.Handler) http.Handler {
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("GET /readyz", r.serveReady)
 	mux.Handle("GET /metrics", metricsHandler)
+	if r.cfg.PProf {
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	}
 	return mux
 }
 
@@ -195,9 +204,9 @@ func (r *Receiver) serveWS(w http.ResponseWriter, req *http.Request) {
 		http.Error(w, "too many connections", http.StatusServiceUnavailable)
 		return
 	}
-	defer r.open.Add(-1)
-	conn, err := r.upgrader.Upgrade(w, req, nil)
+	conn, err := r.upgrader.Upgrade(lazyHijacker{w}, req, nil)
 	if err != nil {
+		r.open.Add(-1)
 		r.m.conns.WithLabelValues("upgrade_failed").Inc()
 		return // the upgrader has answered with an HTTP error
 	}
@@ -223,13 +232,20 @@ func (r *Receiver) serveWS(w http.ResponseWriter, req *http.Request) {
 		s.log = s.log.With("call", call)
 	}
 	if !r.track(s) {
+		r.open.Add(-1)
 		s.drain()
 		return
 	}
-	defer r.untrack(s)
-	r.m.connsOpen.Inc()
-	defer r.m.connsOpen.Dec()
-	s.run(req.Context())
+	// The socket lives on in a goroutine of its own, and the HTTP handler
+	// returns: the server then lets go of the request and its buffers, and the
+	// socket's goroutine starts with a small stack.
+	go func() {
+		defer r.open.Add(-1)
+		defer r.untrack(s)
+		r.m.connsOpen.Inc()
+		defer r.m.connsOpen.Dec()
+		s.run(context.Background())
+	}()
 }
 
 func (r *Receiver) track(s *socket) bool {

@@ -348,11 +348,16 @@ func (s *socket) start(ctx context.Context, now time.Time) error {
 		_ = s.conn.SetReadDeadline(time.Time{})
 	}
 	s.log.Info("call stream started", "stream", s.stream, "sample_rate", s.sampleRate)
+	// Awaited, so that an idle socket holds nothing in flight afterwards.
 	data, err := codec.Marshal(ptr(s.lifecycle(codec.LifecycleStarted)))
 	if err != nil {
 		return err
 	}
-	return s.publish(ctx, s.r.subj.Lifecycle(s.callTok), KindLifecycle, data, nil, now, false)
+	if err := s.pipe.publishAwait(ctx, s.r.subj.Lifecycle(s.callTok), KindLifecycle, data, now); err != nil {
+		s.r.m.dropped.WithLabelValues(dropRejected).Inc()
+		s.r.warn.Warn("started lifecycle not stored", "conn", s.id, "call", s.call, "err", err)
+	}
+	return nil
 }
 
 func ptr[T any](v T) *T { return &v }

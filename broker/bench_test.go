@@ -1,0 +1,362 @@
+package broker_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/base64"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/audiofan/audiofan/broker"
+	"github.com/audiofan/audiofan/broker/natstest"
+	"github.com/audiofan/audiofan/codec"
+)
+
+// appendWSFrame appends a client-to-server text frame. The mask key is zero,
+// which makes masking the identity: a benchmark client then costs nothing but
+// the write, and the receiver still runs its unmasking.
+func appendWSFrame(dst, payload []byte) []byte {
+	dst = append(dst, 0x81)
+	switch n := len(payload); {
+	case n < 126:
+		dst = append(dst, 0x80|byte(n))
+	case n <= 0xffff:
+		dst = append(dst, 0x80|126, byte(n>>8), byte(n))
+	default:
+		dst = append(dst, 0x80|127, 0, 0, 0, 0, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
+	}
+	dst = append(dst, 0, 0, 0, 0)
+	return append(dst, payload...)
+}
+
+var closeFrame = []byte{0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8}
+
+// rawDial opens a WebSocket without a client library.
+func rawDial(addr, path string) (net.Conn, error) {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	req := "GET " + path + " HTTP/1.1\r\nHost: " + addr + "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+	if _, err := io.WriteString(c, req); err != nil {
+		c.Close()
+		return nil, err
+	}
+	br := bufio.NewReaderSize(c, 512)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		c.Close()
+		return nil, fmt.Errorf("upgrade: %v (%v)", err, resp)
+	}
+	return c, nil
+}
+
+func metadataMsg(rate int) []byte {
+	return []byte(fmt.Sprintf(`{"kind":"AudioMetadata","audioMetadata":{"subscriptionId":"bench","encoding":"PCM","sampleRate":%d,"channels":1,"length":%d}}`, rate, rate/50*2))
+}
+
+func audioMsg(i int, participant string) []byte {
+	ts := time.Date(2025, 3, 14, 9, 0, 0, 0, time.UTC).Add(time.Duration(i) * 20 * time.Millisecond).Format("2006-01-02T15:04:05.000Z")
+	return []byte(`{"kind":"AudioData","audioData":{"timestamp":"` + ts + `","participantRawID":"` + participant +
+		`","data":"` + base64.StdEncoding.EncodeToString(frameOf(1, i, 640)) + `","silent":false}}`)
+}
+
+const (
+	benchClients = 40
+	benchFrames  = 2500 // per client: 100,000 frames in all
+	benchPart    = "8:acs:6a1f0c2e-1111-2222-3333-444455556666_0000001a-2b3c"
+)
+
+// BenchmarkReceiverVsPlainPublisher measures frames per second into an
+// embedded JetStream (file storage, every ack awaited) two ways in one run:
+// a plain async JetStream publisher of ready-made msgpack frames (the
+// baseline: no WebSocket, no parsing, no encoding), and the receiver fed by
+// concurrent WebSocket clients. Both publish the same subjects with the same
+// Nats-Msg-Id headers. The ratio is the figure to watch.
+func BenchmarkReceiverVsPlainPublisher(b *testing.B) {
+	var plain, recv float64
+	for b.Loop() {
+		plain = benchPlainPublisher(b)
+		recv = benchReceiver(b)
+	}
+	b.ReportMetric(plain, "plain-frames/s")
+	b.ReportMetric(recv, "receiver-frames/s")
+	b.ReportMetric(recv/plain, "receiver/plain")
+}
+
+func benchPlainPublisher(b *testing.B) float64 {
+	ns := natstest.Start(b)
+	defer ns.Stop()
+	pc := defaults[broker.PublishConfig](b)
+	sc := defaults[broker.StreamConfig](b)
+	nc, err := nats.Connect(ns.URL())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := broker.NewJetStream(nc, pc)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := broker.EnsureStream(context.Background(), js, sc); err != nil {
+		b.Fatal(err)
+	}
+	type prepared struct {
+		subject, id string
+		data        []byte
+	}
+	msgs := make([]prepared, 0, benchClients*benchFrames)
+	now := time.Now()
+	for i := 0; i < benchFrames; i++ {
+		for c := 0; c < benchClients; c++ {
+			call := fmt.Sprintf("call-%d", c)
+			f := codec.Frame{V: 1, Call: call, Participant: benchPart, Seq: uint64(i + 1), Timestamp: now, ReceivedAt: now,
+				SampleRate: 16000, Channels: 1, Encoding: codec.EncodingPCM16, Data: frameOf(1, i, 640)}
+			msgs = append(msgs, prepared{sc.Subjects().Audio(codec.EncodeToken(call), codec.EncodeToken(benchPart)),
+				fmt.Sprintf("plain%d/%d", c, i+1), codec.AppendFrame(nil, &f)})
+		}
+	}
+	start := time.Now()
+	for _, m := range msgs {
+		msg := &nats.Msg{Subject: m.subject, Data: m.data, Header: nats.Header{jetstream.MsgIDHeader: []string{m.id}}}
+		if _, err := js.PublishMsgAsync(msg); err != nil {
+			b.Fatal(err)
+		}
+	}
+	select {
+	case <-js.PublishAsyncComplete():
+	case <-time.After(2 * time.Minute):
+		b.Fatal("plain publisher: acks did not complete")
+	}
+	return float64(len(msgs)) / time.Since(start).Seconds()
+}
+
+func benchReceiver(b *testing.B) float64 {
+	h := newHarness(b, nil)
+	defer h.stop()
+	streams := make([][]byte, benchClients)
+	for c := range streams {
+		buf := appendWSFrame(nil, metadataMsg(16000))
+		for i := 0; i < benchFrames; i++ {
+			buf = appendWSFrame(buf, audioMsg(i, benchPart))
+		}
+		streams[c] = append(buf, closeFrame...)
+	}
+	conns := make([]net.Conn, benchClients)
+	for c := range conns {
+		var err error
+		if conns[c], err = rawDial(h.addr, fmt.Sprintf("/ws?callId=call-%d", c)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	want := uint64(benchClients * (benchFrames + 2))
+	start := time.Now()
+	var wg sync.WaitGroup
+	for c, conn := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := conn.Write(streams[c]); err != nil {
+				b.Error(err)
+			}
+			_, _ = io.Copy(io.Discard, conn) // until the receiver closes
+			conn.Close()
+		}()
+	}
+	s, err := h.js.Stream(context.Background(), h.sc.Name)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for {
+		info, err := s.Info(context.Background())
+		if err != nil {
+			b.Fatal(err)
+		}
+		if info.State.Msgs >= want {
+			break
+		}
+		if time.Since(start) > 2*time.Minute {
+			b.Fatalf("receiver: %d of %d messages stored", info.State.Msgs, want)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	elapsed := time.Since(start)
+	wg.Wait()
+	if d := h.counter("audiofan_receiver_dropped_total", "reason", "backpressure"); d != 0 {
+		b.Fatalf("receiver dropped %v frames", d)
+	}
+	return float64(benchClients*benchFrames) / elapsed.Seconds()
+}
+
+// BenchmarkConnectionMemory measures the resident memory a receiver process
+// (`audiofan receiver`, built for the purpose, with only the receiver in it)
+// spends per WebSocket connection, at 1,000 connections: idle after their
+// metadata, then each streaming a 16 kHz participant in real time.
+func BenchmarkConnectionMemory(b *testing.B) {
+	const conns = 1000
+	bin := filepath.Join(b.TempDir(), "audiofan")
+	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/audiofan").CombinedOutput(); err != nil {
+		b.Fatalf("build: %v\n%s", err, out)
+	}
+	ns := natstest.Start(b)
+	httpAddr := freeTCPAddr(b)
+	cmd := exec.Command(bin, "receiver")
+	cmd.Env = append(os.Environ(), "NATS_URL="+ns.URL(), "AUDIOFAN_HTTP_ADDR="+httpAddr, "AUDIOFAN_LOG_LEVEL=warn", "AUDIOFAN_DRAIN_TIMEOUT=1s", "AUDIOFAN_PPROF=true")
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		_ = cmd.Wait()
+	}()
+	waitReady(b, httpAddr)
+
+	var idle, streaming, idleLive, streamingLive float64
+	for b.Loop() {
+		time.Sleep(time.Second)
+		base := rss(b, cmd.Process.Pid)
+		baseLive := goLive(b, httpAddr)
+		cs := make([]net.Conn, conns)
+		for i := range cs {
+			c, err := rawDial(httpAddr, fmt.Sprintf("/ws?callId=mem-%d", i))
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, err := c.Write(appendWSFrame(nil, metadataMsg(16000))); err != nil {
+				b.Fatal(err)
+			}
+			cs[i] = c
+		}
+		time.Sleep(3 * time.Second)
+		idle = float64(rss(b, cmd.Process.Pid)-base) / conns
+		idleLive = (goLive(b, httpAddr) - baseLive) / conns
+
+		frame := appendWSFrame(nil, audioMsg(0, benchPart))
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		const writers = 4
+		for w := 0; w < writers; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				tick := time.NewTicker(20 * time.Millisecond)
+				defer tick.Stop()
+				for {
+					select {
+					case <-stop:
+						return
+					case <-tick.C:
+					}
+					for i := w; i < conns; i += writers {
+						_, _ = cs[i].Write(frame)
+					}
+				}
+			}()
+		}
+		time.Sleep(5 * time.Second)
+		if dir := os.Getenv("AUDIOFAN_BENCH_HEAP_PROFILE"); dir != "" {
+			saveProfile(b, "http://"+httpAddr+"/debug/pprof/heap?gc=1", filepath.Join(dir, "heap-streaming.prof"))
+		}
+		streaming = float64(rss(b, cmd.Process.Pid)-base) / conns
+		streamingLive = (goLive(b, httpAddr) - baseLive) / conns
+		close(stop)
+		wg.Wait()
+		for _, c := range cs {
+			_, _ = c.Write(closeFrame)
+			c.Close()
+		}
+	}
+	b.ReportMetric(idle, "idle-rss/conn")
+	b.ReportMetric(streaming, "streaming-rss/conn")
+	b.ReportMetric(idleLive, "idle-heap+stack/conn")
+	b.ReportMetric(streamingLive, "streaming-heap+stack/conn")
+}
+
+// goLive is the receiver's Go heap and stacks in use, from its /metrics.
+func goLive(b testing.TB, addr string) float64 {
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	var sum float64
+	for _, line := range strings.Split(string(body), "\n") {
+		for _, name := range []string{"go_memstats_heap_inuse_bytes ", "go_memstats_stack_inuse_bytes "} {
+			if v, ok := strings.CutPrefix(line, name); ok {
+				f, _ := strconv.ParseFloat(strings.TrimSpace(v), 64)
+				sum += f
+			}
+		}
+	}
+	return sum
+}
+
+func freeTCPAddr(b testing.TB) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func waitReady(b testing.TB, addr string) {
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if resp, err := http.Get("http://" + addr + "/readyz"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	b.Fatal("receiver not ready")
+}
+
+// rss is a process's resident set in bytes.
+func rss(b testing.TB, pid int) int64 {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb << 10
+		}
+	}
+	b.Fatal("no VmRSS")
+	return 0
+}
+
+func saveProfile(b testing.TB, url, path string) {
+	resp, err := http.Get(url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer resp.Body.Close()
+	f, err := os.Create(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	_, _ = io.Copy(f, resp.Body)
+}
