@@ -208,7 +208,10 @@ func benchReceiver(b *testing.B) float64 {
 // spends per WebSocket connection, at 1,000 connections: idle after their
 // metadata, then each streaming a 16 kHz participant in real time.
 func BenchmarkConnectionMemory(b *testing.B) {
-	const conns = 1000
+	conns := 1000
+	if n, err := strconv.Atoi(os.Getenv("AUDIOFAN_BENCH_CONNS")); err == nil && n > 0 {
+		conns = n // for exploring how the figures scale
+	}
 	bin := filepath.Join(b.TempDir(), "audiofan")
 	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/audiofan").CombinedOutput(); err != nil {
 		b.Fatalf("build: %v\n%s", err, out)
@@ -216,7 +219,7 @@ func BenchmarkConnectionMemory(b *testing.B) {
 	ns := natstest.Start(b)
 	httpAddr := freeTCPAddr(b)
 	cmd := exec.Command(bin, "receiver")
-	cmd.Env = append(os.Environ(), "NATS_URL="+ns.URL(), "AUDIOFAN_HTTP_ADDR="+httpAddr, "AUDIOFAN_LOG_LEVEL=warn", "AUDIOFAN_DRAIN_TIMEOUT=1s", "AUDIOFAN_PPROF=true")
+	cmd.Env = append(os.Environ(), "NATS_URL="+ns.URL(), "AUDIOFAN_HTTP_ADDR="+httpAddr, "AUDIOFAN_LOG_LEVEL=error", "AUDIOFAN_DRAIN_TIMEOUT=1s", "AUDIOFAN_PPROF=true")
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)
@@ -227,11 +230,11 @@ func BenchmarkConnectionMemory(b *testing.B) {
 	}()
 	waitReady(b, httpAddr)
 
-	var idle, streaming, idleLive, streamingLive float64
+	var idle, streaming, idleLive, streamingLive, ackMS float64
 	for b.Loop() {
 		time.Sleep(time.Second)
 		base := rss(b, cmd.Process.Pid)
-		baseLive := goLive(b, httpAddr)
+		baseLive := liveAfterGC(b, httpAddr)
 		cs := make([]net.Conn, conns)
 		for i := range cs {
 			c, err := rawDial(httpAddr, fmt.Sprintf("/ws?callId=mem-%d", i))
@@ -243,9 +246,9 @@ func BenchmarkConnectionMemory(b *testing.B) {
 			}
 			cs[i] = c
 		}
-		time.Sleep(3 * time.Second)
-		idle = float64(rss(b, cmd.Process.Pid)-base) / conns
-		idleLive = (goLive(b, httpAddr) - baseLive) / conns
+		time.Sleep(2 * time.Second)
+		idle = (meanRSS(b, cmd.Process.Pid, 10, 100*time.Millisecond) - float64(base)) / float64(conns)
+		idleLive = (liveAfterGC(b, httpAddr) - baseLive) / float64(conns)
 
 		frame := appendWSFrame(nil, audioMsg(0, benchPart))
 		stop := make(chan struct{})
@@ -269,12 +272,17 @@ func BenchmarkConnectionMemory(b *testing.B) {
 				}
 			}()
 		}
-		time.Sleep(5 * time.Second)
-		if dir := os.Getenv("AUDIOFAN_BENCH_HEAP_PROFILE"); dir != "" {
-			saveProfile(b, "http://"+httpAddr+"/debug/pprof/heap?gc=1", filepath.Join(dir, "heap-streaming.prof"))
+		time.Sleep(2 * time.Second)
+		streaming = (meanRSS(b, cmd.Process.Pid, 10, 300*time.Millisecond) - float64(base)) / float64(conns)
+		if dir := os.Getenv("AUDIOFAN_BENCH_PROFILE_DIR"); dir != "" {
+			saveProfile(b, "http://"+httpAddr+"/debug/pprof/heap", filepath.Join(dir, "heap-streaming.prof"))
+			saveProfile(b, "http://"+httpAddr+"/debug/pprof/profile?seconds=3", filepath.Join(dir, "cpu-streaming.prof"))
 		}
-		streaming = float64(rss(b, cmd.Process.Pid)-base) / conns
-		streamingLive = (goLive(b, httpAddr) - baseLive) / conns
+		streamingLive = (liveAfterGC(b, httpAddr) - baseLive) / float64(conns)
+		sum0, n0 := metricValue(b, httpAddr, "audiofan_receiver_publish_ack_seconds_sum"), metricValue(b, httpAddr, "audiofan_receiver_publish_ack_seconds_count")
+		time.Sleep(time.Second)
+		sum1, n1 := metricValue(b, httpAddr, "audiofan_receiver_publish_ack_seconds_sum"), metricValue(b, httpAddr, "audiofan_receiver_publish_ack_seconds_count")
+		ackMS = (sum1 - sum0) / (n1 - n0) * 1000
 		close(stop)
 		wg.Wait()
 		for _, c := range cs {
@@ -284,28 +292,35 @@ func BenchmarkConnectionMemory(b *testing.B) {
 	}
 	b.ReportMetric(idle, "idle-rss/conn")
 	b.ReportMetric(streaming, "streaming-rss/conn")
-	b.ReportMetric(idleLive, "idle-heap+stack/conn")
-	b.ReportMetric(streamingLive, "streaming-heap+stack/conn")
+	b.ReportMetric(idleLive, "idle-live/conn")
+	b.ReportMetric(streamingLive, "streaming-live/conn")
+	b.ReportMetric(ackMS, "streaming-mean-ack-ms")
 }
 
-// goLive is the receiver's Go heap and stacks in use, from its /metrics.
-func goLive(b testing.TB, addr string) float64 {
+// liveAfterGC forces a collection in the receiver (through its profiler)
+// and returns its Go heap and stacks in use: what it really holds, without
+// the garbage a snapshot of a running heap includes.
+func liveAfterGC(b testing.TB, addr string) float64 {
+	saveProfile(b, "http://"+addr+"/debug/pprof/heap?gc=1", os.DevNull)
+	return metricValue(b, addr, "go_memstats_heap_inuse_bytes") + metricValue(b, addr, "go_memstats_stack_inuse_bytes")
+}
+
+// metricValue reads one unlabelled sample from the receiver's /metrics.
+func metricValue(b testing.TB, addr, name string) float64 {
 	resp, err := http.Get("http://" + addr + "/metrics")
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
-	var sum float64
 	for _, line := range strings.Split(string(body), "\n") {
-		for _, name := range []string{"go_memstats_heap_inuse_bytes ", "go_memstats_stack_inuse_bytes "} {
-			if v, ok := strings.CutPrefix(line, name); ok {
-				f, _ := strconv.ParseFloat(strings.TrimSpace(v), 64)
-				sum += f
-			}
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			f, _ := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			return f
 		}
 	}
-	return sum
+	b.Fatalf("no metric %s", name)
+	return 0
 }
 
 func freeTCPAddr(b testing.TB) string {
@@ -329,6 +344,16 @@ func waitReady(b testing.TB, addr string) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	b.Fatal("receiver not ready")
+}
+
+// meanRSS samples a process's resident set n times, every, and averages.
+func meanRSS(b testing.TB, pid, n int, every time.Duration) float64 {
+	var sum int64
+	for i := 0; i < n; i++ {
+		sum += rss(b, pid)
+		time.Sleep(every)
+	}
+	return float64(sum) / float64(n)
 }
 
 // rss is a process's resident set in bytes.

@@ -9,8 +9,9 @@ import (
 	"syscall"
 )
 
-// lazyBufSize is what one read syscall may take in: several ACS frames.
-const lazyBufSize = 16 << 10
+// lazyBufSize is what one read syscall may take in: about four ACS frames.
+// Larger buffers buy little: a real-time socket has one frame waiting.
+const lazyBufSize = 4 << 10
 
 var lazyBufs = sync.Pool{New: func() any { b := make([]byte, lazyBufSize); return &b }}
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -50,8 +51,13 @@ type pending struct {
 	kind     string
 	part     *participant // audio only: whose frame count to bump
 	received time.Time
+	sent     time.Time
 	deadline time.Time // retry until then
 }
+
+// resendPause paces resends of a message JetStream refused at once (no
+// responders while a stream leader is elected, a client with no connection).
+const resendPause = 100 * time.Millisecond
 
 // pipeline publishes one socket's messages in order with a bounded window of
 // unacknowledged ones. It is used by the socket's goroutine alone: no locks.
@@ -84,14 +90,40 @@ func (p *pipeline) msgID() string {
 	return string(strconv.AppendUint(b, p.n, 10))
 }
 
-func (p *pipeline) newMsg(subject string, data []byte) *nats.Msg {
-	return &nats.Msg{Subject: subject, Data: data, Header: nats.Header{jetstream.MsgIDHeader: []string{p.msgID()}}}
+// msgPool recycles messages with their header map and payload buffer. A
+// message goes back once JetStream has settled it (stored, or given up for
+// good): the client keeps no reference to it after that, so the hot path
+// allocates no payload and no header per frame.
+var msgPool = sync.Pool{New: func() any {
+	return &nats.Msg{Header: nats.Header{jetstream.MsgIDHeader: make([]string, 1)}, Data: make([]byte, 0, 1024)}
+}}
+
+// maxPooledPayload keeps a rare large message from pinning a large buffer.
+const maxPooledPayload = 4 << 10
+
+// newMsg returns a message for subject with the next Nats-Msg-Id and an empty
+// payload buffer to append to.
+func (p *pipeline) newMsg(subject string) *nats.Msg {
+	m := msgPool.Get().(*nats.Msg)
+	m.Subject = subject
+	m.Header[jetstream.MsgIDHeader][0] = p.msgID()
+	m.Data = m.Data[:0]
+	return m
+}
+
+func recycle(m *nats.Msg) {
+	if cap(m.Data) > maxPooledPayload {
+		m.Data = nil
+	}
+	m.Subject = ""
+	msgPool.Put(m)
 }
 
 // publish sends a message. When the window is full it waits for room: up to
 // cfg.Block for audio frames (then the socket sheds audio, see shedding), up
 // to the retry deadline for anything else.
-func (p *pipeline) publish(ctx context.Context, subject, kind string, data []byte, part *participant, received time.Time, droppable bool) error {
+// msg comes from newMsg and is the pipeline's from here on.
+func (p *pipeline) publish(ctx context.Context, msg *nats.Msg, kind string, part *participant, received time.Time, droppable bool) error {
 	p.reap(ctx)
 	if p.shedding && p.inflight() <= p.cfg.Window/2 {
 		p.shedding = false
@@ -99,6 +131,7 @@ func (p *pipeline) publish(ctx context.Context, subject, kind string, data []byt
 	}
 	if p.inflight() >= p.cfg.Window {
 		if droppable && p.shedding {
+			recycle(msg)
 			return errWindowFull
 		}
 		wait := p.cfg.RetryFor + p.cfg.AckTimeout
@@ -113,12 +146,12 @@ func (p *pipeline) publish(ctx context.Context, subject, kind string, data []byt
 					p.shedding = true
 					p.onShed(true)
 				}
+				recycle(msg)
 				return errWindowFull
 			}
 			p.settleHead(ctx, left)
 		}
 	}
-	msg := p.newMsg(subject, data)
 	stall := time.Duration(0)
 	if !droppable {
 		stall = p.cfg.AckTimeout
@@ -126,23 +159,26 @@ func (p *pipeline) publish(ctx context.Context, subject, kind string, data []byt
 	fut, err := p.send(msg, stall)
 	if err != nil {
 		if droppable {
+			recycle(msg)
 			return fmt.Errorf("%w: %v", errWindowFull, err)
 		}
 		// Not sent at all (disconnected with a full reconnect buffer, say):
 		// keep it in line; the retry below sends it again.
 		fut = nil
 	}
-	p.q = append(p.q, pending{fut: fut, msg: msg, kind: kind, part: part, received: received, deadline: received.Add(p.cfg.RetryFor)})
+	p.q = append(p.q, pending{fut: fut, msg: msg, kind: kind, part: part, received: received, sent: time.Now(), deadline: received.Add(p.cfg.RetryFor)})
 	p.m.inflight.Inc()
 	return nil
 }
 
+// send publishes asynchronously. The client's own retries are off: ours
+// (settleHead) are the only ones, so once a future has settled nothing else
+// still holds the message and it can be recycled.
 func (p *pipeline) send(msg *nats.Msg, stall time.Duration) (jetstream.PubAckFuture, error) {
-	opts := []jetstream.PublishOpt{jetstream.WithRetryAttempts(3), jetstream.WithRetryWait(100 * time.Millisecond)}
 	if stall > 0 {
-		opts = append(opts, jetstream.WithStallWait(stall))
+		return p.js.PublishMsgAsync(msg, jetstream.WithRetryAttempts(0), jetstream.WithStallWait(stall))
 	}
-	return p.js.PublishMsgAsync(msg, opts...)
+	return p.js.PublishMsgAsync(msg, jetstream.WithRetryAttempts(0))
 }
 
 // reap settles the messages at the head of the queue that are done, in
@@ -159,15 +195,8 @@ func (p *pipeline) settleHead(ctx context.Context, wait time.Duration) bool {
 	var err error
 	switch {
 	case h.fut == nil:
-		// Never got out (the client refused it): send it again, paced.
+		// Never got out (the client refused it): send it again below.
 		err = nats.ErrConnectionReconnecting
-		if wait > 0 {
-			select {
-			case <-time.After(min(wait, 100*time.Millisecond)):
-			case <-ctx.Done():
-				return false
-			}
-		}
 	case wait > 0:
 		t := time.NewTimer(wait)
 		defer t.Stop()
@@ -193,11 +222,24 @@ func (p *pipeline) settleHead(ctx context.Context, wait time.Duration) bool {
 		if h.part != nil {
 			h.part.stored++
 		}
+		recycle(h.msg)
 		p.pop()
 		return true
 	}
 	if retryable(err) && time.Now().Before(h.deadline) {
+		if pause := resendPause - time.Since(h.sent); pause > 0 {
+			if wait <= 0 {
+				h.fut = nil // resend at a later look
+				return false
+			}
+			select {
+			case <-time.After(min(pause, wait)):
+			case <-ctx.Done():
+				return false
+			}
+		}
 		p.m.retries.Inc()
+		h.sent = time.Now()
 		fut, serr := p.send(h.msg, 0)
 		if serr != nil {
 			fut = nil
@@ -211,6 +253,7 @@ func (p *pipeline) settleHead(ctx context.Context, wait time.Duration) bool {
 	}
 	p.m.dropped.WithLabelValues(reason).Inc()
 	p.onError(h.kind, err, true)
+	recycle(h.msg)
 	p.pop()
 	return true
 }
@@ -238,6 +281,7 @@ func (p *pipeline) flush(ctx context.Context) {
 	for p.head < len(p.q) {
 		p.m.dropped.WithLabelValues(dropPublishFailed).Inc()
 		p.onError(p.q[p.head].kind, ctx.Err(), true)
+		recycle(p.q[p.head].msg)
 		p.pop()
 	}
 	p.q = nil
@@ -249,19 +293,22 @@ func (p *pipeline) flush(ctx context.Context) {
 // the socket goes on reading.
 func (p *pipeline) publishAwait(ctx context.Context, subject, kind string, data []byte, received time.Time) error {
 	p.reap(ctx)
-	msg := p.newMsg(subject, data)
+	msg := p.newMsg(subject)
+	msg.Data = append(msg.Data, data...)
 	actx, cancel := context.WithTimeout(ctx, p.cfg.AckTimeout)
 	_, err := p.js.PublishMsg(actx, msg, jetstream.WithRetryAttempts(3), jetstream.WithRetryWait(100*time.Millisecond))
 	cancel()
 	if err == nil {
 		p.m.stored.WithLabelValues(kind).Inc()
+		recycle(msg)
 		return nil
 	}
 	if !retryable(err) {
+		recycle(msg)
 		return fmt.Errorf("publish %s: %w", subject, err)
 	}
 	p.m.retries.Inc()
-	p.q = append(p.q, pending{msg: msg, kind: kind, received: received, deadline: received.Add(p.cfg.RetryFor)})
+	p.q = append(p.q, pending{msg: msg, kind: kind, received: received, sent: time.Now(), deadline: received.Add(p.cfg.RetryFor)})
 	p.m.inflight.Inc()
 	return nil
 }
@@ -269,7 +316,7 @@ func (p *pipeline) publishAwait(ctx context.Context, subject, kind string, data 
 // publishSync sends one message and waits for its acknowledgement, retrying
 // with the same Nats-Msg-Id until the retry deadline.
 func (p *pipeline) publishSync(ctx context.Context, subject, kind string, data []byte) error {
-	msg := p.newMsg(subject, data)
+	msg := &nats.Msg{Subject: subject, Data: data, Header: nats.Header{jetstream.MsgIDHeader: []string{p.msgID()}}}
 	deadline := time.Now().Add(p.cfg.RetryFor)
 	for {
 		actx, cancel := context.WithTimeout(ctx, p.cfg.AckTimeout)

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/nats-io/nats.go"
 
 	"github.com/audiofan/audiofan/codec"
 )
@@ -372,7 +373,13 @@ func (s *socket) publishLifecycle(ctx context.Context, lc codec.Lifecycle) error
 
 // publish hands a message to the pipeline and accounts for a drop.
 func (s *socket) publish(ctx context.Context, subject, kind string, data []byte, part *participant, now time.Time, droppable bool) error {
-	err := s.pipe.publish(ctx, subject, kind, data, part, now, droppable)
+	msg := s.pipe.newMsg(subject)
+	msg.Data = append(msg.Data, data...)
+	return s.publishMsg(ctx, msg, kind, part, now, droppable)
+}
+
+func (s *socket) publishMsg(ctx context.Context, msg *nats.Msg, kind string, part *participant, now time.Time, droppable bool) error {
+	err := s.pipe.publish(ctx, msg, kind, part, now, droppable)
 	if err != nil {
 		s.r.m.dropped.WithLabelValues(dropBackpressure).Inc()
 		if !droppable {
@@ -421,8 +428,9 @@ func (s *socket) audio(ctx context.Context, a *codec.AudioData, now time.Time) e
 	}
 	f := codec.Frame{V: codec.Version, Call: s.call, Participant: p.raw, Seq: p.seq, Timestamp: ts, ReceivedAt: now,
 		SampleRate: s.sampleRate, Channels: s.channels, Encoding: codec.EncodingPCM16, Silent: a.Silent, Data: a.PCM}
-	data := codec.AppendFrame(make([]byte, 0, codec.FrameSize(&f)), &f)
-	return s.publish(ctx, p.subject, KindAudio, data, p, now, true)
+	msg := s.pipe.newMsg(p.subject)
+	msg.Data = codec.AppendFrame(msg.Data, &f)
+	return s.publishMsg(ctx, msg, KindAudio, p, now, true)
 }
 
 // needCall refuses a message that needs a call id before metadata gave one.
