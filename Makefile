@@ -33,7 +33,7 @@ bench:
 
 ## fuzz: each fuzz target for FUZZTIME; crashers land in testdata/fuzz and are committed as regression cases
 fuzz:
-	for t in FuzzParse FuzzParseTimestamp FuzzToken FuzzParseOutboundACS; do \
+	for t in FuzzParse FuzzParseTimestamp FuzzDecodeBase64 FuzzToken FuzzParseOutboundACS; do \
 		$(GO) test -run=NONE -fuzz="^$$t\$$" -fuzztime=$(FUZZTIME) ./codec || exit 1; \
 	done
 

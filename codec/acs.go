@@ -515,26 +515,18 @@ func (p *Parser) fastAudio(msg []byte, out *AudioData) bool {
 			return false
 		}
 	}
-	// base64Str left validation to the decoder, which rejects every byte
-	// outside the alphabet but skips CR and LF; a string holding those (raw,
-	// they are invalid JSON) decodes short, so the exact length catches them.
-	if len(data)%4 != 0 {
+	// base64Str left validation to the decoder, which takes nothing but the
+	// alphabet and final padding (encoding/base64 would skip CR and LF).
+	if need := len(data) / 4 * 3; cap(p.pcm) < need {
+		p.pcm = make([]byte, need)
+	}
+	n, ok := decodeBase64(p.pcm[:cap(p.pcm)], data)
+	if !ok || n%2 != 0 {
 		return false
 	}
-	pcm, err := p.decodePCM(data)
-	if err != nil || len(pcm) != len(data)/4*3-padding(data) {
-		return false
-	}
+	pcm := p.pcm[:n]
 	*out = AudioData{Timestamp: t, Participant: part, PCM: pcm, Silent: silent}
 	return true
-}
-
-func padding(b64 []byte) int {
-	n := 0
-	for i := len(b64) - 1; i >= 0 && n < 2 && b64[i] == '='; i-- {
-		n++
-	}
-	return n
 }
 
 // scanner walks JSON that the fast path understands. Every method answers

@@ -232,3 +232,22 @@ func TestOutboundACSForms(t *testing.T) {
 		}
 	}
 }
+
+// FuzzDecodeBase64 checks the table decoder against encoding/base64: where
+// it accepts, the bytes are the same.
+func FuzzDecodeBase64(f *testing.F) {
+	for _, s := range []string{base64.StdEncoding.EncodeToString(pcmOf(640)), "AAE=", "AB==", "AAAA", "AA\nA", "A=AA", "////"} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, src []byte) {
+		dst := make([]byte, len(src)/4*3)
+		n, ok := decodeBase64(dst, src)
+		ref, err := base64.StdEncoding.DecodeString(string(src))
+		if ok && (err != nil || !bytes.Equal(dst[:n], ref)) {
+			t.Fatalf("decodeBase64(%q) = %x, encoding/base64 = %x, %v", src, dst[:n], ref, err)
+		}
+		if !ok && err == nil && len(src) > 0 && len(src)%4 == 0 && !bytes.ContainsAny(src, "\r\n") {
+			t.Fatalf("decodeBase64 refused %q, which encoding/base64 decodes", src)
+		}
+	})
+}
