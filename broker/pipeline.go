@@ -16,7 +16,7 @@ import (
 // message is retried. Memory is bounded twice: per socket by Window, and
 // across sockets by MaxPending (the JetStream client's own limit).
 type PublishConfig struct {
-	Window     int           `env:"AUDIOFAN_PUBLISH_WINDOW" envDefault:"512" help:"messages a socket may have unacknowledged; past it new audio frames are dropped (counted)"`
+	Window     int           `env:"AUDIOFAN_PUBLISH_WINDOW" envDefault:"512" help:"messages a socket may have unacknowledged; when full, the socket waits up to AUDIOFAN_PUBLISH_BLOCK, then sheds audio (counted)"`
 	MaxPending int           `env:"AUDIOFAN_PUBLISH_MAX_PENDING" envDefault:"16384" help:"messages the receiver may have unacknowledged across all sockets"`
 	AckTimeout time.Duration `env:"AUDIOFAN_PUBLISH_ACK_TIMEOUT" envDefault:"5s" help:"how long to wait for JetStream's acknowledgement before sending again"`
 	RetryFor   time.Duration `env:"AUDIOFAN_PUBLISH_RETRY_FOR" envDefault:"30s" help:"how long a message is sent again (same Nats-Msg-Id) before it is dropped (counted)"`
