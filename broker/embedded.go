@@ -45,9 +45,8 @@ func StartEmbedded(cfg EmbeddedConfig) (*server.Server, error) {
 		Port:       port,
 		JetStream:  true,
 		StoreDir:   filepath.Clean(cfg.StoreDir),
-		// The store holds call audio, not secrets of the server; a clean
-		// shutdown syncs it, and JetStream's default sync interval bounds what
-		// a power loss can take.
+		// The process owns signals: the server must not stop itself on
+		// SIGTERM before the receiver has drained into it.
 		NoSigs: true,
 	}
 	ns, err := server.NewServer(opts)

@@ -249,25 +249,20 @@ func (p *Parser) slowAudio(raw json.RawMessage, out *AudioData) error {
 	if a.Data == nil {
 		return fmt.Errorf("%w: audioData.data missing", ErrFieldType)
 	}
-	*out = AudioData{}
-	if a.Timestamp != nil {
-		ts, err := ParseTimestamp([]byte(*a.Timestamp))
-		if err != nil {
-			return err
-		}
-		out.Timestamp = ts
+	ts, err := optionalTimestamp(a.Timestamp)
+	if err != nil {
+		return err
 	}
+	*out = AudioData{Timestamp: ts}
 	if a.ParticipantRawID != nil {
 		out.Participant = []byte(*a.ParticipantRawID)
 	}
 	if a.Silent != nil {
 		out.Silent = *a.Silent
 	}
-	pcm, err := p.decodePCM([]byte(*a.Data))
-	if err != nil {
+	if out.PCM, err = p.decodePCM([]byte(*a.Data)); err != nil {
 		return err
 	}
-	out.PCM = pcm
 	return nil
 }
 
@@ -295,18 +290,24 @@ func slowDtmf(raw json.RawMessage, out *DtmfData) error {
 	if d.Data == nil {
 		return fmt.Errorf("%w: dtmfData.data missing", ErrFieldType)
 	}
-	*out = DtmfData{Tone: *d.Data}
+	ts, err := optionalTimestamp(d.Timestamp)
+	if err != nil {
+		return err
+	}
+	*out = DtmfData{Tone: *d.Data, Timestamp: ts}
 	if d.ParticipantRawID != nil {
 		out.Participant = *d.ParticipantRawID
 	}
-	if d.Timestamp != nil && *d.Timestamp != "" {
-		ts, err := ParseTimestamp([]byte(*d.Timestamp))
-		if err != nil {
-			return err
-		}
-		out.Timestamp = ts
-	}
 	return nil
+}
+
+// optionalTimestamp parses a timestamp that may be absent, null or empty (all
+// three mean "unknown": the zero time).
+func optionalTimestamp(s *string) (time.Time, error) {
+	if s == nil || *s == "" {
+		return time.Time{}, nil
+	}
+	return ParseTimestamp([]byte(*s))
 }
 
 func slowTranscriptionMetadata(raw json.RawMessage, out *TranscriptionMetadata) error {
