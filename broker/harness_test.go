@@ -6,116 +6,46 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"log/slog"
-	"net"
 	"net/http"
-	"os"
 	"testing"
 	"time"
 
-	"github.com/caarlos0/env/v11"
 	"github.com/gorilla/websocket"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/audiofan/audiofan/broker"
 	"github.com/audiofan/audiofan/broker/natstest"
 	"github.com/audiofan/audiofan/codec"
 )
 
-// harness runs a receiver against an embedded JetStream, both on random ports.
+// harness runs a receiver against an embedded JetStream, both on random
+// ports, and reads back what was stored.
 type harness struct {
-	t      testing.TB
-	ns     *natstest.Server
-	nc     *nats.Conn
-	js     jetstream.JetStream
-	sc     broker.StreamConfig
-	rc     broker.ReceiverConfig
-	r      *broker.Receiver
-	reg    *prometheus.Registry
-	addr   string
-	cancel context.CancelFunc
-	done   chan error
+	*natstest.Receiver
+	t  testing.TB
+	ns *natstest.Server
+	// Shorthands for the receiver's parts.
+	js   jetstream.JetStream
+	sc   broker.StreamConfig
+	reg  *prometheus.Registry
+	addr string
 }
 
-// defaults returns settings as the environment-free defaults give them.
-func defaults[T any](t testing.TB) T {
-	var v T
-	if err := env.ParseWithOptions(&v, env.Options{Environment: map[string]string{}}); err != nil {
-		t.Fatal(err)
-	}
-	return v
-}
-
-func testLogger() *slog.Logger {
-	if os.Getenv("AUDIOFAN_TEST_LOG") != "" {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	return slog.New(slog.NewTextHandler(io.Discard, nil))
-}
+func defaults[T any](t testing.TB) T { return natstest.Defaults[T](t) }
 
 func newHarness(t testing.TB, modify func(*broker.ReceiverConfig)) *harness {
 	t.Helper()
-	h := &harness{t: t, ns: natstest.Start(t), sc: defaults[broker.StreamConfig](t), rc: defaults[broker.ReceiverConfig](t)}
-	h.rc.HTTPAddr = "127.0.0.1:0"
-	h.rc.Instance = "test-receiver"
-	if modify != nil {
-		modify(&h.rc)
-	}
-	if err := h.rc.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	nc, err := nats.Connect(h.ns.URL(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.nc = nc
-	if h.js, err = broker.NewJetStream(nc, h.rc.Publish); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if _, err := broker.EnsureStream(ctx, h.js, h.sc); err != nil {
-		t.Fatal(err)
-	}
-	h.reg = prometheus.NewRegistry()
-	h.r = broker.NewReceiver(h.rc, h.sc, nc, h.js, h.reg, testLogger())
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.addr = ln.Addr().String()
-	sctx, scancel := context.WithCancel(context.Background())
-	h.cancel, h.done = scancel, make(chan error, 1)
-	go func() { h.done <- h.r.Serve(sctx, ln, promhttp.HandlerFor(h.reg, promhttp.HandlerOpts{})) }()
-	t.Cleanup(func() {
-		h.stop()
-		nc.Close()
-	})
-	return h
+	ns := natstest.Start(t)
+	r := natstest.StartReceiver(t, ns, modify)
+	return &harness{Receiver: r, t: t, ns: ns, js: r.JS, sc: r.Stream, reg: r.Reg, addr: r.Addr}
 }
 
 // stop drains the receiver and waits for Serve to return.
-func (h *harness) stop() {
-	if h.cancel == nil {
-		return
-	}
-	h.cancel()
-	h.cancel = nil
-	select {
-	case err := <-h.done:
-		if err != nil {
-			h.t.Errorf("Serve: %v", err)
-		}
-	case <-time.After(60 * time.Second):
-		h.t.Error("Serve did not return after drain")
-	}
-}
+func (h *harness) stop() { h.Stop() }
 
-func (h *harness) wsURL(query string) string { return "ws://" + h.addr + "/ws" + query }
+func (h *harness) wsURL(query string) string { return h.URL(query) }
 
 // counter reads a counter of the receiver's registry.
 func (h *harness) counter(name string, labels ...string) float64 {

@@ -93,10 +93,7 @@ func TestDrainLetsCallFinish(t *testing.T) {
 	for i := 0; i < 10; i++ {
 		c.audio(t0.Add(time.Duration(i)*20*time.Millisecond), "", frameOf(0, i, 640), false)
 	}
-	stopped := make(chan struct{})
-	cancel := h.cancel
-	h.cancel = nil
-	go func() { cancel(); <-h.done; close(stopped) }()
+	stopped := h.StopAsync()
 
 	waitFor(t, "readyz 503", func() bool {
 		resp, err := http.Get("http://" + h.addr + "/readyz")

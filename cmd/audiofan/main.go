@@ -29,7 +29,7 @@ type role struct {
 	run   func(ctx context.Context, cfg any, log *slog.Logger, stdout io.Writer) error
 }
 
-var roles = []role{serveRole, receiverRole, tapRole}
+var roles = []role{serveRole, receiverRole, tapRole, simRole}
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
@@ -123,7 +123,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 	}()
 	if err := r.run(ctx, cfg, log, stdout); err != nil {
-		log.Error(r.name+" failed", "err", err)
+		// One line, for people and scripts alike.
+		fmt.Fprintf(stderr, "audiofan %s: %v\n", r.name, err)
 		return 1
 	}
 	return 0
