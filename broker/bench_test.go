@@ -212,28 +212,12 @@ func BenchmarkConnectionMemory(b *testing.B) {
 	if n, err := strconv.Atoi(os.Getenv("AUDIOFAN_BENCH_CONNS")); err == nil && n > 0 {
 		conns = n // for exploring how the figures scale
 	}
-	bin := filepath.Join(b.TempDir(), "audiofan")
-	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/audiofan").CombinedOutput(); err != nil {
-		b.Fatalf("build: %v\n%s", err, out)
-	}
 	ns := natstest.Start(b)
-	httpAddr := freeTCPAddr(b)
-	cmd := exec.Command(bin, "receiver")
-	cmd.Env = append(os.Environ(), "NATS_URL="+ns.URL(), "AUDIOFAN_HTTP_ADDR="+httpAddr, "AUDIOFAN_LOG_LEVEL=error", "AUDIOFAN_DRAIN_TIMEOUT=1s", "AUDIOFAN_PPROF=true")
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
-	}
-	defer func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		_ = cmd.Wait()
-	}()
-	waitReady(b, httpAddr)
-
+	httpAddr, pid := startReceiverProcess(b, ns)
 	var idle, streaming, idleLive, streamingLive, ackMS float64
 	for b.Loop() {
 		time.Sleep(time.Second)
-		base := rss(b, cmd.Process.Pid)
+		base := rss(b, pid)
 		baseLive := liveAfterGC(b, httpAddr)
 		cs := make([]net.Conn, conns)
 		for i := range cs {
@@ -247,7 +231,7 @@ func BenchmarkConnectionMemory(b *testing.B) {
 			cs[i] = c
 		}
 		time.Sleep(2 * time.Second)
-		idle = (meanRSS(b, cmd.Process.Pid, 10, 100*time.Millisecond) - float64(base)) / float64(conns)
+		idle = (meanRSS(b, pid, 10, 100*time.Millisecond) - float64(base)) / float64(conns)
 		idleLive = (liveAfterGC(b, httpAddr) - baseLive) / float64(conns)
 
 		frame := appendWSFrame(nil, audioMsg(0, benchPart))
@@ -273,7 +257,7 @@ func BenchmarkConnectionMemory(b *testing.B) {
 			}()
 		}
 		time.Sleep(2 * time.Second)
-		streaming = (meanRSS(b, cmd.Process.Pid, 10, 300*time.Millisecond) - float64(base)) / float64(conns)
+		streaming = (meanRSS(b, pid, 10, 300*time.Millisecond) - float64(base)) / float64(conns)
 		if dir := os.Getenv("AUDIOFAN_BENCH_PROFILE_DIR"); dir != "" {
 			saveProfile(b, "http://"+httpAddr+"/debug/pprof/heap", filepath.Join(dir, "heap-streaming.prof"))
 			saveProfile(b, "http://"+httpAddr+"/debug/pprof/profile?seconds=3", filepath.Join(dir, "cpu-streaming.prof"))
@@ -321,6 +305,29 @@ func metricValue(b testing.TB, addr, name string) float64 {
 	}
 	b.Fatalf("no metric %s", name)
 	return 0
+}
+
+// startReceiverProcess builds the audiofan binary and runs `audiofan
+// receiver` against ns, alone in its process, until the benchmark ends.
+func startReceiverProcess(b testing.TB, ns *natstest.Server) (httpAddr string, pid int) {
+	bin := filepath.Join(b.TempDir(), "audiofan")
+	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/audiofan").CombinedOutput(); err != nil {
+		b.Fatalf("build: %v\n%s", err, out)
+	}
+	httpAddr = freeTCPAddr(b)
+	cmd := exec.Command(bin, "receiver")
+	cmd.Env = append(os.Environ(), "NATS_URL="+ns.URL(), "AUDIOFAN_HTTP_ADDR="+httpAddr, "AUDIOFAN_LOG_LEVEL=error",
+		"AUDIOFAN_DRAIN_TIMEOUT=1s", "AUDIOFAN_PPROF=true")
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		_ = cmd.Wait()
+	})
+	waitReady(b, httpAddr)
+	return httpAddr, cmd.Process.Pid
 }
 
 func freeTCPAddr(b testing.TB) string {

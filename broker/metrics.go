@@ -2,6 +2,8 @@ package broker
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/audiofan/audiofan/codec"
 )
 
 // Reasons label why an inbound message was refused. The set is fixed so the
@@ -40,6 +42,20 @@ type metrics struct {
 	draining      prometheus.Gauge
 	noMetadata    prometheus.Counter
 	logSuppressed prometheus.Counter
+
+	// Resolved once: WithLabelValues hashes its labels on every call, and
+	// these two count every frame.
+	storedBy   map[string]prometheus.Counter
+	messagesBy map[codec.Kind]prometheus.Counter
+}
+
+// message counts one inbound message of kind k.
+func (m *metrics) message(k codec.Kind) {
+	if c, ok := m.messagesBy[k]; ok {
+		c.Inc()
+		return
+	}
+	m.messages.WithLabelValues(k.String()).Inc()
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -73,6 +89,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	for _, r := range []string{dropBackpressure, dropPublishFailed, dropRejected} {
 		m.dropped.WithLabelValues(r)
+	}
+	m.storedBy = map[string]prometheus.Counter{}
+	for _, k := range []string{KindAudio, KindTranscript, KindDtmf, KindLifecycle} {
+		m.storedBy[k] = m.stored.WithLabelValues(k)
+	}
+	m.messagesBy = map[codec.Kind]prometheus.Counter{}
+	for _, k := range []codec.Kind{codec.KindUnknown, codec.KindAudioMetadata, codec.KindAudioData, codec.KindDtmfData,
+		codec.KindTranscriptionMetadata, codec.KindTranscriptionData} {
+		m.messagesBy[k] = m.messages.WithLabelValues(k.String())
 	}
 	return m
 }

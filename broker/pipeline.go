@@ -217,7 +217,7 @@ func (p *pipeline) settleHead(ctx context.Context, wait time.Duration) bool {
 		}
 	}
 	if err == nil {
-		p.m.stored.WithLabelValues(h.kind).Inc()
+		p.m.storedBy[h.kind].Inc()
 		p.m.ackLatency.Observe(time.Since(h.received).Seconds())
 		if h.part != nil {
 			h.part.stored++
@@ -299,7 +299,7 @@ func (p *pipeline) publishAwait(ctx context.Context, subject, kind string, data 
 	_, err := p.js.PublishMsg(actx, msg, jetstream.WithRetryAttempts(3), jetstream.WithRetryWait(100*time.Millisecond))
 	cancel()
 	if err == nil {
-		p.m.stored.WithLabelValues(kind).Inc()
+		p.m.storedBy[kind].Inc()
 		recycle(msg)
 		return nil
 	}
@@ -323,7 +323,7 @@ func (p *pipeline) publishSync(ctx context.Context, subject, kind string, data [
 		_, err := p.js.PublishMsg(actx, msg, jetstream.WithRetryAttempts(3), jetstream.WithRetryWait(100*time.Millisecond))
 		cancel()
 		if err == nil {
-			p.m.stored.WithLabelValues(kind).Inc()
+			p.m.storedBy[kind].Inc()
 			return nil
 		}
 		if !retryable(err) || time.Now().After(deadline) || ctx.Err() != nil {

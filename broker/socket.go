@@ -243,7 +243,7 @@ func (s *socket) handle(ctx context.Context, msg []byte, now time.Time) error {
 	if err := s.parser.Parse(msg, in); err != nil {
 		return s.invalid(parseReason(err), err)
 	}
-	r.m.messages.WithLabelValues(in.Kind.String()).Inc()
+	r.m.message(in.Kind)
 	switch in.Kind {
 	case codec.KindAudioData:
 		return s.audio(ctx, &in.AudioData, now)

@@ -251,3 +251,11 @@ func FuzzDecodeBase64(f *testing.F) {
 		}
 	})
 }
+
+func TestKindNames(t *testing.T) {
+	for k, want := range []string{"Unknown", "AudioMetadata", "AudioData", "DtmfData", "TranscriptionMetadata", "TranscriptionData"} {
+		if Kind(k).String() != want {
+			t.Errorf("Kind(%d) = %q", k, Kind(k).String())
+		}
+	}
+}
