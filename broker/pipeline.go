@@ -75,8 +75,14 @@ type pipeline struct {
 	// dropped at once, so the socket keeps pace with ACS during an outage,
 	// until half the window is free again.
 	shedding bool
-	onError  func(kind string, err error, dropped bool)
-	onShed   func(shedding bool)
+	events   pipelineEvents
+}
+
+// pipelineEvents hears what the pipeline does not handle itself: it is the
+// socket, which knows how to say it in the log.
+type pipelineEvents interface {
+	notStored(kind string, err error)
+	shedding(on bool)
 }
 
 func (p *pipeline) inflight() int { return len(p.q) - p.head }
@@ -127,7 +133,7 @@ func (p *pipeline) publish(ctx context.Context, msg *nats.Msg, kind string, part
 	p.reap(ctx)
 	if p.shedding && p.inflight() <= p.cfg.Window/2 {
 		p.shedding = false
-		p.onShed(false)
+		p.events.shedding(false)
 	}
 	if p.inflight() >= p.cfg.Window {
 		if droppable && p.shedding {
@@ -144,7 +150,7 @@ func (p *pipeline) publish(ctx context.Context, msg *nats.Msg, kind string, part
 			if left <= 0 || ctx.Err() != nil {
 				if droppable {
 					p.shedding = true
-					p.onShed(true)
+					p.events.shedding(true)
 				}
 				recycle(msg)
 				return errWindowFull
@@ -252,7 +258,7 @@ func (p *pipeline) settleHead(ctx context.Context, wait time.Duration) bool {
 		reason = dropPublishFailed
 	}
 	p.m.dropped.WithLabelValues(reason).Inc()
-	p.onError(h.kind, err, true)
+	p.events.notStored(h.kind, err)
 	recycle(h.msg)
 	p.pop()
 	return true
@@ -280,7 +286,7 @@ func (p *pipeline) flush(ctx context.Context) {
 	}
 	for p.head < len(p.q) {
 		p.m.dropped.WithLabelValues(dropPublishFailed).Inc()
-		p.onError(p.q[p.head].kind, ctx.Err(), true)
+		p.events.notStored(p.q[p.head].kind, ctx.Err())
 		recycle(p.q[p.head].msg)
 		p.pop()
 	}

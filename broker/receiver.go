@@ -115,7 +115,7 @@ func NewReceiver(cfg ReceiverConfig, sc StreamConfig, nc *nats.Conn, js jetstrea
 		HandshakeTimeout: 10 * time.Second,
 		// A small frame-header buffer of gorilla's own over a lazyConn (see
 		// lazyconn.go), instead of keeping the HTTP server's 4 KiB one.
-		ReadBufferSize: 256,
+		ReadBufferSize: 128,
 		// Idle sockets hold no write buffer; the pool lends one for the rare
 		// write (a close frame, a pong).
 		WriteBufferPool: &sync.Pool{},
@@ -214,22 +214,9 @@ func (r *Receiver) serveWS(w http.ResponseWriter, req *http.Request) {
 	conn.SetReadLimit(int64(r.cfg.MaxMessageBytes))
 
 	s := &socket{r: r, conn: conn, id: newConnID(), remote: req.RemoteAddr, correlationID: req.Header.Get("x-ms-call-correlation-id")}
-	s.pipe = pipeline{js: r.js, cfg: r.cfg.Publish, m: r.m, connID: s.id,
-		onError: func(kind string, err error, _ bool) {
-			r.warn.Warn("message not stored", "kind", kind, "conn", s.id, "call", s.call, "err", err)
-		},
-		onShed: func(on bool) {
-			if on {
-				r.warn.Warn("JetStream is not keeping up: shedding this socket's audio until its window drains", "conn", s.id, "call", s.call)
-			} else {
-				s.log.Info("JetStream caught up: no longer shedding audio")
-			}
-		},
-	}
-	s.log = r.log.With("conn", s.id)
+	s.pipe = pipeline{js: r.js, cfg: r.cfg.Publish, m: r.m, connID: s.id, events: s}
 	if call != "" {
 		s.call, s.callTok, s.callFromURL = call, codec.EncodeToken(call), true
-		s.log = s.log.With("call", call)
 	}
 	if !r.track(s) {
 		r.open.Add(-1)

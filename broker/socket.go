@@ -35,7 +35,6 @@ type participant struct {
 type socket struct {
 	r      *Receiver
 	conn   *websocket.Conn
-	log    *slog.Logger
 	id     string // connection id, random, never reused
 	remote string
 
@@ -50,7 +49,6 @@ type socket struct {
 	channels   int
 
 	parser codec.Parser
-	in     codec.Inbound
 	parts  map[string]*participant
 	pipe   pipeline
 
@@ -62,6 +60,33 @@ type socket struct {
 	closeOnce    sync.Once
 	drained      atomic.Bool // closed by the receiver's drain, from another goroutine
 }
+
+// notStored reports a message given up for good (the pipeline counted it).
+func (s *socket) notStored(kind string, err error) {
+	s.r.warn.Warn("message not stored", "kind", kind, "conn", s.id, "call", s.call, "err", err)
+}
+
+// shedding reports the socket starting or stopping to shed audio.
+func (s *socket) shedding(on bool) {
+	if on {
+		s.r.warn.Warn("JetStream is not keeping up: shedding this socket's audio until its window drains", "conn", s.id, "call", s.call)
+	} else {
+		s.logger().Info("JetStream caught up: no longer shedding audio")
+	}
+}
+
+// logger returns the socket's logger. It is built when there is something to
+// say rather than kept: an idle socket should cost as little as possible.
+func (s *socket) logger() *slog.Logger {
+	l := s.r.log.With("conn", s.id)
+	if s.call != "" {
+		l = l.With("call", s.call)
+	}
+	return l
+}
+
+// inbounds lends parse results to sockets for one message at a time.
+var inbounds = sync.Pool{New: func() any { return new(codec.Inbound) }}
 
 // newConnID returns 16 random bytes in hex: unique across restarts, so a
 // Nats-Msg-Id is never reused by accident.
@@ -105,7 +130,7 @@ func (s *socket) run(ctx context.Context) {
 	default:
 		s.closeReason = "error"
 		if !errors.Is(err, io.ErrUnexpectedEOF) && !websocket.IsUnexpectedCloseError(err) {
-			s.log.Debug("socket read ended", "err", err)
+			s.logger().Debug("socket read ended", "err", err)
 		}
 	}
 	_ = s.conn.Close()
@@ -118,7 +143,7 @@ func (s *socket) run(ctx context.Context) {
 	s.pipe.flush(fctx)
 	if !s.started {
 		r.m.noMetadata.Inc()
-		s.log.Info("connection closed before any metadata", "reason", s.closeReason)
+		s.logger().Info("connection closed before any metadata", "reason", s.closeReason)
 		return
 	}
 	frames := make(map[string]uint64, len(s.parts))
@@ -129,9 +154,9 @@ func (s *socket) run(ctx context.Context) {
 	lc.Reason = s.closeReason
 	lc.Frames = frames
 	if err := s.publishLifecycle(fctx, lc); err != nil {
-		s.log.Error("ended lifecycle not stored", "err", err)
+		s.logger().Error("ended lifecycle not stored", "err", err)
 	}
-	s.log.Info("call stream ended", "reason", s.closeReason, "frames", frames)
+	s.logger().Info("call stream ended", "reason", s.closeReason, "frames", frames)
 }
 
 func isTimeout(err error) bool {
@@ -239,7 +264,8 @@ func parseReason(err error) string {
 
 func (s *socket) handle(ctx context.Context, msg []byte, now time.Time) error {
 	r := s.r
-	in := &s.in
+	in := inbounds.Get().(*codec.Inbound)
+	defer inbounds.Put(in)
 	if err := s.parser.Parse(msg, in); err != nil {
 		return s.invalid(parseReason(err), err)
 	}
@@ -256,7 +282,7 @@ func (s *socket) handle(ctx context.Context, msg []byte, now time.Time) error {
 	case codec.KindDtmfData:
 		return s.dtmf(ctx, &in.Dtmf, now)
 	}
-	s.log.Debug("ignoring unknown ACS message kind", "kind", in.KindName)
+	s.logger().Debug("ignoring unknown ACS message kind", "kind", in.KindName)
 	return nil
 }
 
@@ -272,7 +298,6 @@ func (s *socket) setCall(id string) error {
 		return &errClose{code: websocket.ClosePolicyViolation, reason: "invalid", text: "no usable call id"}
 	}
 	s.call, s.callTok = id, codec.EncodeToken(id)
-	s.log = s.log.With("call", id)
 	return nil
 }
 
@@ -297,7 +322,7 @@ func (s *socket) audioMetadata(ctx context.Context, md *codec.AudioMetadata, now
 	}
 	if s.started {
 		if md.SampleRate != s.sampleRate {
-			s.log.Warn("audio format changed mid-socket", "from", s.sampleRate, "to", md.SampleRate)
+			s.logger().Warn("audio format changed mid-socket", "from", s.sampleRate, "to", md.SampleRate)
 		}
 		s.sampleRate, s.channels = md.SampleRate, md.Channels
 		return nil
@@ -348,7 +373,7 @@ func (s *socket) start(ctx context.Context, now time.Time) error {
 	} else {
 		_ = s.conn.SetReadDeadline(time.Time{})
 	}
-	s.log.Info("call stream started", "stream", s.stream, "sample_rate", s.sampleRate)
+	s.logger().Info("call stream started", "stream", s.stream, "sample_rate", s.sampleRate)
 	// Awaited, so that an idle socket holds nothing in flight afterwards.
 	data, err := codec.Marshal(ptr(s.lifecycle(codec.LifecycleStarted)))
 	if err != nil {
