@@ -60,7 +60,7 @@ func BenchmarkRealtimeStreams(b *testing.B) {
 				}()
 			}
 			cpu0, t0 := cpuSeconds(b, pid), time.Now()
-			sum, err := sim.Run(context.Background(), cfg, js, sc, nil)
+			sum, err := sim.Run(context.Background(), cfg, js, sc.StreamRef, nil)
 			if err != nil {
 				b.Fatal(err)
 			}

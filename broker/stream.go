@@ -9,10 +9,30 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
+// StreamRef names the stream and its subjects: all that a role reading the
+// bus needs to know.
+type StreamRef struct {
+	Name   string `env:"AUDIOFAN_STREAM" envDefault:"CALLS" help:"JetStream stream that stores everything under the prefix"`
+	Prefix string `env:"AUDIOFAN_SUBJECT_PREFIX" envDefault:"calls" help:"first subject token"`
+}
+
+// Subjects returns the subject scheme of this stream's prefix.
+func (c StreamRef) Subjects() Subjects { return Subjects{Prefix: c.Prefix} }
+
+// Validate checks the names.
+func (c StreamRef) Validate() error {
+	switch {
+	case c.Name == "":
+		return errors.New("AUDIOFAN_STREAM is empty")
+	case !validToken(c.Prefix):
+		return fmt.Errorf("AUDIOFAN_SUBJECT_PREFIX %q must be one subject token of letters, digits, '-' or '_'", c.Prefix)
+	}
+	return nil
+}
+
 // StreamConfig says how the CALLS stream is named and kept.
 type StreamConfig struct {
-	Name       string        `env:"AUDIOFAN_STREAM" envDefault:"CALLS" help:"JetStream stream that stores everything under the prefix"`
-	Prefix     string        `env:"AUDIOFAN_SUBJECT_PREFIX" envDefault:"calls" help:"first subject token"`
+	StreamRef
 	MaxAge     time.Duration `env:"AUDIOFAN_STREAM_MAX_AGE" envDefault:"24h" help:"how long messages are kept (0 = no limit)"`
 	MaxBytes   ByteSize      `env:"AUDIOFAN_STREAM_MAX_BYTES" envDefault:"10GiB" help:"stream size limit (-1 = no limit); past it the oldest messages go"`
 	Duplicates time.Duration `env:"AUDIOFAN_STREAM_DUPLICATE_WINDOW" envDefault:"2m" help:"how long a Nats-Msg-Id is remembered for de-duplication"`
@@ -21,16 +41,12 @@ type StreamConfig struct {
 	Provision  bool          `env:"AUDIOFAN_STREAM_PROVISION" envDefault:"true" help:"create or update the stream at start; false = it must exist already"`
 }
 
-// Subjects returns the subject scheme of this stream's prefix.
-func (c StreamConfig) Subjects() Subjects { return Subjects{Prefix: c.Prefix} }
-
 // Validate checks the settings before anything connects.
 func (c StreamConfig) Validate() error {
+	if err := c.StreamRef.Validate(); err != nil {
+		return err
+	}
 	switch {
-	case c.Name == "":
-		return errors.New("AUDIOFAN_STREAM is empty")
-	case !validToken(c.Prefix):
-		return fmt.Errorf("AUDIOFAN_SUBJECT_PREFIX %q must be one subject token of letters, digits, '-' or '_'", c.Prefix)
 	case c.Storage != "file" && c.Storage != "memory":
 		return fmt.Errorf("AUDIOFAN_STREAM_STORAGE %q: want file or memory", c.Storage)
 	case c.Replicas < 1 || c.Replicas > 5:

@@ -21,7 +21,7 @@ import (
 
 // NATSSettings are shared by every role that connects to NATS.
 type NATSSettings struct {
-	URL string `env:"NATS_URL" help:"NATS servers (comma-separated); in serve, empty = start the embedded server"`
+	URL string `env:"NATS_URL" help:"NATS servers (comma-separated); empty: serve starts its embedded server, tap and sim use nats://127.0.0.1:4222 (a local serve)"`
 }
 
 // ReceiverSettings are the settings of `audiofan receiver`.

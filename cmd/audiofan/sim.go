@@ -21,7 +21,7 @@ import (
 type SimSettings struct {
 	LogSettings
 	NATS   NATSSettings
-	Stream broker.StreamConfig
+	Stream broker.StreamRef
 	sim    sim.Config
 	wav    string
 	json   bool

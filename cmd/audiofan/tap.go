@@ -15,7 +15,7 @@ import (
 type tapSettings struct {
 	LogSettings
 	NATS   NATSSettings
-	Stream broker.StreamConfig
+	Stream broker.StreamRef
 	tap    tap.Config
 	call   string
 }

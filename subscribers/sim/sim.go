@@ -43,7 +43,7 @@ func (r *runner) fail(err error) {
 // summary then says what was stored. Progress, when not nil, gets a live line
 // twice a second. The error is for a simulation that could not run at all;
 // a run with failures returns a Summary whose OK is false.
-func Run(ctx context.Context, cfg Config, js jetstream.JetStream, sc broker.StreamConfig, progress io.Writer) (*Summary, error) {
+func Run(ctx context.Context, cfg Config, js jetstream.JetStream, sc broker.StreamRef, progress io.Writer) (*Summary, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}

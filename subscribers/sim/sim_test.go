@@ -30,7 +30,7 @@ func TestVerifiedRunLosesNothing(t *testing.T) {
 	cfg := Defaults()
 	cfg.URL, cfg.Calls, cfg.Participants, cfg.Duration, cfg.Realtime = r.URL(""), 20, 4, 3*time.Second, false
 	cfg.Verify, cfg.Transcripts, cfg.DTMF = true, true, true
-	sum, err := Run(context.Background(), cfg, r.JS, r.Stream, nil)
+	sum, err := Run(context.Background(), cfg, r.JS, r.Stream.StreamRef, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,7 +77,7 @@ func TestWAVRoundTrip(t *testing.T) {
 	cfg := Defaults()
 	cfg.URL, cfg.Calls, cfg.Participants, cfg.Rate, cfg.Duration, cfg.Realtime = r.URL(""), 1, 2, 24000, 0, false
 	cfg.WAV, cfg.Verify, cfg.CallPrefix = wavs, true, "wav"
-	sum, err := Run(context.Background(), cfg, r.JS, r.Stream, nil)
+	sum, err := Run(context.Background(), cfg, r.JS, r.Stream.StreamRef, nil)
 	if err != nil || !sum.OK {
 		t.Fatalf("run: %v %+v", err, sum)
 	}
@@ -122,13 +122,13 @@ func TestRefusedUpgrade(t *testing.T) {
 	r := startReceiver(t, func(c *broker.ReceiverConfig) { c.Auth, c.AuthSecret = "secret", "0123456789abcdef-secret" })
 	cfg := Defaults()
 	cfg.URL, cfg.Duration = r.URL(""), time.Second
-	_, err := Run(context.Background(), cfg, nil, r.Stream, nil)
+	_, err := Run(context.Background(), cfg, nil, r.Stream.StreamRef, nil)
 	if !errors.Is(err, ErrNothingConnected) || !strings.Contains(err.Error(), "HTTP 401") {
 		t.Fatalf("err = %v", err)
 	}
 	// With the secret it goes through.
 	cfg.Secret, cfg.Realtime = "0123456789abcdef-secret", false
-	if sum, err := Run(context.Background(), cfg, nil, r.Stream, nil); err != nil || !sum.OK {
+	if sum, err := Run(context.Background(), cfg, nil, r.Stream.StreamRef, nil); err != nil || !sum.OK {
 		t.Fatalf("with secret: %v %+v", err, sum)
 	}
 }

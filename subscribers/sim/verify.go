@@ -101,7 +101,7 @@ type verifier struct {
 	undecodable uint64
 }
 
-func startVerifier(ctx context.Context, js jetstream.JetStream, sc broker.StreamConfig, prefix string) (*verifier, error) {
+func startVerifier(ctx context.Context, js jetstream.JetStream, sc broker.StreamRef, prefix string) (*verifier, error) {
 	v := &verifier{subj: sc.Subjects(), prefix: prefix + "-", streams: map[[2]string]*vstream{},
 		transcripts: map[string]uint64{}, dtmf: map[string]uint64{}}
 	cons, err := js.OrderedConsumer(ctx, sc.Name, jetstream.OrderedConsumerConfig{

@@ -49,7 +49,7 @@ type frameJSON struct {
 // Run prints the stream's messages matching cfg.Filter to w until ctx ends or
 // cfg.Limit is reached. It reads with an ordered consumer, which the server
 // forgets when tap goes: it leaves nothing behind.
-func Run(ctx context.Context, js jetstream.JetStream, sc broker.StreamConfig, cfg Config, w io.Writer) error {
+func Run(ctx context.Context, js jetstream.JetStream, sc broker.StreamRef, cfg Config, w io.Writer) error {
 	subj := sc.Subjects()
 	filter := cfg.Filter
 	if filter == "" {
