@@ -158,7 +158,9 @@ func (p *pipeline) publish(ctx context.Context, msg *nats.Msg, kind string, part
 			p.settleHead(ctx, left)
 		}
 	}
-	stall := time.Duration(0)
+	// The process-wide limit (MaxPending) gets the same patience as the
+	// socket's own window.
+	stall := p.cfg.Block
 	if !droppable {
 		stall = p.cfg.AckTimeout
 	}
@@ -181,7 +183,7 @@ func (p *pipeline) publish(ctx context.Context, msg *nats.Msg, kind string, part
 // (settleHead) are the only ones, so once a future has settled nothing else
 // still holds the message and it can be recycled.
 func (p *pipeline) send(msg *nats.Msg, stall time.Duration) (jetstream.PubAckFuture, error) {
-	if stall > 0 {
+	if stall > 0 { // 0: the client's default (200 ms)
 		return p.js.PublishMsgAsync(msg, jetstream.WithRetryAttempts(0), jetstream.WithStallWait(stall))
 	}
 	return p.js.PublishMsgAsync(msg, jetstream.WithRetryAttempts(0))
