@@ -35,7 +35,7 @@ type call struct {
 	index       int
 	streams     []*stream
 	spurts      [][]spurt
-	frames      int // frames per stream; -1: until the context ends
+	frames      int // frames per stream
 	outAudio    atomic.Uint64
 	outStop     atomic.Uint64
 	transcripts atomic.Uint64
@@ -157,41 +157,90 @@ func (c *call) readBack(ws *websocket.Conn, done chan<- struct{}) {
 	}
 }
 
-// closeSocket says goodbye as ACS does and waits for the receiver's close.
-func closeSocket(ws *websocket.Conn, bc *bufConn, readDone <-chan struct{}) {
-	_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(5*time.Second))
-	if bc != nil {
-		_ = bc.flush() // the close frame went into the batch
+// simSocket is one open socket of a call, with its reader of what the
+// receiver sends back.
+type simSocket struct {
+	ws       *websocket.Conn
+	bc       *bufConn
+	readDone chan struct{}
+}
+
+func (r *runner) open(ctx context.Context, c *call) (*simSocket, error) {
+	ws, bc, err := r.dial(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	s := &simSocket{ws: ws, bc: bc, readDone: make(chan struct{})}
+	go c.readBack(ws, s.readDone)
+	return s, nil
+}
+
+// send writes one text message (into the tick's batch).
+func (s *simSocket) send(c *call, msg []byte) error {
+	if err := s.ws.WriteMessage(websocket.TextMessage, msg); err != nil {
+		return fmt.Errorf("call %s: send: %w", c.id, err)
+	}
+	return nil
+}
+
+// flush sends the tick's batch.
+func (s *simSocket) flush(c *call) error {
+	if s.bc == nil {
+		return nil
+	}
+	if err := s.bc.flush(); err != nil {
+		return fmt.Errorf("call %s: send: %w", c.id, err)
+	}
+	return nil
+}
+
+// close says goodbye as ACS does and waits for the receiver's close.
+func (s *simSocket) close() {
+	_ = s.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(5*time.Second))
+	if s.bc != nil {
+		_ = s.bc.flush() // the close frame went into the batch
 	}
 	select {
-	case <-readDone:
+	case <-s.readDone:
 	case <-time.After(10 * time.Second):
 	}
-	_ = ws.Close()
+	_ = s.ws.Close()
+}
+
+// waitUntil sleeps until start+at when pacing in real time: an absolute
+// schedule, so a late tick is not carried into the next. It reports false
+// when ctx ends first.
+func (r *runner) waitUntil(ctx context.Context, start time.Time, at time.Duration) bool {
+	if !r.cfg.Realtime {
+		return ctx.Err() == nil
+	}
+	wait := time.Until(start.Add(at))
+	if wait <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
 }
 
 // media streams the call's audio (and DTMF) on its media socket.
 func (r *runner) media(ctx context.Context, c *call) error {
-	ws, bc, err := r.dial(ctx, c)
+	sock, err := r.open(ctx, c)
 	if err != nil {
 		return err
 	}
-	readDone := make(chan struct{})
-	go c.readBack(ws, readDone)
-	defer closeSocket(ws, bc, readDone)
-
-	size := r.cfg.Rate / 50 * 2
-	send := func(msg []byte) error {
-		if err := ws.WriteMessage(websocket.TextMessage, msg); err != nil {
-			return fmt.Errorf("call %s: send: %w", c.id, err)
-		}
-		return nil
-	}
-	if err := send(codec.AppendACSAudioMetadata(nil, "sub-"+c.id, r.cfg.Rate)); err != nil {
+	defer sock.close()
+	if err := sock.send(c, codec.AppendACSAudioMetadata(nil, "sub-"+c.id, r.cfg.Rate)); err != nil {
 		return err
 	}
 	c.sockets.Add(1)
 
+	size := r.cfg.Rate / 50 * 2
 	pcm := make([]byte, size)
 	var voices [][]byte
 	if r.cfg.Mixed && len(r.cfg.WAV) == 0 {
@@ -203,27 +252,16 @@ func (r *runner) media(ctx context.Context, c *call) error {
 	var buf []byte
 	start := time.Now()
 	tones := "0123456789*#"
-	for k := 0; c.frames < 0 || k < c.frames; k++ {
+	for k := 0; k < c.frames; k++ {
 		at := time.Duration(k) * frameDur
-		if r.cfg.Realtime {
-			// An absolute schedule: a late tick is not carried into the next.
-			if wait := time.Until(start.Add(at)); wait > 0 {
-				t := time.NewTimer(wait)
-				select {
-				case <-ctx.Done():
-					t.Stop()
-					return nil
-				case <-t.C:
-				}
-			}
-		} else if ctx.Err() != nil {
+		if !r.waitUntil(ctx, start, at) {
 			return nil
 		}
 		for _, s := range c.streams {
 			silent := r.render(c, s, pcm, voices, k, at)
 			// The capture timestamp is the send time: the verifier's latency.
 			buf = codec.AppendACSAudioData(buf[:0], time.Now(), s.participant, pcm, silent)
-			if err := send(buf); err != nil {
+			if err := sock.send(c, buf); err != nil {
 				return err
 			}
 			s.sent.Add(1)
@@ -231,15 +269,13 @@ func (r *runner) media(ctx context.Context, c *call) error {
 		}
 		if r.cfg.DTMF && k > 0 && k%250 == 0 {
 			buf = codec.AppendACSDtmf(buf[:0], time.Now(), c.streams[0].participant, string(tones[(k/250)%len(tones)]))
-			if err := send(buf); err != nil {
+			if err := sock.send(c, buf); err != nil {
 				return err
 			}
 			c.dtmf.Add(1)
 		}
-		if bc != nil {
-			if err := bc.flush(); err != nil {
-				return fmt.Errorf("call %s: send: %w", c.id, err)
-			}
+		if err := sock.flush(c); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -268,15 +304,13 @@ func (r *runner) render(c *call, s *stream, pcm []byte, voices [][]byte, k int, 
 // transcription streams intermediate and final results of each talk spurt
 // on the call's transcription socket.
 func (r *runner) transcription(ctx context.Context, c *call) error {
-	ws, bc, err := r.dial(ctx, c)
+	sock, err := r.open(ctx, c)
 	if err != nil {
 		return err
 	}
-	readDone := make(chan struct{})
-	go c.readBack(ws, readDone)
-	defer closeSocket(ws, bc, readDone)
-	if err := ws.WriteMessage(websocket.TextMessage, codec.ACSTranscriptionMetadata("tsub-"+c.id, c.id, c.correlation, "en-US")); err != nil {
-		return fmt.Errorf("call %s: transcription: %w", c.id, err)
+	defer sock.close()
+	if err := sock.send(c, codec.ACSTranscriptionMetadata("tsub-"+c.id, c.id, c.correlation, "en-US")); err != nil {
+		return err
 	}
 	c.sockets.Add(1)
 	type event struct {
@@ -313,26 +347,18 @@ func (r *runner) transcription(ctx context.Context, c *call) error {
 	sort.SliceStable(events, func(i, j int) bool { return events[i].at < events[j].at })
 	start := time.Now()
 	for _, e := range events {
-		if c.frames >= 0 && e.at >= time.Duration(c.frames)*frameDur {
+		if e.at >= time.Duration(c.frames)*frameDur {
 			break
 		}
-		if r.cfg.Realtime {
-			if wait := time.Until(start.Add(e.at)); wait > 0 {
-				select {
-				case <-ctx.Done():
-					return nil
-				case <-time.After(wait):
-				}
-			}
-		} else if ctx.Err() != nil {
+		if !r.waitUntil(ctx, start, e.at) {
 			return nil
 		}
-		if err := ws.WriteMessage(websocket.TextMessage, e.msg); err != nil {
-			return fmt.Errorf("call %s: transcription: %w", c.id, err)
+		if err := sock.send(c, e.msg); err != nil {
+			return err
 		}
 		c.transcripts.Add(1)
-		if bc != nil {
-			_ = bc.flush()
+		if err := sock.flush(c); err != nil {
+			return err
 		}
 	}
 	return nil
