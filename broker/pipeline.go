@@ -125,10 +125,10 @@ func recycle(m *nats.Msg) {
 	msgPool.Put(m)
 }
 
-// publish sends a message. When the window is full it waits for room: up to
-// cfg.Block for audio frames (then the socket sheds audio, see shedding), up
-// to the retry deadline for anything else.
-// msg comes from newMsg and is the pipeline's from here on.
+// publish sends msg, which comes from newMsg and is the pipeline's from here
+// on. When the window is full it waits for room: up to cfg.Block for audio
+// frames (then the socket sheds audio, see shedding), up to the retry
+// deadline for anything else.
 func (p *pipeline) publish(ctx context.Context, msg *nats.Msg, kind string, part *participant, received time.Time, droppable bool) error {
 	p.reap(ctx)
 	if p.shedding && p.inflight() <= p.cfg.Window/2 {
@@ -284,7 +284,10 @@ func (p *pipeline) pop() {
 // dropped. The caller then publishes "ended", stored after all of them.
 func (p *pipeline) flush(ctx context.Context) {
 	for p.head < len(p.q) && ctx.Err() == nil {
-		p.settleHead(ctx, time.Until(p.q[p.head].deadline)+p.cfg.AckTimeout)
+		// A future settles within one ack timeout of its last send, and there
+		// is none after the deadline; the floor keeps a late timer from
+		// turning this into a busy loop.
+		p.settleHead(ctx, max(time.Until(p.q[p.head].deadline)+p.cfg.AckTimeout, 10*time.Millisecond))
 	}
 	for p.head < len(p.q) {
 		p.m.dropped.WithLabelValues(dropPublishFailed).Inc()
