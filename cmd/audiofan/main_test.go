@@ -72,6 +72,22 @@ func TestBadSettingsExit(t *testing.T) {
 			}
 		})
 	}
+	for _, tc := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"sim", "--rate", "8000"}, 2, "--rate 8000"},
+		{[]string{"sim", "--calls", "0"}, 2, "--calls 0"},
+		{[]string{"sim", "--wav", "/nonexistent.wav"}, 1, "nonexistent.wav"},
+		{[]string{"sim", "--url", "ws://127.0.0.1:1/ws", "--duration", "1s"}, 1, "no socket was accepted"},
+	} {
+		var out, errb bytes.Buffer
+		code := run(tc.args, &out, &errb)
+		if lines := strings.Count(strings.TrimSpace(errb.String()), "\n") + 1; code != tc.code || !strings.Contains(errb.String(), tc.want) || lines != 1 {
+			t.Errorf("%v: exit %d, stderr %q; want exit %d and one line with %q", tc.args, code, errb.String(), tc.code, tc.want)
+		}
+	}
 	t.Run("receiver without NATS_URL", func(t *testing.T) {
 		var out, errb bytes.Buffer
 		if code := run([]string{"receiver"}, &out, &errb); code != 1 || !strings.Contains(errb.String(), "NATS_URL is empty") {
@@ -130,6 +146,23 @@ func TestServeAndTap(t *testing.T) {
 	}
 
 	t.Setenv("NATS_URL", "nats://"+natsAddr)
+
+	// sim against the same serve, verified on its bus, summary as JSON.
+	var simOut, simErr bytes.Buffer
+	if code := run([]string{"sim", "--url", "ws://" + httpAddr + "/ws", "--calls", "3", "--participants", "2", "--duration", "1s",
+		"--realtime=false", "--verify", "--json"}, &simOut, &simErr); code != 0 {
+		t.Fatalf("sim exit %d: %s\n%s", code, simErr.String(), simOut.String())
+	}
+	var sum struct {
+		OK     bool
+		Verify struct {
+			Sent, Stored, Missing uint64
+		}
+	}
+	if err := json.Unmarshal(simOut.Bytes(), &sum); err != nil || !sum.OK || sum.Verify.Sent != 300 || sum.Verify.Stored != 300 {
+		t.Errorf("sim --json: %v %+v\n%s", err, sum, simOut.String())
+	}
+
 	var tapOut, tapErr bytes.Buffer
 	if code := run([]string{"tap", "--all", "--call", "4:+1 call", "-n", "7"}, &tapOut, &tapErr); code != 0 {
 		t.Fatalf("tap exit %d: %s", code, tapErr.String())
