@@ -42,6 +42,7 @@ type metrics struct {
 	draining      prometheus.Gauge
 	noMetadata    prometheus.Counter
 	logSuppressed prometheus.Counter
+	authFailures  *prometheus.CounterVec
 
 	// Resolved once: WithLabelValues hashes its labels on every call, and
 	// these two count every frame.
@@ -81,8 +82,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		draining:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "audiofan_receiver_draining", Help: "1 while the receiver drains for shutdown."}),
 		noMetadata:    prometheus.NewCounter(prometheus.CounterOpts{Name: "audiofan_receiver_connections_without_metadata_total", Help: "Connections that closed before any metadata message."}),
 		logSuppressed: prometheus.NewCounter(prometheus.CounterOpts{Name: "audiofan_receiver_log_suppressed_total", Help: "Warnings about bad input not logged because of the log rate limit."}),
+		authFailures: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "audiofan_receiver_auth_failures_total",
+			Help: "Upgrades refused with 401, by reason: missing_token, malformed, signature, unknown_key, expired, not_yet_valid, audience, issuer, claims, secret."}, []string{"reason"}),
 	}
-	reg.MustRegister(m.connsOpen, m.conns, m.closes, m.messages, m.invalid, m.dropped, m.stored, m.retries, m.ackLatency, m.inflight, m.draining, m.noMetadata, m.logSuppressed)
+	reg.MustRegister(m.connsOpen, m.conns, m.closes, m.messages, m.invalid, m.dropped, m.stored, m.retries, m.ackLatency, m.inflight, m.draining, m.noMetadata, m.logSuppressed, m.authFailures)
 	for _, r := range []string{reasonJSON, reasonFieldType, reasonBase64, reasonPCMLength, reasonTimestamp, reasonNoMetadata, reasonSampleRate,
 		reasonChannels, reasonEncoding, reasonTooLarge, reasonBadID, reasonFlood, reasonFrameType} {
 		m.invalid.WithLabelValues(r)

@@ -2,7 +2,6 @@ package broker
 
 import (
 	"context"
-	"crypto/subtle"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -24,9 +23,8 @@ import (
 
 // ReceiverConfig holds the receiver's settings.
 type ReceiverConfig struct {
-	HTTPAddr            string        `env:"AUDIOFAN_HTTP_ADDR" envDefault:"127.0.0.1:8080" help:"WebSocket (/ws), health and metrics listener"`
-	Auth                string        `env:"AUDIOFAN_AUTH" help:"how ACS is authenticated: secret or none (default none on a loopback listener; must be set on any other)"`
-	AuthSecret          string        `env:"AUDIOFAN_AUTH_SECRET" help:"shared secret ACS sends as the token query parameter or the last path segment (/ws/<secret>)"`
+	HTTPAddr            string `env:"AUDIOFAN_HTTP_ADDR" envDefault:"127.0.0.1:8080" help:"WebSocket (/ws), health and metrics listener"`
+	Auth                AuthConfig
 	Instance            string        `env:"AUDIOFAN_INSTANCE" help:"this replica's name in lifecycle messages (default: the host name)"`
 	MaxConnections      int           `env:"AUDIOFAN_MAX_CONNECTIONS" envDefault:"10000" help:"open sockets past which upgrades are refused with 503"`
 	MaxMessageBytes     ByteSize      `env:"AUDIOFAN_MAX_MESSAGE_BYTES" envDefault:"64KiB" help:"largest ACS message; a larger one closes the socket with 1009"`
@@ -49,21 +47,8 @@ func (c *ReceiverConfig) Validate() error {
 	if err != nil {
 		return fmt.Errorf("AUDIOFAN_HTTP_ADDR %q: %w", c.HTTPAddr, err)
 	}
-	switch c.Auth {
-	case "":
-		if !isLoopback(host) {
-			return fmt.Errorf("AUDIOFAN_AUTH must be set when AUDIOFAN_HTTP_ADDR (%s) is not loopback: secret, or none to accept anyone", c.HTTPAddr)
-		}
-		c.Auth = "none"
-	case "none":
-	case "secret":
-		if len(c.AuthSecret) < 16 {
-			return errors.New("AUDIOFAN_AUTH=secret needs AUDIOFAN_AUTH_SECRET of at least 16 characters")
-		}
-	case "jwt", "jwt+secret":
-		return fmt.Errorf("AUDIOFAN_AUTH=%s is not supported by this version yet: use secret", c.Auth)
-	default:
-		return fmt.Errorf("AUDIOFAN_AUTH %q: want secret or none", c.Auth)
+	if err := c.Auth.validate(isLoopback(host), c.HTTPAddr); err != nil {
+		return err
 	}
 	if c.MaxConnections < 1 || c.MaxMessageBytes < 1024 || c.MaxParticipants < 1 || c.MaxInvalidMessages < 0 || c.FirstMessageTimeout <= 0 {
 		return errors.New("receiver limits must be positive (AUDIOFAN_MAX_MESSAGE_BYTES at least 1KiB)")
@@ -88,6 +73,7 @@ type Receiver struct {
 	js     jetstream.JetStream
 	log    *slog.Logger
 	warn   *warnLimiter
+	auth   *authenticator // set by Serve, before the listener is served
 	m      *metrics
 	reg    *prometheus.Registry
 
@@ -164,26 +150,17 @@ func (r *Receiver) Ready(ctx context.Context) error {
 	return nil
 }
 
-func (r *Receiver) authorized(req *http.Request) bool {
-	if r.cfg.Auth != "secret" {
-		return true
-	}
-	got := req.URL.Query().Get("token")
-	if p := req.PathValue("secret"); p != "" {
-		got = p
-	}
-	return subtle.ConstantTimeCompare([]byte(got), []byte(r.cfg.AuthSecret)) == 1
-}
-
 func (r *Receiver) serveWS(w http.ResponseWriter, req *http.Request) {
 	if r.draining.Load() {
 		r.m.conns.WithLabelValues("draining").Inc()
 		http.Error(w, "draining", http.StatusServiceUnavailable)
 		return
 	}
-	if !r.authorized(req) {
+	if reason := r.auth.check(req); reason != "" {
+		// The token is never logged: the reason says enough.
 		r.m.conns.WithLabelValues("unauthorized").Inc()
-		r.warn.Warn("WebSocket upgrade refused: bad secret", "remote", req.RemoteAddr)
+		r.m.authFailures.WithLabelValues(reason).Inc()
+		r.warn.Warn("WebSocket upgrade refused", "reason", reason, "remote", req.RemoteAddr)
 		http.Error(w, "unauthorized", http.StatusUnauthorized)
 		return
 	}
@@ -259,6 +236,12 @@ func (r *Receiver) untrack(s *socket) {
 // another replica). Every socket's messages are flushed and its "ended"
 // published before Serve returns. The NATS connection is the caller's.
 func (r *Receiver) Serve(ctx context.Context, ln net.Listener, metricsHandler http.Handler) error {
+	auth, err := newAuthenticator(ctx, r.cfg.Auth, r.log)
+	if err != nil {
+		_ = ln.Close()
+		return fmt.Errorf("auth: %w", err)
+	}
+	r.auth = auth
 	srv := &http.Server{
 		Handler:           r.Handler(metricsHandler),
 		ReadHeaderTimeout: 10 * time.Second,

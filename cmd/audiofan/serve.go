@@ -114,10 +114,10 @@ func runReceiver(ctx context.Context, s *ReceiverSettings, url string, log *slog
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", s.Receiver.HTTPAddr, err)
 	}
-	if s.Receiver.Auth == "none" {
+	if s.Receiver.Auth.Mode == "none" {
 		log.Warn("AUDIOFAN_AUTH=none: anyone who reaches the listener can stream into it", "addr", ln.Addr().String())
 	}
-	log.Info("receiver listening", "ws", "ws://"+ln.Addr().String()+"/ws", "auth", s.Receiver.Auth)
+	log.Info("receiver listening", "ws", "ws://"+ln.Addr().String()+"/ws", "auth", s.Receiver.Auth.Mode)
 	return r.Serve(ctx, ln, promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 }
 

@@ -119,7 +119,7 @@ func TestWAVRoundTrip(t *testing.T) {
 }
 
 func TestRefusedUpgrade(t *testing.T) {
-	r := startReceiver(t, func(c *broker.ReceiverConfig) { c.Auth, c.AuthSecret = "secret", "0123456789abcdef-secret" })
+	r := startReceiver(t, func(c *broker.ReceiverConfig) { c.Auth.Mode, c.Auth.Secret = "secret", "0123456789abcdef-secret" })
 	cfg := Defaults()
 	cfg.URL, cfg.Duration = r.URL(""), time.Second
 	_, err := Run(context.Background(), cfg, nil, r.Stream.StreamRef, nil)
