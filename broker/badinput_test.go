@@ -62,11 +62,11 @@ func TestBadInput(t *testing.T) {
 		{"encoding", func(a *acs) {
 			a.sendRaw(`{"kind":"AudioMetadata","audioMetadata":{"subscriptionId":"s","encoding":"OPUS","sampleRate":16000,"channels":1}}`)
 		}, websocket.CloseUnsupportedData},
-		{"too large", func(a *acs) { a.audioMetadata("s", 16000); a.sendRaw(strings.Repeat("x", 70<<10)) }, websocket.CloseMessageTooBig},
+		{"too large", func(a *acs) { a.audioMetadata("s", 16000); a.trySend(strings.Repeat("x", 70<<10)) }, websocket.CloseMessageTooBig},
 		{"flood", func(a *acs) {
 			a.audioMetadata("s", 16000)
 			for i := 0; i < 11; i++ {
-				a.sendRaw("garbage")
+				a.trySend("garbage")
 			}
 		}, websocket.ClosePolicyViolation},
 		{"no call id", func(a *acs) {

@@ -201,6 +201,12 @@ func (a *acs) sendRaw(msg string) {
 	}
 }
 
+// trySend writes a message the receiver may answer by closing the socket
+// before it has all been written: the close is what the test checks.
+func (a *acs) trySend(msg string) {
+	_ = a.c.WriteMessage(websocket.TextMessage, []byte(msg))
+}
+
 func (a *acs) send(v any) {
 	a.t.Helper()
 	b, err := json.Marshal(v)

@@ -63,7 +63,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
 		connsOpen: prometheus.NewGauge(prometheus.GaugeOpts{Name: "audiofan_receiver_connections_open", Help: "ACS WebSocket connections open now."}),
 		conns: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "audiofan_receiver_connections_total",
-			Help: "WebSocket upgrade requests by result: accepted, draining, limit, unauthorized, bad_request, upgrade_failed."}, []string{"result"}),
+			Help: "WebSocket upgrade requests by result: accepted, draining, limit, rate_limited, unauthorized, bad_request, upgrade_failed."}, []string{"result"}),
 		closes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "audiofan_receiver_connections_closed_total",
 			Help: "Closed connections by reason: peer, error, drain, invalid, flood, too_large, idle."}, []string{"reason"}),
 		messages: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "audiofan_receiver_messages_total",

@@ -29,6 +29,9 @@ type ReceiverConfig struct {
 	MaxConnections      int           `env:"AUDIOFAN_MAX_CONNECTIONS" envDefault:"10000" help:"open sockets past which upgrades are refused with 503"`
 	MaxMessageBytes     ByteSize      `env:"AUDIOFAN_MAX_MESSAGE_BYTES" envDefault:"64KiB" help:"largest ACS message; a larger one closes the socket with 1009"`
 	MaxParticipants     int           `env:"AUDIOFAN_MAX_PARTICIPANTS" envDefault:"64" help:"distinct participant ids one socket may carry"`
+	HandshakeTimeout    time.Duration `env:"AUDIOFAN_HANDSHAKE_TIMEOUT" envDefault:"10s" help:"time for a client to send its upgrade request (slow ones are cut off)"`
+	UpgradeRate         float64       `env:"AUDIOFAN_UPGRADE_RATE" envDefault:"100" help:"sockets one IP address may open per second, on average (0 = no limit; behind a proxy this limits the proxy)"`
+	UpgradeBurst        int           `env:"AUDIOFAN_UPGRADE_BURST" envDefault:"200" help:"sockets one IP address may open at once before AUDIOFAN_UPGRADE_RATE applies"`
 	FirstMessageTimeout time.Duration `env:"AUDIOFAN_FIRST_MESSAGE_TIMEOUT" envDefault:"15s" help:"a socket that sends no metadata within this is closed"`
 	IdleTimeout         time.Duration `env:"AUDIOFAN_IDLE_TIMEOUT" envDefault:"10m" help:"a socket silent this long after its metadata is closed (0 = never)"`
 	MaxInvalidMessages  int           `env:"AUDIOFAN_MAX_INVALID_MESSAGES" envDefault:"20" help:"invalid messages a socket may send per AUDIOFAN_INVALID_WINDOW before it is closed with 1008"`
@@ -50,7 +53,8 @@ func (c *ReceiverConfig) Validate() error {
 	if err := c.Auth.validate(isLoopback(host), c.HTTPAddr); err != nil {
 		return err
 	}
-	if c.MaxConnections < 1 || c.MaxMessageBytes < 1024 || c.MaxParticipants < 1 || c.MaxInvalidMessages < 0 || c.FirstMessageTimeout <= 0 {
+	if c.MaxConnections < 1 || c.MaxMessageBytes < 1024 || c.MaxParticipants < 1 || c.MaxInvalidMessages < 0 || c.FirstMessageTimeout <= 0 ||
+		c.HandshakeTimeout <= 0 || c.UpgradeRate < 0 || c.UpgradeBurst < 0 {
 		return errors.New("receiver limits must be positive (AUDIOFAN_MAX_MESSAGE_BYTES at least 1KiB)")
 	}
 	return c.Publish.Validate()
@@ -79,6 +83,7 @@ type Receiver struct {
 
 	upgrader websocket.Upgrader
 	bufs     sync.Pool
+	perIP    *ipLimiter
 
 	mu       sync.Mutex
 	sockets  map[*socket]struct{}
@@ -97,8 +102,9 @@ func NewReceiver(cfg ReceiverConfig, sc StreamConfig, nc *nats.Conn, js jetstrea
 	}
 	r.warn = newWarnLimiter(log, 5, 20, r.m.logSuppressed)
 	r.bufs.New = func() any { b := make([]byte, 0, 2048); return &b }
+	r.perIP = newIPLimiter(cfg.UpgradeRate, cfg.UpgradeBurst)
 	r.upgrader = websocket.Upgrader{
-		HandshakeTimeout: 10 * time.Second,
+		HandshakeTimeout: cfg.HandshakeTimeout,
 		// A small frame-header buffer of gorilla's own over a lazyConn (see
 		// lazyconn.go), instead of keeping the HTTP server's 4 KiB one.
 		ReadBufferSize: 128,
@@ -154,6 +160,13 @@ func (r *Receiver) serveWS(w http.ResponseWriter, req *http.Request) {
 	if r.draining.Load() {
 		r.m.conns.WithLabelValues("draining").Inc()
 		http.Error(w, "draining", http.StatusServiceUnavailable)
+		return
+	}
+	if !r.perIP.allow(req.RemoteAddr, time.Now()) {
+		r.m.conns.WithLabelValues("rate_limited").Inc()
+		r.warn.Warn("WebSocket upgrade refused: too many from one address", "remote", req.RemoteAddr, "rate", r.cfg.UpgradeRate)
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, "too many connections from this address", http.StatusTooManyRequests)
 		return
 	}
 	if reason := r.auth.check(req); reason != "" {
@@ -243,8 +256,11 @@ func (r *Receiver) Serve(ctx context.Context, ln net.Listener, metricsHandler ht
 	}
 	r.auth = auth
 	srv := &http.Server{
-		Handler:           r.Handler(metricsHandler),
-		ReadHeaderTimeout: 10 * time.Second,
+		Handler: r.Handler(metricsHandler),
+		// Slowloris: a request must be in within the handshake timeout, and
+		// its headers are small (ACS sends a handful).
+		ReadHeaderTimeout: r.cfg.HandshakeTimeout,
+		MaxHeaderBytes:    32 << 10,
 		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 		ErrorLog:          slog.NewLogLogger(r.log.Handler(), slog.LevelDebug),
 	}

@@ -55,7 +55,13 @@ type Receiver struct {
 // (may be nil). It is drained when the test ends, if Stop was not called.
 func StartReceiver(t testing.TB, ns *Server, modify func(*broker.ReceiverConfig)) *Receiver {
 	t.Helper()
-	r := &Receiver{t: t, Stream: Defaults[broker.StreamConfig](t), Config: Defaults[broker.ReceiverConfig](t)}
+	return StartReceiverStream(t, ns, Defaults[broker.StreamConfig](t), modify)
+}
+
+// StartReceiverStream is StartReceiver with stream settings of the test's own.
+func StartReceiverStream(t testing.TB, ns *Server, sc broker.StreamConfig, modify func(*broker.ReceiverConfig)) *Receiver {
+	t.Helper()
+	r := &Receiver{t: t, Stream: sc, Config: Defaults[broker.ReceiverConfig](t)}
 	r.Config.HTTPAddr, r.Config.Instance = "127.0.0.1:0", "test-receiver"
 	if modify != nil {
 		modify(&r.Config)
