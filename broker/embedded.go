@@ -19,6 +19,8 @@ type EmbeddedConfig struct {
 	StoreDir string `env:"-"`
 	// ServerName names the server in logs and in JetStream's metadata.
 	ServerName string `env:"-"`
+	// TLSCert and TLSKey, when set, make the server require TLS from clients.
+	TLSCert, TLSKey string `env:"-"`
 }
 
 // StartEmbedded starts a NATS server with JetStream and waits until it takes
@@ -48,6 +50,13 @@ func StartEmbedded(cfg EmbeddedConfig) (*server.Server, error) {
 		// The process owns signals: the server must not stop itself on
 		// SIGTERM before the receiver has drained into it.
 		NoSigs: true,
+	}
+	if cfg.TLSCert != "" {
+		tc, err := server.GenTLSConfig(&server.TLSConfigOpts{CertFile: cfg.TLSCert, KeyFile: cfg.TLSKey})
+		if err != nil {
+			return nil, fmt.Errorf("embedded nats tls: %w", err)
+		}
+		opts.TLS, opts.TLSConfig = true, tc
 	}
 	ns, err := server.NewServer(opts)
 	if err != nil {

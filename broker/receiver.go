@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -25,6 +26,7 @@ import (
 type ReceiverConfig struct {
 	HTTPAddr            string `env:"AUDIOFAN_HTTP_ADDR" envDefault:"127.0.0.1:8080" help:"WebSocket (/ws), health and metrics listener"`
 	Auth                AuthConfig
+	TLS                 TLSConfig
 	Instance            string        `env:"AUDIOFAN_INSTANCE" help:"this replica's name in lifecycle messages (default: the host name)"`
 	MaxConnections      int           `env:"AUDIOFAN_MAX_CONNECTIONS" envDefault:"10000" help:"open sockets past which upgrades are refused with 503"`
 	MaxMessageBytes     ByteSize      `env:"AUDIOFAN_MAX_MESSAGE_BYTES" envDefault:"64KiB" help:"largest ACS message; a larger one closes the socket with 1009"`
@@ -51,6 +53,9 @@ func (c *ReceiverConfig) Validate() error {
 		return fmt.Errorf("AUDIOFAN_HTTP_ADDR %q: %w", c.HTTPAddr, err)
 	}
 	if err := c.Auth.validate(isLoopback(host), c.HTTPAddr); err != nil {
+		return err
+	}
+	if err := c.TLS.validate(); err != nil {
 		return err
 	}
 	if c.MaxConnections < 1 || c.MaxMessageBytes < 1024 || c.MaxParticipants < 1 || c.MaxInvalidMessages < 0 || c.FirstMessageTimeout <= 0 ||
@@ -255,6 +260,16 @@ func (r *Receiver) Serve(ctx context.Context, ln net.Listener, metricsHandler ht
 		return fmt.Errorf("auth: %w", err)
 	}
 	r.auth = auth
+	if r.cfg.TLS.enabled() {
+		// TLS ends here: sockets read through tls.Conn rather than lazyConn,
+		// so they hold more memory than behind a TLS-terminating balancer.
+		tc, err := r.cfg.TLS.serverTLS()
+		if err != nil {
+			_ = ln.Close()
+			return err
+		}
+		ln = tls.NewListener(ln, tc)
+	}
 	srv := &http.Server{
 		Handler: r.Handler(metricsHandler),
 		// Slowloris: a request must be in within the handshake timeout, and

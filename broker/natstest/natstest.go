@@ -20,6 +20,8 @@ type Server struct {
 	Dir  string
 	Addr string
 	NS   *server.Server
+	// TLSCert and TLSKey, set before Restart, make the server require TLS.
+	TLSCert, TLSKey string
 }
 
 // Start starts a server on a free loopback port with a store under t.TempDir().
@@ -32,7 +34,21 @@ func Start(t testing.TB) *Server {
 }
 
 // URL is the client URL.
-func (s *Server) URL() string { return "nats://" + s.Addr }
+func (s *Server) URL() string {
+	if s.TLSCert != "" {
+		return "tls://" + s.Addr
+	}
+	return "nats://" + s.Addr
+}
+
+// StartTLS starts a server that requires TLS with the given PEM files.
+func StartTLS(t testing.TB, certFile, keyFile string) *Server {
+	t.Helper()
+	s := &Server{t: t, Dir: t.TempDir(), Addr: freeAddr(t), TLSCert: certFile, TLSKey: keyFile}
+	s.Restart()
+	t.Cleanup(s.Stop)
+	return s
+}
 
 // Stop shuts the server down and waits; it may be started again with Restart.
 func (s *Server) Stop() {
@@ -47,7 +63,7 @@ func (s *Server) Stop() {
 // Restart starts the server (again) on the same port and store.
 func (s *Server) Restart() {
 	s.t.Helper()
-	ns, err := broker.StartEmbedded(broker.EmbeddedConfig{Listen: s.Addr, StoreDir: s.Dir, ServerName: "natstest"})
+	ns, err := broker.StartEmbedded(broker.EmbeddedConfig{Listen: s.Addr, StoreDir: s.Dir, ServerName: "natstest", TLSCert: s.TLSCert, TLSKey: s.TLSKey})
 	if err != nil {
 		s.t.Fatalf("start nats: %v", err)
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -15,6 +16,8 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"github.com/audiofan/audiofan/broker/natstest"
 )
 
 func freePort(t *testing.T) string {
@@ -200,5 +203,47 @@ func TestServeAndTap(t *testing.T) {
 	}
 	if !strings.Contains(serveErr.String(), "embedded NATS stopped") {
 		t.Errorf("serve log lacks a clean stop:\n%s", serveErr.String())
+	}
+}
+
+// The receiver role over TLS on both sides: a NATS server that requires TLS
+// (NATS_TLS_CA) and a wss:// listener, driven by sim --verify.
+func TestReceiverOverTLS(t *testing.T) {
+	ca, cert, key := natstest.Certs(t)
+	ns := natstest.StartTLS(t, cert, key)
+	httpAddr := freePort(t)
+	t.Setenv("NATS_URL", ns.URL())
+	t.Setenv("NATS_TLS_CA", ca)
+	t.Setenv("AUDIOFAN_HTTP_ADDR", httpAddr)
+	t.Setenv("AUDIOFAN_TLS_CERT", cert)
+	t.Setenv("AUDIOFAN_TLS_KEY", key)
+	t.Setenv("AUDIOFAN_DRAIN_TIMEOUT", "5s")
+	var errb syncBuffer
+	done := make(chan int, 1)
+	go func() { done <- run([]string{"receiver"}, io.Discard, &errb) }()
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(errb.String(), "receiver listening") {
+		if time.Now().After(deadline) {
+			t.Fatalf("receiver did not start:\n%s", errb.String())
+		}
+		select {
+		case code := <-done:
+			t.Fatalf("receiver exited %d:\n%s", code, errb.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	if !strings.Contains(errb.String(), "wss://") {
+		t.Errorf("listening line does not say wss:\n%s", errb.String())
+	}
+	var simOut, simErr bytes.Buffer
+	if code := run([]string{"sim", "--url", "wss://" + httpAddr + "/ws", "--ca", ca, "--calls", "2", "--duration", "1s", "--realtime=false", "--verify"},
+		&simOut, &simErr); code != 0 {
+		t.Errorf("sim exit %d: %s\n%s", code, simErr.String(), simOut.String())
+	}
+	if err := syscall.Kill(syscall.Getpid(), syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := <-done; code != 0 {
+		t.Errorf("receiver exit %d:\n%s", code, errb.String())
 	}
 }

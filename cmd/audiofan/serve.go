@@ -21,7 +21,26 @@ import (
 
 // NATSSettings are shared by every role that connects to NATS.
 type NATSSettings struct {
-	URL string `env:"NATS_URL" help:"NATS servers (comma-separated); empty: serve starts its embedded server, tap and sim use nats://127.0.0.1:4222 (a local serve)"`
+	URL     string `env:"NATS_URL" help:"NATS servers (comma-separated); empty: serve starts its embedded server, tap and sim use nats://127.0.0.1:4222 (a local serve)"`
+	Creds   string `env:"NATS_CREDS" help:"NATS credentials file (JWT and NKey seed) of this role's user"`
+	TLSCA   string `env:"NATS_TLS_CA" help:"PEM CA that signs the NATS servers' certificates (use tls:// URLs)"`
+	TLSCert string `env:"NATS_TLS_CERT" help:"PEM client certificate, for servers that verify clients"`
+	TLSKey  string `env:"NATS_TLS_KEY" help:"PEM key of NATS_TLS_CERT"`
+}
+
+// options turns the settings into NATS client options.
+func (s NATSSettings) options() []nats.Option {
+	var opts []nats.Option
+	if s.Creds != "" {
+		opts = append(opts, nats.UserCredentials(s.Creds))
+	}
+	if s.TLSCA != "" {
+		opts = append(opts, nats.RootCAs(s.TLSCA))
+	}
+	if s.TLSCert != "" || s.TLSKey != "" {
+		opts = append(opts, nats.ClientCert(s.TLSCert, s.TLSKey))
+	}
+	return opts
 }
 
 // ReceiverSettings are the settings of `audiofan receiver`.
@@ -55,7 +74,7 @@ var receiverRole = role{
 		if s.NATS.URL == "" {
 			return errors.New("NATS_URL is empty: the receiver role needs a NATS server (or run `audiofan serve`)")
 		}
-		return runReceiver(ctx, s, s.NATS.URL, log)
+		return runReceiver(ctx, s, s.NATS.URL, s.NATS, log)
 	},
 }
 
@@ -81,14 +100,18 @@ var serveRole = role{
 			url = ns.ClientURL()
 			log.Info("embedded NATS with JetStream", "url", url, "store", s.Embedded.StoreDir)
 		}
-		return runReceiver(ctx, &s.ReceiverSettings, url, log)
+		nopts := s.NATS
+		if s.NATS.URL == "" {
+			nopts = NATSSettings{} // the embedded server: no credentials, no TLS
+		}
+		return runReceiver(ctx, &s.ReceiverSettings, url, nopts, log)
 	},
 }
 
 // runReceiver connects, provisions the stream and serves until ctx ends, then
 // drains the receiver and the NATS connection it opened.
-func runReceiver(ctx context.Context, s *ReceiverSettings, url string, log *slog.Logger) error {
-	nc, err := connect(url, "audiofan receiver "+s.Receiver.Instance, log)
+func runReceiver(ctx context.Context, s *ReceiverSettings, url string, nopts NATSSettings, log *slog.Logger) error {
+	nc, err := connect(url, nopts, "audiofan receiver "+s.Receiver.Instance, log)
 	if err != nil {
 		return err
 	}
@@ -117,14 +140,18 @@ func runReceiver(ctx context.Context, s *ReceiverSettings, url string, log *slog
 	if s.Receiver.Auth.Mode == "none" {
 		log.Warn("AUDIOFAN_AUTH=none: anyone who reaches the listener can stream into it", "addr", ln.Addr().String())
 	}
-	log.Info("receiver listening", "ws", "ws://"+ln.Addr().String()+"/ws", "auth", s.Receiver.Auth.Mode)
+	scheme := "ws"
+	if s.Receiver.TLS.Cert != "" {
+		scheme = "wss"
+	}
+	log.Info("receiver listening", "ws", scheme+"://"+ln.Addr().String()+"/ws", "auth", s.Receiver.Auth.Mode)
 	return r.Serve(ctx, ln, promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 }
 
 // connect dials NATS for the life of the process: it reconnects forever,
 // buffering what is published meanwhile (nats.go's reconnect buffer, bounded).
-func connect(url, name string, log *slog.Logger) (*nats.Conn, error) {
-	nc, err := nats.Connect(url,
+func connect(url string, s NATSSettings, name string, log *slog.Logger) (*nats.Conn, error) {
+	nc, err := nats.Connect(url, append(s.options(),
 		nats.Name(name),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(250*time.Millisecond),
@@ -136,7 +163,7 @@ func connect(url, name string, log *slog.Logger) (*nats.Conn, error) {
 		}),
 		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("NATS reconnected", "url", c.ConnectedUrlRedacted()) }),
 		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) { log.Warn("NATS async error", "err", err) }),
-	)
+	)...)
 	if err != nil {
 		return nil, fmt.Errorf("connect to NATS at %s: %w", url, err)
 	}

@@ -66,6 +66,7 @@ var simRole = role{
 		fs.BoolVar(&c.DTMF, "dtmf", c.DTMF, "send a DTMF tone every 5 s of call time")
 		fs.StringVar(&c.Bearer, "bearer", c.Bearer, "send this JWT as Authorization: Bearer")
 		fs.StringVar(&c.Secret, "secret", c.Secret, "send this secret as the token query parameter")
+		fs.StringVar(&c.CAFile, "ca", c.CAFile, "PEM CA of a wss:// receiver's certificate (default: the system's roots)")
 		fs.StringVar(&c.CallPrefix, "call-prefix", c.CallPrefix, "call ids are <prefix>-<n> (default sim-<random>)")
 		fs.Uint64Var(&c.Seed, "seed", c.Seed, "seed of the synthetic conversations")
 		fs.BoolVar(&c.Verify, "verify", c.Verify, "read the bus (NATS_URL) while sending and report what was stored; exit 1 on any loss")
@@ -76,7 +77,7 @@ var simRole = role{
 		s := cfg.(*SimSettings)
 		var js jetstream.JetStream
 		if s.sim.Verify {
-			nc, err := connect(s.NATS.URL, "audiofan sim", log)
+			nc, err := connect(s.NATS.URL, s.NATS, "audiofan sim", log)
 			if err != nil {
 				return err
 			}

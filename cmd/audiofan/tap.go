@@ -45,7 +45,7 @@ var tapRole = role{
 	},
 	run: func(ctx context.Context, cfg any, log *slog.Logger, stdout io.Writer) error {
 		s := cfg.(*tapSettings)
-		nc, err := connect(s.NATS.URL, "audiofan tap", log)
+		nc, err := connect(s.NATS.URL, s.NATS, "audiofan tap", log)
 		if err != nil {
 			return err
 		}

@@ -106,6 +106,7 @@ func (r *runner) dial(ctx context.Context, c *call) (*websocket.Conn, *bufConn, 
 	var bc *bufConn
 	d := websocket.Dialer{
 		HandshakeTimeout: 10 * time.Second,
+		TLSClientConfig:  r.tls,
 		NetDialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			conn, err := (&net.Dialer{}).DialContext(ctx, network, addr)
 			if err != nil {

@@ -22,6 +22,7 @@ type Config struct {
 	DTMF         bool          // a DTMF tone every 5 s of call time
 	Bearer       string        // sent as Authorization: Bearer
 	Secret       string        // sent as the token query parameter
+	CAFile       string        // PEM CA for a wss:// receiver with a private certificate
 	CallPrefix   string        // call ids are <prefix>-<n>
 	Seed         uint64        // for the synthetic conversations
 	Verify       bool          // read the bus and check what was stored

@@ -2,9 +2,12 @@ package sim
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -21,6 +24,7 @@ var ErrNothingConnected = errors.New("no socket was accepted")
 // runner holds one simulation's state.
 type runner struct {
 	cfg        Config
+	tls        *tls.Config // nil: the system's roots
 	calls      []*call
 	framesSent atomic.Uint64
 	callsUp    atomic.Int32
@@ -104,6 +108,17 @@ func Run(ctx context.Context, cfg Config, js jetstream.JetStream, sc broker.Stre
 // build prepares every call: ids, participants, their sources and schedules.
 func (r *runner) build() error {
 	cfg := r.cfg
+	if cfg.CAFile != "" {
+		pem, err := os.ReadFile(cfg.CAFile)
+		if err != nil {
+			return fmt.Errorf("--ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return fmt.Errorf("--ca %s: no PEM certificate in it", cfg.CAFile)
+		}
+		r.tls = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	}
 	size := cfg.Rate / 50 * 2
 	var wavs []*wavAudio
 	for _, path := range cfg.WAV {

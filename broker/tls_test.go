@@ -1,0 +1,48 @@
+package broker_test
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/audiofan/audiofan/broker"
+	"github.com/audiofan/audiofan/broker/natstest"
+	"github.com/audiofan/audiofan/codec"
+)
+
+func TestTLSListener(t *testing.T) {
+	ca, cert, key := natstest.Certs(t)
+	h := newHarness(t, func(c *broker.ReceiverConfig) { c.TLS = broker.TLSConfig{Cert: cert, Key: key} })
+	pem, _ := os.ReadFile(ca)
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	d := websocket.Dialer{TLSClientConfig: &tls.Config{RootCAs: pool}}
+	wss := strings.Replace(h.wsURL("?callId=secure"), "ws://", "wss://", 1)
+	c, _, err := d.Dial(wss, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &acs{t: t, c: c}
+	a.audioMetadata("s", 16000)
+	for i := 0; i < 10; i++ {
+		a.audio(time.Now(), "p", frameOf(0, i, 640), false)
+	}
+	a.close()
+	frames := 0
+	for _, m := range h.readStream(1) {
+		if _, ok := m.payload.(*codec.Frame); ok {
+			frames++
+		}
+	}
+	if frames != 10 {
+		t.Errorf("%d of 10 frames over TLS", frames)
+	}
+	if _, _, err := websocket.DefaultDialer.Dial(h.wsURL("?callId=plain"), nil); err == nil {
+		t.Error("a plain ws:// upgrade was accepted on a TLS listener")
+	}
+}
