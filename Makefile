@@ -31,11 +31,12 @@ bench:
 	$(GO) test -run=NONE -bench=. -benchmem -benchtime=$(BENCHTIME) -count=3 ./codec
 	$(GO) test -run=NONE -bench=. -benchmem -benchtime=1x -count=3 -timeout 30m ./broker
 
-## fuzz: each fuzz target for FUZZTIME; crashers land in testdata/fuzz and are committed as regression cases
+## fuzz: each fuzz target for FUZZTIME (CI: 3s each); crashers land in testdata/fuzz and are committed as regression cases
 fuzz:
 	for t in FuzzParse FuzzParseTimestamp FuzzDecodeBase64 FuzzToken FuzzParseOutboundACS; do \
 		$(GO) test -run=NONE -fuzz="^$$t\$$" -fuzztime=$(FUZZTIME) ./codec || exit 1; \
 	done
+	$(GO) test -run=NONE -fuzz='^FuzzSocketMessages$$' -fuzztime=$(FUZZTIME) ./broker
 
 clean:
 	rm -rf bin

@@ -59,12 +59,18 @@ type pending struct {
 // responders while a stream leader is elected, a client with no connection).
 const resendPause = 100 * time.Millisecond
 
+// publisher is what a socket needs of JetStream (jetstream.JetStream has it).
+type publisher interface {
+	PublishMsg(ctx context.Context, msg *nats.Msg, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error)
+	PublishMsgAsync(msg *nats.Msg, opts ...jetstream.PublishOpt) (jetstream.PubAckFuture, error)
+}
+
 // pipeline publishes one socket's messages in order with a bounded window of
 // unacknowledged ones. It is used by the socket's goroutine alone: no locks.
 // A failed publish is sent again in place with the same Nats-Msg-Id, so
 // JetStream stores it once however often it is sent.
 type pipeline struct {
-	js     jetstream.JetStream
+	js     publisher
 	cfg    PublishConfig
 	m      *metrics
 	connID string
