@@ -21,6 +21,9 @@ type EmbeddedConfig struct {
 	ServerName string `env:"-"`
 	// TLSCert and TLSKey, when set, make the server require TLS from clients.
 	TLSCert, TLSKey string `env:"-"`
+	// Configure, when set, adjusts the server's options last (tests: users
+	// and permissions).
+	Configure func(*server.Options) `env:"-"`
 }
 
 // StartEmbedded starts a NATS server with JetStream and waits until it takes
@@ -57,6 +60,9 @@ func StartEmbedded(cfg EmbeddedConfig) (*server.Server, error) {
 			return nil, fmt.Errorf("embedded nats tls: %w", err)
 		}
 		opts.TLS, opts.TLSConfig = true, tc
+	}
+	if cfg.Configure != nil {
+		cfg.Configure(opts)
 	}
 	ns, err := server.NewServer(opts)
 	if err != nil {

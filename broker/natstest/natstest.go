@@ -22,6 +22,10 @@ type Server struct {
 	NS   *server.Server
 	// TLSCert and TLSKey, set before Restart, make the server require TLS.
 	TLSCert, TLSKey string
+	// Users, set before Restart, replace anonymous access; URL then logs in
+	// as User.
+	Users []*server.User
+	User  string
 }
 
 // Start starts a server on a free loopback port with a store under t.TempDir().
@@ -35,10 +39,26 @@ func Start(t testing.TB) *Server {
 
 // URL is the client URL.
 func (s *Server) URL() string {
+	scheme, login := "nats://", ""
 	if s.TLSCert != "" {
-		return "tls://" + s.Addr
+		scheme = "tls://"
 	}
-	return "nats://" + s.Addr
+	for _, u := range s.Users {
+		if u.Username == s.User {
+			login = u.Username + ":" + u.Password + "@"
+		}
+	}
+	return scheme + login + s.Addr
+}
+
+// StartUsers starts a server that admits only users, and whose URL logs in
+// as the first of them.
+func StartUsers(t testing.TB, users ...*server.User) *Server {
+	t.Helper()
+	s := &Server{t: t, Dir: t.TempDir(), Addr: freeAddr(t), Users: users, User: users[0].Username}
+	s.Restart()
+	t.Cleanup(s.Stop)
+	return s
 }
 
 // StartTLS starts a server that requires TLS with the given PEM files.
@@ -63,7 +83,13 @@ func (s *Server) Stop() {
 // Restart starts the server (again) on the same port and store.
 func (s *Server) Restart() {
 	s.t.Helper()
-	ns, err := broker.StartEmbedded(broker.EmbeddedConfig{Listen: s.Addr, StoreDir: s.Dir, ServerName: "natstest", TLSCert: s.TLSCert, TLSKey: s.TLSKey})
+	users := s.Users
+	ns, err := broker.StartEmbedded(broker.EmbeddedConfig{Listen: s.Addr, StoreDir: s.Dir, ServerName: "natstest", TLSCert: s.TLSCert, TLSKey: s.TLSKey,
+		Configure: func(o *server.Options) {
+			if len(users) > 0 {
+				o.Users = users
+			}
+		}})
 	if err != nil {
 		s.t.Fatalf("start nats: %v", err)
 	}
