@@ -43,6 +43,7 @@ type metrics struct {
 	noMetadata    prometheus.Counter
 	logSuppressed prometheus.Counter
 	authFailures  *prometheus.CounterVec
+	outbound      *prometheus.CounterVec
 
 	// Resolved once: WithLabelValues hashes its labels on every call, and
 	// these two count every frame.
@@ -85,7 +86,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		authFailures: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "audiofan_receiver_auth_failures_total",
 			Help: "Upgrades refused with 401, by reason: missing_token, malformed, signature, unknown_key, expired, not_yet_valid, audience, issuer, claims, secret."}, []string{"reason"}),
 	}
-	reg.MustRegister(m.connsOpen, m.conns, m.closes, m.messages, m.invalid, m.dropped, m.stored, m.retries, m.ackLatency, m.inflight, m.draining, m.noMetadata, m.logSuppressed, m.authFailures)
+	m.outbound = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "audiofan_receiver_outbound_total",
+		Help: "Outbound messages (calls.<call>.outbound) by result: relayed, stop, not_here (no media socket of the call on this receiver), invalid, queue_full, write_failed."}, []string{"result"})
+	reg.MustRegister(m.connsOpen, m.conns, m.closes, m.messages, m.invalid, m.dropped, m.stored, m.retries, m.ackLatency, m.inflight, m.draining, m.noMetadata, m.logSuppressed, m.authFailures, m.outbound)
 	for _, r := range []string{reasonJSON, reasonFieldType, reasonBase64, reasonPCMLength, reasonTimestamp, reasonNoMetadata, reasonSampleRate,
 		reasonChannels, reasonEncoding, reasonTooLarge, reasonBadID, reasonFlood, reasonFrameType} {
 		m.invalid.WithLabelValues(r)

@@ -92,6 +92,8 @@ type Receiver struct {
 
 	mu       sync.Mutex
 	sockets  map[*socket]struct{}
+	calls    map[string]*socket // call token -> the media socket outbound audio goes to
+	closing  bool               // the drain deadline passed: sockets still open are closed
 	wg       sync.WaitGroup
 	open     atomic.Int64
 	draining atomic.Bool
@@ -104,6 +106,7 @@ func NewReceiver(cfg ReceiverConfig, sc StreamConfig, nc *nats.Conn, js jetstrea
 		cfg: cfg, subj: sc.Subjects(), stream: sc.Name, nc: nc, js: js, log: log, reg: reg,
 		m:       newMetrics(reg),
 		sockets: map[*socket]struct{}{},
+		calls:   map[string]*socket{},
 	}
 	r.warn = newWarnLimiter(log, 5, 20, r.m.logSuppressed)
 	r.bufs.New = func() any { b := make([]byte, 0, 2048); return &b }
@@ -199,9 +202,19 @@ func (r *Receiver) serveWS(w http.ResponseWriter, req *http.Request) {
 		http.Error(w, "too many connections", http.StatusServiceUnavailable)
 		return
 	}
+	// Counted in the drain before the upgrade: a socket that gets its 101
+	// is drained like any other, never dropped unread because a drain began
+	// in between.
+	if !r.reserve() {
+		r.open.Add(-1)
+		r.m.conns.WithLabelValues("draining").Inc()
+		http.Error(w, "draining", http.StatusServiceUnavailable)
+		return
+	}
 	conn, err := r.upgrader.Upgrade(lazyHijacker{w}, req, nil)
 	if err != nil {
 		r.open.Add(-1)
+		r.wg.Done()
 		r.m.conns.WithLabelValues("upgrade_failed").Inc()
 		return // the upgrader has answered with an HTTP error
 	}
@@ -213,11 +226,7 @@ func (r *Receiver) serveWS(w http.ResponseWriter, req *http.Request) {
 	if call != "" {
 		s.call, s.callTok, s.callFromURL = call, codec.EncodeToken(call), true
 	}
-	if !r.track(s) {
-		r.open.Add(-1)
-		s.drain()
-		return
-	}
+	closing := r.track(s)
 	// The socket lives on in a goroutine of its own, and the HTTP handler
 	// returns: the server then lets go of the request and its buffers, and the
 	// socket's goroutine starts with a small stack.
@@ -226,19 +235,32 @@ func (r *Receiver) serveWS(w http.ResponseWriter, req *http.Request) {
 		defer r.untrack(s)
 		r.m.connsOpen.Inc()
 		defer r.m.connsOpen.Dec()
+		if closing {
+			s.drain() // it came in after the drain deadline
+		}
 		s.run(context.Background())
 	}()
 }
 
-func (r *Receiver) track(s *socket) bool {
+// reserve counts a socket about to be upgraded in the drain's wait, unless
+// the receiver is draining already.
+func (r *Receiver) reserve() bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.draining.Load() {
 		return false
 	}
-	r.sockets[s] = struct{}{}
 	r.wg.Add(1)
 	return true
+}
+
+// track registers an upgraded socket (reserved before) for the drain to
+// close; it reports whether the drain deadline has passed already.
+func (r *Receiver) track(s *socket) (closing bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.sockets[s] = struct{}{}
+	return r.closing
 }
 
 func (r *Receiver) untrack(s *socket) {
@@ -260,6 +282,12 @@ func (r *Receiver) Serve(ctx context.Context, ln net.Listener, metricsHandler ht
 		return fmt.Errorf("auth: %w", err)
 	}
 	r.auth = auth
+	sub, err := r.nc.Subscribe(r.subj.Prefix+".*."+KindOutbound, r.relayOutbound)
+	if err != nil {
+		_ = ln.Close()
+		return fmt.Errorf("subscribe to outbound audio: %w", err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
 	if r.cfg.TLS.enabled() {
 		// TLS ends here: sockets read through tls.Conn rather than lazyConn,
 		// so they hold more memory than behind a TLS-terminating balancer.
@@ -276,8 +304,10 @@ func (r *Receiver) Serve(ctx context.Context, ln net.Listener, metricsHandler ht
 		// its headers are small (ACS sends a handful).
 		ReadHeaderTimeout: r.cfg.HandshakeTimeout,
 		MaxHeaderBytes:    32 << 10,
-		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
-		ErrorLog:          slog.NewLogLogger(r.log.Handler(), slog.LevelDebug),
+		// Idle keep-alive connections (probes, scrapers) are let go.
+		IdleTimeout: 2 * time.Minute,
+		BaseContext: func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
+		ErrorLog:    slog.NewLogLogger(r.log.Handler(), slog.LevelDebug),
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
@@ -310,6 +340,7 @@ func (r *Receiver) Drain() {
 	case <-time.After(r.cfg.DrainTimeout):
 	}
 	r.mu.Lock()
+	r.closing = true
 	for s := range r.sockets {
 		s.drain()
 	}

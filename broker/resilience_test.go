@@ -95,9 +95,11 @@ func TestDrainLetsCallFinish(t *testing.T) {
 	}
 	stopped := h.StopAsync()
 
+	client := &http.Client{Timeout: time.Second}
 	waitFor(t, "readyz 503", func() bool {
-		resp, err := http.Get("http://" + h.addr + "/readyz")
+		resp, err := client.Get("http://" + h.addr + "/readyz")
 		if err != nil {
+			t.Logf("readyz: %v", err)
 			return false
 		}
 		resp.Body.Close()

@@ -58,6 +58,8 @@ type socket struct {
 	closeReason  string
 	deadlineSet  time.Time
 	closeOnce    sync.Once
+	out          outbound    // audio to play into the call (media sockets)
+	writeMu      sync.Mutex  // data messages to ACS
 	drained      atomic.Bool // closed by the receiver's drain, from another goroutine
 }
 
@@ -132,6 +134,9 @@ func (s *socket) run(ctx context.Context) {
 		if !errors.Is(err, io.ErrUnexpectedEOF) && !websocket.IsUnexpectedCloseError(err) {
 			s.logger().Debug("socket read ended", "err", err)
 		}
+	}
+	if s.stream == codec.StreamAudio {
+		r.releaseCall(s)
 	}
 	_ = s.conn.Close()
 	r.m.closes.WithLabelValues(s.closeReason).Inc()
@@ -325,12 +330,15 @@ func (s *socket) audioMetadata(ctx context.Context, md *codec.AudioMetadata, now
 			s.logger().Warn("audio format changed mid-socket", "from", s.sampleRate, "to", md.SampleRate)
 		}
 		s.sampleRate, s.channels = md.SampleRate, md.Channels
+		s.out.setFormat(s.sampleRate, s.channels)
 		return nil
 	}
 	if err := s.setCall(md.SubscriptionID); err != nil {
 		return err
 	}
 	s.stream, s.subID, s.sampleRate, s.channels = codec.StreamAudio, md.SubscriptionID, md.SampleRate, md.Channels
+	s.out.setFormat(s.sampleRate, s.channels)
+	s.r.holdCall(s)
 	return s.start(ctx, now)
 }
 

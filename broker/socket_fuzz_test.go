@@ -97,6 +97,9 @@ func FuzzSocketMessages(f *testing.F) {
 			}
 		}
 		s.pipe.flush(context.Background())
+		if s.stream == codec.StreamAudio {
+			r.releaseCall(s)
+		}
 		if s.started && (s.call == "" || s.callTok != codec.EncodeToken(s.call)) {
 			t.Fatalf("started with call %q token %q", s.call, s.callTok)
 		}
