@@ -320,7 +320,8 @@ func startReceiverProcess(b testing.TB, ns *natstest.Server) (httpAddr string, p
 	httpAddr = freeTCPAddr(b)
 	cmd := exec.Command(bin, "receiver")
 	cmd.Env = append(os.Environ(), "NATS_URL="+ns.URL(), "AUDIOFAN_HTTP_ADDR="+httpAddr, "AUDIOFAN_LOG_LEVEL=error",
-		"AUDIOFAN_DRAIN_TIMEOUT=1s", "AUDIOFAN_PPROF=true")
+		"AUDIOFAN_DRAIN_TIMEOUT=1s", "AUDIOFAN_PPROF=true",
+		"AUDIOFAN_UPGRADE_RATE=0") // one load-generating host opens every socket
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)
