@@ -189,7 +189,7 @@ func TestJetStreamFull(t *testing.T) {
 	sc := defaults[broker.StreamConfig](t)
 	sc.MaxBytes = 256 << 10 // about 250 frames
 	r := natstest.StartReceiverStream(t, ns, sc, nil)
-	h := &harness{Receiver: r, t: t, ns: ns, js: r.JS, sc: r.Stream, reg: r.Reg, addr: r.Addr}
+	h := wrap(t, ns, r)
 
 	c := dialACS(t, h.wsURL("?callId=full"), nil)
 	c.audioMetadata("s", 16000)

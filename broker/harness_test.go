@@ -38,8 +38,23 @@ func defaults[T any](t testing.TB) T { return natstest.Defaults[T](t) }
 func newHarness(t testing.TB, modify func(*broker.ReceiverConfig)) *harness {
 	t.Helper()
 	ns := natstest.Start(t)
-	r := natstest.StartReceiver(t, ns, modify)
+	return wrap(t, ns, natstest.StartReceiver(t, ns, modify))
+}
+
+// wrap gives the harness's helpers to a receiver started another way.
+func wrap(t testing.TB, ns *natstest.Server, r *natstest.Receiver) *harness {
 	return &harness{Receiver: r, t: t, ns: ns, js: r.JS, sc: r.Stream, reg: r.Reg, addr: r.Addr}
+}
+
+// frames counts the audio frames among stored messages.
+func frames(msgs []stored) int {
+	n := 0
+	for _, m := range msgs {
+		if _, ok := m.payload.(*codec.Frame); ok {
+			n++
+		}
+	}
+	return n
 }
 
 // stop drains the receiver and waits for Serve to return.

@@ -9,7 +9,6 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/audiofan/audiofan/broker/natstest"
-	"github.com/audiofan/audiofan/codec"
 )
 
 // ReceiverPermissions are the least a receiver's NATS user needs, as the
@@ -27,7 +26,7 @@ func TestReceiverPermissions(t *testing.T) {
 		&server.User{Username: "receiver", Password: "r-secret", Permissions: receiverPermissions},
 		&server.User{Username: "admin", Password: "a-secret"})
 	r := natstest.StartReceiver(t, ns, nil)
-	h := &harness{Receiver: r, t: t, ns: ns, js: r.JS, sc: r.Stream, reg: r.Reg, addr: r.Addr}
+	h := wrap(t, ns, r)
 
 	c := dialACS(t, h.wsURL("?callId=confined"), nil)
 	c.audioMetadata("s", 16000)
@@ -40,15 +39,9 @@ func TestReceiverPermissions(t *testing.T) {
 	// Read back as the admin: the receiver's user may not read the stream.
 	ns.User = "admin"
 	admin := natstest.StartReceiver(t, ns, nil) // only for its connection and helpers
-	ah := &harness{Receiver: admin, t: t, ns: ns, js: admin.JS, sc: admin.Stream, reg: admin.Reg, addr: admin.Addr}
-	frames := 0
-	for _, m := range ah.readStream(1) {
-		if _, ok := m.payload.(*codec.Frame); ok {
-			frames++
-		}
-	}
-	if frames != 20 {
-		t.Errorf("%d of 20 frames stored through a confined user", frames)
+	ah := wrap(t, ns, admin)
+	if n := frames(ah.readStream(1)); n != 20 {
+		t.Errorf("%d of 20 frames stored through a confined user", n)
 	}
 
 	// Outside the prefix, the receiver's user is refused.

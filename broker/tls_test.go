@@ -12,7 +12,6 @@ import (
 
 	"github.com/audiofan/audiofan/broker"
 	"github.com/audiofan/audiofan/broker/natstest"
-	"github.com/audiofan/audiofan/codec"
 )
 
 func TestTLSListener(t *testing.T) {
@@ -33,14 +32,8 @@ func TestTLSListener(t *testing.T) {
 		a.audio(time.Now(), "p", frameOf(0, i, 640), false)
 	}
 	a.close()
-	frames := 0
-	for _, m := range h.readStream(1) {
-		if _, ok := m.payload.(*codec.Frame); ok {
-			frames++
-		}
-	}
-	if frames != 10 {
-		t.Errorf("%d of 10 frames over TLS", frames)
+	if n := frames(h.readStream(1)); n != 10 {
+		t.Errorf("%d of 10 frames over TLS", n)
 	}
 	if _, _, err := websocket.DefaultDialer.Dial(h.wsURL("?callId=plain"), nil); err == nil {
 		t.Error("a plain ws:// upgrade was accepted on a TLS listener")
