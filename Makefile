@@ -29,6 +29,7 @@ fmt-check:
 ## bench: codec and receiver benchmarks, each beside its baseline
 bench:
 	$(GO) test -run=NONE -bench=. -benchmem -benchtime=$(BENCHTIME) -count=3 ./codec
+	$(GO) test -run=NONE -bench=. -benchmem -benchtime=3x -count=3 ./subscribers/recording
 	$(GO) test -run=NONE -bench=. -benchmem -benchtime=1x -count=3 -timeout 30m ./broker
 
 ## fuzz: each fuzz target for FUZZTIME (CI: 3s each); crashers land in testdata/fuzz and are committed as regression cases

@@ -1,0 +1,45 @@
+package recording
+
+import (
+	"fmt"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/audiofan/audiofan/codec"
+)
+
+// BenchmarkRender renders 100 participant streams of 30 s each (one call
+// of 100 tracks and their mix) and writes every file: the recorder's work
+// after the frames are in. It reports how many times faster than real time
+// that is (the baseline is the audio's own duration); the target
+// for the whole recorder is 100×.
+func BenchmarkRender(b *testing.B) {
+	const streams, seconds = 100, 30
+	frames := make([]codec.Frame, 0, streams*seconds*50)
+	for p := 0; p < streams; p++ {
+		for i := 0; i < seconds*50; i++ {
+			frames = append(frames, frame("bench", fmt.Sprintf("p%d", p), p, i, time.Duration(i)*20*time.Millisecond))
+		}
+	}
+	dir := b.TempDir()
+	b.ReportAllocs()
+	start := time.Now()
+	for b.Loop() {
+		c, err := Render(frames)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, tr := range c.Tracks {
+			if _, err := WriteWAV(filepath.Join(dir, tr.Participant+".wav"), c.SampleRate, tr.PCM); err != nil {
+				b.Fatal(err)
+			}
+		}
+		if _, err := WriteWAV(filepath.Join(dir, "mixed.wav"), c.SampleRate, c.Mix); err != nil {
+			b.Fatal(err)
+		}
+	}
+	perRun := time.Since(start) / time.Duration(b.N)
+	b.ReportMetric(float64(streams*seconds*time.Second)/float64(perRun), "x-realtime")
+	b.ReportMetric(float64(streams*seconds*50)/perRun.Seconds(), "frames/s")
+}
