@@ -5,7 +5,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"net/http"
 	"testing"
 	"time"
@@ -273,5 +272,3 @@ func frameOf(p, i, size int) []byte {
 	}
 	return b
 }
-
-func fmtMsgID(conn string, n int) string { return fmt.Sprintf("%s/%d", conn, n) }

@@ -29,7 +29,6 @@ const (
 
 // metrics are the receiver's Prometheus collectors. None has a per-call label.
 type metrics struct {
-	connsOpen     prometheus.Gauge
 	conns         *prometheus.CounterVec
 	closes        *prometheus.CounterVec
 	messages      *prometheus.CounterVec
@@ -60,9 +59,10 @@ func (m *metrics) message(k codec.Kind) {
 	m.messages.WithLabelValues(k.String()).Inc()
 }
 
-func newMetrics(reg prometheus.Registerer) *metrics {
+// newMetrics registers the receiver's metrics; open reads the number of
+// sockets open (or being opened) now.
+func newMetrics(reg prometheus.Registerer, open func() float64) *metrics {
 	m := &metrics{
-		connsOpen: prometheus.NewGauge(prometheus.GaugeOpts{Name: "audiofan_receiver_connections_open", Help: "ACS WebSocket connections open now."}),
 		conns: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "audiofan_receiver_connections_total",
 			Help: "WebSocket upgrade requests by result: accepted, draining, limit, rate_limited, unauthorized, bad_request, upgrade_failed."}, []string{"result"}),
 		closes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "audiofan_receiver_connections_closed_total",
@@ -88,7 +88,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	m.outbound = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "audiofan_receiver_outbound_total",
 		Help: "Outbound messages (calls.<call>.outbound) by result: relayed, stop, not_here (no media socket of the call on this receiver), invalid, queue_full, write_failed."}, []string{"result"})
-	reg.MustRegister(m.connsOpen, m.conns, m.closes, m.messages, m.invalid, m.dropped, m.stored, m.retries, m.ackLatency, m.inflight, m.draining, m.noMetadata, m.logSuppressed, m.authFailures, m.outbound)
+	connsOpen := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "audiofan_receiver_connections_open",
+		Help: "ACS WebSocket connections open now (those being upgraded included)."}, open)
+	reg.MustRegister(connsOpen, m.conns, m.closes, m.messages, m.invalid, m.dropped, m.stored, m.retries, m.ackLatency, m.inflight, m.draining, m.noMetadata, m.logSuppressed, m.authFailures, m.outbound)
 	for _, r := range []string{reasonJSON, reasonFieldType, reasonBase64, reasonPCMLength, reasonTimestamp, reasonNoMetadata, reasonSampleRate,
 		reasonChannels, reasonEncoding, reasonTooLarge, reasonBadID, reasonFlood, reasonFrameType} {
 		m.invalid.WithLabelValues(r)

@@ -330,31 +330,6 @@ func (p *pipeline) publishAwait(ctx context.Context, subject, kind string, data 
 	return nil
 }
 
-// publishSync sends one message and waits for its acknowledgement, retrying
-// with the same Nats-Msg-Id until the retry deadline.
-func (p *pipeline) publishSync(ctx context.Context, subject, kind string, data []byte) error {
-	msg := &nats.Msg{Subject: subject, Data: data, Header: nats.Header{jetstream.MsgIDHeader: []string{p.msgID()}}}
-	deadline := time.Now().Add(p.cfg.RetryFor)
-	for {
-		actx, cancel := context.WithTimeout(ctx, p.cfg.AckTimeout)
-		_, err := p.js.PublishMsg(actx, msg, jetstream.WithRetryAttempts(3), jetstream.WithRetryWait(100*time.Millisecond))
-		cancel()
-		if err == nil {
-			p.m.storedBy[kind].Inc()
-			return nil
-		}
-		if !retryable(err) || time.Now().After(deadline) || ctx.Err() != nil {
-			return fmt.Errorf("publish %s: %w", subject, err)
-		}
-		p.m.retries.Inc()
-		select {
-		case <-time.After(200 * time.Millisecond):
-		case <-ctx.Done():
-			return fmt.Errorf("publish %s: %w", subject, ctx.Err())
-		}
-	}
-}
-
 // retryable tells failures that may pass (a timeout, no leader yet, a lost
 // connection) from refusals that will not (a message too large, a stream
 // that does not take the subject).

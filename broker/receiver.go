@@ -84,7 +84,6 @@ type Receiver struct {
 	warn   *warnLimiter
 	auth   *authenticator // set by Serve, before the listener is served
 	m      *metrics
-	reg    *prometheus.Registry
 
 	upgrader websocket.Upgrader
 	bufs     sync.Pool
@@ -101,13 +100,13 @@ type Receiver struct {
 
 // NewReceiver builds a receiver publishing through js on nc (which the
 // caller owns and drains) into the stream of sc. Metrics register on reg.
-func NewReceiver(cfg ReceiverConfig, sc StreamConfig, nc *nats.Conn, js jetstream.JetStream, reg *prometheus.Registry, log *slog.Logger) *Receiver {
+func NewReceiver(cfg ReceiverConfig, sc StreamConfig, nc *nats.Conn, js jetstream.JetStream, reg prometheus.Registerer, log *slog.Logger) *Receiver {
 	r := &Receiver{
-		cfg: cfg, subj: sc.Subjects(), stream: sc.Name, nc: nc, js: js, log: log, reg: reg,
-		m:       newMetrics(reg),
+		cfg: cfg, subj: sc.Subjects(), stream: sc.Name, nc: nc, js: js, log: log,
 		sockets: map[*socket]struct{}{},
 		calls:   map[string]*socket{},
 	}
+	r.m = newMetrics(reg, func() float64 { return float64(r.open.Load()) })
 	r.warn = newWarnLimiter(log, 5, 20, r.m.logSuppressed)
 	r.bufs.New = func() any { b := make([]byte, 0, 2048); return &b }
 	r.perIP = newIPLimiter(cfg.UpgradeRate, cfg.UpgradeBurst)
@@ -233,8 +232,6 @@ func (r *Receiver) serveWS(w http.ResponseWriter, req *http.Request) {
 	go func() {
 		defer r.open.Add(-1)
 		defer r.untrack(s)
-		r.m.connsOpen.Inc()
-		defer r.m.connsOpen.Dec()
 		if closing {
 			s.drain() // it came in after the drain deadline
 		}

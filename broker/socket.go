@@ -158,9 +158,10 @@ func (s *socket) run(ctx context.Context) {
 	lc := s.lifecycle(codec.LifecycleEnded)
 	lc.Reason = s.closeReason
 	lc.Frames = frames
-	if err := s.publishLifecycle(fctx, lc); err != nil {
-		s.logger().Error("ended lifecycle not stored", "err", err)
-	}
+	// Through the same queue as everything else, and flushed: stored after
+	// every other message of the socket, or counted as dropped.
+	s.publishLifecycle(fctx, lc, time.Now())
+	s.pipe.flush(fctx)
 	s.logger().Info("call stream ended", "reason", s.closeReason, "frames", frames)
 }
 
@@ -339,7 +340,8 @@ func (s *socket) audioMetadata(ctx context.Context, md *codec.AudioMetadata, now
 	s.stream, s.subID, s.sampleRate, s.channels = codec.StreamAudio, md.SubscriptionID, md.SampleRate, md.Channels
 	s.out.setFormat(s.sampleRate, s.channels)
 	s.r.holdCall(s)
-	return s.start(ctx, now)
+	s.start(ctx, now)
+	return nil
 }
 
 func (s *socket) transcriptionMetadata(ctx context.Context, md *codec.TranscriptionMetadata, now time.Time) error {
@@ -360,7 +362,8 @@ func (s *socket) transcriptionMetadata(ctx context.Context, md *codec.Transcript
 		s.correlationID = md.CorrelationID
 	}
 	s.stream, s.subID = codec.StreamTranscription, md.SubscriptionID
-	return s.start(ctx, now)
+	s.start(ctx, now)
+	return nil
 }
 
 func (s *socket) lifecycle(typ string) codec.Lifecycle {
@@ -373,7 +376,7 @@ func (s *socket) lifecycle(typ string) codec.Lifecycle {
 	return lc
 }
 
-func (s *socket) start(ctx context.Context, now time.Time) error {
+func (s *socket) start(ctx context.Context, now time.Time) {
 	s.started = true
 	s.deadlineSet = now
 	if s.r.cfg.IdleTimeout > 0 {
@@ -382,26 +385,21 @@ func (s *socket) start(ctx context.Context, now time.Time) error {
 		_ = s.conn.SetReadDeadline(time.Time{})
 	}
 	s.logger().Info("call stream started", "stream", s.stream, "sample_rate", s.sampleRate)
-	// Awaited, so that an idle socket holds nothing in flight afterwards.
-	data, err := codec.Marshal(ptr(s.lifecycle(codec.LifecycleStarted)))
-	if err != nil {
-		return err
-	}
-	if err := s.pipe.publishAwait(ctx, s.r.subj.Lifecycle(s.callTok), KindLifecycle, data, now); err != nil {
-		s.r.m.dropped.WithLabelValues(dropRejected).Inc()
-		s.r.warn.Warn("started lifecycle not stored", "conn", s.id, "call", s.call, "err", err)
-	}
-	return nil
+	s.publishLifecycle(ctx, s.lifecycle(codec.LifecycleStarted), now)
 }
 
-func ptr[T any](v T) *T { return &v }
-
-func (s *socket) publishLifecycle(ctx context.Context, lc codec.Lifecycle) error {
+// publishLifecycle publishes a lifecycle message and waits (up to one ack
+// timeout) for it, so that nothing is left in flight after it; if JetStream
+// does not answer it stays queued, retried like any message.
+func (s *socket) publishLifecycle(ctx context.Context, lc codec.Lifecycle, now time.Time) {
 	data, err := codec.Marshal(&lc)
-	if err != nil {
-		return err
+	if err == nil {
+		err = s.pipe.publishAwait(ctx, s.r.subj.Lifecycle(s.callTok), KindLifecycle, data, now)
 	}
-	return s.pipe.publishSync(ctx, s.r.subj.Lifecycle(s.callTok), KindLifecycle, data)
+	if err != nil {
+		s.r.m.dropped.WithLabelValues(dropRejected).Inc()
+		s.r.warn.Warn("lifecycle message not stored", "type", lc.Type, "conn", s.id, "call", s.call, "err", err)
+	}
 }
 
 // publish hands a message to the pipeline and accounts for a drop.
