@@ -118,3 +118,21 @@ func TestOutboundNotHereAndInvalid(t *testing.T) {
 	_ = c.c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(time.Second))
 	_ = c.c.Close()
 }
+
+// More than 60 s of queued audio for one call is dropped and counted; what
+// was queued keeps playing.
+func TestOutboundQueueBound(t *testing.T) {
+	h := newHarness(t, nil)
+	c := h.outboundCall(t, "long")
+	half := make([]byte, 31*32000) // 31 s at 16 kHz: two exceed the bound
+	h.speak(t, "long", codec.Outbound{V: 1, Kind: codec.OutboundKindAudio, Data: half})
+	h.speak(t, "long", codec.Outbound{V: 1, Kind: codec.OutboundKindAudio, Data: half})
+	waitFor(t, "counted", func() bool {
+		return h.counter("audiofan_receiver_outbound_total", "result", "relayed") == 1 &&
+			h.counter("audiofan_receiver_outbound_total", "result", "queue_full") == 1
+	})
+	if out, ok := c.next(5 * time.Second); !ok || out.Kind != codec.OutboundKindAudio {
+		t.Errorf("the queued audio does not play: %+v %v", out, ok)
+	}
+	_ = c.c.Close()
+}

@@ -50,6 +50,7 @@ const (
 	OutcomeTerminated = "terminated" // permanent failure or undecodable
 	OutcomeGaveUp     = "gave_up"    // still failing after MaxDeliver attempts
 	OutcomeCanceled   = "canceled"   // stopping: left for redelivery
+	OutcomeAckLost    = "ack_lost"   // handled, but the server did not confirm the ack: it comes again
 )
 
 // ProcessorConfig is the ack policy of a role.
@@ -97,7 +98,7 @@ func NewProcessor(cfg ProcessorConfig, subj broker.Subjects, h Handler, reg prom
 	if err := reg.Register(h2); err != nil {
 		return nil, fmt.Errorf("processor metrics: %w", err)
 	}
-	for _, o := range []string{OutcomeAcked, OutcomeRetried, OutcomeTerminated, OutcomeGaveUp, OutcomeCanceled} {
+	for _, o := range []string{OutcomeAcked, OutcomeRetried, OutcomeTerminated, OutcomeGaveUp, OutcomeCanceled, OutcomeAckLost} {
 		p.outcome.WithLabelValues(o)
 	}
 	return p, nil
@@ -121,9 +122,13 @@ func (p *Processor) Process(ctx context.Context, msg jetstream.Msg) (string, err
 	p.seconds.Observe(time.Since(start).Seconds())
 	switch {
 	case err == nil:
-		// DoubleAck: the server confirms the ack, so a success is not
-		// redelivered because the ack itself was lost.
-		return p.settle(OutcomeAcked, msg.DoubleAck(context.WithoutCancel(ctx)))
+		// DoubleAck: the server confirms the ack. When it does not, the
+		// message will be delivered again (the handler is idempotent), and
+		// that is worth knowing rather than counting as done.
+		if aerr := msg.DoubleAck(context.WithoutCancel(ctx)); aerr != nil {
+			return p.settle(OutcomeAckLost, aerr)
+		}
+		return p.settle(OutcomeAcked, nil)
 	case ctx.Err() != nil:
 		// Stopping: hand the message straight to the next owner.
 		_ = msg.Nak()
