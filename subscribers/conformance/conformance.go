@@ -1,0 +1,462 @@
+// Package conformance is the test every subscriber role's handler must pass:
+// run on the Group framework against an embedded NATS server, a role must
+// give the same output, events and files alike, however its calls are
+// delivered: retried after errors and panics, with undecodable messages in
+// between, stopped and handed to another replica, or taken over after a
+// replica dies mid-call. Roles call Run from their tests; only tests import
+// it.
+package conformance
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"math"
+	"reflect"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/audiofan/audiofan/broker"
+	"github.com/audiofan/audiofan/broker/natstest"
+	"github.com/audiofan/audiofan/codec"
+	"github.com/audiofan/audiofan/subscribers"
+)
+
+// Spec is the role under test.
+type Spec struct {
+	// NewRole builds one replica of the role. Replicas of one test share
+	// shared, a folder standing for the volume (or bucket) they write to.
+	NewRole func(t *testing.T, shared string, nc *nats.Conn, js jetstream.JetStream) subscribers.Role
+	// Result reads the role's output for a finished call, other than its
+	// events (files, say), in a form compared with reflect.DeepEqual.
+	Result func(t *testing.T, shared string, js jetstream.JetStream, call subscribers.CallInfo) any
+	// Call, when set, replaces the default call (Default) with the role's
+	// own script.
+	Call func(id string) []Msg
+}
+
+// Msg is one message of a scripted call.
+type Msg struct {
+	Subject string // relative to the prefix: "<call token>.audio.<participant token>"
+	Payload any    // a codec payload, or []byte sent as it is
+}
+
+// Default is a call of three participants on an audio socket (16 kHz, 3 s,
+// each talking in turn, with frames skipped and silent frames) and a
+// transcription socket with a few lines.
+func Default(id string) []Msg {
+	tok := codec.EncodeToken(id)
+	t0 := time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC)
+	parts := []string{"8:acs:alice", "8:acs:bob", "4:+14255550123"}
+	audioConn, textConn := id+"-a", id+"-t"
+	life := func(typ, conn, stream string, at time.Time) Msg {
+		return Msg{tok + ".lifecycle", &codec.Lifecycle{V: 1, Call: id, Type: typ, Stream: stream, Connection: conn,
+			Receiver: "test", SampleRate: 16000, Channels: 1, Encoding: codec.EncodingPCM16, At: at, Frames: map[string]uint64{}}}
+	}
+	msgs := []Msg{life(codec.LifecycleStarted, audioConn, "audio", t0), life(codec.LifecycleStarted, textConn, "transcription", t0)}
+	seq := map[string]uint64{}
+	for i := range 150 {
+		for p, part := range parts {
+			if (i+p)%37 == 5 { // a frame lost on the way
+				continue
+			}
+			seq[part]++
+			talking := (i/25)%len(parts) == p
+			data := make([]byte, 640)
+			if talking {
+				for s := range 320 {
+					v := int16(8000 * math.Sin(float64(i*320+s)*2*math.Pi*float64(200+100*p)/16000))
+					binary.LittleEndian.PutUint16(data[2*s:], uint16(v))
+				}
+			}
+			ts := t0.Add(time.Duration(i) * 20 * time.Millisecond)
+			msgs = append(msgs, Msg{tok + ".audio." + codec.EncodeToken(part), &codec.Frame{V: 1, Call: id, Participant: part,
+				Seq: seq[part], Timestamp: ts, ReceivedAt: ts.Add(time.Millisecond), SampleRate: 16000, Channels: 1,
+				Encoding: codec.EncodingPCM16, Silent: !talking, Data: data}})
+		}
+		if i%50 == 49 {
+			part := parts[(i/50)%len(parts)]
+			msgs = append(msgs, Msg{tok + ".transcript." + codec.EncodeToken(part), &codec.Transcript{V: 1, Call: id,
+				Participant: part, Text: fmt.Sprintf("line %d from %s", i/50, part), Format: "display", Confidence: 0.9,
+				Offset: int64(i) * 200_000, Duration: 10_000_000, Words: []codec.Word{}, Final: true, ReceivedAt: t0}})
+		}
+	}
+	end := t0.Add(3 * time.Second)
+	return append(msgs, life(codec.LifecycleEnded, audioConn, "audio", end), life(codec.LifecycleEnded, textConn, "transcription", end))
+}
+
+// Run runs the conformance tests for a role.
+func Run(t *testing.T, spec Spec) {
+	if spec.Call == nil {
+		spec.Call = Default
+	}
+	var want struct {
+		once   sync.Once
+		events []codec.Event
+		result any
+	}
+	baseline := func(t *testing.T) ([]codec.Event, any) {
+		want.once.Do(func() {
+			b := newBus(t, spec)
+			r := b.replica(t, nil)
+			call := b.publish(t, nil)
+			b.waitDone(t, call)
+			want.events, want.result = b.events(t, call), spec.Result(t, b.shared, b.js, call)
+			r.stop()
+			if len(want.events) == 0 && want.result == nil {
+				t.Fatal("the role produced nothing for the baseline call: nothing to compare")
+			}
+		})
+		return want.events, want.result
+	}
+	check := func(t *testing.T, b *bus, call subscribers.CallInfo) {
+		t.Helper()
+		events, result := baseline(t)
+		b.waitDone(t, call)
+		if got := b.events(t, call); !reflect.DeepEqual(got, events) {
+			t.Errorf("events differ from an undisturbed run:\n got  %d: %v\n want %d: %v", len(got), got, len(events), events)
+		}
+		if got := spec.Result(t, b.shared, b.js, call); !reflect.DeepEqual(got, result) {
+			t.Errorf("result differs from an undisturbed run:\n got  %v\n want %v", got, result)
+		}
+	}
+
+	t.Run("redelivery", func(t *testing.T) {
+		// Every message fails once, some panic, End fails once: retried in
+		// place, the output is unchanged.
+		b := newBus(t, spec)
+		var n atomic.Int64
+		b.replica(t, func(h subscribers.CallHandler) subscribers.CallHandler {
+			return &flaky{CallHandler: h, n: &n}
+		})
+		call := b.publish(t, nil)
+		check(t, b, call)
+		if n.Load() == 0 {
+			t.Fatal("the flaky wrapper never ran")
+		}
+	})
+	t.Run("permanent", func(t *testing.T) {
+		// Undecodable messages in the call are skipped for good; the rest
+		// is applied as if they were not there.
+		b := newBus(t, spec)
+		b.replica(t, nil)
+		call := b.publish(t, func(i int, tok string) []Msg {
+			if i%40 == 7 {
+				return []Msg{{tok + ".audio.8_3Aacs_3Aalice", []byte{0xc1, 0x00}}}
+			}
+			return nil
+		})
+		check(t, b, call)
+	})
+	t.Run("cancel and hand over", func(t *testing.T) {
+		// A replica stopped mid-call (its handler's context canceled) hands
+		// the call to another, which finishes it as if nothing happened.
+		b := newBus(t, spec)
+		gate := make(chan struct{})
+		var once sync.Once
+		a := b.replica(t, func(h subscribers.CallHandler) subscribers.CallHandler {
+			return &blocking{CallHandler: h, after: 200, reached: func() { once.Do(func() { close(gate) }) }}
+		})
+		call := b.publish(t, nil)
+		waitChan(t, gate, "replica A to apply part of the call")
+		b.replica(t, nil)
+		a.stop()
+		check(t, b, call)
+	})
+	t.Run("takeover after a crash", func(t *testing.T) {
+		// A replica dies mid-call without a word (its connection cut); after
+		// the lease another replica takes the call over, replays what the
+		// first applied, and the output is unchanged: nothing lost, nothing
+		// emitted twice.
+		b := newBus(t, spec)
+		gate := make(chan struct{})
+		var once sync.Once
+		a := b.replica(t, func(h subscribers.CallHandler) subscribers.CallHandler {
+			return &blocking{CallHandler: h, after: 300, reached: func() { once.Do(func() { close(gate) }) }}
+		})
+		call := b.publish(t, nil)
+		waitChan(t, gate, "replica A to apply part of the call")
+		a.crash()
+		r := b.replica(t, nil)
+		check(t, b, call)
+		if v := r.counter(t, "audiofan_subscriber_takeovers_total"); v != 1 {
+			t.Errorf("takeovers on the new replica = %v, want 1", v)
+		}
+	})
+}
+
+// flaky fails the first attempt at every third message (panicking on every
+// seventh), and fails End once.
+type flaky struct {
+	subscribers.CallHandler
+	n     *atomic.Int64
+	seen  map[uint64]bool
+	ended bool
+}
+
+func (f *flaky) Handle(ctx context.Context, d subscribers.Delivery, out *subscribers.Output) error {
+	if f.seen == nil {
+		f.seen = map[uint64]bool{}
+	}
+	if !f.seen[d.Seq] && d.Seq%3 == 0 {
+		f.seen[d.Seq] = true
+		f.n.Add(1)
+		if d.Seq%7 == 0 {
+			panic("conformance: a panic on the first attempt")
+		}
+		return fmt.Errorf("conformance: first attempt at %d fails", d.Seq)
+	}
+	return f.CallHandler.Handle(ctx, d, out)
+}
+
+func (f *flaky) End(ctx context.Context, reason string, out *subscribers.Output) error {
+	if !f.ended {
+		f.ended = true
+		return fmt.Errorf("conformance: End fails once")
+	}
+	return f.CallHandler.End(ctx, reason, out)
+}
+
+// blocking applies messages slowly (so acknowledgements land meanwhile)
+// until after of them, then calls reached and waits for its context to end,
+// as a replica busy when it is stopped.
+type blocking struct {
+	subscribers.CallHandler
+	after   int
+	n       int
+	reached func()
+}
+
+func (b *blocking) Handle(ctx context.Context, d subscribers.Delivery, out *subscribers.Output) error {
+	if b.n++; b.n > b.after {
+		b.reached()
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	time.Sleep(2 * time.Millisecond)
+	return b.CallHandler.Handle(ctx, d, out)
+}
+
+// bus is a NATS server with the stream, and the role's replicas on it.
+type bus struct {
+	spec   Spec
+	ns     *natstest.Server
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	ref    broker.StreamRef
+	shared string
+}
+
+func newBus(t *testing.T, spec Spec) *bus {
+	ns := natstest.Start(t)
+	nc, err := nats.Connect(ns.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := natstest.Defaults[broker.StreamConfig](t)
+	if _, err := broker.EnsureStream(context.Background(), js, sc); err != nil {
+		t.Fatal(err)
+	}
+	return &bus{spec: spec, ns: ns, nc: nc, js: js, ref: sc.StreamRef, shared: t.TempDir()}
+}
+
+// Config is the Group configuration of the tests: a short lease, so a
+// takeover is quick.
+func Config(t testing.TB) subscribers.GroupConfig {
+	c := natstest.Defaults[subscribers.GroupConfig](t)
+	c.Lease = 2 * time.Second
+	c.Retries = 3
+	c.Backoff = 5 * time.Millisecond
+	return c
+}
+
+type replica struct {
+	nc     *nats.Conn
+	reg    *prometheus.Registry
+	cancel context.CancelFunc
+	done   chan error
+}
+
+// replica starts a replica of the role; wrap, when set, wraps each of its
+// call handlers.
+func (b *bus) replica(t *testing.T, wrap func(subscribers.CallHandler) subscribers.CallHandler) *replica {
+	t.Helper()
+	nc, err := nats.Connect(b.ns.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	role := b.spec.NewRole(t, b.shared, nc, js)
+	if wrap != nil {
+		inner := role.NewCall
+		role.NewCall = func(ctx context.Context, c subscribers.CallInfo) (subscribers.CallHandler, error) {
+			h, err := inner(ctx, c)
+			if err != nil {
+				return nil, err
+			}
+			return wrap(h), nil
+		}
+	}
+	r := &replica{nc: nc, reg: prometheus.NewRegistry(), done: make(chan error, 1)}
+	g, err := subscribers.NewGroup(Config(t), role, b.ref, nc, js, r.reg, natstest.Logger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r.cancel = cancel
+	go func() { r.done <- g.Run(ctx) }()
+	t.Cleanup(r.stop)
+	deadline := time.Now().Add(10 * time.Second)
+	for g.Ready() != nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("replica not ready: %v", g.Ready())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return r
+}
+
+// stop stops the replica gracefully (idempotent).
+func (r *replica) stop() {
+	if r.cancel == nil {
+		return
+	}
+	r.cancel()
+	<-r.done
+	r.cancel = nil
+	r.nc.Close()
+}
+
+// crash cuts the replica's connection first, so nothing it does on the way
+// out reaches the server: what a kill -9 looks like from the bus.
+func (r *replica) crash() {
+	r.nc.Close()
+	r.stop()
+}
+
+func (r *replica) counter(t *testing.T, name string) float64 {
+	mfs, err := r.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			v := 0.0
+			for _, m := range mf.GetMetric() {
+				v += m.GetCounter().GetValue()
+			}
+			return v
+		}
+	}
+	return 0
+}
+
+// CallID is the id of the scripted call. Each test has a server and a shared
+// folder of its own, so every run records the same call and outputs compare
+// byte for byte.
+const CallID = "6f1e2d3c-aaaa-4bbb-8ccc-0123456789ab"
+
+// publish stores the scripted call; extra may add messages
+// after the i-th.
+func (b *bus) publish(t *testing.T, extra func(i int, tok string) []Msg) subscribers.CallInfo {
+	t.Helper()
+	msgs := b.spec.Call(CallID)
+	tok := codec.EncodeToken(CallID)
+	ctx := context.Background()
+	for i, m := range msgs {
+		for _, m := range append([]Msg{m}, extraOf(extra, i, tok)...) {
+			data, ok := m.Payload.([]byte)
+			if !ok {
+				var err error
+				if data, err = codec.Marshal(m.Payload); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if _, err := b.js.Publish(ctx, b.ref.Prefix+"."+m.Subject, data); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	return subscribers.CallInfo{ID: CallID, Token: tok}
+}
+
+func extraOf(extra func(int, string) []Msg, i int, tok string) []Msg {
+	if extra == nil {
+		return nil
+	}
+	return extra(i, tok)
+}
+
+// waitDone waits until a replica has finished the call.
+func (b *bus) waitDone(t *testing.T, call subscribers.CallInfo) {
+	t.Helper()
+	roleName := b.spec.NewRole(t, b.shared, b.nc, b.js).Name
+	kv, err := b.js.KeyValue(context.Background(), b.ref.Name+"-"+roleName+"-done")
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if err == nil {
+			if _, gerr := kv.Get(context.Background(), call.Token); gerr == nil {
+				return
+			}
+		} else {
+			kv, err = b.js.KeyValue(context.Background(), b.ref.Name+"-"+roleName+"-done")
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("call %s not finished in 30s", call.ID)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// events returns the call's events as stored, in order.
+func (b *bus) events(t *testing.T, call subscribers.CallInfo) []codec.Event {
+	t.Helper()
+	ctx := context.Background()
+	oc, err := b.js.OrderedConsumer(ctx, b.ref.Name, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{b.ref.Prefix + "." + call.Token + ".events.>"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []codec.Event
+	for {
+		batch, err := oc.FetchNoWait(100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for msg := range batch.Messages() {
+			n++
+			var ev codec.Event
+			if err := codec.Unmarshal(msg.Data(), &ev); err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, ev)
+		}
+		if n == 0 {
+			return out
+		}
+	}
+}
+
+func waitChan(t *testing.T, ch chan struct{}, what string) {
+	t.Helper()
+	select {
+	case <-ch:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("timed out waiting for %s", what)
+	}
+}

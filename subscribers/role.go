@@ -1,0 +1,148 @@
+package subscribers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/audiofan/audiofan/codec"
+)
+
+// Role is what a subscriber role plugs into a Group: its name and kinds, and
+// how to start the state of one call.
+type Role struct {
+	// Name names the role's consumers, metrics and event ids ("recording").
+	// It must be a subject token of letters, digits and '-'.
+	Name string
+	// Kinds are the message kinds the role reads (broker.KindAudio, ...).
+	// Lifecycle messages are always read: they say when a call is over.
+	Kinds []string
+	// NewCall starts the state of one call on this replica. It is called
+	// when the replica is given the call: at its start, or on a takeover,
+	// when the messages already handled elsewhere are replayed first.
+	NewCall func(ctx context.Context, call CallInfo) (CallHandler, error)
+}
+
+// CallInfo names a call.
+type CallInfo struct {
+	ID    string // the call id, as in the payloads' call field
+	Token string // its subject token
+}
+
+// CallHandler holds a role's state for one call. The Group calls it from one
+// goroutine, with the call's messages in stream order, each once per handler
+// (a redelivery of what this handler already applied is filtered out), so it
+// needs no locking. A handler for the same call on another replica, after a
+// takeover, is first given the messages applied before with Replay set.
+type CallHandler interface {
+	// Handle applies one message. An error is retried with back-off (the
+	// same message, in place, so order holds) up to a limit; Permanent
+	// errors are not retried, and ErrUnavailable ones are retried until
+	// they stop.
+	Handle(ctx context.Context, d Delivery, out *Output) error
+	// End is called once, when every socket of the call has ended or it
+	// has been idle too long (reason "ended" or "idle"). It writes the
+	// role's final output. It is retried like Handle.
+	End(ctx context.Context, reason string, out *Output) error
+	// Close releases what the handler holds. It is called last, whether
+	// the call ended here or was handed to another replica.
+	Close() error
+}
+
+// Delivery is one message of a call.
+type Delivery struct {
+	Message
+	// Seq is the message's stream sequence: the call's messages come in
+	// increasing Seq.
+	Seq uint64
+	// Replay is set while a handler catches up, after a takeover, on
+	// messages another replica already applied: it rebuilds state, and
+	// what it emits is dropped, since the other replica emitted it.
+	Replay bool
+}
+
+// Reasons a call ends, given to CallHandler.End.
+const (
+	EndEnded = "ended" // every socket of the call sent its ended message
+	EndIdle  = "idle"  // nothing came for the idle timeout
+)
+
+// ErrUnavailable marks a failure of something the role depends on (a full
+// disk, an unreachable store), as opposed to a bad message: the message is
+// retried until it succeeds, never given up, and the replica reports itself
+// not ready meanwhile.
+var ErrUnavailable = errors.New("resource unavailable")
+
+// permanent marks an error that no retry can cure.
+type permanent struct{ err error }
+
+func (p permanent) Error() string { return p.err.Error() }
+func (p permanent) Unwrap() error { return p.err }
+
+// Permanent marks err as one no retry can cure: the message is skipped
+// (counted as terminated) instead of retried.
+func Permanent(err error) error {
+	if err == nil {
+		return nil
+	}
+	return permanent{err}
+}
+
+// IsPermanent reports whether err, or an error it wraps, was marked Permanent.
+func IsPermanent(err error) bool {
+	var p permanent
+	return errors.As(err, &p)
+}
+
+// ErrPanic wraps a handler's panic; the message is retried like any failure.
+var ErrPanic = errors.New("handler panicked")
+
+// Output publishes a handler's events. Each event gets a Nats-Msg-Id made
+// of the role, the call, the message being handled and the event's rank
+// among those it caused, so an event emitted again (the same message handled
+// again after a crash) is stored once. Handlers must therefore emit the same
+// events, in the same order, for the same messages: derive them from the
+// messages (capture times, not the clock).
+type Output struct {
+	js     jetstream.JetStream
+	subj   string // events subject without the source
+	role   string
+	call   CallInfo
+	key    string
+	n      int
+	replay bool
+}
+
+// Emit publishes ev on calls.<call>.events.<ev.Source> (the role's name when
+// Source is empty) and waits for the stream to store it. During a replay it
+// does nothing.
+func (o *Output) Emit(ctx context.Context, ev codec.Event) error {
+	if o.replay {
+		return nil
+	}
+	o.n++
+	ev.V = codec.Version
+	if ev.Call == "" {
+		ev.Call = o.call.ID
+	}
+	if ev.Source == "" {
+		ev.Source = o.role
+	}
+	if ev.Data == nil {
+		ev.Data = map[string]any{}
+	}
+	data, err := codec.Marshal(&ev)
+	if err != nil {
+		return Permanent(fmt.Errorf("encode %s event: %w", ev.Type, err))
+	}
+	subject := o.subj + "." + ev.Source
+	msg := &nats.Msg{Subject: subject, Data: data, Header: nats.Header{}}
+	msg.Header.Set(jetstream.MsgIDHeader, fmt.Sprintf("%s/%s/%s/%d", o.role, o.call.Token, o.key, o.n))
+	if _, err := o.js.PublishMsg(ctx, msg); err != nil {
+		return fmt.Errorf("publish %s: %w", subject, err)
+	}
+	return nil
+}

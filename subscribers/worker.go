@@ -1,0 +1,526 @@
+package subscribers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/audiofan/audiofan/broker"
+	"github.com/audiofan/audiofan/codec"
+)
+
+// ackEvery bounds how long applied messages wait for their acknowledgement:
+// one ack (AckAll) covers everything applied before it, so a busy call costs
+// a few acks a second, not one a message.
+const ackEvery = 200 * time.Millisecond
+
+// worker is a replica's work on one call: it holds the call's leases and, when
+// the server pins this replica to the call's consumer, applies its messages.
+type worker struct {
+	g      *Group
+	call   CallInfo
+	name   string
+	leases []jetstream.Msg // guarded by g.mu
+
+	owned   atomic.Bool   // applying the call (pinned)
+	pending atomic.Uint64 // the call's messages stored but not yet delivered
+
+	// State of the call on this replica, touched only by run's goroutine.
+	h         CallHandler
+	pin       string // the pin id the server gave this replica's pulls
+	processed uint64 // stream sequence of the last message applied
+	last      jetstream.Msg
+	acked     uint64 // stream sequence last acknowledged
+	ackedAt   time.Time
+	active    time.Time // when the last message came
+	checked   time.Time // when the pin was last confirmed
+	conns     map[string]bool
+	unavail   bool
+}
+
+func newWorker(g *Group, call CallInfo, lease jetstream.Msg) *worker {
+	return &worker{g: g, call: call, name: CallConsumer(g.role.Name, call.Token), leases: []jetstream.Msg{lease},
+		conns: map[string]bool{}}
+}
+
+func (w *worker) run(ctx context.Context) {
+	result := w.work(ctx)
+	if w.h != nil {
+		if err := w.h.Close(); err != nil {
+			w.g.log.Warn("closing call state", "call", w.call.ID, "err", err)
+		}
+	}
+	w.setUnavailable(false)
+	w.owned.Store(false)
+	w.pending.Store(0)
+	for _, l := range w.g.remove(w) {
+		if result == ResultReleased {
+			_ = l.Nak() // at once: another replica takes the call
+		} else {
+			_ = l.Ack()
+		}
+	}
+	w.g.m.calls.WithLabelValues(result).Inc()
+	w.g.log.Debug("call left", "call", w.call.ID, "result", result)
+}
+
+// consumerConfig is the call's own consumer: its messages of the kinds the
+// role reads, one pinned client at a time.
+func (w *worker) consumerConfig() jetstream.ConsumerConfig {
+	subj := w.g.subj
+	filters := []string{subj.Lifecycle(w.call.Token)}
+	for _, k := range w.g.role.Kinds {
+		switch k {
+		case broker.KindOutbound:
+			filters = append(filters, subj.Outbound(w.call.Token))
+		case broker.KindLifecycle:
+		default:
+			filters = append(filters, subj.Prefix+"."+w.call.Token+"."+k+".>")
+		}
+	}
+	return jetstream.ConsumerConfig{
+		Durable:           w.name,
+		Description:       "audiofan " + w.g.role.Name + " of call " + w.call.ID,
+		FilterSubjects:    filters,
+		DeliverPolicy:     jetstream.DeliverAllPolicy,
+		AckPolicy:         jetstream.AckAllPolicy,
+		// A message delivered to a replica that died comes back after a
+		// lease, which is also when the server gives the call to another.
+		AckWait:           w.g.cfg.Lease,
+		MaxDeliver:        -1,
+		MaxAckPending:     20_000,
+		InactiveThreshold: max(time.Hour, 2*w.g.cfg.IdleTimeout),
+		PriorityPolicy:    jetstream.PriorityPolicyPinned,
+		PriorityGroups:    []string{ownerGroup},
+		PinnedTTL:         w.g.cfg.Lease,
+	}
+}
+
+// work holds the call until it is finished (here or elsewhere) or ctx ends.
+func (w *worker) work(ctx context.Context) string {
+	for {
+		if ctx.Err() != nil {
+			return ResultReleased
+		}
+		cons, err := w.g.stream.CreateOrUpdateConsumer(ctx, w.consumerConfig())
+		if err != nil {
+			w.g.log.Warn("call consumer", "call", w.call.ID, "err", err)
+			sleep(ctx, time.Second)
+			continue
+		}
+		// Checked after the consumer exists: a replica that finishes the
+		// call marks it done before deleting the consumer, so either this
+		// sees the mark, or it joined the consumer before the delete and
+		// hears of the delete below.
+		done, err := w.g.isDone(ctx, w.call.Token)
+		if err != nil {
+			w.g.log.Warn("call state", "call", w.call.ID, "err", err)
+			sleep(ctx, time.Second)
+			continue
+		}
+		if done {
+			if w.h == nil {
+				_ = w.g.stream.DeleteConsumer(ctx, w.name)
+			}
+			return ResultElsewhere
+		}
+		if result := w.consume(ctx, cons); result != "" {
+			return result
+		}
+	}
+}
+
+// consume applies the call's messages while the server pins this replica.
+// It returns "" when the consumer went away (look again), else the result.
+func (w *worker) consume(ctx context.Context, cons jetstream.Consumer) string {
+	// The server keeps the pin while pulls come within the lease: pull
+	// at least three times a lease.
+	expiry := max(time.Second, w.g.cfg.Lease/3)
+	it, err := cons.Messages(jetstream.PullPriorityGroup(ownerGroup), jetstream.PullMaxMessages(512),
+		jetstream.PullExpiry(expiry), jetstream.PullHeartbeat(max(500*time.Millisecond, expiry/4)))
+	if err != nil {
+		w.g.log.Debug("call consumer", "call", w.call.ID, "err", err)
+		sleep(ctx, 250*time.Millisecond)
+		return ""
+	}
+	defer it.Stop()
+	for {
+		msg, err := it.Next(jetstream.NextMaxWait(250 * time.Millisecond))
+		w.flushAck(ctx, false)
+		if ctx.Err() != nil {
+			return w.release(cons, it, msg)
+		}
+		if err != nil {
+			switch {
+			case errors.Is(err, nats.ErrTimeout):
+				if !w.stillPinned(ctx, cons, false) {
+					continue
+				}
+				if w.h != nil && time.Since(w.active) > w.g.cfg.IdleTimeout {
+					return w.finish(ctx, cons, EndIdle)
+				}
+			case errors.Is(err, jetstream.ErrConsumerDeleted), errors.Is(err, jetstream.ErrMsgIteratorClosed):
+				return ""
+			default:
+				w.g.log.Debug("call consumer", "call", w.call.ID, "err", err)
+			}
+			continue
+		}
+		md, err := msg.Metadata()
+		if err != nil {
+			continue
+		}
+		w.pending.Store(md.NumPending)
+		if pin := msg.Headers().Get("Nats-Pin-Id"); pin != "" {
+			w.pin = pin
+		}
+		if w.h == nil {
+			if !w.own(ctx, cons) {
+				return w.release(cons, it, msg)
+			}
+			if w.complete() {
+				return w.finish(ctx, cons, EndEnded)
+			}
+		}
+		seq := md.Sequence.Stream
+		if seq <= w.processed {
+			// Applied already: read while catching up, or redelivered
+			// because its ack was pending. Acknowledging it covers the rest.
+			if seq > w.acked {
+				w.last = msg
+			}
+			continue
+		}
+		if err := w.apply(ctx, msg, seq, false, true); err != nil {
+			return w.release(cons, it, msg)
+		}
+		w.processed, w.last, w.active = seq, msg, time.Now()
+		if w.complete() {
+			return w.finish(ctx, cons, EndEnded)
+		}
+		if !w.stillPinned(ctx, cons, false) {
+			continue
+		}
+	}
+}
+
+// own starts the call's state on this replica, the first time the server
+// delivers to it. It reads the call from the stream's start: what the
+// previous owner applied (up to the consumer's acknowledgement floor) is
+// replayed to rebuild state, and the rest up to the present is applied,
+// since the previous owner may have held some of it undelivered when it died
+// (the server redelivers those only after the ack wait, too late to keep
+// order). The consumer's messages then pick up after it.
+func (w *worker) own(ctx context.Context, cons jetstream.Consumer) bool {
+	for attempt := 1; ; attempt++ {
+		info, err := cons.Info(ctx)
+		var h CallHandler
+		if err == nil {
+			h, err = w.g.role.NewCall(ctx, w.call)
+			if err == nil {
+				w.h, w.processed, w.conns = h, 0, map[string]bool{}
+				err = w.catchUp(ctx, info.AckFloor.Stream)
+			}
+		}
+		if err == nil {
+			w.setUnavailable(false)
+			w.owned.Store(true)
+			w.active, w.checked, w.ackedAt = time.Now(), time.Now(), time.Now()
+			return true
+		}
+		if w.h != nil {
+			_ = w.h.Close()
+			w.h = nil
+		}
+		if ctx.Err() != nil {
+			return false
+		}
+		w.g.log.Error("cannot start call", "call", w.call.ID, "attempt", attempt, "err", err)
+		w.setUnavailable(true)
+		sleep(ctx, w.backoff(attempt))
+	}
+}
+
+// catchUp feeds the handler the call as stored so far, in order: up to floor
+// as a replay, the rest live.
+func (w *worker) catchUp(ctx context.Context, floor uint64) error {
+	if floor > 0 {
+		w.g.m.takeovers.Inc()
+	}
+	cfg := w.consumerConfig()
+	oc, err := w.g.stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: cfg.FilterSubjects})
+	if err != nil {
+		return fmt.Errorf("read call %s: %w", w.call.ID, err)
+	}
+	it, err := oc.Messages()
+	if err != nil {
+		return fmt.Errorf("read call %s: %w", w.call.ID, err)
+	}
+	defer it.Stop()
+	start := time.Now()
+	n := 0
+	for {
+		msg, err := it.Next(jetstream.NextMaxWait(10 * time.Second))
+		if err != nil {
+			return fmt.Errorf("read call %s from its start: %w", w.call.ID, err)
+		}
+		md, err := msg.Metadata()
+		if err != nil {
+			continue
+		}
+		seq := md.Sequence.Stream
+		if err := w.apply(ctx, msg, seq, seq <= floor, false); err != nil {
+			return err
+		}
+		w.processed = seq
+		if seq <= floor {
+			n++
+		}
+		if md.NumPending == 0 {
+			break
+		}
+	}
+	if floor > 0 {
+		w.g.log.Info("call taken over", "call", w.call.ID, "replayed", n, "took", time.Since(start).Round(time.Millisecond))
+	}
+	return nil
+}
+
+// apply decodes a message and has the handler apply it, retrying in place.
+// It returns an error only when ctx ends first.
+func (w *worker) apply(ctx context.Context, raw jetstream.Msg, seq uint64, replay, ackable bool) error {
+	m, err := Decode(w.g.subj, raw.Subject(), raw.Data())
+	if err != nil {
+		w.g.m.messages.WithLabelValues(OutcomeTerminated).Inc()
+		w.g.warn("undecodable message skipped", "call", w.call.ID, "subject", raw.Subject(), "seq", seq, "err", err)
+		return nil
+	}
+	if lc, ok := m.Payload.(*codec.Lifecycle); ok {
+		switch lc.Type {
+		case codec.LifecycleStarted:
+			if _, seen := w.conns[lc.Connection]; !seen {
+				w.conns[lc.Connection] = false
+			}
+		case codec.LifecycleEnded:
+			w.conns[lc.Connection] = true
+		}
+	}
+	d := Delivery{Message: m, Seq: seq, Replay: replay}
+	key := strconv.FormatUint(seq, 10)
+	var live jetstream.Msg
+	if ackable {
+		live = raw
+	}
+	return w.retry(ctx, live, func(out *Output) error { return w.h.Handle(ctx, d, out) }, key, replay,
+		func(outcome string, err error) {
+			if outcome == OutcomeGaveUp {
+				w.g.log.Error("message still failing after every retry; skipped", "call", w.call.ID, "subject", raw.Subject(), "seq", seq, "err", err)
+			} else {
+				w.g.warn("message failed for good; skipped", "call", w.call.ID, "subject", raw.Subject(), "seq", seq, "err", err)
+			}
+		})
+}
+
+// retry runs f until it succeeds, fails for good, or fails Retries times
+// (ErrUnavailable failures: until ctx ends). Each outcome is counted.
+func (w *worker) retry(ctx context.Context, live jetstream.Msg, f func(*Output) error, key string, replay bool, skipped func(string, error)) error {
+	for attempt := 1; ; attempt++ {
+		out := &Output{js: w.g.js, subj: w.g.subj.Prefix + "." + w.call.Token + "." + broker.KindEvents,
+			role: w.g.role.Name, call: w.call, key: key, replay: replay}
+		start := time.Now()
+		err := safely(f, out)
+		w.g.m.handle.Observe(time.Since(start).Seconds())
+		if err == nil {
+			w.setUnavailable(false)
+			if replay {
+				w.g.m.messages.WithLabelValues(OutcomeReplayed).Inc()
+			} else {
+				w.g.m.messages.WithLabelValues(OutcomeHandled).Inc()
+			}
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		unavailable := errors.Is(err, ErrUnavailable)
+		switch {
+		case IsPermanent(err):
+			w.g.m.messages.WithLabelValues(OutcomeTerminated).Inc()
+			skipped(OutcomeTerminated, err)
+			return nil
+		case !unavailable && attempt >= w.g.cfg.Retries:
+			w.g.m.messages.WithLabelValues(OutcomeGaveUp).Inc()
+			skipped(OutcomeGaveUp, err)
+			return nil
+		}
+		w.g.m.messages.WithLabelValues(OutcomeRetried).Inc()
+		if unavailable {
+			w.setUnavailable(true)
+			w.g.warn("waiting on an unavailable resource; not ready", "call", w.call.ID, "err", err)
+		} else {
+			w.g.warn("handler failed; retrying", "call", w.call.ID, "attempt", attempt, "err", err)
+		}
+		sleep(ctx, min(w.backoff(attempt), w.g.cfg.Lease/3))
+		if live != nil {
+			_ = live.InProgress() // still on it: no redelivery meanwhile
+		}
+	}
+}
+
+// finish ends the call here: the handler's End, then the finished mark, then
+// the call's consumer is deleted (in that order: see work).
+func (w *worker) finish(ctx context.Context, cons jetstream.Consumer, reason string) string {
+	if !w.stillPinned(ctx, cons, true) {
+		return ""
+	}
+	result := reason
+	err := w.retry(ctx, nil, func(out *Output) error { return w.h.End(ctx, reason, out) }, "end", false,
+		func(_ string, err error) {
+			result = ResultFailed
+			w.g.log.Error("call could not be finished; its output is missing", "call", w.call.ID, "err", err)
+		})
+	if err != nil {
+		return w.release(cons, nil, nil)
+	}
+	for attempt := 1; ; attempt++ {
+		if err := w.g.markDone(ctx, w.call.Token); err == nil {
+			break
+		} else if ctx.Err() != nil {
+			return w.release(cons, nil, nil)
+		} else {
+			w.g.warn("cannot mark call finished; retrying", "call", w.call.ID, "err", err)
+			sleep(ctx, w.backoff(attempt))
+		}
+	}
+	if err := w.g.stream.DeleteConsumer(ctx, w.name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		w.g.log.Warn("call consumer left for the server to expire", "call", w.call.ID, "err", err)
+	}
+	w.g.log.Debug("call finished", "call", w.call.ID, "reason", reason)
+	return result
+}
+
+// release hands the call over: what was applied is acknowledged, what was
+// delivered but not applied is given back (so the next owner is served at
+// once, not after the ack wait), the pin is lifted, and run returns the
+// leases. cur is the message in hand, if any.
+func (w *worker) release(cons jetstream.Consumer, it jetstream.MessagesContext, cur jetstream.Msg) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if it != nil {
+		it.Drain()
+		for m := cur; ; {
+			if m != nil && w.h != nil {
+				if md, err := m.Metadata(); err == nil && md.Sequence.Stream > w.processed {
+					_ = m.Nak()
+				}
+			}
+			var err error
+			if m, err = it.Next(jetstream.NextMaxWait(100 * time.Millisecond)); err != nil {
+				break
+			}
+		}
+	}
+	if w.h == nil {
+		return ResultReleased
+	}
+	w.flushAck(ctx, true)
+	if w.stillPinned(ctx, cons, true) {
+		if err := w.g.stream.UnpinConsumer(ctx, w.name, ownerGroup); err != nil {
+			w.g.log.Debug("unpin call consumer", "call", w.call.ID, "err", err)
+		}
+	}
+	return ResultReleased
+}
+
+// flushAck acknowledges everything applied so far, at most every ackEvery
+// unless now is set (then it waits for the server's confirmation).
+func (w *worker) flushAck(ctx context.Context, now bool) {
+	if w.last == nil || w.acked == w.processed || (!now && time.Since(w.ackedAt) < ackEvery) {
+		return
+	}
+	var err error
+	if now {
+		err = w.last.DoubleAck(ctx)
+	} else {
+		err = w.last.Ack()
+	}
+	if err == nil {
+		w.acked, w.ackedAt = w.processed, time.Now()
+	}
+}
+
+// stillPinned checks, every half lease, that the server still delivers this
+// call to this replica. A replica that stalled past the lease (a long outage
+// of its disk) has lost the call to another; it drops its state, so the two
+// never both apply the call, and may be given it again later.
+func (w *worker) stillPinned(ctx context.Context, cons jetstream.Consumer, force bool) bool {
+	if w.h == nil {
+		return !force
+	}
+	if !force && time.Since(w.checked) < w.g.cfg.Lease/2 {
+		return true
+	}
+	info, err := cons.Info(ctx)
+	if err != nil {
+		return true // cannot tell; the pin is the server's to move
+	}
+	w.checked = time.Now()
+	for _, pg := range info.PriorityGroups {
+		if pg.Group == ownerGroup && pg.PinnedClientID != "" && pg.PinnedClientID != w.pin {
+			w.g.log.Warn("call moved to another replica; dropping its state here", "call", w.call.ID)
+			_ = w.h.Close()
+			w.h, w.last, w.processed, w.acked = nil, nil, 0, 0
+			w.owned.Store(false)
+			return false
+		}
+	}
+	return true
+}
+
+// complete reports whether every socket of the call that started has ended.
+func (w *worker) complete() bool {
+	if len(w.conns) == 0 {
+		return false
+	}
+	for _, ended := range w.conns {
+		if !ended {
+			return false
+		}
+	}
+	return true
+}
+
+func (w *worker) setUnavailable(on bool) {
+	if on == w.unavail {
+		return
+	}
+	w.unavail = on
+	if on {
+		w.g.setUnavailable(1)
+	} else {
+		w.g.setUnavailable(-1)
+	}
+}
+
+// safely runs f, turning a panic into an error so one bad message cannot
+// take the replica down.
+func safely(f func(*Output) error, out *Output) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%w: %v\n%s", ErrPanic, r, debug.Stack())
+		}
+	}()
+	return f(out)
+}
+
+func (w *worker) backoff(attempt int) time.Duration {
+	b := w.g.cfg.Backoff
+	return min(b<<min(attempt-1, 10), 50*b)
+}
