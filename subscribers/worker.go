@@ -86,11 +86,11 @@ func (w *worker) consumerConfig() jetstream.ConsumerConfig {
 		}
 	}
 	return jetstream.ConsumerConfig{
-		Durable:           w.name,
-		Description:       "audiofan " + w.g.role.Name + " of call " + w.call.ID,
-		FilterSubjects:    filters,
-		DeliverPolicy:     jetstream.DeliverAllPolicy,
-		AckPolicy:         jetstream.AckAllPolicy,
+		Durable:        w.name,
+		Description:    "audiofan " + w.g.role.Name + " of call " + w.call.ID,
+		FilterSubjects: filters,
+		DeliverPolicy:  jetstream.DeliverAllPolicy,
+		AckPolicy:      jetstream.AckAllPolicy,
 		// A message delivered to a replica that died comes back after a
 		// lease, which is also when the server gives the call to another.
 		AckWait:           w.g.cfg.Lease,
