@@ -1,0 +1,231 @@
+package recording
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/audiofan/audiofan/broker"
+	"github.com/audiofan/audiofan/codec"
+	"github.com/audiofan/audiofan/subscribers"
+)
+
+// RoleName is the recorder's role: its consumers, metrics and event source.
+const RoleName = "recording"
+
+// Config is the recorder's settings.
+type Config struct {
+	Store          string `env:"AUDIOFAN_RECORDING_STORE" envDefault:"disk" help:"where finished recordings go: disk (AUDIOFAN_DATA_DIR/recordings/<call token>/), object (the JetStream Object Store bucket AUDIOFAN_RECORDING_BUCKET, as <call token>/<file>) or both"`
+	Bucket         string `env:"AUDIOFAN_RECORDING_BUCKET" envDefault:"recordings" help:"Object Store bucket of the recordings (created when missing)"`
+	BucketReplicas int    `env:"AUDIOFAN_RECORDING_BUCKET_REPLICAS" envDefault:"1" help:"replicas of the bucket when it is created (3 on a cluster)"`
+}
+
+// Validate checks the settings.
+func (c Config) Validate() error {
+	switch c.Store {
+	case "disk", "object", "both":
+	default:
+		return fmt.Errorf("AUDIOFAN_RECORDING_STORE %q: want disk, object or both", c.Store)
+	}
+	if c.Store != "disk" && c.Bucket == "" {
+		return errors.New("AUDIOFAN_RECORDING_BUCKET is empty")
+	}
+	return nil
+}
+
+// Recorder is the recording role: every call's audio into WAV files.
+type Recorder struct {
+	cfg   Config
+	dir   string // recordings
+	spool string // where calls in progress are spooled, per process
+	store jetstream.ObjectStore
+	log   *slog.Logger
+
+	recordings *prometheus.CounterVec
+	bytes      prometheus.Counter
+}
+
+// New prepares the recorder: recordings go under dataDir/recordings. Calls
+// being spooled live in a folder of this process's own under
+// recordings/.spool; those of a process gone for an hour are removed.
+func New(ctx context.Context, cfg Config, dataDir string, js jetstream.JetStream, reg prometheus.Registerer, log *slog.Logger) (*Recorder, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	r := &Recorder{cfg: cfg, dir: filepath.Join(dataDir, "recordings"), log: log.With("role", RoleName),
+		recordings: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "audiofan_recorder_recordings_total",
+			Help: "Calls recorded, by result: written, or empty (no audio)."}, []string{"result"}),
+		bytes: prometheus.NewCounter(prometheus.CounterOpts{Name: "audiofan_recorder_written_bytes_total",
+			Help: "Bytes of WAV files written (each store counted)."}),
+	}
+	for _, c := range []prometheus.Collector{r.recordings, r.bytes} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("recorder metrics: %w", err)
+		}
+	}
+	root := filepath.Join(r.dir, ".spool")
+	if err := os.MkdirAll(root, 0o755); err != nil {
+		return nil, fmt.Errorf("recordings folder: %w", err)
+	}
+	cleanSpools(root, time.Hour, log)
+	spool, err := os.MkdirTemp(root, "proc-*")
+	if err != nil {
+		return nil, fmt.Errorf("recordings folder: %w", err)
+	}
+	r.spool = spool
+	if cfg.Store != "disk" {
+		r.store, err = js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{Bucket: cfg.Bucket,
+			Description: "audiofan call recordings", Replicas: cfg.BucketReplicas})
+		if err != nil {
+			return nil, fmt.Errorf("recordings bucket %s: %w", cfg.Bucket, err)
+		}
+	}
+	return r, nil
+}
+
+// Close removes this process's spool folder.
+func (r *Recorder) Close() error { return os.RemoveAll(r.spool) }
+
+// Role is the recorder as the subscriber framework runs it.
+func (r *Recorder) Role() subscribers.Role {
+	return subscribers.Role{Name: RoleName, Kinds: []string{broker.KindAudio},
+		NewCall: func(_ context.Context, c subscribers.CallInfo) (subscribers.CallHandler, error) {
+			return &callRecorder{r: r, call: c}, nil
+		}}
+}
+
+// Dir is where a call's files go on disk.
+func (r *Recorder) Dir(callToken string) string { return filepath.Join(r.dir, callToken) }
+
+// callRecorder spools one call's frames and renders them when it ends.
+type callRecorder struct {
+	r     *Recorder
+	call  subscribers.CallInfo
+	spool *Spool
+}
+
+func (c *callRecorder) Handle(_ context.Context, d subscribers.Delivery, _ *subscribers.Output) error {
+	f, ok := d.Payload.(*codec.Frame)
+	if !ok {
+		return nil
+	}
+	if c.spool == nil {
+		sp, err := NewSpool(c.r.spool)
+		if err != nil {
+			return fmt.Errorf("%w: %w", subscribers.ErrUnavailable, err)
+		}
+		c.spool = sp
+	}
+	if err := c.spool.Add(f); err != nil {
+		if errors.Is(err, ErrFormat) {
+			return subscribers.Permanent(err)
+		}
+		return fmt.Errorf("%w: %w", subscribers.ErrUnavailable, err)
+	}
+	return nil
+}
+
+func (c *callRecorder) End(ctx context.Context, reason string, out *subscribers.Output) error {
+	data := map[string]any{"reason": reason, "files": []any{}}
+	if c.spool == nil || c.spool.Frames() == 0 {
+		c.r.recordings.WithLabelValues("empty").Inc()
+		return out.Emit(ctx, codec.Event{Type: "recording", Data: data})
+	}
+	dir := c.r.Dir(c.call.Token)
+	if c.r.cfg.Store == "object" {
+		tmp, err := os.MkdirTemp(c.r.spool, "render-*")
+		if err != nil {
+			return fmt.Errorf("%w: %w", subscribers.ErrUnavailable, err)
+		}
+		defer os.RemoveAll(tmp)
+		dir = tmp
+	}
+	res, err := c.spool.Render(dir)
+	if err != nil {
+		return fmt.Errorf("%w: %w", subscribers.ErrUnavailable, err)
+	}
+	files := make([]any, 0, len(res.Files))
+	for _, f := range res.Files {
+		m := map[string]any{"name": f.Name, "participant": f.Participant, "mix": f.Mix, "bytes": f.Bytes,
+			"sha256": f.SHA256, "durationMs": f.Duration.Milliseconds(), "frames": f.Frames,
+			"duplicates": f.Duplicates, "gaps": f.Gaps, "path": "", "object": ""}
+		if c.r.cfg.Store != "object" {
+			m["path"] = path.Join("recordings", c.call.Token, f.Name) // under AUDIOFAN_DATA_DIR
+			c.r.bytes.Add(float64(f.Bytes))
+		}
+		if c.r.store != nil {
+			name := c.call.Token + "/" + f.Name
+			if err := c.r.upload(ctx, name, f.Path); err != nil {
+				return err
+			}
+			m["object"] = c.r.cfg.Bucket + "/" + name
+			c.r.bytes.Add(float64(f.Bytes))
+		}
+		files = append(files, m)
+	}
+	data["files"] = files
+	data["sampleRate"] = res.SampleRate
+	data["start"] = res.Start
+	data["durationMs"] = res.Duration.Milliseconds()
+	c.r.recordings.WithLabelValues("written").Inc()
+	c.r.log.Debug("call recorded", "call", c.call.ID, "files", len(res.Files), "duration", res.Duration, "dir", dir)
+	return out.Emit(ctx, codec.Event{Type: "recording", Data: data})
+}
+
+func (r *Recorder) upload(ctx context.Context, name, path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("%w: %w", subscribers.ErrUnavailable, err)
+	}
+	defer f.Close()
+	if _, err := r.store.Put(ctx, jetstream.ObjectMeta{Name: name}, f); err != nil {
+		return fmt.Errorf("%w: upload %s to %s: %w", subscribers.ErrUnavailable, name, r.cfg.Bucket, err)
+	}
+	return nil
+}
+
+func (c *callRecorder) Close() error {
+	if c.spool == nil {
+		return nil
+	}
+	return c.spool.Close()
+}
+
+// cleanSpools removes the spool folders of processes that stopped writing
+// to them more than age ago: a replica that was killed leaves its folder
+// behind (its calls were replayed elsewhere).
+func cleanSpools(root string, age time.Duration, log *slog.Logger) {
+	entries, err := os.ReadDir(root)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		if !e.IsDir() || !strings.HasPrefix(e.Name(), "proc-") {
+			continue
+		}
+		dir := filepath.Join(root, e.Name())
+		newest := time.Time{}
+		_ = filepath.WalkDir(dir, func(_ string, d os.DirEntry, err error) error {
+			if err == nil {
+				if info, err := d.Info(); err == nil && info.ModTime().After(newest) {
+					newest = info.ModTime()
+				}
+			}
+			return nil
+		})
+		if time.Since(newest) > age {
+			if err := os.RemoveAll(dir); err == nil {
+				log.Info("removed the spool of a stopped recorder", "dir", dir)
+			}
+		}
+	}
+}
