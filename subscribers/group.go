@@ -185,11 +185,23 @@ func (g *Group) Ready() error {
 
 // Run works on calls until ctx ends, then hands every call it holds to the
 // other replicas (its progress acknowledged, its leases returned) and
-// returns. An error means it could not start.
+// returns. Until the stream exists it waits for it.
 func (g *Group) Run(ctx context.Context) error {
-	dispatch, err := g.setup(ctx)
-	if err != nil {
-		return err
+	// The stream may not exist yet (its receiver starts later): wait for
+	// it rather than fail, as a deployment starts its parts in any order.
+	var dispatch jetstream.Consumer
+	for attempt := 1; ; attempt++ {
+		var err error
+		if dispatch, err = g.setup(ctx); err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		if attempt == 1 || attempt%10 == 0 {
+			g.log.Warn("waiting for the stream", "err", err)
+		}
+		sleep(ctx, time.Second)
 	}
 	g.mu.Lock()
 	g.ready = true

@@ -3,12 +3,15 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -16,7 +19,10 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/audiofan/audiofan/broker"
 	"github.com/audiofan/audiofan/broker/natstest"
 )
 
@@ -103,9 +109,10 @@ func TestBadSettingsExit(t *testing.T) {
 // it back with tap, then stops serve with a real SIGTERM.
 func TestServeAndTap(t *testing.T) {
 	httpAddr, natsAddr := freePort(t), freePort(t)
+	dataDir := t.TempDir()
 	t.Setenv("AUDIOFAN_HTTP_ADDR", httpAddr)
 	t.Setenv("AUDIOFAN_NATS_LISTEN", natsAddr)
-	t.Setenv("AUDIOFAN_DATA_DIR", t.TempDir())
+	t.Setenv("AUDIOFAN_DATA_DIR", dataDir)
 	t.Setenv("AUDIOFAN_DRAIN_TIMEOUT", "5s")
 	var serveOut, serveErr syncBuffer
 	done := make(chan int, 1)
@@ -190,6 +197,16 @@ func TestServeAndTap(t *testing.T) {
 		t.Errorf("tap printed kinds %v", kinds)
 	}
 
+	// serve records: the call's files, read back as WAV, 100 ms long.
+	rec := filepath.Join(dataDir, "recordings", "4_3A_2B1_20call")
+	waitForFile(t, filepath.Join(rec, "mix.wav"))
+	for _, name := range []string{"8_3Aacs_3Ax.wav", "mix.wav"} {
+		b, err := os.ReadFile(filepath.Join(rec, name))
+		if err != nil || len(b) != 44+5*640 || string(b[:4]) != "RIFF" || !bytes.Equal(b[44:44+640], pcm) {
+			t.Errorf("%s: %d bytes, %v", name, len(b), err)
+		}
+	}
+
 	if err := syscall.Kill(syscall.Getpid(), syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -245,5 +262,80 @@ func TestReceiverOverTLS(t *testing.T) {
 	}
 	if code := <-done; code != 0 {
 		t.Errorf("receiver exit %d:\n%s", code, errb.String())
+	}
+}
+
+func waitForFile(t *testing.T, path string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, err := os.Stat(path); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s never appeared", path)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// The recorder alone against a NATS server: ready once its consumer is in
+// place, metrics of the role, a clean stop on SIGTERM.
+func TestRecorderRole(t *testing.T) {
+	ns := natstest.Start(t)
+	httpAddr := freePort(t)
+	t.Setenv("NATS_URL", ns.URL())
+	t.Setenv("AUDIOFAN_HTTP_ADDR", httpAddr)
+	t.Setenv("AUDIOFAN_DATA_DIR", t.TempDir())
+	nc, err := nats.Connect(ns.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	if _, err := broker.EnsureStream(context.Background(), js, natstest.Defaults[broker.StreamConfig](t)); err != nil {
+		t.Fatal(err)
+	}
+	var out, errOut syncBuffer
+	done := make(chan int, 1)
+	go func() { done <- run([]string{"recorder"}, &out, &errOut) }()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := http.Get("http://" + httpAddr + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("recorder not ready: %v\n%s", err, errOut.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	resp, err := http.Get("http://" + httpAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, m := range []string{`audiofan_subscriber_calls_owned{role="recording"} 0`, `audiofan_subscriber_messages_total{outcome="handled",role="recording"} 0`, "audiofan_recorder_recordings_total"} {
+		if !strings.Contains(string(body), m) {
+			t.Errorf("metrics lack %s", m)
+		}
+	}
+	if _, err := js.Consumer(context.Background(), "CALLS", "recording"); err != nil {
+		t.Errorf("the recorder's consumer: %v", err)
+	}
+	if err := syscall.Kill(syscall.Getpid(), syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case code := <-done:
+		if code != 0 {
+			t.Errorf("recorder exit %d:\n%s", code, errOut.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("recorder did not stop on SIGTERM")
 	}
 }

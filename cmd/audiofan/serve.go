@@ -12,11 +12,14 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/audiofan/audiofan/broker"
+	"github.com/audiofan/audiofan/subscribers"
+	"github.com/audiofan/audiofan/subscribers/recording"
 )
 
 // NATSSettings are shared by every role that connects to NATS.
@@ -61,8 +64,20 @@ func (s *ReceiverSettings) validate() error {
 // ServeSettings add the embedded server to the receiver's.
 type ServeSettings struct {
 	ReceiverSettings
-	DataDir  string `env:"AUDIOFAN_DATA_DIR" envDefault:"./data" help:"embedded JetStream store (jetstream/) and recordings (recordings/)"`
-	Embedded broker.EmbeddedConfig
+	DataDir   string `env:"AUDIOFAN_DATA_DIR" envDefault:"./data" help:"embedded JetStream store (jetstream/) and recordings (recordings/)"`
+	Embedded  broker.EmbeddedConfig
+	Group     subscribers.GroupConfig
+	Recording recording.Config
+}
+
+func (s *ServeSettings) validate() error {
+	if err := s.ReceiverSettings.validate(); err != nil {
+		return err
+	}
+	if err := s.Group.Validate(); err != nil {
+		return err
+	}
+	return s.Recording.Validate()
 }
 
 var receiverRole = role{
@@ -74,7 +89,8 @@ var receiverRole = role{
 		if s.NATS.URL == "" {
 			return errors.New("NATS_URL is empty: the receiver role needs a NATS server (or run `audiofan serve`)")
 		}
-		return runReceiver(ctx, s, s.NATS.URL, s.NATS, log)
+		reg := newRegistry()
+		return runReceiver(ctx, s, s.NATS.URL, s.NATS, reg, log)
 	},
 }
 
@@ -104,13 +120,28 @@ var serveRole = role{
 		if s.NATS.URL == "" {
 			nopts = NATSSettings{} // the embedded server: no credentials, no TLS
 		}
-		return runReceiver(ctx, &s.ReceiverSettings, url, nopts, log)
+		// The subscribers outlive the receiver's drain, so the calls it
+		// ends are finished here too; then they hand over what is left.
+		reg := newRegistry()
+		subCtx, stopSubs := context.WithCancel(context.WithoutCancel(ctx))
+		defer stopSubs()
+		_, stopRecorder, err := startGroup(subCtx, url, nopts, s.Stream.StreamRef, s.Group, "audiofan serve recorder", reg, log,
+			func(ctx context.Context, js jetstream.JetStream, reg prometheus.Registerer) (subscribers.Role, func(), error) {
+				return newRecorder(ctx, s.Recording, s.DataDir, js, reg, log)
+			})
+		if err != nil {
+			return err
+		}
+		err = runReceiver(ctx, &s.ReceiverSettings, url, nopts, reg, log)
+		stopSubs()
+		stopRecorder()
+		return err
 	},
 }
 
 // runReceiver connects, provisions the stream and serves until ctx ends, then
 // drains the receiver and the NATS connection it opened.
-func runReceiver(ctx context.Context, s *ReceiverSettings, url string, nopts NATSSettings, log *slog.Logger) error {
+func runReceiver(ctx context.Context, s *ReceiverSettings, url string, nopts NATSSettings, reg *prometheus.Registry, log *slog.Logger) error {
 	nc, err := connect(url, nopts, "audiofan receiver "+s.Receiver.Instance, log)
 	if err != nil {
 		return err
@@ -130,8 +161,6 @@ func runReceiver(ctx context.Context, s *ReceiverSettings, url string, nopts NAT
 	log.Info("stream ready", "stream", info.Config.Name, "subjects", info.Config.Subjects, "max_age", info.Config.MaxAge,
 		"max_bytes", info.Config.MaxBytes, "replicas", info.Config.Replicas)
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	r := broker.NewReceiver(s.Receiver, s.Stream, nc, js, reg, log.With("component", "receiver"))
 	ln, err := net.Listen("tcp", s.Receiver.HTTPAddr)
 	if err != nil {
@@ -146,6 +175,12 @@ func runReceiver(ctx context.Context, s *ReceiverSettings, url string, nopts NAT
 	}
 	log.Info("receiver listening", "ws", scheme+"://"+ln.Addr().String()+"/ws", "auth", s.Receiver.Auth.Mode)
 	return r.Serve(ctx, ln, promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+}
+
+func newRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg
 }
 
 // connect dials NATS for the life of the process: it reconnects forever,

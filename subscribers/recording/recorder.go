@@ -72,6 +72,8 @@ func New(ctx context.Context, cfg Config, dataDir string, js jetstream.JetStream
 			return nil, fmt.Errorf("recorder metrics: %w", err)
 		}
 	}
+	r.recordings.WithLabelValues("written")
+	r.recordings.WithLabelValues("empty")
 	root := filepath.Join(r.dir, ".spool")
 	if err := os.MkdirAll(root, 0o755); err != nil {
 		return nil, fmt.Errorf("recordings folder: %w", err)
