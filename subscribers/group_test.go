@@ -4,12 +4,16 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/audiofan/audiofan/broker"
+	"github.com/audiofan/audiofan/broker/natstest"
 	"github.com/audiofan/audiofan/codec"
 	"github.com/audiofan/audiofan/subscribers"
 	"github.com/audiofan/audiofan/subscribers/conformance"
@@ -53,4 +57,162 @@ func TestConformanceDigest(t *testing.T) {
 		NewRole: func(*testing.T, string, *nats.Conn, jetstream.JetStream) subscribers.Role { return digestRole() },
 		Result:  func(*testing.T, string, jetstream.JetStream, subscribers.CallInfo) any { return nil },
 	})
+}
+
+// groupRig runs digest replicas against a test server.
+type groupRig struct {
+	t   *testing.T
+	ns  *natstest.Server
+	js  jetstream.JetStream
+	ref broker.StreamRef
+}
+
+func newGroupRig(t *testing.T) *groupRig {
+	ns := natstest.Start(t)
+	nc, err := nats.Connect(ns.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, _ := jetstream.New(nc)
+	sc := natstest.Defaults[broker.StreamConfig](t)
+	if _, err := broker.EnsureStream(context.Background(), js, sc); err != nil {
+		t.Fatal(err)
+	}
+	return &groupRig{t: t, ns: ns, js: js, ref: sc.StreamRef}
+}
+
+func (r *groupRig) replica() *prometheus.Registry {
+	nc, err := nats.Connect(r.ns.URL())
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	js, _ := jetstream.New(nc)
+	reg := prometheus.NewRegistry()
+	g, err := subscribers.NewGroup(conformance.Config(r.t), digestRole(), r.ref, nc, js, reg, natstest.Logger())
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = g.Run(ctx) }()
+	r.t.Cleanup(func() { cancel(); <-done; nc.Close() })
+	for g.Ready() != nil {
+		time.Sleep(10 * time.Millisecond)
+	}
+	return reg
+}
+
+func (r *groupRig) publish(msgs []conformance.Msg) {
+	for _, m := range msgs {
+		data, err := codec.Marshal(m.Payload)
+		if err != nil {
+			r.t.Fatal(err)
+		}
+		if _, err := r.js.Publish(context.Background(), r.ref.Prefix+"."+m.Subject, data); err != nil {
+			r.t.Fatal(err)
+		}
+	}
+}
+
+func (r *groupRig) summaries(id string) int {
+	oc, err := r.js.OrderedConsumer(context.Background(), r.ref.Name, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{r.ref.Subjects().Events(codec.EncodeToken(id), "digest")}})
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	n := 0
+	for {
+		batch, err := oc.FetchNoWait(100)
+		if err != nil {
+			r.t.Fatal(err)
+		}
+		got := 0
+		for m := range batch.Messages() {
+			got++
+			var ev codec.Event
+			if codec.Unmarshal(m.Data(), &ev) == nil && ev.Type == "summary" {
+				n++
+			}
+		}
+		if got == 0 {
+			return n
+		}
+	}
+}
+
+func metric(t *testing.T, reg *prometheus.Registry, name, label string) float64 {
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := 0.0
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			match := label == ""
+			for _, l := range m.GetLabel() {
+				match = match || l.GetValue() == label
+			}
+			if match {
+				v += m.GetCounter().GetValue() + m.GetGauge().GetValue()
+			}
+		}
+	}
+	return v
+}
+
+func waitUntil(t *testing.T, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// A lifecycle message that comes after its call was finished (a socket
+// reconnecting late, a redelivery) does not start the call again.
+func TestFinishedCallNotDoneTwice(t *testing.T) {
+	r := newGroupRig(t)
+	reg := r.replica()
+	msgs := conformance.Default("late")
+	r.publish(msgs)
+	waitUntil(t, "the summary", func() bool { return r.summaries("late") == 1 })
+	r.publish(msgs[len(msgs)-1:]) // the ended message once more
+	r.publish(msgs[:1])           // and a started one
+	waitUntil(t, "the late messages settled", func() bool {
+		return metric(t, reg, "audiofan_subscriber_calls_total", subscribers.ResultElsewhere) >= 1 &&
+			metric(t, reg, "audiofan_subscriber_calls_owned", "") == 0
+	})
+	if n := r.summaries("late"); n != 1 {
+		t.Errorf("%d summaries, want 1", n)
+	}
+	if _, err := r.js.Consumer(context.Background(), r.ref.Name, subscribers.CallConsumer("digest", codec.EncodeToken("late"))); err == nil {
+		t.Error("the finished call's consumer is still there")
+	}
+}
+
+// A replica added later takes a share of the new calls.
+func TestNewReplicaTakesShare(t *testing.T) {
+	r := newGroupRig(t)
+	first := r.replica()
+	var second *prometheus.Registry
+	for i := range 8 {
+		if i == 4 {
+			second = r.replica()
+		}
+		id := fmt.Sprintf("share-%d", i)
+		r.publish(conformance.Default(id))
+		waitUntil(t, "summary of "+id, func() bool { return r.summaries(id) == 1 })
+	}
+	a := metric(t, first, "audiofan_subscriber_calls_total", subscribers.ResultEnded)
+	b := metric(t, second, "audiofan_subscriber_calls_total", subscribers.ResultEnded)
+	if a+b != 8 || a == 0 || b == 0 {
+		t.Errorf("calls ended by the replicas: %v and %v", a, b)
+	}
 }

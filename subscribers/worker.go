@@ -182,7 +182,7 @@ func (w *worker) consume(ctx context.Context, cons jetstream.Consumer) string {
 			w.pin = pin
 		}
 		if w.h == nil {
-			if !w.own(ctx, cons) {
+			if !w.own(ctx, cons, md) {
 				return w.release(cons, it, msg)
 			}
 			if w.complete() {
@@ -212,13 +212,12 @@ func (w *worker) consume(ctx context.Context, cons jetstream.Consumer) string {
 }
 
 // own starts the call's state on this replica, the first time the server
-// delivers to it. It reads the call from the stream's start: what the
-// previous owner applied (up to the consumer's acknowledgement floor) is
-// replayed to rebuild state, and the rest up to the present is applied,
-// since the previous owner may have held some of it undelivered when it died
-// (the server redelivers those only after the ack wait, too late to keep
-// order). The consumer's messages then pick up after it.
-func (w *worker) own(ctx context.Context, cons jetstream.Consumer) bool {
+// delivers to it (first is that message). What the previous owner applied,
+// up to the consumer's acknowledgement floor, is replayed from the stream
+// to rebuild state; what lies between the floor and first is applied: the
+// previous owner may have held it unacknowledged when it died, and the
+// server would redeliver it only after the ack wait, too late for order.
+func (w *worker) own(ctx context.Context, cons jetstream.Consumer, first *jetstream.MsgMetadata) bool {
 	for attempt := 1; ; attempt++ {
 		info, err := cons.Info(ctx)
 		var h CallHandler
@@ -226,7 +225,7 @@ func (w *worker) own(ctx context.Context, cons jetstream.Consumer) bool {
 			h, err = w.g.role.NewCall(ctx, w.call)
 			if err == nil {
 				w.h, w.processed, w.conns = h, 0, map[string]bool{}
-				err = w.catchUp(ctx, info.AckFloor.Stream)
+				err = w.catchUp(ctx, info.AckFloor.Stream, first)
 			}
 		}
 		if err == nil {
@@ -248,9 +247,12 @@ func (w *worker) own(ctx context.Context, cons jetstream.Consumer) bool {
 	}
 }
 
-// catchUp feeds the handler the call as stored so far, in order: up to floor
-// as a replay, the rest live.
-func (w *worker) catchUp(ctx context.Context, floor uint64) error {
+// catchUp feeds the handler the call's messages before first, in order: up
+// to floor as a replay, the rest live.
+func (w *worker) catchUp(ctx context.Context, floor uint64, first *jetstream.MsgMetadata) error {
+	if floor == 0 && first.Sequence.Consumer == 1 {
+		return nil // the consumer's very first delivery: nothing came before
+	}
 	if floor > 0 {
 		w.g.m.takeovers.Inc()
 	}
@@ -276,15 +278,15 @@ func (w *worker) catchUp(ctx context.Context, floor uint64) error {
 			continue
 		}
 		seq := md.Sequence.Stream
+		if seq >= first.Sequence.Stream {
+			break // the consumer delivers from here
+		}
 		if err := w.apply(ctx, msg, seq, seq <= floor, false); err != nil {
 			return err
 		}
 		w.processed = seq
 		if seq <= floor {
 			n++
-		}
-		if md.NumPending == 0 {
-			break
 		}
 	}
 	if floor > 0 {

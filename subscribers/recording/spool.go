@@ -45,12 +45,25 @@ type entry struct {
 	sum    uint64 // FNV-1a of the PCM, to find copies cheaply
 }
 
+// partBuffer is how much PCM of one participant a spool holds in memory
+// before writing it: one write per 25 frames rather than one per frame, and
+// a participant's frames lie together in the spool, so rendering reads and
+// writes them in long runs.
+const partBuffer = 16 << 10
+
 // Spool gathers one call's frames on disk until they are rendered.
 type Spool struct {
 	f     *os.File
-	size  int64
+	size  int64 // bytes written to the file
 	rate  int
-	parts map[string][]entry
+	parts map[string]*part
+}
+
+// part is one participant's frames: indexed, the last ones still buffered.
+type part struct {
+	es      []entry
+	buf     []byte
+	pending int // index in es of the first frame in buf
 }
 
 // NewSpool starts a spool in a new file under dir.
@@ -62,7 +75,7 @@ func NewSpool(dir string) (*Spool, error) {
 	if err != nil {
 		return nil, fmt.Errorf("spool: %w", err)
 	}
-	return &Spool{f: f, parts: map[string][]entry{}}, nil
+	return &Spool{f: f, parts: map[string]*part{}}, nil
 }
 
 // Close removes the spool.
@@ -77,8 +90,8 @@ func (s *Spool) Close() error {
 // Frames is how many frames were added.
 func (s *Spool) Frames() int {
 	n := 0
-	for _, es := range s.parts {
-		n += len(es)
+	for _, p := range s.parts {
+		n += len(p.es)
 	}
 	return n
 }
@@ -94,14 +107,40 @@ func (s *Spool) Add(f *codec.Frame) error {
 	} else if f.SampleRate != s.rate {
 		return fmt.Errorf("%w: %d Hz in a %d Hz call", ErrFormat, f.SampleRate, s.rate)
 	}
-	if _, err := s.f.WriteAt(f.Data, s.size); err != nil {
-		return err
+	p := s.parts[f.Participant]
+	if p == nil {
+		p = &part{buf: make([]byte, 0, partBuffer)}
+		s.parts[f.Participant] = p
+	}
+	if len(p.buf)+len(f.Data) > partBuffer {
+		if err := s.flush(p); err != nil {
+			return err
+		}
 	}
 	h := fnv.New64a()
 	h.Write(f.Data)
-	s.parts[f.Participant] = append(s.parts[f.Participant], entry{ts: f.Timestamp.UnixNano(), seq: f.Seq, off: s.size,
+	p.es = append(p.es, entry{ts: f.Timestamp.UnixNano(), seq: f.Seq, off: int64(len(p.buf)),
 		n: int32(len(f.Data)), silent: f.Silent, sum: h.Sum64()})
-	s.size += int64(len(f.Data))
+	p.buf = append(p.buf, f.Data...)
+	return nil
+}
+
+// flush writes a participant's buffered PCM at the end of the file; its
+// frames' offsets, relative to the buffer until now, become file offsets.
+// An error leaves it buffered, so the frame that met it can be added again
+// once the disk has room.
+func (s *Spool) flush(p *part) error {
+	if len(p.buf) == 0 {
+		return nil
+	}
+	if _, err := s.f.WriteAt(p.buf, s.size); err != nil {
+		return err
+	}
+	for i := p.pending; i < len(p.es); i++ {
+		p.es[i].off += s.size
+	}
+	s.size += int64(len(p.buf))
+	p.buf, p.pending = p.buf[:0], len(p.es)
 	return nil
 }
 
@@ -141,12 +180,17 @@ func (s *Spool) Render(dir string) (*Result, error) {
 	if len(s.parts) == 0 {
 		return nil, errors.New("no frames")
 	}
+	for _, p := range s.parts {
+		if err := s.flush(p); err != nil {
+			return nil, fmt.Errorf("spool: %w", err)
+		}
+	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("recording folder: %w", err)
 	}
 	start := int64(math.MaxInt64)
-	for _, es := range s.parts {
-		for _, e := range es {
+	for _, p := range s.parts {
+		for _, e := range p.es {
 			start = min(start, e.ts)
 		}
 	}
@@ -170,7 +214,7 @@ func (s *Spool) Render(dir string) (*Result, error) {
 	layouts := make([]layout, len(ids))
 	mixLen := int64(0)
 	for i, id := range ids {
-		l, err := s.layout(s.parts[id], start, slotBytes)
+		l, err := s.layout(s.parts[id].es, start, slotBytes)
 		if err != nil {
 			return nil, err
 		}
@@ -183,7 +227,7 @@ func (s *Spool) Render(dir string) (*Result, error) {
 			return nil, fmt.Errorf("recording %s: %w", dir, err)
 		}
 		tmps = append(tmps, tmp)
-		f, err := s.writeTrack(tmp, s.parts[id], layouts[i], mixLen, slotBytes)
+		f, err := s.writeTrack(tmp, s.parts[id].es, layouts[i], mixLen, slotBytes)
 		if err != nil {
 			return nil, fmt.Errorf("recording %s: %w", tmp.Name(), err)
 		}
@@ -282,18 +326,28 @@ func (s *Spool) writeTrack(out *os.File, es []entry, l layout, size, slotBytes i
 	if _, err := out.WriteAt(h[:], 0); err != nil {
 		return f, err
 	}
-	buf := make([]byte, 0, 4096)
-	for i, e := range es {
+	// Frames next to each other in the spool and on the timeline (the
+	// usual case) are copied in runs of up to 64 KiB.
+	buf := make([]byte, 64<<10)
+	for i := 0; i < len(es); {
+		e := es[i]
 		if l.place[i] < 0 || e.n == 0 {
+			i++
 			continue
 		}
-		buf = slices.Grow(buf[:0], int(e.n))[:e.n]
-		if _, err := s.f.ReadAt(buf, e.off); err != nil {
+		j, n := i+1, int64(e.n)
+		for j < len(es) && l.place[j] == l.place[j-1]+1 && es[j-1].n == int32(slotBytes) &&
+			es[j].off == es[j-1].off+int64(es[j-1].n) && n+int64(es[j].n) <= int64(len(buf)) {
+			n += int64(es[j].n)
+			j++
+		}
+		if _, err := s.f.ReadAt(buf[:n], e.off); err != nil {
 			return f, fmt.Errorf("read spool: %w", err)
 		}
-		if _, err := out.WriteAt(buf, headerLen+l.place[i]*slotBytes); err != nil {
+		if _, err := out.WriteAt(buf[:n], headerLen+l.place[i]*slotBytes); err != nil {
 			return f, err
 		}
+		i = j
 	}
 	sum, err := hashFile(out)
 	if err != nil {
