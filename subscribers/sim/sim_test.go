@@ -24,9 +24,12 @@ func startReceiver(t *testing.T, modify func(*broker.ReceiverConfig)) *natstest.
 }
 
 // The acceptance run: 20 calls × 4 participants at full speed with
-// verification: nothing lost, nothing twice, order kept.
+// verification: nothing lost, nothing twice, order kept. At full speed on a
+// busy test machine the store may fall behind for longer than the default
+// half second a socket waits before shedding; the receiver waits here
+// instead, so what is tested is the path, not the machine's speed.
 func TestVerifiedRunLosesNothing(t *testing.T) {
-	r := startReceiver(t, nil)
+	r := startReceiver(t, func(c *broker.ReceiverConfig) { c.Publish.Block = time.Minute })
 	cfg := Defaults()
 	cfg.URL, cfg.Calls, cfg.Participants, cfg.Duration, cfg.Realtime = r.URL(""), 20, 4, 3*time.Second, false
 	cfg.Verify, cfg.Transcripts, cfg.DTMF = true, true, true
