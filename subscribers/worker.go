@@ -40,7 +40,7 @@ type worker struct {
 	acked     uint64 // stream sequence last acknowledged
 	ackedAt   time.Time
 	active    time.Time // when the last message came
-	checked   time.Time // when the pin was last confirmed
+	checked   time.Time // when the pin was last confirmed, or the consumer last looked at while not owning
 	conns     map[string]bool
 	unavail   bool
 }
@@ -160,6 +160,16 @@ func (w *worker) consume(ctx context.Context, cons jetstream.Consumer) string {
 		if err != nil {
 			switch {
 			case errors.Is(err, nats.ErrTimeout):
+				if w.h == nil && w.orphaned(ctx, cons) {
+					if !w.own(ctx, cons, nil) {
+						return w.release(cons, it, nil)
+					}
+					w.pin = ""
+					if w.complete() {
+						return w.finish(ctx, cons, EndEnded)
+					}
+					continue
+				}
 				if !w.stillPinned(ctx, cons, false) {
 					continue
 				}
@@ -248,10 +258,15 @@ func (w *worker) own(ctx context.Context, cons jetstream.Consumer, first *jetstr
 }
 
 // catchUp feeds the handler the call's messages before first, in order: up
-// to floor as a replay, the rest live.
+// to floor as a replay, the rest live. Without first (an orphaned call, see
+// orphaned), it replays up to floor.
 func (w *worker) catchUp(ctx context.Context, floor uint64, first *jetstream.MsgMetadata) error {
-	if floor == 0 && first.Sequence.Consumer == 1 {
+	if first != nil && floor == 0 && first.Sequence.Consumer == 1 {
 		return nil // the consumer's very first delivery: nothing came before
+	}
+	end := floor + 1
+	if first != nil {
+		end = first.Sequence.Stream
 	}
 	if floor > 0 {
 		w.g.m.takeovers.Inc()
@@ -278,7 +293,7 @@ func (w *worker) catchUp(ctx context.Context, floor uint64, first *jetstream.Msg
 			continue
 		}
 		seq := md.Sequence.Stream
-		if seq >= first.Sequence.Stream {
+		if seq >= end {
 			break // the consumer delivers from here
 		}
 		if err := w.apply(ctx, msg, seq, seq <= floor, false); err != nil {
@@ -288,11 +303,37 @@ func (w *worker) catchUp(ctx context.Context, floor uint64, first *jetstream.Msg
 		if seq <= floor {
 			n++
 		}
+		if first == nil && md.NumPending == 0 {
+			break
+		}
 	}
 	if floor > 0 {
 		w.g.log.Info("call taken over", "call", w.call.ID, "replayed", n, "took", time.Since(start).Round(time.Millisecond))
 	}
 	return nil
+}
+
+// orphaned reports, at most once a lease, whether the call's consumer has
+// nothing left to deliver and nobody pinned although part of it was applied:
+// its owner stopped after applying everything but before finishing it. The
+// server would never deliver to this replica then (there is nothing to
+// deliver), so it takes the call over by replaying it.
+func (w *worker) orphaned(ctx context.Context, cons jetstream.Consumer) bool {
+	if time.Since(w.checked) < w.g.cfg.Lease {
+		return false
+	}
+	w.checked = time.Now()
+	info, err := cons.Info(ctx)
+	if err != nil || info.NumPending > 0 || info.NumAckPending > 0 || info.AckFloor.Stream == 0 {
+		return false
+	}
+	for _, pg := range info.PriorityGroups {
+		if pg.PinnedClientID != "" {
+			return false
+		}
+	}
+	w.g.log.Info("call left unfinished by its owner; taking it over", "call", w.call.ID)
+	return true
 }
 
 // apply decodes a message and has the handler apply it, retrying in place.

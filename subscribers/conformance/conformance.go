@@ -169,6 +169,23 @@ func Run(t *testing.T, spec Spec) {
 		a.stop()
 		check(t, b, call)
 	})
+	t.Run("stopped while finishing", func(t *testing.T) {
+		// A replica stopped after its handler's End, before the call is
+		// marked finished: every message is applied and acknowledged, so the
+		// server has nothing to deliver; another replica must still finish
+		// the call, and its output is stored once.
+		b := newBus(t, spec)
+		ending := make(chan struct{})
+		var once sync.Once
+		a := b.replica(t, func(h subscribers.CallHandler) subscribers.CallHandler {
+			return &stopInEnd{CallHandler: h, ending: func() { once.Do(func() { close(ending) }) }}
+		})
+		call := b.publish(t, nil)
+		waitChan(t, ending, "replica A to end the call")
+		a.stop()
+		b.replica(t, nil)
+		check(t, b, call)
+	})
 	t.Run("takeover after a crash", func(t *testing.T) {
 		// A replica dies mid-call without a word (its connection cut); after
 		// the lease another replica takes the call over, replays what the
@@ -241,6 +258,22 @@ func (b *blocking) Handle(ctx context.Context, d subscribers.Delivery, out *subs
 	}
 	time.Sleep(2 * time.Millisecond)
 	return b.CallHandler.Handle(ctx, d, out)
+}
+
+// stopInEnd ends the call, then has its replica stopped before the call is
+// marked finished.
+type stopInEnd struct {
+	subscribers.CallHandler
+	ending func()
+}
+
+func (s *stopInEnd) End(ctx context.Context, reason string, out *subscribers.Output) error {
+	if err := s.CallHandler.End(ctx, reason, out); err != nil {
+		return err
+	}
+	s.ending()
+	<-ctx.Done()
+	return nil
 }
 
 // bus is a NATS server with the stream, and the role's replicas on it.

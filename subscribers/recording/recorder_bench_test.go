@@ -121,9 +121,9 @@ func runRecorder(b *testing.B, ns *natstest.Server, ref broker.StreamRef, dir st
 	for {
 		mfs, _ := reg.Gather()
 		for _, mf := range mfs {
-			if mf.GetName() == "audiofan_recorder_recordings_total" {
+			if mf.GetName() == "audiofan_subscriber_calls_total" {
 				for _, m := range mf.GetMetric() {
-					if m.GetCounter().GetValue() == float64(calls) {
+					if m.GetLabel()[0].GetValue() == subscribers.ResultEnded && m.GetCounter().GetValue() == float64(calls) {
 						return
 					}
 				}
