@@ -24,6 +24,7 @@ import (
 
 	"github.com/audiofan/audiofan/broker"
 	"github.com/audiofan/audiofan/broker/natstest"
+	"github.com/audiofan/audiofan/codec"
 )
 
 func freePort(t *testing.T) string {
@@ -206,6 +207,22 @@ func TestServeAndTap(t *testing.T) {
 			t.Errorf("%s: %d bytes, %v", name, len(b), err)
 		}
 	}
+	// and analyses: the call's summary in the bucket.
+	nc, err := nats.Connect("nats://" + natsAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	kv, err := js.KeyValue(context.Background(), "call-analytics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the analytics summary", func() bool {
+		e, err := kv.Get(context.Background(), "4_3A_2B1_20call")
+		var ev codec.Event
+		return err == nil && codec.Unmarshal(e.Value(), &ev) == nil && ev.Type == "summary" && ev.Data["durationMs"] == int64(100)
+	})
 
 	if err := syscall.Kill(syscall.Getpid(), syscall.SIGTERM); err != nil {
 		t.Fatal(err)
@@ -262,6 +279,17 @@ func TestReceiverOverTLS(t *testing.T) {
 	}
 	if code := <-done; code != 0 {
 		t.Errorf("receiver exit %d:\n%s", code, errb.String())
+	}
+}
+
+func waitFor(t *testing.T, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 

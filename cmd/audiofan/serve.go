@@ -19,6 +19,7 @@ import (
 
 	"github.com/audiofan/audiofan/broker"
 	"github.com/audiofan/audiofan/subscribers"
+	"github.com/audiofan/audiofan/subscribers/analytics"
 	"github.com/audiofan/audiofan/subscribers/recording"
 )
 
@@ -68,6 +69,7 @@ type ServeSettings struct {
 	Embedded  broker.EmbeddedConfig
 	Group     subscribers.GroupConfig
 	Recording recording.Config
+	Analytics analytics.Config
 }
 
 func (s *ServeSettings) validate() error {
@@ -75,6 +77,9 @@ func (s *ServeSettings) validate() error {
 		return err
 	}
 	if err := s.Group.Validate(); err != nil {
+		return err
+	}
+	if err := s.Analytics.Validate(); err != nil {
 		return err
 	}
 	return s.Recording.Validate()
@@ -125,17 +130,26 @@ var serveRole = role{
 		reg := newRegistry()
 		subCtx, stopSubs := context.WithCancel(context.WithoutCancel(ctx))
 		defer stopSubs()
-		_, stopRecorder, err := startGroup(subCtx, url, nopts, s.Stream.StreamRef, s.Group, "audiofan serve recorder", reg, log,
-			func(ctx context.Context, js jetstream.JetStream, reg prometheus.Registerer) (subscribers.Role, func(), error) {
+		var stops []func()
+		defer func() {
+			stopSubs()
+			for _, stop := range stops {
+				stop()
+			}
+		}()
+		for name, build := range map[string]roleFactory{
+			"recorder": func(ctx context.Context, js jetstream.JetStream, reg prometheus.Registerer) (subscribers.Role, func(), error) {
 				return newRecorder(ctx, s.Recording, s.DataDir, js, reg, log)
-			})
-		if err != nil {
-			return err
+			},
+			"analytics": analyticsFactory(s.Analytics, log),
+		} {
+			_, stop, err := startGroup(subCtx, url, nopts, s.Stream.StreamRef, s.Group, "audiofan serve "+name, reg, log, build)
+			if err != nil {
+				return err
+			}
+			stops = append(stops, stop)
 		}
-		err = runReceiver(ctx, &s.ReceiverSettings, url, nopts, reg, log)
-		stopSubs()
-		stopRecorder()
-		return err
+		return runReceiver(ctx, &s.ReceiverSettings, url, nopts, reg, log)
 	},
 }
 

@@ -1,0 +1,156 @@
+package analytics
+
+import (
+	"encoding/binary"
+	"math"
+	"testing"
+	"time"
+
+	"github.com/audiofan/audiofan/codec"
+)
+
+var t0 = time.Date(2026, 11, 25, 9, 0, 0, 0, time.UTC)
+
+// tone is 20 ms at 16 kHz of a sine of amplitude amp (clipped to 16 bits),
+// or silence when amp is 0.
+func tone(i int, amp, hz float64) []byte {
+	b := make([]byte, 640)
+	for s := range 320 {
+		v := amp * math.Sin(2*math.Pi*hz*float64(i*320+s)/16000)
+		binary.LittleEndian.PutUint16(b[2*s:], uint16(int16(max(min(v, 32767), -32768))))
+	}
+	return b
+}
+
+type spurt struct{ from, to time.Duration } // [from, to)
+
+// script feeds every participant's frames for dur, interleaved as the bus
+// delivers them; each participant talks in its spurts.
+func script(a *analysis, dur time.Duration, parts map[string][]spurt, amp map[string]float64, silentFlag bool) {
+	names := []string{"alice", "bob", "carol"}
+	for i := 0; time.Duration(i)*slotDur < dur; i++ {
+		at := time.Duration(i) * slotDur
+		for p, name := range names {
+			spurts, ok := parts[name]
+			if !ok {
+				continue
+			}
+			talking := false
+			for _, s := range spurts {
+				talking = talking || (at >= s.from && at < s.to)
+			}
+			data := make([]byte, 640)
+			if talking {
+				data = tone(i, amp[name], float64(200+150*p))
+			}
+			a.add(&codec.Frame{V: 1, Participant: name, Timestamp: t0.Add(at), SampleRate: 16000, Channels: 1,
+				Encoding: codec.EncodingPCM16, Silent: silentFlag || !talking, Data: data})
+		}
+	}
+}
+
+func part(t *testing.T, s map[string]any, name string) map[string]any {
+	t.Helper()
+	for _, p := range s["participants"].([]any) {
+		if m := p.(map[string]any); m["participant"] == name {
+			return m
+		}
+	}
+	t.Fatalf("no participant %s in %v", name, s)
+	return nil
+}
+
+// within checks a duration in ms against the truth, to one frame.
+func within(t *testing.T, what string, got any, want time.Duration) {
+	t.Helper()
+	g := got.(int64)
+	if d := time.Duration(g)*time.Millisecond - want; d.Abs() > slotDur {
+		t.Errorf("%s = %d ms, want %v (±20 ms)", what, g, want)
+	}
+}
+
+// Tones and silences with exact on and off times: talk, turns, monologue,
+// overtalk and dead air within one frame of the truth.
+func TestKnownAnswers(t *testing.T) {
+	a := newAnalysis(3 * time.Second)
+	s := func(from, to float64) spurt {
+		return spurt{time.Duration(from * float64(time.Second)), time.Duration(to * float64(time.Second))}
+	}
+	script(a, 10*time.Second, map[string][]spurt{
+		"alice": {s(0.5, 2.5), s(8, 9)}, // 2 s, then 1 s
+		"bob":   {s(2, 4), s(4.1, 4.5)}, // overlaps alice 0.5 s; a 100 ms pause inside is no turn
+	}, map[string]float64{"alice": 6000, "bob": 6000}, false)
+	sum := a.summary(true)
+	alice, bob := part(t, sum, "alice"), part(t, sum, "bob")
+	within(t, "call", sum["durationMs"], 10*time.Second)
+	within(t, "alice talk", alice["talkMs"], 3*time.Second)
+	within(t, "alice silence", alice["silenceMs"], 7*time.Second)
+	within(t, "alice longest", alice["longestMonologueMs"], 2*time.Second)
+	within(t, "bob talk", bob["talkMs"], 2500*time.Millisecond)
+	within(t, "bob longest", bob["longestMonologueMs"], 2500*time.Millisecond)
+	if alice["turns"] != 2 || bob["turns"] != 1 {
+		t.Errorf("turns: alice %v, bob %v", alice["turns"], bob["turns"])
+	}
+	within(t, "overtalk", sum["overtalkMs"], 500*time.Millisecond)
+	within(t, "dead air", sum["deadAirMs"], 3500*time.Millisecond) // 4.5 s to 8 s; the 0.5 s at the start is too short
+	within(t, "longest dead air", sum["longestDeadAirMs"], 3500*time.Millisecond)
+	if sum["overtalkCount"] != int64(1) || sum["deadAirCount"] != int64(1) {
+		t.Errorf("counts: overtalk %v, dead air %v", sum["overtalkCount"], sum["deadAirCount"])
+	}
+	if share := alice["talkShare"].(float64); math.Abs(share-3.0/5.5) > 0.01 {
+		t.Errorf("alice's share %.3f, want %.3f", share, 3.0/5.5)
+	}
+	// A 6000-amplitude tone is about -17 dBFS: a healthy level; no clipping;
+	// the ACS flag (set by the script where the tone is) agrees.
+	if alice["level"] != "ok" || alice["clippedFrames"] != 0 || alice["acsAgreement"].(float64) < 0.99 {
+		t.Errorf("alice: %v", alice)
+	}
+}
+
+// A clipped loud speaker, a quiet one, and ACS flags that disagree.
+func TestLevelsClippingAndFlags(t *testing.T) {
+	a := newAnalysis(3 * time.Second)
+	s := spurt{time.Second, 3 * time.Second}
+	script(a, 4*time.Second, map[string][]spurt{"alice": {s}, "bob": {s}, "carol": nil},
+		map[string]float64{"alice": 60000, "bob": 300}, true)
+	sum := a.summary(true)
+	alice, bob, carol := part(t, sum, "alice"), part(t, sum, "bob"), part(t, sum, "carol")
+	if alice["clippedFrames"].(int) < 95 || alice["peakDbfs"].(float64) < -0.1 || alice["level"] != "high" {
+		t.Errorf("clipped speaker: %v", alice)
+	}
+	if bob["level"] != "low" || bob["clippedFrames"] != 0 {
+		t.Errorf("quiet speaker: %v", bob)
+	}
+	if carol["level"] != "silent" || carol["talkMs"] != int64(0) || carol["turns"] != 0 {
+		t.Errorf("silent participant: %v", carol)
+	}
+	// ACS said silent throughout: every frame VAD heard speech in disagrees.
+	if n := alice["vadSpeechAcsSilentFrames"].(int); n < 99 || n > 101 {
+		t.Errorf("VAD speech flagged silent by ACS: %d frames, want 100", n)
+	}
+	within(t, "overtalk", sum["overtalkMs"], 2*time.Second)
+}
+
+// A live summary counts the open segment up to now; missing frames are
+// silence; a participant joining late is on the same clock.
+func TestLiveAndGaps(t *testing.T) {
+	a := newAnalysis(time.Second)
+	for i := range 100 {
+		if i >= 40 && i < 60 {
+			continue // 400 ms lost on the way
+		}
+		amp := 6000.0
+		if i < 5 {
+			amp = 0 // the line's quiet before the first word: its floor
+		}
+		a.add(&codec.Frame{Participant: "x", Timestamp: t0.Add(time.Duration(i) * slotDur), Channels: 1,
+			Encoding: codec.EncodingPCM16, Data: tone(i, amp, 300)})
+	}
+	live := part(t, a.summary(false), "x")
+	// 100-800 ms and 1200-2000 ms talking; the 400 ms hole is longer than
+	// the hangover, so two turns; the second still open, counted to now.
+	within(t, "live talk", live["talkMs"], 1500*time.Millisecond)
+	if live["turns"] != 2 {
+		t.Errorf("live turns %v", live["turns"])
+	}
+}

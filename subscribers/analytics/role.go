@@ -1,0 +1,174 @@
+package analytics
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/audiofan/audiofan/broker"
+	"github.com/audiofan/audiofan/codec"
+	"github.com/audiofan/audiofan/subscribers"
+)
+
+// RoleName is the analytics role: its consumers, metrics and event source.
+const RoleName = "analytics"
+
+// Config is the analytics settings.
+type Config struct {
+	Interval time.Duration `env:"AUDIOFAN_ANALYTICS_INTERVAL" envDefault:"5s" help:"an analytics event every this much call time while a call runs (0 = only the final summary)"`
+	DeadAir  time.Duration `env:"AUDIOFAN_ANALYTICS_DEAD_AIR" envDefault:"3s" help:"silence of everyone for at least this long counts as dead air"`
+	Bucket   string        `env:"AUDIOFAN_ANALYTICS_BUCKET" envDefault:"call-analytics" help:"KV bucket holding each call's latest summary (key: the call token)"`
+	TTL      time.Duration `env:"AUDIOFAN_ANALYTICS_TTL" envDefault:"168h" help:"how long a summary stays in the bucket"`
+}
+
+// Validate checks the settings.
+func (c Config) Validate() error {
+	switch {
+	case c.Interval < 0 || (c.Interval > 0 && c.Interval < slotDur):
+		return fmt.Errorf("AUDIOFAN_ANALYTICS_INTERVAL %s: want 0 or at least 20ms", c.Interval)
+	case c.DeadAir < slotDur:
+		return fmt.Errorf("AUDIOFAN_ANALYTICS_DEAD_AIR %s: want at least 20ms", c.DeadAir)
+	case c.Bucket == "":
+		return errors.New("AUDIOFAN_ANALYTICS_BUCKET is empty")
+	}
+	return nil
+}
+
+// Analytics is the role.
+type Analytics struct {
+	cfg Config
+	kv  jetstream.KeyValue
+	log *slog.Logger
+
+	inProgress prometheus.Gauge
+	seconds    *prometheus.CounterVec
+}
+
+// New prepares the role and its KV bucket; metrics register on reg.
+func New(ctx context.Context, cfg Config, js jetstream.JetStream, reg prometheus.Registerer, log *slog.Logger) (*Analytics, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: cfg.Bucket, History: 1, TTL: cfg.TTL,
+		Description: "audiofan analytics: the latest summary of each call"})
+	if err != nil {
+		return nil, fmt.Errorf("analytics bucket %s: %w", cfg.Bucket, err)
+	}
+	a := &Analytics{cfg: cfg, kv: kv, log: log.With("role", RoleName),
+		inProgress: prometheus.NewGauge(prometheus.GaugeOpts{Name: "audiofan_analytics_calls_in_progress",
+			Help: "Calls this replica is analysing."}),
+		seconds: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "audiofan_analytics_seconds_total",
+			Help: "Call time of finished calls, by kind: talk and silence (summed over participants), overtalk, dead_air, call."},
+			[]string{"kind"}),
+	}
+	for _, c := range []prometheus.Collector{a.inProgress, a.seconds} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("analytics metrics: %w", err)
+		}
+	}
+	for _, k := range []string{"talk", "silence", "overtalk", "dead_air", "call"} {
+		a.seconds.WithLabelValues(k)
+	}
+	return a, nil
+}
+
+// Role is analytics as the subscriber framework runs it.
+func (a *Analytics) Role() subscribers.Role {
+	return subscribers.Role{Name: RoleName, Kinds: []string{broker.KindAudio},
+		NewCall: func(_ context.Context, c subscribers.CallInfo) (subscribers.CallHandler, error) {
+			a.inProgress.Inc()
+			return &callAnalysis{a: a, call: c, an: newAnalysis(a.cfg.DeadAir)}, nil
+		}}
+}
+
+type callAnalysis struct {
+	a      *Analytics
+	call   subscribers.CallInfo
+	an     *analysis
+	next   int64 // call time (slots) of the next live event
+	closed bool
+}
+
+func (c *callAnalysis) Handle(ctx context.Context, d subscribers.Delivery, out *subscribers.Output) error {
+	f, ok := d.Payload.(*codec.Frame)
+	if !ok {
+		return nil
+	}
+	if f.Channels != 1 || f.Encoding != codec.EncodingPCM16 || len(f.Data)%2 != 0 {
+		return subscribers.Permanent(fmt.Errorf("frame format: %d channels, %q, %d bytes", f.Channels, f.Encoding, len(f.Data)))
+	}
+	c.an.add(f)
+	if c.a.cfg.Interval == 0 {
+		return nil
+	}
+	every := int64(c.a.cfg.Interval / slotDur)
+	if c.next == 0 {
+		c.next = every
+	}
+	if c.an.max-c.an.min+1 < c.next {
+		return nil
+	}
+	// The event's time is the call time it covers, not the clock: the same
+	// messages give the same events on any replica.
+	for c.next <= c.an.max-c.an.min+1 {
+		c.next += every
+	}
+	return c.publish(ctx, out, "progress", c.an.summary(false), d.Replay)
+}
+
+func (c *callAnalysis) End(ctx context.Context, reason string, out *subscribers.Output) error {
+	data := c.an.summary(true)
+	data["reason"] = reason
+	if err := c.publish(ctx, out, "summary", data, false); err != nil {
+		return err
+	}
+	c.count(data)
+	return nil
+}
+
+// publish emits the event and keeps the summary as the call's latest; a
+// replay does neither (the previous owner did).
+func (c *callAnalysis) publish(ctx context.Context, out *subscribers.Output, typ string, data map[string]any, replay bool) error {
+	if replay {
+		return nil
+	}
+	ev := codec.Event{Type: typ, Data: data, At: c.an.origin.Add(time.Duration(c.an.max) * slotDur).UTC()}
+	if err := out.Emit(ctx, ev); err != nil {
+		return err
+	}
+	ev.V, ev.Call, ev.Source = codec.Version, c.call.ID, RoleName
+	b, err := codec.Marshal(&ev)
+	if err != nil {
+		return subscribers.Permanent(err)
+	}
+	if _, err := c.a.kv.Put(ctx, c.call.Token, b); err != nil {
+		return fmt.Errorf("%w: analytics bucket: %w", subscribers.ErrUnavailable, err)
+	}
+	return nil
+}
+
+// count adds a finished call to the aggregate metrics.
+func (c *callAnalysis) count(data map[string]any) {
+	sec := func(v any) float64 { return float64(v.(int64)) / 1000 }
+	for _, p := range data["participants"].([]any) {
+		m := p.(map[string]any)
+		c.a.seconds.WithLabelValues("talk").Add(sec(m["talkMs"]))
+		c.a.seconds.WithLabelValues("silence").Add(sec(m["silenceMs"]))
+	}
+	c.a.seconds.WithLabelValues("overtalk").Add(sec(data["overtalkMs"]))
+	c.a.seconds.WithLabelValues("dead_air").Add(sec(data["deadAirMs"]))
+	c.a.seconds.WithLabelValues("call").Add(sec(data["durationMs"]))
+}
+
+func (c *callAnalysis) Close() error {
+	if !c.closed {
+		c.closed = true
+		c.a.inProgress.Dec()
+	}
+	return nil
+}
