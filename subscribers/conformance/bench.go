@@ -1,0 +1,189 @@
+package conformance
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"math"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/audiofan/audiofan/broker"
+	"github.com/audiofan/audiofan/broker/natstest"
+	"github.com/audiofan/audiofan/codec"
+	"github.com/audiofan/audiofan/subscribers"
+)
+
+// Throughput benchmarks a role end to end on the bus: calls of parts
+// participant streams, seconds long each, are stored first (16 kHz tones
+// taking turns); each run is a fresh replica of the role consuming them all
+// until every call is finished. Beside it, in the same run, the baseline: a
+// plain ordered consumer that only reads and decodes the same frames.
+// Reported: frames/s, frames per CPU-second (the NATS server, in this
+// process, included), how many times faster than the streams are produced
+// live (x-realtime), and the ratio to the plain consumer.
+func Throughput(b *testing.B, calls, parts, seconds int, newRole func(b *testing.B, dir string, js jetstream.JetStream, reg prometheus.Registerer) subscribers.Role) {
+	ns := natstest.Start(b)
+	nc, err := nats.Connect(ns.URL())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	sc := natstest.Defaults[broker.StreamConfig](b)
+	ctx := context.Background()
+	if _, err := broker.EnsureStream(ctx, js, sc); err != nil {
+		b.Fatal(err)
+	}
+	frames := storeCalls(b, js, sc.Subjects(), calls, parts, seconds)
+	var plain, run, cpu time.Duration
+	name := ""
+	for b.Loop() {
+		b.StopTimer()
+		start := time.Now()
+		plainRead(b, js, sc.StreamRef, frames)
+		plain += time.Since(start)
+		if name != "" { // start the role over: a new consumer, nothing remembered
+			_ = js.DeleteConsumer(ctx, sc.Name, subscribers.DispatchConsumer(name))
+			_ = js.DeleteKeyValue(ctx, sc.Name+"-"+name+"-done")
+		}
+		dir := b.TempDir()
+		b.StartTimer()
+
+		cpu0 := cpuTime()
+		start = time.Now()
+		name = runRole(b, ns, sc.StreamRef, calls, func(js jetstream.JetStream, reg prometheus.Registerer) subscribers.Role {
+			return newRole(b, dir, js, reg)
+		})
+		run += time.Since(start)
+		cpu += cpuTime() - cpu0
+	}
+	n := float64(b.N)
+	perRun := run.Seconds() / n
+	b.ReportMetric(float64(frames)/perRun, "frames/s")
+	b.ReportMetric(float64(frames)*n/cpu.Seconds(), "frames/cpu-s")
+	b.ReportMetric(float64(frames)/perRun/float64(calls*parts*50), "x-realtime")
+	b.ReportMetric(plain.Seconds()/run.Seconds(), "x-plain-consumer")
+}
+
+// storeCalls publishes the benchmark's calls and returns their frame count.
+func storeCalls(b *testing.B, js jetstream.JetStream, subj broker.Subjects, calls, parts, seconds int) int {
+	t0 := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	frames := 0
+	pub := func(subject string, v any) {
+		data, err := codec.Marshal(v)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := js.PublishAsync(subject, data); err != nil {
+			b.Fatal(err)
+		}
+	}
+	voices := make([][]byte, parts)
+	for p := range voices {
+		voices[p] = toneFrame(p)
+	}
+	for c := range calls {
+		id := fmt.Sprintf("bench-%02d", c)
+		tok := codec.EncodeToken(id)
+		pub(subj.Lifecycle(tok), &codec.Lifecycle{V: 1, Call: id, Type: codec.LifecycleStarted, Connection: id, SampleRate: 16000, Channels: 1})
+		for i := range seconds * 50 {
+			for p := range parts {
+				part := fmt.Sprintf("8:acs:p%d", p)
+				data := make([]byte, 640)
+				if (i/100)%parts == p { // two-second turns
+					data = voices[p]
+				}
+				pub(subj.Audio(tok, codec.EncodeToken(part)), &codec.Frame{V: 1, Call: id, Participant: part, Seq: uint64(i + 1),
+					Timestamp: t0.Add(time.Duration(i) * 20 * time.Millisecond), SampleRate: 16000, Channels: 1,
+					Encoding: codec.EncodingPCM16, Data: data})
+				frames++
+			}
+		}
+		pub(subj.Lifecycle(tok), &codec.Lifecycle{V: 1, Call: id, Type: codec.LifecycleEnded, Connection: id})
+		<-js.PublishAsyncComplete()
+	}
+	return frames
+}
+
+// runRole runs one replica until every call is finished; it returns the
+// role's name.
+func runRole(b *testing.B, ns *natstest.Server, ref broker.StreamRef, calls int, build func(jetstream.JetStream, prometheus.Registerer) subscribers.Role) string {
+	nc, err := nats.Connect(ns.URL())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	reg := prometheus.NewRegistry()
+	role := build(js, reg)
+	g, err := subscribers.NewGroup(Config(b), role, ref, nc, js, reg, natstest.Logger())
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = g.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	for {
+		mfs, _ := reg.Gather()
+		for _, mf := range mfs {
+			if mf.GetName() != "audiofan_subscriber_calls_total" {
+				continue
+			}
+			for _, m := range mf.GetMetric() {
+				for _, l := range m.GetLabel() {
+					if l.GetName() == "result" && l.GetValue() == subscribers.ResultEnded && m.GetCounter().GetValue() == float64(calls) {
+						return role.Name
+					}
+				}
+			}
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// plainRead reads and decodes every frame with one ordered consumer.
+func plainRead(b *testing.B, js jetstream.JetStream, ref broker.StreamRef, frames int) {
+	oc, err := js.OrderedConsumer(context.Background(), ref.Name, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{ref.Prefix + ".*.audio.>"}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	it, err := oc.Messages()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer it.Stop()
+	var f codec.Frame
+	for range frames {
+		m, err := it.Next()
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := codec.Unmarshal(m.Data(), &f); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// toneFrame is 20 ms of a participant's voice: a tone of its own pitch.
+func toneFrame(p int) []byte {
+	b := make([]byte, 640)
+	for s := range 320 {
+		v := int16(6000 * math.Sin(2*math.Pi*float64((200+100*p)*s)/16000))
+		binary.LittleEndian.PutUint16(b[2*s:], uint16(v))
+	}
+	return b
+}
+
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
