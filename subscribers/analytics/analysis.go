@@ -15,7 +15,7 @@ import (
 )
 
 // slotDur is ACS's frame length: the call's time grid.
-const slotDur = 20 * time.Millisecond
+const slotDur = speech.SlotDur
 
 // Speech levels (dBFS, RMS over a participant's speech) a listener finds
 // comfortable; outside them a line is reported too quiet or too loud.
@@ -28,7 +28,7 @@ const (
 // their order, so a replay after a takeover gives the same figures.
 type analysis struct {
 	deadAir   int64 // slots of silence that count as dead air
-	origin    time.Time
+	clock     speech.Clock
 	started   bool
 	min, max  int64 // slots seen
 	parts     map[string]*talker
@@ -55,15 +55,8 @@ func newAnalysis(deadAir time.Duration) *analysis {
 
 // add takes one frame.
 func (a *analysis) add(f *codec.Frame) {
-	if !a.started {
-		a.origin, a.started = f.Timestamp, true
-		a.min, a.max = 0, 0
-	}
-	d := f.Timestamp.Sub(a.origin)
-	slot := int64((d + slotDur/2) / slotDur)
-	if d < 0 {
-		slot = -int64((-d + slotDur/2) / slotDur)
-	}
+	slot := a.clock.Slot(f.Timestamp)
+	a.started = true
 	a.min, a.max = min(a.min, slot), max(a.max, slot)
 	t := a.parts[f.Participant]
 	if t == nil {

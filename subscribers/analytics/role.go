@@ -137,7 +137,7 @@ func (c *callAnalysis) publish(ctx context.Context, out *subscribers.Output, typ
 	if replay {
 		return nil
 	}
-	ev := codec.Event{Type: typ, Data: data, At: c.an.origin.Add(time.Duration(c.an.max) * slotDur).UTC()}
+	ev := codec.Event{Type: typ, Data: data, At: c.an.clock.Time(c.an.max)}
 	if err := out.Emit(ctx, ev); err != nil {
 		return err
 	}
