@@ -249,8 +249,8 @@ rules:
 	}
 	c := call{id: "transcripts", parts: []string{"alice"}, n: 10, amp: func(int, int) float64 { return 0 }, lines: []codec.Transcript{
 		line(1, "alice", "You IDIOT, that was idiotic"),
-		line(3, "alice", "idiot again"), // within the cooldown: no event
-		line(5, "bob", "idiot from bob"), // the cooldown is the rule's in the call, whoever speaks
+		line(3, "alice", "idiot again"),      // within the cooldown: no event
+		line(5, "bob", "idiot from bob"),     // the cooldown is the rule's in the call, whoever speaks
 		line(12, "alice", "idiot once more"), // past it
 		line(14, "bob", "Please cancel the card 4111 1111 1111 1111, mail me at bob@example.com"),
 		line(16, "bob", "a number 4111 1111 1111 1112 that fails Luhn"),
