@@ -20,6 +20,7 @@ import (
 	"github.com/audiofan/audiofan/broker"
 	"github.com/audiofan/audiofan/subscribers"
 	"github.com/audiofan/audiofan/subscribers/analytics"
+	"github.com/audiofan/audiofan/subscribers/moderation"
 	"github.com/audiofan/audiofan/subscribers/recording"
 )
 
@@ -65,11 +66,12 @@ func (s *ReceiverSettings) validate() error {
 // ServeSettings add the embedded server to the receiver's.
 type ServeSettings struct {
 	ReceiverSettings
-	DataDir   string `env:"AUDIOFAN_DATA_DIR" envDefault:"./data" help:"embedded JetStream store (jetstream/) and recordings (recordings/)"`
-	Embedded  broker.EmbeddedConfig
-	Group     subscribers.GroupConfig
-	Recording recording.Config
-	Analytics analytics.Config
+	DataDir    string `env:"AUDIOFAN_DATA_DIR" envDefault:"./data" help:"embedded JetStream store (jetstream/) and recordings (recordings/)"`
+	Embedded   broker.EmbeddedConfig
+	Group      subscribers.GroupConfig
+	Recording  recording.Config
+	Analytics  analytics.Config
+	Moderation moderation.Config
 }
 
 func (s *ServeSettings) validate() error {
@@ -142,6 +144,7 @@ var serveRole = role{
 				return newRecorder(ctx, s.Recording, s.DataDir, js, reg, log)
 			},
 			"analytics": analyticsFactory(s.Analytics, log),
+			"moderator": moderatorFactory(subCtx, s.Moderation, s.Stream.Subjects(), log),
 		} {
 			_, stop, err := startGroup(subCtx, url, nopts, s.Stream.StreamRef, s.Group, "audiofan serve "+name, reg, log, build)
 			if err != nil {

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -285,32 +286,59 @@ func (c *callModerator) frame(ctx context.Context, f *codec.Frame, out *subscrib
 }
 
 func (c *callModerator) transcript(ctx context.Context, t *codec.Transcript, out *subscribers.Output, replay bool) error {
-	spans := sensitive(t.Text)
-	masked := mask(t.Text, spans)
-	c.words = words(t.Text, c.words)
 	now := t.Offset / 10_000 // 100 ns ticks to ms
-	for _, r := range c.m.Rules().List {
+	for _, h := range matchTranscript(c.m.Rules(), t.Text, &c.words) {
+		if err := c.hit(ctx, out, h.rule, t.Participant, now, t.ReceivedAt, h.evidence, replay); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// match is a transcript rule that hit, with its evidence.
+type match struct {
+	rule     *Rule
+	evidence map[string]any
+}
+
+// matchTranscript runs the transcript rules on a text. Every piece of text
+// in the evidence has sensitive data masked, whichever rule hit. words is a
+// buffer kept between calls.
+func matchTranscript(rs *Rules, text string, words *[]string) []match {
+	var out []match
+	var spans []span
+	masked, analysed := "", false
+	analyse := func() {
+		if !analysed {
+			spans = sensitive(text)
+			masked = mask(text, spans)
+			analysed = true
+		}
+	}
+	*words = wordsOf(text, (*words)[:0])
+	for _, r := range rs.List {
 		var ev map[string]any
 		switch r.Kind {
 		case KindKeywords:
-			if found := r.phrases.find(c.words); len(found) > 0 {
+			if found := r.phrases.find(*words); len(found) > 0 {
+				analyse()
 				ev = map[string]any{"text": masked, "matches": found}
 			}
 		case KindRegex:
-			if ms := r.re.FindAllString(t.Text, -1); len(ms) > 0 {
+			if ms := r.re.FindAllString(text, -1); len(ms) > 0 {
+				analyse()
 				for i, s := range ms {
 					ms[i] = mask(s, sensitive(s)) // no sensitive value leaks through a pattern
 				}
 				ev = map[string]any{"text": masked, "matches": ms}
 			}
 		case KindSensitive:
+			analyse()
 			var kinds, values []string
 			for _, s := range spans {
-				for _, want := range r.types {
-					if s.kind == want {
-						kinds = append(kinds, s.kind)
-						values = append(values, mask(t.Text[s.start:s.end], []span{{s.kind, 0, s.end - s.start}}))
-					}
+				if slices.Contains(r.types, s.kind) {
+					kinds = append(kinds, s.kind)
+					values = append(values, mask(text[s.start:s.end], []span{{s.kind, 0, s.end - s.start}}))
 				}
 			}
 			if len(kinds) > 0 {
@@ -318,12 +346,10 @@ func (c *callModerator) transcript(ctx context.Context, t *codec.Transcript, out
 			}
 		}
 		if ev != nil {
-			if err := c.hit(ctx, out, r, t.Participant, now, t.ReceivedAt, ev, replay); err != nil {
-				return err
-			}
+			out = append(out, match{r, ev})
 		}
 	}
-	return nil
+	return out
 }
 
 // hit raises a rule's event and takes its action, unless the rule hit in

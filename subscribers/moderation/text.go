@@ -9,9 +9,9 @@ import (
 	"golang.org/x/text/unicode/norm"
 )
 
-// words splits text into lower-case words with accents removed: letters and
+// wordsOf splits text into lower-case words with accents removed: letters and
 // digits, everything else a separator. "Crème Brûlée!" gives [creme brulee].
-func words(text string, dst []string) []string {
+func wordsOf(text string, dst []string) []string {
 	dst = dst[:0]
 	if !isASCII(text) {
 		text = norm.NFD.String(text)
@@ -59,7 +59,7 @@ type phrases struct {
 func newPhrases(list []string) *phrases {
 	p := &phrases{byFirst: map[string][][]string{}}
 	for _, s := range list {
-		ws := words(s, nil)
+		ws := wordsOf(s, nil)
 		if len(ws) == 0 {
 			continue
 		}

@@ -6,7 +6,7 @@ import (
 )
 
 func TestWordsAndPhrases(t *testing.T) {
-	if got := words("Crème BRÛLÉE, s'il-vous-plaît! 42x", nil); !slices.Equal(got, []string{"creme", "brulee", "s", "il", "vous", "plait", "42x"}) {
+	if got := wordsOf("Crème BRÛLÉE, s'il-vous-plaît! 42x", nil); !slices.Equal(got, []string{"creme", "brulee", "s", "il", "vous", "plait", "42x"}) {
 		t.Errorf("words: %q", got)
 	}
 	p := newPhrases([]string{"idiot", "Shut Up", "crème brûlée"})
@@ -19,7 +19,7 @@ func TestWordsAndPhrases(t *testing.T) {
 		"idiot, idiot! shut up, idiot": {"idiot", "shut up"},
 		"":                             nil,
 	} {
-		if got := p.find(words(text, nil)); !slices.Equal(got, want) {
+		if got := p.find(wordsOf(text, nil)); !slices.Equal(got, want) {
 			t.Errorf("%q: found %q, want %q", text, got, want)
 		}
 	}
