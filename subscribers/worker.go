@@ -38,6 +38,7 @@ type worker struct {
 	processed uint64 // stream sequence of the last message applied
 	last      jetstream.Msg
 	acked     uint64 // stream sequence last acknowledged
+	dseq      uint64 // the consumer's delivery sequence of the last message delivered here
 	ackedAt   time.Time
 	active    time.Time // when the last message came
 	checked   time.Time // when the pin was last confirmed, or the consumer last looked at while not owning
@@ -191,15 +192,33 @@ func (w *worker) consume(ctx context.Context, cons jetstream.Consumer) string {
 		if pin := msg.Headers().Get("Nats-Pin-Id"); pin != "" {
 			w.pin = pin
 		}
-		if w.h == nil {
+		seq := md.Sequence.Stream
+		switch {
+		case w.h == nil:
 			if !w.own(ctx, cons, md) {
 				return w.release(cons, it, msg)
 			}
 			if w.complete() {
 				return w.finish(ctx, cons, EndEnded)
 			}
+		case seq > w.processed && (md.NumDelivered > 1 || md.Sequence.Consumer != w.dseq+1):
+			// Not the next delivery after the last one: deliveries were
+			// lost on the way (a reconnect dropped what the client held),
+			// or this is a redelivery, and the server sends those between
+			// new messages. Read what may lie between from the stream, so
+			// nothing is skipped.
+			if err := w.catchUp(ctx, w.processed+1, w.processed); err != nil {
+				if ctx.Err() != nil {
+					return w.release(cons, it, msg)
+				}
+				w.g.log.Warn("call catch-up", "call", w.call.ID, "err", err)
+				continue // the message comes again after the ack wait
+			}
+			if w.complete() {
+				return w.finish(ctx, cons, EndEnded)
+			}
 		}
-		seq := md.Sequence.Stream
+		w.dseq = max(w.dseq, md.Sequence.Consumer)
 		if seq <= w.processed {
 			// Applied already: read while catching up, or redelivered
 			// because its ack was pending. Acknowledging it covers the rest.
@@ -222,11 +241,13 @@ func (w *worker) consume(ctx context.Context, cons jetstream.Consumer) string {
 }
 
 // own starts the call's state on this replica, the first time the server
-// delivers to it (first is that message). What the previous owner applied,
-// up to the consumer's acknowledgement floor, is replayed from the stream
-// to rebuild state; what lies between the floor and first is applied: the
-// previous owner may have held it unacknowledged when it died, and the
-// server would redeliver it only after the ack wait, too late for order.
+// delivers to it (first is that message; nil for an orphaned call). Unless
+// first is the consumer's very first delivery, the call is read from the
+// stream up to its end: what the previous owner applied (up to the
+// consumer's acknowledgement floor) is replayed to rebuild state, the rest
+// applied. The previous owner may have held messages unacknowledged when it
+// stopped; the server redelivers them after the ack wait, between new
+// messages, too late for order: read here, they are skipped when they come.
 func (w *worker) own(ctx context.Context, cons jetstream.Consumer, first *jetstream.MsgMetadata) bool {
 	for attempt := 1; ; attempt++ {
 		info, err := cons.Info(ctx)
@@ -234,8 +255,14 @@ func (w *worker) own(ctx context.Context, cons jetstream.Consumer, first *jetstr
 		if err == nil {
 			h, err = w.g.role.NewCall(ctx, w.call)
 			if err == nil {
-				w.h, w.processed, w.conns = h, 0, map[string]bool{}
-				err = w.catchUp(ctx, info.AckFloor.Stream, first)
+				w.h, w.processed, w.dseq, w.conns = h, 0, 0, map[string]bool{}
+				floor := info.AckFloor.Stream
+				if floor > 0 {
+					w.g.m.takeovers.Inc()
+				}
+				if first == nil || first.NumDelivered > 1 || first.Sequence.Consumer > 1 {
+					err = w.catchUp(ctx, 1, floor)
+				}
 			}
 		}
 		if err == nil {
@@ -257,22 +284,15 @@ func (w *worker) own(ctx context.Context, cons jetstream.Consumer, first *jetstr
 	}
 }
 
-// catchUp feeds the handler the call's messages before first, in order: up
-// to floor as a replay, the rest live. Without first (an orphaned call, see
-// orphaned), it replays up to floor.
-func (w *worker) catchUp(ctx context.Context, floor uint64, first *jetstream.MsgMetadata) error {
-	if first != nil && floor == 0 && first.Sequence.Consumer == 1 {
-		return nil // the consumer's very first delivery: nothing came before
-	}
-	end := floor + 1
-	if first != nil {
-		end = first.Sequence.Stream
-	}
-	if floor > 0 {
-		w.g.m.takeovers.Inc()
-	}
+// catchUp feeds the handler the call's messages stored from stream sequence
+// from to the stream's end, in order: up to floor as a replay, the rest live.
+func (w *worker) catchUp(ctx context.Context, from, floor uint64) error {
 	cfg := w.consumerConfig()
-	oc, err := w.g.stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: cfg.FilterSubjects})
+	occ := jetstream.OrderedConsumerConfig{FilterSubjects: cfg.FilterSubjects}
+	if from > 1 {
+		occ.DeliverPolicy, occ.OptStartSeq = jetstream.DeliverByStartSequencePolicy, from
+	}
+	oc, err := w.g.stream.OrderedConsumer(ctx, occ)
 	if err != nil {
 		return fmt.Errorf("read call %s: %w", w.call.ID, err)
 	}
@@ -282,33 +302,31 @@ func (w *worker) catchUp(ctx context.Context, floor uint64, first *jetstream.Msg
 	}
 	defer it.Stop()
 	start := time.Now()
-	n := 0
+	replayed := 0
 	for {
 		msg, err := it.Next(jetstream.NextMaxWait(10 * time.Second))
 		if err != nil {
-			return fmt.Errorf("read call %s from its start: %w", w.call.ID, err)
+			return fmt.Errorf("read call %s from %d: %w", w.call.ID, from, err)
 		}
 		md, err := msg.Metadata()
 		if err != nil {
 			continue
 		}
-		seq := md.Sequence.Stream
-		if seq >= end {
-			break // the consumer delivers from here
+		if seq := md.Sequence.Stream; seq > w.processed {
+			if err := w.apply(ctx, msg, seq, seq <= floor, false); err != nil {
+				return err
+			}
+			w.processed = seq
+			if seq <= floor {
+				replayed++
+			}
 		}
-		if err := w.apply(ctx, msg, seq, seq <= floor, false); err != nil {
-			return err
-		}
-		w.processed = seq
-		if seq <= floor {
-			n++
-		}
-		if first == nil && md.NumPending == 0 {
+		if md.NumPending == 0 {
 			break
 		}
 	}
-	if floor > 0 {
-		w.g.log.Info("call taken over", "call", w.call.ID, "replayed", n, "took", time.Since(start).Round(time.Millisecond))
+	if replayed > 0 {
+		w.g.log.Info("call taken over", "call", w.call.ID, "replayed", replayed, "took", time.Since(start).Round(time.Millisecond))
 	}
 	return nil
 }

@@ -187,20 +187,25 @@ func Run(t *testing.T, spec Spec) {
 		check(t, b, call)
 	})
 	t.Run("takeover after a crash", func(t *testing.T) {
-		// A replica dies mid-call without a word (its connection cut); after
-		// the lease another replica takes the call over, replays what the
-		// first applied, and the output is unchanged: nothing lost, nothing
+		// A replica dies mid-call without a word (its connection cut), holding
+		// messages delivered but not applied; after the lease another replica
+		// takes the call over while the call goes on (so the server's
+		// redeliveries come between new messages), replays what the first
+		// applied, and the output is unchanged: nothing lost, nothing
 		// emitted twice.
 		b := newBus(t, spec)
 		gate := make(chan struct{})
 		var once sync.Once
 		a := b.replica(t, func(h subscribers.CallHandler) subscribers.CallHandler {
-			return &blocking{CallHandler: h, after: 300, reached: func() { once.Do(func() { close(gate) }) }}
+			return &blocking{CallHandler: h, after: 150, reached: func() { once.Do(func() { close(gate) }) }}
 		})
-		call := b.publish(t, nil)
+		msgs := spec.Call(CallID)
+		half := len(msgs) * 2 / 3
+		call := b.publishRange(t, nil, 0, half)
 		waitChan(t, gate, "replica A to apply part of the call")
 		a.crash()
 		r := b.replica(t, nil)
+		b.publishRange(t, nil, half, len(msgs))
 		check(t, b, call)
 		if v := r.counter(t, "audiofan_subscriber_takeovers_total"); v != 1 {
 			t.Errorf("takeovers on the new replica = %v, want 1", v)
@@ -406,11 +411,17 @@ const CallID = "6f1e2d3c-aaaa-4bbb-8ccc-0123456789ab"
 // publish stores the scripted call; extra may add messages
 // after the i-th.
 func (b *bus) publish(t *testing.T, extra func(i int, tok string) []Msg) subscribers.CallInfo {
+	return b.publishRange(t, extra, 0, len(b.spec.Call(CallID)))
+}
+
+// publishRange stores messages from to to of the scripted call.
+func (b *bus) publishRange(t *testing.T, extra func(i int, tok string) []Msg, from, to int) subscribers.CallInfo {
 	t.Helper()
 	msgs := b.spec.Call(CallID)
 	tok := codec.EncodeToken(CallID)
 	ctx := context.Background()
-	for i, m := range msgs {
+	for i := from; i < to; i++ {
+		m := msgs[i]
 		for _, m := range append([]Msg{m}, extraOf(extra, i, tok)...) {
 			data, ok := m.Payload.([]byte)
 			if !ok {
