@@ -413,7 +413,7 @@ func newGroupMetrics(role string, reg prometheus.Registerer) (*groupMetrics, err
 		dispatchPending: prometheus.NewGauge(prometheus.GaugeOpts{Name: "audiofan_subscriber_dispatch_pending",
 			Help: "Lifecycle messages no replica has taken yet, as of the last one taken.", ConstLabels: l}),
 		takeovers: prometheus.NewCounter(prometheus.CounterOpts{Name: "audiofan_subscriber_takeovers_total",
-			Help: "Calls this replica took over part-way, replaying what another applied.", ConstLabels: l}),
+			Help: "Calls this replica took over from another that had part of them (it read them from the start).", ConstLabels: l}),
 	}
 	h := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "audiofan_subscriber_handle_seconds",
 		Help: "Time a role's handler takes for one message.", ConstLabels: l,

@@ -256,12 +256,9 @@ func (w *worker) own(ctx context.Context, cons jetstream.Consumer, first *jetstr
 			h, err = w.g.role.NewCall(ctx, w.call)
 			if err == nil {
 				w.h, w.processed, w.dseq, w.conns = h, 0, 0, map[string]bool{}
-				floor := info.AckFloor.Stream
-				if floor > 0 {
-					w.g.m.takeovers.Inc()
-				}
 				if first == nil || first.NumDelivered > 1 || first.Sequence.Consumer > 1 {
-					err = w.catchUp(ctx, 1, floor)
+					w.g.m.takeovers.Inc() // the call was delivered elsewhere before
+					err = w.catchUp(ctx, 1, info.AckFloor.Stream)
 				}
 			}
 		}
