@@ -15,12 +15,13 @@ build:
 run:
 	$(GO) run ./cmd/audiofan serve
 
-## test: formatting, vet, and every test with the race detector, in random order
+## test: formatting, vet, every test with the race detector in random order, then the distributed topology
 test: fmt-check vet
 	$(GO) test -race -shuffle=on -count=1 -timeout 8m ./...
+	$(MAKE) test-cluster
 
 ## test-cluster: the distributed topology as processes on loopback (3 NATS nodes, receivers, every role), with a NATS
-## node and a recorder killed mid-call; not yet part of `make test` (see the README)
+## node and a recorder killed mid-call (part of `make test`)
 test-cluster:
 	AUDIOFAN_TOPOLOGY=1 $(GO) test -race -count=1 -run '^TestTopology$$' -v -timeout 10m ./cmd/audiofan
 

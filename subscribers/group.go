@@ -352,6 +352,9 @@ func (g *Group) markDone(ctx context.Context, tok string) error {
 func (g *Group) isDone(ctx context.Context, tok string) (bool, error) {
 	req, _ := json.Marshal(map[string]string{"last_by_subj": "$KV." + g.bucket + "." + doneKey(tok)})
 	subject := "$JS.API.STREAM.MSG.GET.KV_" + g.bucket
+	// A request lost in a server's failure would otherwise wait forever.
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
 	resp, err := g.nc.RequestWithContext(ctx, subject, req)
 	if err != nil {
 		return false, fmt.Errorf("read done mark of %s: %w", tok, err)

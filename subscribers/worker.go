@@ -151,19 +151,40 @@ func (w *worker) consume(ctx context.Context, cons jetstream.Consumer) string {
 		sleep(ctx, 250*time.Millisecond)
 		return ""
 	}
-	defer it.Stop()
+	// One goroutine waits in Next, without a deadline: nats.go watches the
+	// server's heartbeats only while Next waits, and a Next cut short every
+	// few hundred milliseconds never notices pull requests lost in a
+	// server's failure, so it would wait forever.
+	in := &deliveries{ch: make(chan delivery), quit: make(chan struct{})}
+	go in.forward(it)
+	defer func() {
+		it.Stop()
+		close(in.quit)
+	}()
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
 	for {
-		msg, err := it.Next(jetstream.NextMaxWait(250 * time.Millisecond))
+		var msg jetstream.Msg
+		err := nats.ErrTimeout // housekeeping, when nothing came
+		select {
+		case d, ok := <-in.ch:
+			if !ok {
+				return ""
+			}
+			msg, err = d.msg, d.err
+		case <-tick.C:
+		case <-ctx.Done():
+		}
 		w.flushAck(ctx, false)
 		if ctx.Err() != nil {
-			return w.release(cons, it, msg)
+			return w.release(cons, it, in, msg)
 		}
 		if err != nil {
 			switch {
 			case errors.Is(err, nats.ErrTimeout):
 				if w.h == nil && w.orphaned(ctx, cons) {
 					if !w.own(ctx, cons, nil) {
-						return w.release(cons, it, nil)
+						return w.release(cons, it, in, nil)
 					}
 					w.pin = ""
 					if w.complete() {
@@ -196,7 +217,7 @@ func (w *worker) consume(ctx context.Context, cons jetstream.Consumer) string {
 		switch {
 		case w.h == nil:
 			if !w.own(ctx, cons, md) {
-				return w.release(cons, it, msg)
+				return w.release(cons, it, in, msg)
 			}
 			if w.complete() {
 				return w.finish(ctx, cons, EndEnded)
@@ -209,7 +230,7 @@ func (w *worker) consume(ctx context.Context, cons jetstream.Consumer) string {
 			// nothing is skipped.
 			if err := w.catchUp(ctx, w.processed+1, w.processed); err != nil {
 				if ctx.Err() != nil {
-					return w.release(cons, it, msg)
+					return w.release(cons, it, in, msg)
 				}
 				w.g.log.Warn("call catch-up", "call", w.call.ID, "err", err)
 				continue // the message comes again after the ack wait
@@ -228,7 +249,7 @@ func (w *worker) consume(ctx context.Context, cons jetstream.Consumer) string {
 			continue
 		}
 		if err := w.apply(ctx, msg, seq, false, true); err != nil {
-			return w.release(cons, it, msg)
+			return w.release(cons, it, in, msg)
 		}
 		w.processed, w.last, w.active = seq, msg, time.Now()
 		if w.complete() {
@@ -445,13 +466,13 @@ func (w *worker) finish(ctx context.Context, cons jetstream.Consumer, reason str
 			w.g.log.Error("call could not be finished; its output is missing", "call", w.call.ID, "err", err)
 		})
 	if err != nil {
-		return w.release(cons, nil, nil)
+		return w.release(cons, nil, nil, nil)
 	}
 	for attempt := 1; ; attempt++ {
 		if err := w.g.markDone(ctx, w.call.Token); err == nil {
 			break
 		} else if ctx.Err() != nil {
-			return w.release(cons, nil, nil)
+			return w.release(cons, nil, nil, nil)
 		} else {
 			w.g.warn("cannot mark call finished; retrying", "call", w.call.ID, "err", err)
 			sleep(ctx, w.backoff(attempt))
@@ -468,22 +489,12 @@ func (w *worker) finish(ctx context.Context, cons jetstream.Consumer, reason str
 // delivered but not applied is given back (so the next owner is served at
 // once, not after the ack wait), the pin is lifted, and run returns the
 // leases. cur is the message in hand, if any.
-func (w *worker) release(cons jetstream.Consumer, it jetstream.MessagesContext, cur jetstream.Msg) string {
+func (w *worker) release(cons jetstream.Consumer, it jetstream.MessagesContext, in *deliveries, cur jetstream.Msg) string {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if it != nil {
 		it.Drain()
-		for m := cur; ; {
-			if m != nil && w.h != nil {
-				if md, err := m.Metadata(); err == nil && md.Sequence.Stream > w.processed {
-					_ = m.Nak()
-				}
-			}
-			var err error
-			if m, err = it.Next(jetstream.NextMaxWait(100 * time.Millisecond)); err != nil {
-				break
-			}
-		}
+		w.giveBack(in, cur)
 	}
 	if w.h == nil {
 		return ResultReleased
@@ -495,6 +506,56 @@ func (w *worker) release(cons jetstream.Consumer, it jetstream.MessagesContext, 
 		}
 	}
 	return ResultReleased
+}
+
+// giveBack returns to the server the messages delivered here but not
+// applied: cur, and what the draining iterator still hands over.
+func (w *worker) giveBack(in *deliveries, cur jetstream.Msg) {
+	for m := cur; ; {
+		if m != nil && w.h != nil {
+			if md, err := m.Metadata(); err == nil && md.Sequence.Stream > w.processed {
+				_ = m.Nak()
+			}
+		}
+		select {
+		case d, ok := <-in.ch:
+			if !ok || d.err != nil {
+				return
+			}
+			m = d.msg
+		case <-time.After(100 * time.Millisecond):
+			return
+		}
+	}
+}
+
+// delivery is what the consumer's Next gave: a message or an error.
+type delivery struct {
+	msg jetstream.Msg
+	err error
+}
+
+// deliveries hands a call consumer's messages to its worker.
+type deliveries struct {
+	ch   chan delivery
+	quit chan struct{}
+}
+
+// forward waits in Next and passes on what it gives, until the iterator is
+// closed (the error is passed on too) or quit.
+func (d *deliveries) forward(it jetstream.MessagesContext) {
+	defer close(d.ch)
+	for {
+		msg, err := it.Next()
+		select {
+		case d.ch <- delivery{msg, err}:
+		case <-d.quit:
+			return
+		}
+		if err != nil {
+			return
+		}
+	}
 }
 
 // flushAck acknowledges everything applied so far, at most every ackEvery

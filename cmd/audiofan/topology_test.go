@@ -58,9 +58,8 @@ func (p *proc) kill() {
 	<-p.done
 }
 
-// stop sends SIGTERM and waits for the exit code.
-func (p *proc) stop(timeout time.Duration) (int, error) {
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+// wait waits for the process to exit and returns its exit code.
+func (p *proc) wait(timeout time.Duration) (int, error) {
 	select {
 	case err := <-p.done:
 		p.done <- err // for a later kill or stop
@@ -242,6 +241,7 @@ func TestTopology(t *testing.T) {
 	t.Log("nats-3 and recorder-1 started again")
 
 	var calls []string
+	sent := map[string]uint64{}
 	for _, ch := range []chan simResult{sim1, sim2} {
 		select {
 		case r := <-ch:
@@ -249,16 +249,16 @@ func TestTopology(t *testing.T) {
 			// leader election is stored when sent again, after later ones
 			// (see the README); the recordings place frames by time.
 			v := r.sum.Verify
-			if v == nil || r.sum.CallsFailed != 0 || v.Missing != 0 || v.Duplicates != 0 || v.Sent == 0 || v.Sent != v.Stored ||
-				v.TranscriptsSent != v.TranscriptsStored {
+			if v == nil || r.sum.CallsFailed != 0 || r.sum.Errors != 0 || v.Duplicates != 0 || v.Sent == 0 {
 				t.Fatalf("sim exit %d, summary %+v\n%s", r.code, v, r.out)
 			}
-			t.Logf("sim: %d calls, %d frames sent, %d stored once, %d out of order; p50 %.0f ms, p99 %.0f ms, max %.0f ms",
-				r.sum.Calls, v.Sent, v.Stored, v.OutOfOrder, v.LatencyP50ms, v.LatencyP99ms, v.LatencyMaxMS)
+			t.Logf("sim: %d calls, %d frames sent; its verifier read %d once (%d missing), %d out of order; p50 %.0f ms, p99 %.0f ms, max %.0f ms",
+				r.sum.Calls, v.Sent, v.Stored, v.Missing, v.OutOfOrder, v.LatencyP50ms, v.LatencyP99ms, v.LatencyMaxMS)
 			for _, s := range r.sum.Verify.Streams {
 				if len(calls) == 0 || calls[len(calls)-1] != s.Call {
 					calls = append(calls, s.Call)
 				}
+				sent[s.Call] += s.Sent
 			}
 		case <-time.After(4 * time.Minute):
 			t.Fatal("sim did not finish")
@@ -285,8 +285,21 @@ func TestTopology(t *testing.T) {
 	for _, id := range calls {
 		tok := codec.EncodeToken(id)
 		dir := filepath.Join(dataDir, "recordings", tok)
-		waitFile(t, filepath.Join(dir, "mix.wav"), 90*time.Second)
-		wantDir := renderStored(t, js, id)
+		if !fileWithin(filepath.Join(dir, "mix.wav"), 90*time.Second) {
+			t.Errorf("call %s: no recording", id)
+			diagnose(t, js, "recording", tok)
+			if os.Getenv("AUDIOFAN_TOPOLOGY_LOGS") != "" { // stacks of the recorders, for the logs
+				for _, p := range recorders {
+					_ = p.cmd.Process.Signal(syscall.SIGQUIT)
+				}
+				time.Sleep(time.Second)
+			}
+			t.FailNow()
+		}
+		wantDir, stored := renderStored(t, js, id)
+		if stored != int(sent[id]) {
+			t.Errorf("call %s: %d frames stored, %d sent", id, stored, sent[id])
+		}
 		if diff := diffDirs(t, dir, wantDir); diff != "" {
 			t.Errorf("call %s: the recording differs from what the stored frames render to: %s", id, diff)
 		}
@@ -298,7 +311,9 @@ func TestTopology(t *testing.T) {
 				break
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("call %s: no analytics summary (%v)", id, err)
+				t.Errorf("call %s: no analytics summary (%v)", id, err)
+				diagnose(t, js, "analytics", tok)
+				t.FailNow()
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
@@ -324,7 +339,7 @@ func TestTopology(t *testing.T) {
 	case <-time.After(2 * time.Minute):
 		t.Fatal("the draining receiver's calls did not finish")
 	}
-	if code, err := rcvProcs[1].stop(30 * time.Second); err != nil || code != 0 {
+	if code, err := rcvProcs[1].wait(30 * time.Second); err != nil || code != 0 {
 		t.Errorf("receiver-2 exit %d, %v", code, err)
 	}
 	t.Logf("topology test done in %v", time.Since(start).Round(time.Second))
@@ -342,43 +357,67 @@ func compact(s []string) []string {
 	return out
 }
 
-func waitFile(t *testing.T, path string, timeout time.Duration) {
-	t.Helper()
+func fileWithin(path string, timeout time.Duration) bool {
 	deadline := time.Now().Add(timeout)
 	for {
 		if _, err := os.Stat(path); err == nil {
-			return
+			return true
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s never appeared", path)
+			return false
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// diagnose logs where a role's work on a call stands: its consumers and its
+// done mark.
+func diagnose(t *testing.T, js jetstream.JetStream, role, tok string) {
+	ctx := context.Background()
+	for _, name := range []string{role, role + "-" + tok} {
+		c, err := js.Consumer(ctx, "CALLS", name)
+		if err != nil {
+			t.Logf("consumer %s: %v", name, err)
+			continue
+		}
+		info, _ := c.Info(ctx)
+		t.Logf("consumer %s: pending %d, ack pending %d, redelivered %d, waiting %d, delivered %+v, floor %+v, groups %+v, leader %s",
+			name, info.NumPending, info.NumAckPending, info.NumRedelivered, info.NumWaiting, info.Delivered, info.AckFloor,
+			info.PriorityGroups, info.Cluster.Leader)
+	}
+	if done, err := js.KeyValue(ctx, "CALLS-"+role+"-done"); err == nil {
+		_, err := done.Get(ctx, tok)
+		t.Logf("done mark of %s: %v", tok, err)
 	}
 }
 
 // renderStored renders a call's frames as the stream holds them: what the
 // recorders must have written. A read that stalls (the cluster still
 // settling after the node's restart) starts over.
-func renderStored(t *testing.T, js jetstream.JetStream, id string) string {
+func renderStored(t *testing.T, js jetstream.JetStream, id string) (string, int) {
 	t.Helper()
 	var err error
 	for attempt := 0; attempt < 5; attempt++ {
 		var dir string
-		if dir, err = tryRender(t, js, id); err == nil {
-			return dir
+		var n int
+		if dir, n, err = tryRender(t, js, id); err == nil {
+			return dir, n
 		}
 	}
 	t.Fatalf("call %s: reading its frames: %v", id, err)
-	return ""
+	return "", 0
 }
 
-func tryRender(t *testing.T, js jetstream.JetStream, id string) (string, error) {
+// tryRender reads and renders the call's stored frames, counting them once
+// each (by sequence within their participant's socket).
+func tryRender(t *testing.T, js jetstream.JetStream, id string) (string, int, error) {
 	ctx := context.Background()
 	oc, err := js.OrderedConsumer(ctx, "CALLS", jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{"calls." + codec.EncodeToken(id) + ".audio.>"}})
 	if err != nil {
-		return "", err
+		return "", 0, err
 	}
+	seen := map[string]bool{}
 	dir := t.TempDir()
 	sp, err := recording.NewSpool(dir)
 	if err != nil {
@@ -387,18 +426,19 @@ func tryRender(t *testing.T, js jetstream.JetStream, id string) (string, error) 
 	defer sp.Close()
 	it, err := oc.Messages()
 	if err != nil {
-		return "", err
+		return "", 0, err
 	}
 	defer it.Stop()
 	for {
 		m, err := it.Next(jetstream.NextMaxWait(10 * time.Second))
 		if err != nil {
-			return "", err
+			return "", 0, err
 		}
 		var f codec.Frame
 		if err := codec.Unmarshal(m.Data(), &f); err != nil {
 			t.Fatal(err)
 		}
+		seen[fmt.Sprint(f.Participant, "/", f.Seq)] = true
 		if err := sp.Add(&f); err != nil {
 			t.Fatal(err)
 		}
@@ -409,7 +449,7 @@ func tryRender(t *testing.T, js jetstream.JetStream, id string) (string, error) 
 	if _, err := sp.Render(filepath.Join(dir, "out")); err != nil {
 		t.Fatal(err)
 	}
-	return filepath.Join(dir, "out"), nil
+	return filepath.Join(dir, "out"), len(seen), nil
 }
 
 // diffDirs compares two folders of WAV files; "" when they are equal.
