@@ -198,6 +198,12 @@ func TestServeAndTap(t *testing.T) {
 		t.Errorf("tap printed kinds %v", kinds)
 	}
 
+	// `audiofan health` (the image's health check) agrees.
+	var hOut, hErr bytes.Buffer
+	if code := run([]string{"health"}, &hOut, &hErr); code != 0 {
+		t.Errorf("health: exit %d: %s %s", code, hOut.String(), hErr.String())
+	}
+
 	// serve records: the call's files, read back as WAV, 100 ms long.
 	rec := filepath.Join(dataDir, "recordings", "4_3A_2B1_20call")
 	waitForFile(t, filepath.Join(rec, "mix.wav"))
@@ -354,6 +360,10 @@ func TestRecorderRole(t *testing.T) {
 	}
 	if _, err := js.Consumer(context.Background(), "CALLS", "recording"); err != nil {
 		t.Errorf("the recorder's consumer: %v", err)
+	}
+	var hOut, hErr bytes.Buffer
+	if code := run([]string{"health"}, &hOut, &hErr); code != 0 {
+		t.Errorf("health of the recorder: exit %d: %s", code, hErr.String())
 	}
 	if err := syscall.Kill(syscall.Getpid(), syscall.SIGTERM); err != nil {
 		t.Fatal(err)
