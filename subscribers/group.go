@@ -258,12 +258,14 @@ func (g *Group) setup(ctx context.Context) (jetstream.Consumer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s dispatch consumer on %s: %w", g.role.Name, g.ref.Name, err)
 	}
-	if _, err := g.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: g.bucket,
-		Description: "audiofan " + g.role.Name + ": finished calls", TTL: g.cfg.DoneTTL, History: 1}); err != nil {
-		return nil, fmt.Errorf("%s bucket %s: %w", g.role.Name, g.bucket, err)
-	}
 	if g.stream, err = g.js.Stream(ctx, g.ref.Name); err != nil {
 		return nil, fmt.Errorf("stream %s: %w", g.ref.Name, err)
+	}
+	// The finished marks are as safe as the calls: as many replicas.
+	if _, err := g.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: g.bucket,
+		Description: "audiofan " + g.role.Name + ": finished calls", TTL: g.cfg.DoneTTL, History: 1,
+		Replicas: g.stream.CachedInfo().Config.Replicas}); err != nil {
+		return nil, fmt.Errorf("%s bucket %s: %w", g.role.Name, g.bucket, err)
 	}
 	return dispatch, nil
 }

@@ -24,6 +24,7 @@ type Config struct {
 	DeadAir  time.Duration `env:"AUDIOFAN_ANALYTICS_DEAD_AIR" envDefault:"3s" help:"silence of everyone for at least this long counts as dead air"`
 	Bucket   string        `env:"AUDIOFAN_ANALYTICS_BUCKET" envDefault:"call-analytics" help:"KV bucket holding each call's latest summary (key: the call token)"`
 	TTL      time.Duration `env:"AUDIOFAN_ANALYTICS_TTL" envDefault:"168h" help:"how long a summary stays in the bucket"`
+	Replicas int           `env:"AUDIOFAN_ANALYTICS_BUCKET_REPLICAS" envDefault:"1" help:"replicas of the bucket when it is created (3 on a cluster)"`
 }
 
 // Validate checks the settings.
@@ -55,7 +56,7 @@ func New(ctx context.Context, cfg Config, js jetstream.JetStream, reg prometheus
 		return nil, err
 	}
 	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: cfg.Bucket, History: 1, TTL: cfg.TTL,
-		Description: "audiofan analytics: the latest summary of each call"})
+		Replicas: cfg.Replicas, Description: "audiofan analytics: the latest summary of each call"})
 	if err != nil {
 		return nil, fmt.Errorf("analytics bucket %s: %w", cfg.Bucket, err)
 	}

@@ -1,0 +1,17 @@
+# One image for every role: the subcommand picks it (receiver, recorder, analytics, moderator, serve, sim, tap).
+FROM golang:1.26 AS build
+WORKDIR /src
+COPY go.mod go.sum ./
+RUN go mod download
+COPY . .
+RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/audiofan ./cmd/audiofan
+
+FROM gcr.io/distroless/static-debian12:nonroot
+COPY --from=build /out/audiofan /usr/local/bin/audiofan
+# Containers listen on every interface; the roles read everything else from the environment.
+ENV AUDIOFAN_HTTP_ADDR=:8080 AUDIOFAN_DATA_DIR=/data
+USER nonroot:nonroot
+EXPOSE 8080
+HEALTHCHECK --interval=10s --timeout=4s --start-period=20s --retries=3 CMD ["/usr/local/bin/audiofan", "health"]
+ENTRYPOINT ["/usr/local/bin/audiofan"]
+CMD ["serve"]

@@ -1,0 +1,241 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/nats-io/nats-server/v2/server"
+	yaml "go.yaml.in/yaml/v3"
+
+	"github.com/audiofan/audiofan/subscribers"
+)
+
+// repo is the repository's root, from this package's folder.
+const repo = "../.."
+
+// roleSettings lists the environment settings of a subcommand.
+func roleSettings(t *testing.T, name string) map[string]bool {
+	t.Helper()
+	for _, r := range roles {
+		if r.name == name {
+			out := map[string]bool{}
+			for _, s := range settingsOf(r.config()) {
+				out[s.name] = true
+			}
+			return out
+		}
+	}
+	t.Fatalf("no subcommand %q", name)
+	return nil
+}
+
+// checkEnv fails for a variable of ours that the role does not read.
+func checkEnv(t *testing.T, where, role string, env map[string]string) {
+	t.Helper()
+	known := roleSettings(t, role)
+	for k := range env {
+		if (strings.HasPrefix(k, "AUDIOFAN_") || strings.HasPrefix(k, "NATS_")) && !known[k] {
+			t.Errorf("%s: %s is not a setting of `audiofan %s`", where, k, role)
+		}
+	}
+	if addr, ok := env["AUDIOFAN_HTTP_ADDR"]; ok && addr != ":8080" {
+		t.Errorf("%s: AUDIOFAN_HTTP_ADDR %q, but the load balancer, probes and Prometheus use 8080", where, addr)
+	}
+}
+
+// metricsInSource are the metric names the Go sources (not tests) register.
+func metricsInSource(t *testing.T) map[string]bool {
+	t.Helper()
+	names := map[string]bool{}
+	re := regexp.MustCompile(`"(audiofan_[a-z_]+)"`)
+	err := filepath.WalkDir(repo, func(path string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() || !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
+			return err
+		}
+		b, err := os.ReadFile(path)
+		for _, m := range re.FindAllSubmatch(b, -1) {
+			names[string(m[1])] = true
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return names
+}
+
+// checkMetrics fails for a metric in text that no code registers.
+func checkMetrics(t *testing.T, where, text string, known map[string]bool) {
+	t.Helper()
+	for _, m := range regexp.MustCompile(`audiofan_[a-z_]+`).FindAllString(text, -1) {
+		base := m
+		for _, suf := range []string{"_bucket", "_count", "_sum"} {
+			base = strings.TrimSuffix(base, suf)
+		}
+		if !known[base] {
+			t.Errorf("%s: metric %s is not registered anywhere", where, m)
+		}
+	}
+}
+
+// The compose stack names only images, roles, settings, ports and files
+// that exist; its NATS, Prometheus and Grafana files parse.
+func TestComposeStack(t *testing.T) {
+	raw, err := os.ReadFile(filepath.Join(repo, "docker-compose.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var compose struct {
+		Services map[string]struct {
+			Build       string            `yaml:"build"`
+			Image       string            `yaml:"image"`
+			Command     []string          `yaml:"command"`
+			Environment map[string]string `yaml:"environment"`
+			Volumes     []string          `yaml:"volumes"`
+			Ports       []string          `yaml:"ports"`
+		} `yaml:"services"`
+	}
+	if err := yaml.Unmarshal(raw, &compose); err != nil {
+		t.Fatal(err)
+	}
+	images := []string{"nats:", "haproxy:", "prom/prometheus:", "grafana/grafana:"}
+	var audiofanRoles []string
+	for name, s := range compose.Services {
+		if s.Build == "." {
+			if s.Image != "audiofan:latest" || len(s.Command) != 1 {
+				t.Errorf("service %s: image %q, command %v", name, s.Image, s.Command)
+				continue
+			}
+			checkEnv(t, "service "+name, s.Command[0], s.Environment)
+			audiofanRoles = append(audiofanRoles, s.Command[0])
+		} else if !slices.ContainsFunc(images, func(p string) bool { return strings.HasPrefix(s.Image, p) }) {
+			t.Errorf("service %s: unexpected image %q", name, s.Image)
+		}
+		for _, v := range s.Volumes {
+			if src, _, ok := strings.Cut(v, ":"); ok && strings.HasPrefix(src, "./") {
+				if _, err := os.Stat(filepath.Join(repo, src)); err != nil {
+					t.Errorf("service %s mounts %s: %v", name, src, err)
+				}
+			}
+		}
+	}
+	slices.Sort(audiofanRoles)
+	if want := []string{"analytics", "moderator", "receiver", "recorder"}; !slices.Equal(audiofanRoles, want) {
+		t.Errorf("audiofan services run %v, want %v", audiofanRoles, want)
+	}
+	for _, n := range []string{"nats-1", "nats-2", "nats-3", "lb", "prometheus", "grafana"} {
+		if _, ok := compose.Services[n]; !ok {
+			t.Errorf("no service %s", n)
+		}
+	}
+
+	// The NATS configuration parses, with the variables compose passes.
+	t.Setenv("NATS_SERVER_NAME", "nats-1")
+	t.Setenv("NATS_RECEIVER_PASSWORD", "a")
+	t.Setenv("NATS_ROLE_PASSWORD", "b")
+	opts, err := server.ProcessConfigFile(filepath.Join(repo, "deploy/nats/nats.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if opts.ServerName != "nats-1" || !opts.JetStream || len(opts.Routes) != 3 || len(opts.Users) != 6 {
+		t.Errorf("nats.conf: name %q, jetstream %v, %d routes, %d users", opts.ServerName, opts.JetStream, len(opts.Routes), len(opts.Users))
+	}
+
+	// Prometheus scrapes every audiofan service; Grafana's dashboard is
+	// JSON whose queries name metrics the code registers.
+	var prom struct {
+		ScrapeConfigs []struct {
+			DNS []struct {
+				Names []string `yaml:"names"`
+				Port  int      `yaml:"port"`
+			} `yaml:"dns_sd_configs"`
+		} `yaml:"scrape_configs"`
+	}
+	b, err := os.ReadFile(filepath.Join(repo, "deploy/prometheus/prometheus.yml"))
+	if err != nil || yaml.Unmarshal(b, &prom) != nil || len(prom.ScrapeConfigs) == 0 || len(prom.ScrapeConfigs[0].DNS) == 0 {
+		t.Fatalf("prometheus.yml: %v", err)
+	}
+	for _, n := range prom.ScrapeConfigs[0].DNS[0].Names {
+		if _, ok := compose.Services[n]; !ok || prom.ScrapeConfigs[0].DNS[0].Port != 8080 {
+			t.Errorf("prometheus scrapes %s:%d", n, prom.ScrapeConfigs[0].DNS[0].Port)
+		}
+	}
+	dash, err := os.ReadFile(filepath.Join(repo, "deploy/grafana/dashboards/audiofan.json"))
+	if err != nil || !json.Valid(dash) {
+		t.Fatalf("dashboard: %v", err)
+	}
+	checkMetrics(t, "dashboard", string(dash), metricsInSource(t))
+}
+
+// The Kubernetes manifests parse, run known roles with their own settings,
+// probe endpoints that exist, and scale on consumers and metrics that exist.
+func TestKubernetesManifests(t *testing.T) {
+	known := metricsInSource(t)
+	consumers := map[string]string{"recorder": "recording", "analytics": "analytics", "moderator": "moderation"}
+	kinds := map[string]int{}
+	for _, file := range []string{"receiver.yaml", "roles.yaml"} {
+		raw, err := os.ReadFile(filepath.Join(repo, "deploy/k8s", file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		dec := yaml.NewDecoder(bytes.NewReader(raw))
+		for {
+			var doc map[string]any
+			if err := dec.Decode(&doc); errors.Is(err, io.EOF) {
+				break
+			} else if err != nil {
+				t.Fatalf("%s: %v", file, err)
+			}
+			kind, _ := doc["kind"].(string)
+			kinds[kind]++
+			spec, _ := doc["spec"].(map[string]any)
+			switch kind {
+			case "Deployment":
+				pod := spec["template"].(map[string]any)["spec"].(map[string]any)
+				for _, c := range pod["containers"].([]any) {
+					c := c.(map[string]any)
+					args := c["args"].([]any)
+					role := args[0].(string)
+					env := map[string]string{}
+					for _, e := range c["env"].([]any) {
+						e := e.(map[string]any)
+						v, _ := e["value"].(string)
+						env[e["name"].(string)] = v
+					}
+					checkEnv(t, file+" "+role, role, env)
+					for _, probe := range []string{"readinessProbe", "livenessProbe"} {
+						path := c[probe].(map[string]any)["httpGet"].(map[string]any)["path"]
+						if path != "/readyz" && path != "/healthz" {
+							t.Errorf("%s %s: %s on %v", file, role, probe, path)
+						}
+					}
+				}
+			case "ScaledObject":
+				target := spec["scaleTargetRef"].(map[string]any)["name"].(string)
+				md := spec["triggers"].([]any)[0].(map[string]any)["metadata"].(map[string]any)
+				role := strings.TrimPrefix(target, "audiofan-")
+				if md["consumer"] != subscribers.DispatchConsumer(consumers[role]) || md["stream"] != "CALLS" {
+					t.Errorf("%s scales on consumer %v of %v", target, md["consumer"], md["stream"])
+				}
+			case "HorizontalPodAutoscaler":
+				b, _ := json.Marshal(spec)
+				checkMetrics(t, file, string(b), known)
+			}
+		}
+	}
+	if kinds["Deployment"] != 4 || kinds["ScaledObject"] != 3 || kinds["HorizontalPodAutoscaler"] != 1 || kinds["PodDisruptionBudget"] != 1 || kinds["Service"] != 1 {
+		t.Errorf("manifests: %v", kinds)
+	}
+	var values map[string]any
+	if b, err := os.ReadFile(filepath.Join(repo, "deploy/k8s/nats-values.yaml")); err != nil || yaml.Unmarshal(b, &values) != nil {
+		t.Fatalf("nats-values.yaml: %v", err)
+	}
+}
