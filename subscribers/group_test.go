@@ -116,29 +116,13 @@ func (r *groupRig) publish(msgs []conformance.Msg) {
 }
 
 func (r *groupRig) summaries(id string) int {
-	oc, err := r.js.OrderedConsumer(context.Background(), r.ref.Name, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{r.ref.Subjects().Events(codec.EncodeToken(id), "digest")}})
-	if err != nil {
-		r.t.Fatal(err)
-	}
 	n := 0
-	for {
-		batch, err := oc.FetchNoWait(100)
-		if err != nil {
-			r.t.Fatal(err)
-		}
-		got := 0
-		for m := range batch.Messages() {
-			got++
-			var ev codec.Event
-			if codec.Unmarshal(m.Data(), &ev) == nil && ev.Type == "summary" {
-				n++
-			}
-		}
-		if got == 0 {
-			return n
+	for _, ev := range conformance.Events(r.t, r.js, r.ref, id, "digest") {
+		if ev.Type == "summary" {
+			n++
 		}
 	}
+	return n
 }
 
 func metric(t *testing.T, reg *prometheus.Registry, name, label string) float64 {

@@ -113,21 +113,9 @@ func TestEventsAndBucket(t *testing.T) {
 			t.Errorf("participant %v: share %.2f", m["participant"], share)
 		}
 	}
-	oc, _ := js.OrderedConsumer(context.Background(), ref.Name, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{ref.Subjects().Events(codec.EncodeToken(id), "analytics")}})
 	var types []string
-	for {
-		batch, _ := oc.FetchNoWait(10)
-		n := 0
-		for m := range batch.Messages() {
-			n++
-			var e codec.Event
-			_ = codec.Unmarshal(m.Data(), &e)
-			types = append(types, e.Type)
-		}
-		if n == 0 {
-			break
-		}
+	for _, e := range conformance.Events(t, js, ref, id, "analytics") {
+		types = append(types, e.Type)
 	}
 	if strings.Join(types, ",") != "progress,progress,progress,summary" {
 		t.Errorf("events %v, want progress at 1, 2 and 3 s of call time, then the summary", types)

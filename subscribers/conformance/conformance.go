@@ -466,12 +466,19 @@ func (b *bus) waitDone(t *testing.T, call subscribers.CallInfo) {
 	}
 }
 
-// events returns the call's events as stored, in order.
 func (b *bus) events(t *testing.T, call subscribers.CallInfo) []codec.Event {
+	return Events(t, b.js, b.ref, call.ID, "")
+}
+
+// Events returns a call's events as stored, in order: those of source, or
+// all when source is empty.
+func Events(t testing.TB, js jetstream.JetStream, ref broker.StreamRef, callID, source string) []codec.Event {
 	t.Helper()
-	ctx := context.Background()
-	oc, err := b.js.OrderedConsumer(ctx, b.ref.Name, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{b.ref.Prefix + "." + call.Token + ".events.>"}})
+	filter := ref.Prefix + "." + codec.EncodeToken(callID) + ".events.>"
+	if source != "" {
+		filter = ref.Subjects().Events(codec.EncodeToken(callID), source)
+	}
+	oc, err := js.OrderedConsumer(context.Background(), ref.Name, jetstream.OrderedConsumerConfig{FilterSubjects: []string{filter}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -119,30 +119,7 @@ func (r *rig) hits(call string, n int) []codec.Event {
 }
 
 func events(t *testing.T, js jetstream.JetStream, ref broker.StreamRef, call string) []codec.Event {
-	oc, err := js.OrderedConsumer(context.Background(), ref.Name, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{ref.Subjects().Events(codec.EncodeToken(call), "moderation")}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []codec.Event
-	for {
-		batch, err := oc.FetchNoWait(100)
-		if err != nil {
-			t.Fatal(err)
-		}
-		n := 0
-		for m := range batch.Messages() {
-			n++
-			var ev codec.Event
-			if err := codec.Unmarshal(m.Data(), &ev); err != nil {
-				t.Fatal(err)
-			}
-			out = append(out, ev)
-		}
-		if n == 0 {
-			return out
-		}
-	}
+	return conformance.Events(t, js, ref, call, "moderation")
 }
 
 // call scripts a call: start, then frames of each participant whose

@@ -289,31 +289,7 @@ func (c *acsCall) checkFile(t *testing.T, path string, want []byte, what string)
 
 // recordingEvents returns the recording events stored for a call.
 func recordingEvents(t *testing.T, js jetstream.JetStream, ref broker.StreamRef, callID string) []codec.Event {
-	t.Helper()
-	oc, err := js.OrderedConsumer(context.Background(), ref.Name, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{ref.Subjects().Events(codec.EncodeToken(callID), "recording")}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []codec.Event
-	for {
-		batch, err := oc.FetchNoWait(10)
-		if err != nil {
-			t.Fatal(err)
-		}
-		n := 0
-		for m := range batch.Messages() {
-			n++
-			var ev codec.Event
-			if err := codec.Unmarshal(m.Data(), &ev); err != nil {
-				t.Fatal(err)
-			}
-			out = append(out, ev)
-		}
-		if n == 0 {
-			return out
-		}
-	}
+	return conformance.Events(t, js, ref, callID, "recording")
 }
 
 // PCM sent by a client for 3 participants comes out as WAV data equal byte
