@@ -40,7 +40,7 @@ bench:
 
 ## fuzz: each fuzz target for FUZZTIME (CI: 3s each); crashers land in testdata/fuzz and are committed as regression cases
 fuzz:
-	for t in FuzzParse FuzzParseTimestamp FuzzDecodeBase64 FuzzToken FuzzParseOutboundACS; do \
+	for t in FuzzParse FuzzParseTimestamp FuzzDecodeBase64 FuzzToken FuzzParseOutboundACS FuzzUnmarshalFrame; do \
 		$(GO) test -run=NONE -fuzz="^$$t\$$" -fuzztime=$(FUZZTIME) ./codec || exit 1; \
 	done
 	$(GO) test -run=NONE -fuzz='^FuzzSocketMessages$$' -fuzztime=$(FUZZTIME) ./broker

@@ -126,7 +126,17 @@ func Marshal(v any) ([]byte, error) {
 }
 
 // Unmarshal decodes a MessagePack payload into v (a pointer to a payload type).
-func Unmarshal(b []byte, v any) error {
+func Unmarshal(b []byte, v any) (err error) {
+	if !wellFormed(b) {
+		return fmt.Errorf("%w: msgpack decode %T: not one well-formed value", ErrMalformed, v)
+	}
+	// msgpack/v5 panics on some hostile input (nil for a time.Time field):
+	// bad input must be an error, never a crash.
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%w: msgpack decode %T: %v", ErrMalformed, v, r)
+		}
+	}()
 	if err := msgpack.Unmarshal(b, v); err != nil {
 		return fmt.Errorf("msgpack decode %T: %w", v, err)
 	}

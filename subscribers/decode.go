@@ -30,7 +30,11 @@ func Decode(subj broker.Subjects, subject string, data []byte) (Message, error) 
 	var v any
 	switch info.Kind {
 	case broker.KindAudio:
-		v = &codec.Frame{}
+		f := &codec.Frame{}
+		if err := codec.UnmarshalFrame(data, f); err != nil {
+			return Message{}, fmt.Errorf("%s: %w", subject, err)
+		}
+		return Message{Subject: subject, Info: info, Payload: f}, nil
 	case broker.KindTranscript:
 		v = &codec.Transcript{}
 	case broker.KindDtmf:

@@ -166,7 +166,7 @@ func plainRead(b *testing.B, js jetstream.JetStream, ref broker.StreamRef, frame
 		if err != nil {
 			b.Fatal(err)
 		}
-		if err := codec.Unmarshal(m.Data(), &f); err != nil {
+		if err := codec.UnmarshalFrame(m.Data(), &f); err != nil {
 			b.Fatal(err)
 		}
 	}
