@@ -85,7 +85,9 @@ const ownerGroup = "owner"
 // replicas holding leases for one call (its audio and transcription sockets
 // both started it) never both apply it, and when the pinned one dies the pin
 // moves. Its acknowledgement floor says how far the call was applied; a new
-// owner replays up to it to rebuild its state, then goes on. Finished calls
+// owner reads the call from the stream to its end, replaying up to the floor
+// to rebuild its state and applying the rest, then takes the consumer's
+// deliveries. Finished calls
 // are remembered in a KV bucket, written before the call's consumer is
 // deleted, so a late or redelivered lifecycle message never starts a call
 // twice.

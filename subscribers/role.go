@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -41,7 +42,7 @@ type CallHandler interface {
 	// Handle applies one message. An error is retried with back-off (the
 	// same message, in place, so order holds) up to a limit; Permanent
 	// errors are not retried, and ErrUnavailable ones are retried until
-	// they stop.
+	// they stop. out is valid for this call only.
 	Handle(ctx context.Context, d Delivery, out *Output) error
 	// End is called once, when every socket of the call has ended or it
 	// has been idle too long (reason "ended" or "idle"). It writes the
@@ -111,9 +112,16 @@ type Output struct {
 	subj   string // events subject without the source
 	role   string
 	call   CallInfo
-	key    string
+	seq    uint64 // of the message being handled; 0 while the call ends
 	n      int
 	replay bool
+}
+
+// reset readies the output for one attempt at a message (seq 0: at End):
+// the events it emits are counted from 1 again, so a retry emits the same
+// ids as the attempt that failed.
+func (o *Output) reset(seq uint64, replay bool) {
+	o.seq, o.n, o.replay = seq, 0, replay
 }
 
 // Emit publishes ev on calls.<call>.events.<ev.Source> (the role's name when
@@ -140,7 +148,11 @@ func (o *Output) Emit(ctx context.Context, ev codec.Event) error {
 	}
 	subject := o.subj + "." + ev.Source
 	msg := &nats.Msg{Subject: subject, Data: data, Header: nats.Header{}}
-	msg.Header.Set(jetstream.MsgIDHeader, fmt.Sprintf("%s/%s/%s/%d", o.role, o.call.Token, o.key, o.n))
+	key := "end"
+	if o.seq > 0 {
+		key = strconv.FormatUint(o.seq, 10)
+	}
+	msg.Header.Set(jetstream.MsgIDHeader, fmt.Sprintf("%s/%s/%s/%d", o.role, o.call.Token, key, o.n))
 	if _, err := o.js.PublishMsg(ctx, msg); err != nil {
 		return fmt.Errorf("publish %s: %w", subject, err)
 	}

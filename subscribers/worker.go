@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
-	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -44,11 +43,13 @@ type worker struct {
 	checked   time.Time // when the pin was last confirmed, or the consumer last looked at while not owning
 	conns     map[string]bool
 	unavail   bool
+	out       Output // reused for every message: handlers must not keep it
 }
 
 func newWorker(g *Group, call CallInfo, lease jetstream.Msg) *worker {
 	return &worker{g: g, call: call, name: CallConsumer(g.role.Name, call.Token), leases: []jetstream.Msg{lease},
-		conns: map[string]bool{}}
+		conns: map[string]bool{}, out: Output{js: g.js, subj: g.subj.Prefix + "." + call.Token + "." + broker.KindEvents,
+			role: g.role.Name, call: call}}
 }
 
 func (w *worker) run(ctx context.Context) {
@@ -392,29 +393,35 @@ func (w *worker) apply(ctx context.Context, raw jetstream.Msg, seq uint64, repla
 		}
 	}
 	d := Delivery{Message: m, Seq: seq, Replay: replay}
-	key := strconv.FormatUint(seq, 10)
 	var live jetstream.Msg
 	if ackable {
 		live = raw
 	}
-	return w.retry(ctx, live, func(out *Output) error { return w.h.Handle(ctx, d, out) }, key, replay,
-		func(outcome string, err error) {
-			if outcome == OutcomeGaveUp {
-				w.g.log.Error("message still failing after every retry; skipped", "call", w.call.ID, "subject", raw.Subject(), "seq", seq, "err", err)
-			} else {
-				w.g.warn("message failed for good; skipped", "call", w.call.ID, "subject", raw.Subject(), "seq", seq, "err", err)
-			}
-		})
+	outcome, cause, err := w.retry(ctx, live, &d, "")
+	switch outcome {
+	case OutcomeGaveUp:
+		w.g.log.Error("message still failing after every retry; skipped", "call", w.call.ID, "subject", raw.Subject(), "seq", seq, "err", cause)
+	case OutcomeTerminated:
+		w.g.warn("message failed for good; skipped", "call", w.call.ID, "subject", raw.Subject(), "seq", seq, "err", cause)
+	}
+	return err
 }
 
-// retry runs f until it succeeds, fails for good, or fails Retries times
-// (ErrUnavailable failures: until ctx ends). Each outcome is counted.
-func (w *worker) retry(ctx context.Context, live jetstream.Msg, f func(*Output) error, key string, replay bool, skipped func(string, error)) error {
+// retry has the handler apply d (or, without d, End the call for reason)
+// until it succeeds, fails for good, or fails Retries times (ErrUnavailable
+// failures: until ctx ends); each outcome is counted. A message skipped
+// returns its outcome (terminated, gave_up) and the last failure; err is
+// ctx's, when it ended first.
+func (w *worker) retry(ctx context.Context, live jetstream.Msg, d *Delivery, reason string) (outcome string, cause, err error) {
+	replay := d != nil && d.Replay
 	for attempt := 1; ; attempt++ {
-		out := &Output{js: w.g.js, subj: w.g.subj.Prefix + "." + w.call.Token + "." + broker.KindEvents,
-			role: w.g.role.Name, call: w.call, key: key, replay: replay}
+		var seq uint64
+		if d != nil {
+			seq = d.Seq
+		}
+		w.out.reset(seq, replay)
 		start := time.Now()
-		err := safely(f, out)
+		err := w.attempt(ctx, d, reason)
 		w.g.m.handle.Observe(time.Since(start).Seconds())
 		if err == nil {
 			w.setUnavailable(false)
@@ -423,21 +430,19 @@ func (w *worker) retry(ctx context.Context, live jetstream.Msg, f func(*Output) 
 			} else {
 				w.g.m.messages.WithLabelValues(OutcomeHandled).Inc()
 			}
-			return nil
+			return "", nil, nil
 		}
 		if ctx.Err() != nil {
-			return ctx.Err()
+			return "", err, ctx.Err()
 		}
 		unavailable := errors.Is(err, ErrUnavailable)
 		switch {
 		case IsPermanent(err):
 			w.g.m.messages.WithLabelValues(OutcomeTerminated).Inc()
-			skipped(OutcomeTerminated, err)
-			return nil
+			return OutcomeTerminated, err, nil
 		case !unavailable && attempt >= w.g.cfg.Retries:
 			w.g.m.messages.WithLabelValues(OutcomeGaveUp).Inc()
-			skipped(OutcomeGaveUp, err)
-			return nil
+			return OutcomeGaveUp, err, nil
 		}
 		w.g.m.messages.WithLabelValues(OutcomeRetried).Inc()
 		if unavailable {
@@ -460,11 +465,11 @@ func (w *worker) finish(ctx context.Context, cons jetstream.Consumer, reason str
 		return ""
 	}
 	result := reason
-	err := w.retry(ctx, nil, func(out *Output) error { return w.h.End(ctx, reason, out) }, "end", false,
-		func(_ string, err error) {
-			result = ResultFailed
-			w.g.log.Error("call could not be finished; its output is missing", "call", w.call.ID, "err", err)
-		})
+	outcome, cause, err := w.retry(ctx, nil, nil, reason)
+	if outcome != "" {
+		result = ResultFailed
+		w.g.log.Error("call could not be finished; its output is missing", "call", w.call.ID, "err", cause)
+	}
 	if err != nil {
 		return w.release(cons, nil, nil, nil)
 	}
@@ -628,15 +633,18 @@ func (w *worker) setUnavailable(on bool) {
 	}
 }
 
-// safely runs f, turning a panic into an error so one bad message cannot
-// take the replica down.
-func safely(f func(*Output) error, out *Output) (err error) {
+// attempt runs the handler once, turning a panic into an error so one bad
+// message cannot take the replica down.
+func (w *worker) attempt(ctx context.Context, d *Delivery, reason string) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("%w: %v\n%s", ErrPanic, r, debug.Stack())
 		}
 	}()
-	return f(out)
+	if d != nil {
+		return w.h.Handle(ctx, *d, &w.out)
+	}
+	return w.h.End(ctx, reason, &w.out)
 }
 
 func (w *worker) backoff(attempt int) time.Duration {

@@ -169,8 +169,12 @@ type callModerator struct {
 type listener struct {
 	det  *speech.Detector
 	talk int
-	st   map[string]*ruleState // by rule name and kind
+	st   map[ruleKey]*ruleState
 }
+
+// ruleKey names an audio rule's state: a reloaded rule of the same name but
+// another kind starts afresh.
+type ruleKey struct{ name, kind string }
 
 // ruleState is an audio rule's state for one participant.
 type ruleState struct {
@@ -208,7 +212,7 @@ func (c *callModerator) frame(ctx context.Context, f *codec.Frame, out *subscrib
 	}
 	l := c.parts[f.Participant]
 	if l == nil {
-		l = &listener{det: speech.NewDetector(speech.Config{}), st: map[string]*ruleState{}}
+		l = &listener{det: speech.NewDetector(speech.Config{}), st: map[ruleKey]*ruleState{}}
 		c.parts[f.Participant] = l
 	}
 	lv := speech.Measure(f.Data)
@@ -225,10 +229,11 @@ func (c *callModerator) frame(ctx context.Context, f *codec.Frame, out *subscrib
 		if !r.audio() {
 			continue
 		}
-		st := l.st[r.Name+"/"+r.Kind]
+		key := ruleKey{r.Name, r.Kind}
+		st := l.st[key]
 		if st == nil {
 			st = &ruleState{runLast: -1 << 62}
-			l.st[r.Name+"/"+r.Kind] = st
+			l.st[key] = st
 		}
 		var ev map[string]any
 		who := f.Participant
