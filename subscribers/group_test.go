@@ -125,40 +125,6 @@ func (r *groupRig) summaries(id string) int {
 	return n
 }
 
-func metric(t *testing.T, reg *prometheus.Registry, name, label string) float64 {
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	v := 0.0
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			match := label == ""
-			for _, l := range m.GetLabel() {
-				match = match || l.GetValue() == label
-			}
-			if match {
-				v += m.GetCounter().GetValue() + m.GetGauge().GetValue()
-			}
-		}
-	}
-	return v
-}
-
-func waitUntil(t *testing.T, what string, ok func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !ok() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // A lifecycle message that comes after its call was finished (a socket
 // reconnecting late, a redelivery) does not start the call again.
 func TestFinishedCallNotDoneTwice(t *testing.T) {
@@ -175,14 +141,16 @@ func TestFinishedCallNotDoneTwice(t *testing.T) {
 		info, err := c.Info(context.Background())
 		return err == nil && info.NumPending == 0 && info.NumAckPending == 0
 	}
-	elsewhere := func() float64 { return metric(t, reg, "audiofan_subscriber_calls_total", subscribers.ResultElsewhere) }
-	waitUntil(t, "the call finished", func() bool {
-		return r.summaries("late") == 1 && metric(t, reg, "audiofan_subscriber_calls_total", subscribers.ResultEnded) == 1 && settled()
+	elsewhere := func() float64 {
+		return conformance.Metric(t, reg, "audiofan_subscriber_calls_total", subscribers.ResultElsewhere)
+	}
+	conformance.WaitFor(t, "the call finished", func() bool {
+		return r.summaries("late") == 1 && conformance.Metric(t, reg, "audiofan_subscriber_calls_total", subscribers.ResultEnded) == 1 && settled()
 	})
 	before := elsewhere()
 	r.publish(msgs[len(msgs)-1:]) // the ended message once more
 	r.publish(msgs[:1])           // and a started one
-	waitUntil(t, "the late messages settled", func() bool { return elsewhere() > before && settled() })
+	conformance.WaitFor(t, "the late messages settled", func() bool { return elsewhere() > before && settled() })
 	if n := r.summaries("late"); n != 1 {
 		t.Errorf("%d summaries, want 1", n)
 	}
@@ -202,7 +170,7 @@ func TestNewReplicaTakesShare(t *testing.T) {
 	for i := range 2 {
 		id := fmt.Sprintf("share-%d", i)
 		r.publish(conformance.Default(id))
-		waitUntil(t, "summary of "+id, func() bool { return r.summaries(id) == 1 })
+		conformance.WaitFor(t, "summary of "+id, func() bool { return r.summaries(id) == 1 })
 	}
 	second := r.replica()
 	var calls [][]conformance.Msg
@@ -215,9 +183,9 @@ func TestNewReplicaTakesShare(t *testing.T) {
 		r.publish(msgs)
 	}
 	ended := func(reg *prometheus.Registry) float64 {
-		return metric(t, reg, "audiofan_subscriber_calls_total", subscribers.ResultEnded)
+		return conformance.Metric(t, reg, "audiofan_subscriber_calls_total", subscribers.ResultEnded)
 	}
-	waitUntil(t, "every call ended", func() bool { return ended(first)+ended(second) == 8 })
+	conformance.WaitFor(t, "every call ended", func() bool { return ended(first)+ended(second) == 8 })
 	if a, b := ended(first), ended(second); b == 0 || a < 3 {
 		t.Errorf("calls ended by the replicas: %v and %v", a, b)
 	}

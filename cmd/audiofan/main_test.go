@@ -25,6 +25,7 @@ import (
 	"github.com/audiofan/audiofan/broker"
 	"github.com/audiofan/audiofan/broker/natstest"
 	"github.com/audiofan/audiofan/codec"
+	"github.com/audiofan/audiofan/subscribers/conformance"
 )
 
 func freePort(t *testing.T) string {
@@ -119,20 +120,7 @@ func TestServeAndTap(t *testing.T) {
 	done := make(chan int, 1)
 	go func() { done <- run([]string{"serve"}, &serveOut, &serveErr) }()
 
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		resp, err := http.Get("http://" + httpAddr + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("serve not ready: %v\n%s", err, serveErr.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitHTTP(t, "serve", "http://"+httpAddr+"/readyz", 30*time.Second)
 
 	c, _, err := websocket.DefaultDialer.Dial("ws://"+httpAddr+"/ws", http.Header{"x-ms-call-connection-id": {"4:+1 call"}})
 	if err != nil {
@@ -224,7 +212,7 @@ func TestServeAndTap(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the analytics summary", func() bool {
+	conformance.WaitFor(t, "the analytics summary", func() bool {
 		e, err := kv.Get(context.Background(), "4_3A_2B1_20call")
 		var ev codec.Event
 		return err == nil && codec.Unmarshal(e.Value(), &ev) == nil && ev.Type == "summary" && ev.Data["durationMs"] == int64(100)
@@ -288,17 +276,6 @@ func TestReceiverOverTLS(t *testing.T) {
 	}
 }
 
-func waitFor(t *testing.T, what string, ok func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !ok() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 func waitForFile(t *testing.T, path string) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
@@ -333,20 +310,7 @@ func TestRecorderRole(t *testing.T) {
 	var out, errOut syncBuffer
 	done := make(chan int, 1)
 	go func() { done <- run([]string{"recorder"}, &out, &errOut) }()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		resp, err := http.Get("http://" + httpAddr + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("recorder not ready: %v\n%s", err, errOut.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitHTTP(t, "recorder", "http://"+httpAddr+"/readyz", 30*time.Second)
 	resp, err := http.Get("http://" + httpAddr + "/metrics")
 	if err != nil {
 		t.Fatal(err)

@@ -120,14 +120,7 @@ func TestEventsAndBucket(t *testing.T) {
 	if strings.Join(types, ",") != "progress,progress,progress,summary" {
 		t.Errorf("events %v, want progress at 1, 2 and 3 s of call time, then the summary", types)
 	}
-	mfs, _ := reg.Gather()
-	for _, mf := range mfs {
-		if mf.GetName() == "audiofan_analytics_seconds_total" {
-			for _, m := range mf.GetMetric() {
-				if m.GetLabel()[0].GetValue() == "call" && m.GetCounter().GetValue() < 2.9 {
-					t.Errorf("call seconds %v", m.GetCounter().GetValue())
-				}
-			}
-		}
+	if v := conformance.Metric(t, reg, "audiofan_analytics_seconds_total", "call"); v < 2.9 {
+		t.Errorf("call seconds %v", v)
 	}
 }

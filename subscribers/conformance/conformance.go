@@ -207,7 +207,7 @@ func Run(t *testing.T, spec Spec) {
 		r := b.replica(t, nil)
 		b.publishRange(t, nil, half, len(msgs))
 		check(t, b, call)
-		if v := r.counter(t, "audiofan_subscriber_takeovers_total"); v != 1 {
+		if v := Metric(t, r.reg, "audiofan_subscriber_takeovers_total", ""); v != 1 {
 			t.Errorf("takeovers on the new replica = %v, want 1", v)
 		}
 	})
@@ -386,23 +386,6 @@ func (r *replica) crash() {
 	r.stop()
 }
 
-func (r *replica) counter(t *testing.T, name string) float64 {
-	mfs, err := r.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() == name {
-			v := 0.0
-			for _, m := range mf.GetMetric() {
-				v += m.GetCounter().GetValue()
-			}
-			return v
-		}
-	}
-	return 0
-}
-
 // CallID is the id of the scripted call. Each test has a server and a shared
 // folder of its own, so every run records the same call and outputs compare
 // byte for byte.
@@ -509,5 +492,43 @@ func waitChan(t *testing.T, ch chan struct{}, what string) {
 	case <-ch:
 	case <-time.After(30 * time.Second):
 		t.Fatalf("timed out waiting for %s", what)
+	}
+}
+
+// Metric sums the counters and gauges called name that g gathers, over the
+// series with a label of value label (every series when label is empty).
+func Metric(t testing.TB, g prometheus.Gatherer, name, label string) float64 {
+	t.Helper()
+	mfs, err := g.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := 0.0
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			match := label == ""
+			for _, l := range m.GetLabel() {
+				match = match || l.GetValue() == label
+			}
+			if match {
+				v += m.GetCounter().GetValue() + m.GetGauge().GetValue()
+			}
+		}
+	}
+	return v
+}
+
+// WaitFor polls ok until it holds, failing the test after 30 s.
+func WaitFor(t testing.TB, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

@@ -103,7 +103,7 @@ func TestCardNumberAndShoutingEndToEnd(t *testing.T) {
 	}
 
 	var evs []codec.Event
-	waitFor(t, "both hits", func() bool { evs = events(t, js, rcv.Stream.StreamRef, id); return len(evs) >= 2 })
+	conformance.WaitFor(t, "both hits", func() bool { evs = events(t, js, rcv.Stream.StreamRef, id); return len(evs) >= 2 })
 	rules := map[string]codec.Event{}
 	for _, ev := range evs {
 		rules[ev.Data["rule"].(string)] = ev

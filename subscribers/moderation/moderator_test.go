@@ -255,7 +255,7 @@ rules:
 	if e := evidence(evs[3]); e["text"] != masked || len(e["types"].([]any)) != 2 || e["values"].([]any)[0] != "**** **** **** 1111" {
 		t.Errorf("sensitive evidence %v", e)
 	}
-	if v := counter(t, r.reg, "audiofan_moderation_suppressed_total"); v != 2 {
+	if v := conformance.Metric(t, r.reg, "audiofan_moderation_suppressed_total", ""); v != 2 {
 		t.Errorf("suppressed %v, want 2", v)
 	}
 	r.mu.Lock()
@@ -263,22 +263,6 @@ rules:
 	if len(r.out) != 1 || r.out[0].Kind != "stop" {
 		t.Errorf("outbound %+v, want one stop", r.out)
 	}
-}
-
-func counter(t *testing.T, reg *prometheus.Registry, name string) float64 {
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	v := 0.0
-	for _, mf := range mfs {
-		if mf.GetName() == name {
-			for _, m := range mf.GetMetric() {
-				v += m.GetCounter().GetValue()
-			}
-		}
-	}
-	return v
 }
 
 // A changed rules file is picked up while running; a bad one is refused and
@@ -296,7 +280,7 @@ func TestHotReload(t *testing.T) {
 	if err := os.WriteFile(path, []byte("rules:\n  - {name: b, kind: keywords, words: [beta]}\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the new rules", func() bool { return r.m.Rules().List[0].Name == "b" })
+	conformance.WaitFor(t, "the new rules", func() bool { return r.m.Rules().List[0].Name == "b" })
 	say("reload-2", "alpha beta")
 	if evs := r.hits("reload-2", 1); len(evs) != 1 || evs[0].Data["rule"] != "b" {
 		t.Errorf("after reload: %+v", evs)
@@ -305,7 +289,7 @@ func TestHotReload(t *testing.T) {
 	if err := os.WriteFile(path, []byte("rules:\n  - {name: c, kind: nonsense}\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the bad file refused", func() bool {
+	conformance.WaitFor(t, "the bad file refused", func() bool {
 		mfs, _ := r.reg.Gather()
 		for _, mf := range mfs {
 			if mf.GetName() == "audiofan_moderation_rule_loads_total" {
@@ -320,17 +304,6 @@ func TestHotReload(t *testing.T) {
 	})
 	if r.m.Rules().List[0].Name != "b" {
 		t.Error("a bad file replaced the rules in force")
-	}
-}
-
-func waitFor(t *testing.T, what string, ok func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !ok() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }
 

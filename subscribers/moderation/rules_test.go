@@ -1,13 +1,15 @@
 package moderation
 
 import (
-	"encoding/binary"
 	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/go-audio/audio"
+	"github.com/go-audio/wav"
 )
 
 func TestDefaultRules(t *testing.T) {
@@ -54,13 +56,7 @@ func TestBadRules(t *testing.T) {
 func TestJSONRulesAndWAVPrompt(t *testing.T) {
 	dir := t.TempDir()
 	wav := filepath.Join(dir, "warn.wav")
-	pcm := make([]byte, 8000) // 0.5 s at 8 kHz
-	for i := range pcm {
-		pcm[i] = byte(i)
-	}
-	if err := os.WriteFile(wav, wavFile(8000, pcm), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	writeWAV(t, wav, 8000, 4000) // 0.5 s at 8 kHz, by an independent encoder
 	file := `{"rules": [{"name": "calm", "kind": "shouting", "level": -8, "for": "1500ms", "cooldown": "1m",
 	  "action": "play", "prompt": {"wav": "` + wav + `"}}]}`
 	rs, err := ParseRules([]byte(file), "r.json")
@@ -76,20 +72,23 @@ func TestJSONRulesAndWAVPrompt(t *testing.T) {
 	}
 }
 
-// wavFile is a canonical 16-bit mono PCM WAV file.
-func wavFile(rate int, pcm []byte) []byte {
-	h := make([]byte, 44)
-	copy(h, "RIFF")
-	binary.LittleEndian.PutUint32(h[4:], uint32(36+len(pcm)))
-	copy(h[8:], "WAVEfmt ")
-	binary.LittleEndian.PutUint32(h[16:], 16)
-	binary.LittleEndian.PutUint16(h[20:], 1)
-	binary.LittleEndian.PutUint16(h[22:], 1)
-	binary.LittleEndian.PutUint32(h[24:], uint32(rate))
-	binary.LittleEndian.PutUint32(h[28:], uint32(rate*2))
-	binary.LittleEndian.PutUint16(h[32:], 2)
-	binary.LittleEndian.PutUint16(h[34:], 16)
-	copy(h[36:], "data")
-	binary.LittleEndian.PutUint32(h[40:], uint32(len(pcm)))
-	return append(h, pcm...)
+// writeWAV writes n samples of 16-bit mono PCM at rate with go-audio/wav.
+func writeWAV(t *testing.T, path string, rate, n int) {
+	t.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	enc := wav.NewEncoder(f, rate, 16, 1, 1)
+	buf := &audio.IntBuffer{Format: &audio.Format{NumChannels: 1, SampleRate: rate}, SourceBitDepth: 16, Data: make([]int, n)}
+	for i := range buf.Data {
+		buf.Data[i] = i % 1000
+	}
+	if err := enc.Write(buf); err != nil {
+		t.Fatal(err)
+	}
+	if err := enc.Close(); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -116,7 +116,7 @@ func (r *rig) replica(t *testing.T) *replica {
 	rep.cancel = cancel
 	go func() { rep.done <- rep.g.Run(ctx) }()
 	t.Cleanup(func() { rep.stop(); rec.Close() })
-	waitFor(t, "replica ready", func() bool { return rep.g.Ready() == nil })
+	conformance.WaitFor(t, "replica ready", func() bool { return rep.g.Ready() == nil })
 	return rep
 }
 
@@ -134,38 +134,6 @@ func (r *replica) stop() {
 func (r *replica) kill() {
 	r.nc.Close()
 	r.stop()
-}
-
-func (r *replica) counter(t *testing.T, name, label string) float64 {
-	mfs, err := r.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	v := 0.0
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetValue() == label {
-					v += m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	return v
-}
-
-func waitFor(t *testing.T, what string, ok func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !ok() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // acsCall streams a call to the receiver as ACS does: unmixed 16 kHz audio
@@ -304,7 +272,7 @@ func TestRecorderBitExact(t *testing.T) {
 		}}
 	c.stream(t, r.rcv.Addr, nil)
 	var evs []codec.Event
-	waitFor(t, "the recording event", func() bool {
+	conformance.WaitFor(t, "the recording event", func() bool {
 		evs = recordingEvents(t, r.rcv.JS, r.rcv.Stream.StreamRef, c.id)
 		return len(evs) > 0
 	})
@@ -355,15 +323,9 @@ func TestRecorderScaleOut(t *testing.T) {
 	reached.Wait()
 	// Kill the replica that owns most calls once they have been applied.
 	owned := func(rep *replica) float64 {
-		mfs, _ := rep.reg.Gather()
-		for _, mf := range mfs {
-			if mf.GetName() == "audiofan_subscriber_calls_owned" {
-				return mf.GetMetric()[0].GetGauge().GetValue()
-			}
-		}
-		return 0
+		return conformance.Metric(t, rep.reg, "audiofan_subscriber_calls_owned", "")
 	}
-	waitFor(t, "all calls owned", func() bool { return owned(reps[0])+owned(reps[1])+owned(reps[2]) == 12 })
+	conformance.WaitFor(t, "all calls owned", func() bool { return owned(reps[0])+owned(reps[1])+owned(reps[2]) == 12 })
 	sort.Slice(reps, func(i, j int) bool { return owned(reps[i]) > owned(reps[j]) })
 	victim := owned(reps[0])
 	spread := 0
@@ -381,7 +343,7 @@ func TestRecorderScaleOut(t *testing.T) {
 	wg.Wait()
 
 	for _, c := range calls {
-		waitFor(t, "recording of "+c.id, func() bool {
+		conformance.WaitFor(t, "recording of "+c.id, func() bool {
 			return len(recordingEvents(t, r.rcv.JS, r.rcv.Stream.StreamRef, c.id)) > 0
 		})
 		if n := len(recordingEvents(t, r.rcv.JS, r.rcv.Stream.StreamRef, c.id)); n != 1 {
@@ -391,8 +353,8 @@ func TestRecorderScaleOut(t *testing.T) {
 	}
 	ended, takeovers := 0.0, 0.0
 	for _, rep := range reps[1:] {
-		ended += rep.counter(t, "audiofan_subscriber_calls_total", subscribers.ResultEnded)
-		takeovers += rep.counter(t, "audiofan_subscriber_takeovers_total", "recording")
+		ended += conformance.Metric(t, rep.reg, "audiofan_subscriber_calls_total", subscribers.ResultEnded)
+		takeovers += conformance.Metric(t, rep.reg, "audiofan_subscriber_takeovers_total", "recording")
 	}
 	if ended != 12 || takeovers != victim {
 		t.Errorf("survivors ended %v calls (want 12), took over %v (the victim owned %v)", ended, takeovers, victim)
@@ -410,16 +372,16 @@ func TestRecorderDiskError(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.stream(t, r.rcv.Addr, nil)
-	waitFor(t, "readiness to go false", func() bool { return rep.g.Ready() != nil })
-	if err := rep.g.Ready(); err == nil || rep.counter(t, "audiofan_subscriber_messages_total", subscribers.OutcomeRetried) == 0 {
+	conformance.WaitFor(t, "readiness to go false", func() bool { return rep.g.Ready() != nil })
+	if err := rep.g.Ready(); err == nil || conformance.Metric(t, rep.reg, "audiofan_subscriber_messages_total", subscribers.OutcomeRetried) == 0 {
 		t.Fatalf("ready: %v", err)
 	}
 	if err := os.Remove(blocker); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the recording", func() bool { return len(recordingEvents(t, r.rcv.JS, r.rcv.Stream.StreamRef, c.id)) == 1 })
+	conformance.WaitFor(t, "the recording", func() bool { return len(recordingEvents(t, r.rcv.JS, r.rcv.Stream.StreamRef, c.id)) == 1 })
 	c.check(t, blocker)
-	waitFor(t, "readiness back", func() bool { return rep.g.Ready() == nil })
+	conformance.WaitFor(t, "readiness back", func() bool { return rep.g.Ready() == nil })
 }
 
 // AUDIOFAN_RECORDING_STORE=both: the files are on disk and in the Object
@@ -430,7 +392,7 @@ func TestRecorderObjectStore(t *testing.T) {
 	r.replica(t)
 	c := &acsCall{id: "object", parts: []string{"a", "b"}, n: 60, skip: func(p, i int) bool { return p == 1 && i < 5 }}
 	c.stream(t, r.rcv.Addr, nil)
-	waitFor(t, "the recording", func() bool { return len(recordingEvents(t, r.rcv.JS, r.rcv.Stream.StreamRef, c.id)) == 1 })
+	conformance.WaitFor(t, "the recording", func() bool { return len(recordingEvents(t, r.rcv.JS, r.rcv.Stream.StreamRef, c.id)) == 1 })
 	dir := filepath.Join(r.dataDir, "recordings", codec.EncodeToken(c.id))
 	c.check(t, dir)
 	store, err := r.rcv.JS.ObjectStore(context.Background(), "recordings")
@@ -475,7 +437,7 @@ func TestRecorderIdleTimeout(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, "the idle recording", func() bool { return len(recordingEvents(t, r.rcv.JS, r.rcv.Stream.StreamRef, id)) == 1 })
+	conformance.WaitFor(t, "the idle recording", func() bool { return len(recordingEvents(t, r.rcv.JS, r.rcv.Stream.StreamRef, id)) == 1 })
 	if ev := recordingEvents(t, r.rcv.JS, r.rcv.Stream.StreamRef, id)[0]; ev.Data["reason"] != "idle" || ev.Data["durationMs"] != int64(200) && fmt.Sprint(ev.Data["durationMs"]) != "200" {
 		t.Errorf("event %+v", ev.Data)
 	}
