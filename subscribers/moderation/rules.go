@@ -1,18 +1,16 @@
 package moderation
 
 import (
-	"bytes"
 	_ "embed"
 	"errors"
 	"fmt"
 	"math"
-	"os"
 	"regexp"
 	"slices"
 	"strings"
 	"time"
 
-	"github.com/go-audio/wav"
+	"github.com/audiofan/audiofan/subscribers/speech"
 	yaml "go.yaml.in/yaml/v3"
 )
 
@@ -262,7 +260,7 @@ func kindList() string {
 type prompt struct {
 	tone     float64
 	duration time.Duration
-	pcm      []int16 // a WAV file's, mono
+	pcm      []byte // a WAV file's, 16-bit mono
 	rate     int
 }
 
@@ -277,7 +275,7 @@ func parsePrompt(n *yaml.Node, fail func(int, string, ...any) error) (*prompt, e
 	}
 	switch {
 	case p.WAV != "":
-		pcm, rate, err := readWAV(p.WAV)
+		pcm, rate, err := speech.LoadWAV(p.WAV)
 		if err != nil {
 			return nil, fail(n.Line, "prompt: %v", err)
 		}
@@ -290,29 +288,6 @@ func parsePrompt(n *yaml.Node, fail func(int, string, ...any) error) (*prompt, e
 		return &prompt{tone: p.Tone, duration: d}, nil
 	}
 	return nil, fail(n.Line, "prompt: want a tone from 1 to 7999 Hz with a duration, or a wav file")
-}
-
-// readWAV reads a 16-bit PCM WAV file, mixing stereo down to mono.
-func readWAV(path string) ([]int16, int, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, 0, err
-	}
-	d := wav.NewDecoder(bytes.NewReader(data))
-	buf, err := d.FullPCMBuffer()
-	if err != nil || d.BitDepth != 16 || d.WavAudioFormat != 1 || d.NumChans < 1 || d.NumChans > 2 {
-		return nil, 0, fmt.Errorf("%s: want a 16-bit PCM WAV file, mono or stereo", path)
-	}
-	ch := int(d.NumChans)
-	out := make([]int16, len(buf.Data)/ch)
-	for i := range out {
-		s := 0
-		for c := range ch {
-			s += buf.Data[i*ch+c]
-		}
-		out[i] = int16(s / ch)
-	}
-	return out, int(d.SampleRate), nil
 }
 
 // pcm renders the prompt at rate: 16-bit little-endian mono.
@@ -328,16 +303,8 @@ func (p *prompt) pcm16(rate int) []byte {
 		}
 		return out
 	}
-	// Linear resampling to the call's rate.
-	n := len(p.pcm) * rate / p.rate
-	out := make([]byte, 2*n)
-	for i := range n {
-		x := float64(i) * float64(p.rate) / float64(rate)
-		j := int(x)
-		f := x - float64(j)
-		a, b := float64(p.pcm[min(j, len(p.pcm)-1)]), float64(p.pcm[min(j+1, len(p.pcm)-1)])
-		v := int16(a + (b-a)*f)
-		out[2*i], out[2*i+1] = byte(v), byte(uint16(v)>>8)
+	if p.rate == rate {
+		return append([]byte{}, p.pcm...)
 	}
-	return out
+	return speech.Resample(p.pcm, p.rate, rate)
 }

@@ -1,7 +1,8 @@
 // Package speech measures 16-bit PCM frames (level, peak, clipping) and
 // finds speech in them with an energy detector, shared by the roles that
 // listen to calls (analytics, moderation). It is pure: frames in, segments
-// and figures out, the same for the same frames.
+// and figures out, the same for the same frames. It also reads WAV files and
+// resamples PCM, for the roles that play or send audio (moderation, sim).
 package speech
 
 import (
