@@ -113,7 +113,7 @@ func benchPlainPublisher(b *testing.B) float64 {
 	if err != nil {
 		b.Fatal(err)
 	}
-	if _, err := broker.EnsureStream(context.Background(), js, sc); err != nil {
+	if _, err := broker.EnsureStream(context.Background(), js, sc, natstest.Logger()); err != nil {
 		b.Fatal(err)
 	}
 	type prepared struct {

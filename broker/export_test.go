@@ -22,3 +22,11 @@ func CertReloader(cfg TLSConfig) (get func() []byte, recheck func(), err error) 
 	recheck = func() { r.mu.Lock(); r.checked = time.Time{}; r.mu.Unlock() }
 	return get, recheck, nil
 }
+
+// SetProvisionBackoff shortens the waits between provisioning attempts and
+// returns the function that restores them.
+func SetProvisionBackoff(d time.Duration) func() {
+	old := provisionBackoff
+	provisionBackoff = d
+	return func() { provisionBackoff = old }
+}

@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"slices"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -97,19 +100,113 @@ func (c StreamConfig) jetstream() jetstream.StreamConfig {
 	}
 }
 
-// EnsureStream creates the stream or brings its settings in line with c (when
-// c.Provision), or only checks that it exists.
-func EnsureStream(ctx context.Context, js jetstream.JetStream, c StreamConfig) (jetstream.Stream, error) {
-	if !c.Provision {
-		s, err := js.Stream(ctx, c.Name)
-		if err != nil {
-			return nil, fmt.Errorf("stream %s (AUDIOFAN_STREAM_PROVISION=false, so it must exist): %w", c.Name, err)
+// EnsureStream creates the stream or brings the settings it owns in line with
+// c (when c.Provision), or only checks that it exists. It reads the stream
+// first and writes only what differs, so replicas starting together do not
+// all propose the same update, and settings an operator added (placement,
+// sources, compression, ...) are kept. JetStream's answers that say "not now"
+// (a cluster still forming, a meta leader being elected, a request lost on a
+// node's death) are retried with a short deadline per attempt until ctx ends;
+// anything else, such as a configuration the server refuses, fails at once.
+// Waits are logged on log.
+func EnsureStream(ctx context.Context, js jetstream.JetStream, c StreamConfig, log *slog.Logger) (jetstream.Stream, error) {
+	var s jetstream.Stream
+	err := Provision(ctx, log, "stream "+c.Name, func(ctx context.Context) (err error) {
+		s, err = ensureStream(ctx, js, c)
+		return err
+	})
+	switch {
+	case err == nil:
+		return s, nil
+	case !c.Provision:
+		return nil, fmt.Errorf("stream %s (AUDIOFAN_STREAM_PROVISION=false, so it must exist): %w", c.Name, err)
+	}
+	return nil, fmt.Errorf("create or update stream %s: %w", c.Name, err)
+}
+
+// Provision runs op, one JetStream set-up step (a stream, a consumer, a
+// bucket), with a deadline of its own, again and again while it fails with an
+// error that means "not now" and ctx lasts. Parts of a deployment start in any
+// order and a cluster takes seconds to elect its leaders: failing the process
+// on that would only trade a short wait for a restart loop. Each wait is
+// logged on log (the first, then every tenth), naming what.
+func Provision(ctx context.Context, log *slog.Logger, what string, op func(context.Context) error) error {
+	for attempt := 1; ; attempt++ {
+		actx, cancel := context.WithTimeout(ctx, provisionAttempt)
+		err := op(actx)
+		cancel()
+		if err == nil || !transient(err) || ctx.Err() != nil {
+			if err != nil && attempt > 1 {
+				return fmt.Errorf("after %d attempts: %w", attempt, err)
+			}
+			return err
 		}
+		if attempt == 1 || attempt%10 == 0 {
+			log.Warn("JetStream not ready, trying again", "what", what, "attempt", attempt, "err", err)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(min(time.Duration(attempt)*provisionBackoff, 8*provisionBackoff)):
+		}
+	}
+}
+
+// provisionAttempt bounds one JetStream API request of provisioning: a
+// request the cluster lost is never answered, and waiting out the caller's
+// whole deadline on it would leave no time to ask again.
+const provisionAttempt = 5 * time.Second
+
+// provisionBackoff is the first wait between attempts; it grows by as much
+// each time, up to eight times.
+var provisionBackoff = 250 * time.Millisecond
+
+// errCreateRace: another replica created the stream between our read and
+// our create; reading again settles it.
+var errCreateRace = errors.New("stream created concurrently")
+
+func ensureStream(ctx context.Context, js jetstream.JetStream, c StreamConfig) (jetstream.Stream, error) {
+	s, err := js.Stream(ctx, c.Name)
+	if !c.Provision || err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return s, err
+	}
+	want := c.jetstream()
+	if err != nil { // not found
+		s, err = js.CreateStream(ctx, want)
+		if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+			return nil, errCreateRace
+		}
+		return s, err
+	}
+	cfg, changed := overlay(s.CachedInfo().Config, want)
+	if !changed {
 		return s, nil
 	}
-	s, err := js.CreateOrUpdateStream(ctx, c.jetstream())
-	if err != nil {
-		return nil, fmt.Errorf("create or update stream %s: %w", c.Name, err)
+	return js.UpdateStream(ctx, cfg)
+}
+
+// overlay sets the fields audiofan owns on the stream's current
+// configuration, leaving the rest as found, and says whether any changed.
+func overlay(cur, want jetstream.StreamConfig) (jetstream.StreamConfig, bool) {
+	same := cur.Description == want.Description && slices.Equal(cur.Subjects, want.Subjects) &&
+		cur.Retention == want.Retention && cur.Discard == want.Discard && cur.MaxAge == want.MaxAge &&
+		cur.MaxBytes == want.MaxBytes && cur.Duplicates == want.Duplicates && cur.Replicas == want.Replicas &&
+		cur.Storage == want.Storage
+	cur.Description, cur.Subjects, cur.Retention, cur.Discard = want.Description, want.Subjects, want.Retention, want.Discard
+	cur.MaxAge, cur.MaxBytes, cur.Duplicates, cur.Replicas, cur.Storage = want.MaxAge, want.MaxBytes, want.Duplicates, want.Replicas, want.Storage
+	return cur, !same
+}
+
+// transient says whether a JetStream API error means "not now" rather than
+// "no": no answer in time, nobody to answer, JetStream not (yet) running, or
+// the server's 503 family (cluster unavailable, no peers for placement yet).
+func transient(err error) bool {
+	var apiErr *jetstream.APIError
+	switch {
+	case errors.Is(err, errCreateRace), errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout),
+		errors.Is(err, nats.ErrNoResponders), errors.Is(err, jetstream.ErrJetStreamNotEnabled), errors.Is(err, nats.ErrConnectionReconnecting):
+		return true
+	case errors.As(err, &apiErr):
+		return apiErr.Code == 503
 	}
-	return s, nil
+	return false
 }

@@ -76,7 +76,7 @@ func newGroupRig(t *testing.T) *groupRig {
 	t.Cleanup(nc.Close)
 	js, _ := jetstream.New(nc)
 	sc := natstest.Defaults[broker.StreamConfig](t)
-	if _, err := broker.EnsureStream(context.Background(), js, sc); err != nil {
+	if _, err := broker.EnsureStream(context.Background(), js, sc, natstest.Logger()); err != nil {
 		t.Fatal(err)
 	}
 	return &groupRig{t: t, ns: ns, js: js, ref: sc.StreamRef}

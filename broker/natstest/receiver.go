@@ -79,7 +79,7 @@ func StartReceiverStream(t testing.TB, ns *Server, sc broker.StreamConfig, modif
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if _, err := broker.EnsureStream(ctx, r.JS, r.Stream); err != nil {
+	if _, err := broker.EnsureStream(ctx, r.JS, r.Stream, Logger()); err != nil {
 		t.Fatal(err)
 	}
 	r.Reg = prometheus.NewRegistry()

@@ -120,7 +120,7 @@ func TestServeAndTap(t *testing.T) {
 	done := make(chan int, 1)
 	go func() { done <- run([]string{"serve"}, &serveOut, &serveErr) }()
 
-	waitHTTP(t, "serve", "http://"+httpAddr+"/readyz", 30*time.Second)
+	waitHTTP(t, "serve", "http://"+httpAddr+"/readyz", 30*time.Second, func() bool { return len(done) > 0 })
 
 	c, _, err := websocket.DefaultDialer.Dial("ws://"+httpAddr+"/ws", http.Header{"x-ms-call-connection-id": {"4:+1 call"}})
 	if err != nil {
@@ -304,13 +304,13 @@ func TestRecorderRole(t *testing.T) {
 	}
 	defer nc.Close()
 	js, _ := jetstream.New(nc)
-	if _, err := broker.EnsureStream(context.Background(), js, natstest.Defaults[broker.StreamConfig](t)); err != nil {
+	if _, err := broker.EnsureStream(context.Background(), js, natstest.Defaults[broker.StreamConfig](t), natstest.Logger()); err != nil {
 		t.Fatal(err)
 	}
 	var out, errOut syncBuffer
 	done := make(chan int, 1)
 	go func() { done <- run([]string{"recorder"}, &out, &errOut) }()
-	waitHTTP(t, "recorder", "http://"+httpAddr+"/readyz", 30*time.Second)
+	waitHTTP(t, "recorder", "http://"+httpAddr+"/readyz", 30*time.Second, func() bool { return len(done) > 0 })
 	resp, err := http.Get("http://" + httpAddr + "/metrics")
 	if err != nil {
 		t.Fatal(err)

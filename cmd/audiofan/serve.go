@@ -169,7 +169,7 @@ func runReceiver(ctx context.Context, s *ReceiverSettings, url string, nopts NAT
 		return err
 	}
 	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	stream, err := broker.EnsureStream(sctx, js, s.Stream)
+	stream, err := broker.EnsureStream(sctx, js, s.Stream, log)
 	cancel()
 	if err != nil {
 		return err

@@ -82,7 +82,7 @@ func buildBinaries(t *testing.T) (audiofan, natsServer string) {
 	return audiofan, natsServer
 }
 
-func waitHTTP(t *testing.T, what, url string, timeout time.Duration) {
+func waitHTTP(t *testing.T, what, url string, timeout time.Duration, exited func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
@@ -93,11 +93,22 @@ func waitHTTP(t *testing.T, what, url string, timeout time.Duration) {
 				return
 			}
 		}
+		if exited != nil && exited() {
+			t.Fatalf("%s exited before it was ready at %s", what, url)
+		}
 		if time.Now().After(deadline) {
 			t.Fatalf("%s not ready at %s: %v", what, url, err)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// ready waits for the process to answer 200 at url, and fails the test at
+// once if it exits first.
+func (p *proc) ready(url string) {
+	p.t.Helper()
+	done := p.done
+	waitHTTP(p.t, p.name, url, 60*time.Second, func() bool { return len(done) > 0 })
 }
 
 // The distributed topology as separate processes on loopback: 3 clustered
@@ -165,7 +176,7 @@ func TestTopology(t *testing.T) {
 			args: append(a, "-routes", strings.Join(routes, ","))}))
 	}
 	for i, m := range monitors {
-		waitHTTP(t, fmt.Sprintf("nats-%d", i+1), m+"/healthz", 60*time.Second)
+		nodes[i].ready(m + "/healthz")
 	}
 	natsURL := strings.Join(clientURLs, ",")
 
@@ -180,7 +191,7 @@ func TestTopology(t *testing.T) {
 		addr := freePort(t)
 		p := add(&proc{name: name, bin: audiofanBin, args: []string{cmd},
 			env: append(append(append([]string{}, common...), "AUDIOFAN_HTTP_ADDR="+addr, "AUDIOFAN_INSTANCE="+name), extra...)})
-		waitHTTP(t, name, "http://"+addr+"/readyz", 60*time.Second)
+		p.ready("http://" + addr + "/readyz")
 		return p
 	}
 	var receivers []string
@@ -190,7 +201,7 @@ func TestTopology(t *testing.T) {
 		p := add(&proc{name: fmt.Sprintf("receiver-%d", i+1), bin: audiofanBin, args: []string{"receiver"},
 			env: append(append(append([]string{}, common...), lossless...), "AUDIOFAN_HTTP_ADDR="+addr,
 				fmt.Sprintf("AUDIOFAN_INSTANCE=receiver-%d", i+1), "AUDIOFAN_DRAIN_TIMEOUT=60s")})
-		waitHTTP(t, p.name, "http://"+addr+"/readyz", 60*time.Second)
+		p.ready("http://" + addr + "/readyz")
 		receivers, rcvProcs = append(receivers, addr), append(rcvProcs, p)
 	}
 	recorders := []*proc{

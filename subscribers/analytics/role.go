@@ -55,8 +55,12 @@ func New(ctx context.Context, cfg Config, js jetstream.JetStream, reg prometheus
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: cfg.Bucket, History: 1, TTL: cfg.TTL,
-		Replicas: cfg.Replicas, Description: "audiofan analytics: the latest summary of each call"})
+	var kv jetstream.KeyValue
+	err := broker.Provision(ctx, log, "bucket "+cfg.Bucket, func(ctx context.Context) (err error) {
+		kv, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: cfg.Bucket, History: 1, TTL: cfg.TTL,
+			Replicas: cfg.Replicas, Description: "audiofan analytics: the latest summary of each call"})
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("analytics bucket %s: %w", cfg.Bucket, err)
 	}

@@ -37,7 +37,7 @@ func Throughput(b *testing.B, calls, parts, seconds int, newRole func(b *testing
 	js, _ := jetstream.New(nc)
 	sc := natstest.Defaults[broker.StreamConfig](b)
 	ctx := context.Background()
-	if _, err := broker.EnsureStream(ctx, js, sc); err != nil {
+	if _, err := broker.EnsureStream(ctx, js, sc, natstest.Logger()); err != nil {
 		b.Fatal(err)
 	}
 	frames := storeCalls(b, js, sc.Subjects(), calls, parts, seconds)

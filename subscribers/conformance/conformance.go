@@ -303,7 +303,7 @@ func newBus(t *testing.T, spec Spec) *bus {
 		t.Fatal(err)
 	}
 	sc := natstest.Defaults[broker.StreamConfig](t)
-	if _, err := broker.EnsureStream(context.Background(), js, sc); err != nil {
+	if _, err := broker.EnsureStream(context.Background(), js, sc, natstest.Logger()); err != nil {
 		t.Fatal(err)
 	}
 	return &bus{spec: spec, ns: ns, nc: nc, js: js, ref: sc.StreamRef, shared: t.TempDir()}

@@ -49,7 +49,7 @@ func newRig(t *testing.T, rules string) *rig {
 	}
 	js, _ := jetstream.New(nc)
 	sc := natstest.Defaults[broker.StreamConfig](t)
-	if _, err := broker.EnsureStream(context.Background(), js, sc); err != nil {
+	if _, err := broker.EnsureStream(context.Background(), js, sc, natstest.Logger()); err != nil {
 		t.Fatal(err)
 	}
 	cfg := natstest.Defaults[moderation.Config](t)

@@ -85,9 +85,13 @@ func New(ctx context.Context, cfg Config, dataDir string, js jetstream.JetStream
 	}
 	r.spool = spool
 	if cfg.Store != "disk" {
-		r.store, err = js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{Bucket: cfg.Bucket,
-			Description: "audiofan call recordings", Replicas: cfg.BucketReplicas})
+		err = broker.Provision(ctx, log, "bucket "+cfg.Bucket, func(ctx context.Context) (err error) {
+			r.store, err = js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{Bucket: cfg.Bucket,
+				Description: "audiofan call recordings", Replicas: cfg.BucketReplicas})
+			return err
+		})
 		if err != nil {
+			_ = os.RemoveAll(spool)
 			return nil, fmt.Errorf("recordings bucket %s: %w", cfg.Bucket, err)
 		}
 	}
