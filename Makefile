@@ -4,7 +4,7 @@ BIN      ?= bin/audiofan
 FUZZTIME ?= 30s
 BENCHTIME ?= 2s
 
-.PHONY: all build run test test-cluster vet fmt-check bench fuzz clean
+.PHONY: all build run test test-cluster test-browser chromium vet fmt-check bench fuzz clean
 
 all: build
 
@@ -15,15 +15,31 @@ build:
 run:
 	$(GO) run ./cmd/audiofan serve
 
-## test: formatting, vet, every test with the race detector in random order, then the distributed topology
+## test: formatting, vet, every test with the race detector in random order, then the distributed topology and the
+## console in a browser
 test: fmt-check vet
 	$(GO) test -race -shuffle=on -count=1 -timeout 8m ./...
 	$(MAKE) test-cluster
+	$(MAKE) test-browser
 
 ## test-cluster: the distributed topology as processes on loopback (3 NATS nodes, receivers, every role), with a NATS
 ## node and a recorder killed mid-call (part of `make test`)
 test-cluster:
 	AUDIOFAN_TOPOLOGY=1 $(GO) test -race -count=1 -run '^TestTopology$$' -v -timeout 10m ./cmd/audiofan
+
+## test-browser: the web console driven in headless Chromium (Debian's, installed when missing); its screenshots go
+## to artifacts/ (part of `make test`)
+CHROMIUM ?= /usr/bin/chromium
+test-browser: chromium
+	mkdir -p artifacts
+	AUDIOFAN_BROWSER=$(CHROMIUM) $(GO) test -race -count=1 -run '^TestConsoleInBrowser$$' -v -timeout 5m \
+		-artifacts -outputdir $(CURDIR)/artifacts ./cmd/audiofan
+
+chromium:
+	@test -x $(CHROMIUM) || { \
+		sudo=; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+		echo "installing Debian's chromium for the browser test"; \
+		$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq chromium >/dev/null; }
 
 vet:
 	$(GO) vet ./...
@@ -36,6 +52,7 @@ fmt-check:
 bench:
 	$(GO) test -run=NONE -bench=. -benchmem -benchtime=$(BENCHTIME) -count=3 ./codec ./subscribers/moderation
 	$(GO) test -run=NONE -bench=. -benchmem -benchtime=3x -count=3 ./subscribers/recording ./subscribers/analytics
+	$(GO) test -run=NONE -bench=. -benchtime=40x -count=3 ./subscribers/console
 	$(GO) test -run=NONE -bench=. -benchmem -benchtime=1x -count=3 -timeout 30m ./broker
 
 ## fuzz: each fuzz target for FUZZTIME (CI: 3s each); crashers land in testdata/fuzz and are committed as regression cases
@@ -46,4 +63,4 @@ fuzz:
 	$(GO) test -run=NONE -fuzz='^FuzzSocketMessages$$' -fuzztime=$(FUZZTIME) ./broker
 
 clean:
-	rm -rf bin
+	rm -rf bin artifacts

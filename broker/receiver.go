@@ -84,6 +84,7 @@ type Receiver struct {
 	warn   *warnLimiter
 	auth   *authenticator // set by Serve, before the listener is served
 	m      *metrics
+	root   http.Handler // set by Mount, before Serve
 
 	upgrader websocket.Upgrader
 	bufs     sync.Pool
@@ -124,7 +125,11 @@ func NewReceiver(cfg ReceiverConfig, sc StreamConfig, nc *nats.Conn, js jetstrea
 	return r
 }
 
-// Handler serves /ws, /healthz, /readyz and /metrics.
+// Mount gives every path the receiver does not serve to h (the console in
+// `audiofan serve`). Call it before Serve.
+func (r *Receiver) Mount(h http.Handler) { r.root = h }
+
+// Handler serves /ws, /healthz, /readyz and /metrics, and what Mount gave.
 func (r *Receiver) Handler(metricsHandler http.Handler) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /ws", r.serveWS)
@@ -132,6 +137,9 @@ func (r *Receiver) Handler(metricsHandler http.Handler) http.Handler {
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("GET /readyz", r.serveReady)
 	mux.Handle("GET /metrics", metricsHandler)
+	if r.root != nil {
+		mux.Handle("/", r.root)
+	}
 	if r.cfg.PProf {
 		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
 		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)

@@ -10,8 +10,9 @@ import (
 )
 
 // ServeHealth serves a role's /healthz (the process answers), /readyz
-// (ready() returns nil) and /metrics on ln until ctx ends.
-func ServeHealth(ctx context.Context, ln net.Listener, ready func() error, metrics http.Handler) error {
+// (ready() returns nil) and /metrics on ln until ctx ends; other paths go to
+// root when it is not nil.
+func ServeHealth(ctx context.Context, ln net.Listener, ready func() error, metrics, root http.Handler) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
@@ -22,6 +23,9 @@ func ServeHealth(ctx context.Context, ln net.Listener, ready func() error, metri
 		_, _ = w.Write([]byte("ready\n"))
 	})
 	mux.Handle("GET /metrics", metrics)
+	if root != nil {
+		mux.Handle("/", root)
+	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()

@@ -95,7 +95,7 @@ func runSubscriber(ctx context.Context, s SubscriberSettings, log *slog.Logger, 
 		return fmt.Errorf("listen %s: %w", s.HTTPAddr, err)
 	}
 	log.Info("health and metrics", "addr", ln.Addr().String())
-	return subscribers.ServeHealth(ctx, ln, g.Ready, promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	return subscribers.ServeHealth(ctx, ln, g.Ready, promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}), nil)
 }
 
 // startGroup connects and starts a role's Group; stop waits for it to hand

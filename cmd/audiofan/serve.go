@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"path/filepath"
 	"time"
 
@@ -20,6 +21,7 @@ import (
 	"github.com/audiofan/audiofan/broker"
 	"github.com/audiofan/audiofan/subscribers"
 	"github.com/audiofan/audiofan/subscribers/analytics"
+	"github.com/audiofan/audiofan/subscribers/console"
 	"github.com/audiofan/audiofan/subscribers/moderation"
 	"github.com/audiofan/audiofan/subscribers/recording"
 )
@@ -72,6 +74,7 @@ type ServeSettings struct {
 	Recording  recording.Config
 	Analytics  analytics.Config
 	Moderation moderation.Config
+	Console    console.Config
 }
 
 func (s *ServeSettings) validate() error {
@@ -82,6 +85,9 @@ func (s *ServeSettings) validate() error {
 		return err
 	}
 	if err := s.Analytics.Validate(); err != nil {
+		return err
+	}
+	if err := s.Console.Validate(); err != nil {
 		return err
 	}
 	return s.Recording.Validate()
@@ -97,7 +103,7 @@ var receiverRole = role{
 			return errors.New("NATS_URL is empty: the receiver role needs a NATS server (or run `audiofan serve`)")
 		}
 		reg := newRegistry()
-		return runReceiver(ctx, s, s.NATS.URL, s.NATS, reg, log)
+		return runReceiver(ctx, s, s.NATS.URL, s.NATS, reg, log, nil)
 	},
 }
 
@@ -152,13 +158,19 @@ var serveRole = role{
 			}
 			stops = append(stops, stop)
 		}
-		return runReceiver(ctx, &s.ReceiverSettings, url, nopts, reg, log)
+		root, stopConsole, err := consoleRoot(ctx, s, url, nopts, reg, log)
+		if err != nil {
+			return err
+		}
+		defer stopConsole()
+		return runReceiver(ctx, &s.ReceiverSettings, url, nopts, reg, log, root)
 	},
 }
 
 // runReceiver connects, provisions the stream and serves until ctx ends, then
 // drains the receiver and the NATS connection it opened.
-func runReceiver(ctx context.Context, s *ReceiverSettings, url string, nopts NATSSettings, reg *prometheus.Registry, log *slog.Logger) error {
+// Paths it does not serve go to root, when not nil.
+func runReceiver(ctx context.Context, s *ReceiverSettings, url string, nopts NATSSettings, reg *prometheus.Registry, log *slog.Logger, root http.Handler) error {
 	nc, err := connect(url, nopts, "audiofan receiver "+s.Receiver.Instance, log)
 	if err != nil {
 		return err
@@ -179,6 +191,9 @@ func runReceiver(ctx context.Context, s *ReceiverSettings, url string, nopts NAT
 		"max_bytes", info.Config.MaxBytes, "replicas", info.Config.Replicas)
 
 	r := broker.NewReceiver(s.Receiver, s.Stream, nc, js, reg, log.With("component", "receiver"))
+	if root != nil {
+		r.Mount(root)
+	}
 	ln, err := net.Listen("tcp", s.Receiver.HTTPAddr)
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", s.Receiver.HTTPAddr, err)
@@ -191,6 +206,13 @@ func runReceiver(ctx context.Context, s *ReceiverSettings, url string, nopts NAT
 		scheme = "wss"
 	}
 	log.Info("receiver listening", "ws", scheme+"://"+ln.Addr().String()+"/ws", "auth", s.Receiver.Auth.Mode)
+	if root != nil {
+		web := "http"
+		if scheme == "wss" {
+			web = "https"
+		}
+		log.Info("console", "url", web+"://"+ln.Addr().String()+"/")
+	}
 	return r.Serve(ctx, ln, promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 }
 

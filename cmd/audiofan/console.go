@@ -1,0 +1,118 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/audiofan/audiofan/broker"
+	"github.com/audiofan/audiofan/subscribers"
+	"github.com/audiofan/audiofan/subscribers/analytics"
+	"github.com/audiofan/audiofan/subscribers/console"
+	"github.com/audiofan/audiofan/subscribers/moderation"
+	"github.com/audiofan/audiofan/subscribers/recording"
+)
+
+// ConsoleSettings are the settings of `audiofan console`.
+type ConsoleSettings struct {
+	LogSettings
+	NATS     NATSSettings
+	Stream   broker.StreamRef
+	HTTPAddr string `env:"AUDIOFAN_HTTP_ADDR" envDefault:"127.0.0.1:8080" help:"listener of the console, /healthz, /readyz and /metrics"`
+	DataDir  string `env:"AUDIOFAN_DATA_DIR" envDefault:"./data" help:"where the recorders write (recordings/), to play them from disk; else the Object Store"`
+	Console  console.Config
+}
+
+func (s *ConsoleSettings) validate() error {
+	if err := s.Stream.Validate(); err != nil {
+		return err
+	}
+	return s.Console.Validate()
+}
+
+var consoleRole = role{
+	name:    "console",
+	summary: "serve the live web console (calls, meters, transcripts, listening in, recordings, bus health)",
+	config:  func() any { return &ConsoleSettings{} },
+	run: func(ctx context.Context, cfg any, log *slog.Logger, _ io.Writer) error {
+		s := cfg.(*ConsoleSettings)
+		if s.NATS.URL == "" {
+			return errors.New("NATS_URL is empty: the console role needs a NATS server (or run `audiofan serve`, which serves it at /)")
+		}
+		on, err := s.Console.Enabled(s.HTTPAddr)
+		switch {
+		case err != nil:
+			return err
+		case !on:
+			return fmt.Errorf("the console is off on %s: it listens beyond loopback, so it needs AUDIOFAN_CONSOLE_TOKEN or AUDIOFAN_CONSOLE_USER and AUDIOFAN_CONSOLE_PASSWORD (or AUDIOFAN_CONSOLE is off)", s.HTTPAddr)
+		}
+		reg := newRegistry()
+		c, stop, err := startConsole(ctx, s.NATS.URL, s.NATS, s.Stream, s.Console, s.DataDir, reg, log)
+		if err != nil {
+			return err
+		}
+		defer stop()
+		ln, err := net.Listen("tcp", s.HTTPAddr)
+		if err != nil {
+			return fmt.Errorf("listen %s: %w", s.HTTPAddr, err)
+		}
+		log.Info("console listening", "url", "http://"+ln.Addr().String()+"/")
+		return subscribers.ServeHealth(ctx, ln, c.Ready, promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}), c.Handler())
+	},
+}
+
+// startConsole connects and runs a console until ctx ends; stop waits for
+// it and closes the connection.
+func startConsole(ctx context.Context, url string, nopts NATSSettings, ref broker.StreamRef, cfg console.Config, dataDir string,
+	reg prometheus.Registerer, log *slog.Logger) (*console.Console, func(), error) {
+	nc, err := connect(url, nopts, "audiofan console", log)
+	if err != nil {
+		return nil, nil, err
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, nil, err
+	}
+	c, err := console.New(cfg, console.Deps{NC: nc, JS: js, Stream: ref, DataDir: dataDir, Reg: reg, Log: log,
+		Roles: []string{recording.RoleName, analytics.RoleName, moderation.RoleName}})
+	if err != nil {
+		nc.Close()
+		return nil, nil, err
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if err := c.Run(ctx); err != nil {
+			log.Error("console stopped", "err", err)
+		}
+	})
+	return c, func() {
+		wg.Wait()
+		drainConn(nc, log)
+	}, nil
+}
+
+// consoleRoot is the console's handler in `serve`, or nil when it is off.
+func consoleRoot(ctx context.Context, s *ServeSettings, url string, nopts NATSSettings, reg prometheus.Registerer, log *slog.Logger) (http.Handler, func(), error) {
+	on, err := s.Console.Enabled(s.Receiver.HTTPAddr)
+	if err != nil || !on {
+		if err == nil {
+			log.Info("console off: the listener is not loopback and no console credential is set", "addr", s.Receiver.HTTPAddr)
+		}
+		return nil, func() {}, err
+	}
+	c, stop, err := startConsole(ctx, url, nopts, s.Stream.StreamRef, s.Console, s.DataDir, reg, log)
+	if err != nil {
+		return nil, nil, err
+	}
+	return c.Handler(), stop, nil
+}

@@ -1,0 +1,81 @@
+package console
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// serveRecording serves one file the call's recording event lists: from
+// AUDIOFAN_DATA_DIR when it is there (with ranges, so the page can seek),
+// else from the Object Store bucket the event names. Only listed files are
+// served, so no path from the request reaches the disk.
+func (c *Console) serveRecording(w http.ResponseWriter, r *http.Request) {
+	v, ok := c.index.view(r.PathValue("call"), time.Now())
+	name := r.PathValue("file")
+	if !ok || v.Recording == nil {
+		http.Error(w, "no recording of this call", http.StatusNotFound)
+		return
+	}
+	files, _ := v.Recording["files"].([]any)
+	i := slices.IndexFunc(files, func(f any) bool {
+		m, _ := f.(map[string]any)
+		return m != nil && m["name"] == name
+	})
+	if i < 0 {
+		http.Error(w, "no such file", http.StatusNotFound)
+		return
+	}
+	f := files[i].(map[string]any)
+	rel, _ := f["path"].(string)
+	obj, _ := f["object"].(string)
+	w.Header().Set("Content-Type", "audio/wav")
+	if r.URL.Query().Has("download") {
+		w.Header().Set("Content-Disposition", `attachment; filename="`+v.Token+"-"+name+`"`)
+	}
+	if rel != "" && c.d.DataDir != "" && filepath.IsLocal(rel) {
+		if fh, err := os.Open(filepath.Join(c.d.DataDir, filepath.FromSlash(rel))); err == nil {
+			defer fh.Close()
+			if st, err := fh.Stat(); err == nil {
+				http.ServeContent(w, r, name, st.ModTime(), fh)
+				return
+			}
+		}
+	}
+	if bucket, key, ok := strings.Cut(obj, "/"); ok {
+		if err := c.serveObject(r.Context(), w, bucket, key); err == nil {
+			return
+		} else if !errors.Is(err, jetstream.ErrObjectNotFound) && !errors.Is(err, jetstream.ErrBucketNotFound) {
+			c.log.Warn("console: recording from the object store", "object", obj, "err", err)
+		}
+	}
+	http.Error(w, "the file is not on this console's disk nor in the object store", http.StatusNotFound)
+}
+
+func (c *Console) serveObject(ctx context.Context, w http.ResponseWriter, bucket, key string) error {
+	store, err := c.d.JS.ObjectStore(ctx, bucket)
+	if err != nil {
+		return err
+	}
+	res, err := store.Get(ctx, key)
+	if err != nil {
+		return err
+	}
+	defer res.Close()
+	info, err := res.Info()
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Content-Length", strconv.FormatUint(info.Size, 10))
+	_, _ = io.Copy(w, res) // a failure here is the browser going away
+	return nil
+}

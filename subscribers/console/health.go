@@ -1,0 +1,109 @@
+package console
+
+import (
+	"context"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/audiofan/audiofan/subscribers"
+)
+
+// Health is the bus as the console sees it.
+type Health struct {
+	At        time.Time      `json:"at"`
+	Error     string         `json:"error,omitempty"`
+	Stream    StreamHealth   `json:"stream"`
+	Roles     []RoleHealth   `json:"roles"`
+	Receivers map[string]int `json:"receivers"` // open calls per receiver instance
+	NATS      string         `json:"nats"`
+}
+
+// StreamHealth is the stream's size against its limits.
+type StreamHealth struct {
+	Name      string `json:"name"`
+	Messages  uint64 `json:"messages"`
+	Bytes     uint64 `json:"bytes"`
+	MaxBytes  int64  `json:"maxBytes"`
+	Replicas  int    `json:"replicas"`
+	Consumers int    `json:"consumers"`
+	Leader    string `json:"leader,omitempty"`
+}
+
+// RoleHealth is one subscriber role's consumers: calls waiting for a
+// replica, calls being worked on, and messages not yet handled.
+type RoleHealth struct {
+	Role          string `json:"role"`
+	Present       bool   `json:"present"`
+	CallsWaiting  uint64 `json:"callsWaiting"`
+	CallsLeased   int    `json:"callsLeased"`
+	CallConsumers int    `json:"callConsumers"`
+	Lag           uint64 `json:"lag"`
+}
+
+// healthCache keeps the last look for a few seconds: listing every call's
+// consumer is a paged request per 256 of them, not for every page's poll.
+type healthCache struct {
+	mu   sync.Mutex
+	last Health
+}
+
+const healthEvery = 3 * time.Second
+
+func (c *Console) serveHealth(w http.ResponseWriter, r *http.Request) {
+	c.health.mu.Lock()
+	defer c.health.mu.Unlock()
+	if time.Since(c.health.last.At) > healthEvery {
+		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+		c.health.last = c.lookHealth(ctx)
+		cancel()
+	}
+	writeJSON(w, c.health.last)
+}
+
+func (c *Console) lookHealth(ctx context.Context) Health {
+	h := Health{At: time.Now(), Receivers: c.index.receivers(), NATS: c.d.NC.Status().String()}
+	s, err := c.d.JS.Stream(ctx, c.d.Stream.Name)
+	if err != nil {
+		h.Error = "stream " + c.d.Stream.Name + ": " + err.Error()
+		return h
+	}
+	info := s.CachedInfo()
+	h.Stream = StreamHealth{Name: info.Config.Name, Messages: info.State.Msgs, Bytes: info.State.Bytes,
+		MaxBytes: info.Config.MaxBytes, Replicas: info.Config.Replicas, Consumers: info.State.Consumers}
+	if info.Cluster != nil {
+		h.Stream.Leader = info.Cluster.Leader
+	}
+	roles := map[string]*RoleHealth{}
+	for _, name := range c.d.Roles {
+		roles[name] = &RoleHealth{Role: name}
+	}
+	list := s.ListConsumers(ctx)
+	for ci := range list.Info() {
+		name := ci.Name
+		role, _, perCall := strings.Cut(name, "-")
+		rh := roles[role]
+		if rh == nil {
+			continue
+		}
+		switch {
+		case name == subscribers.DispatchConsumer(role):
+			rh.Present = true
+			rh.CallsWaiting = ci.NumPending
+			rh.CallsLeased = ci.NumAckPending
+		case perCall:
+			rh.CallConsumers++
+			rh.Lag += ci.NumPending
+		}
+	}
+	if err := list.Err(); err != nil {
+		h.Error = "consumers: " + err.Error()
+	}
+	for _, name := range c.d.Roles {
+		h.Roles = append(h.Roles, *roles[name])
+	}
+	slices.SortFunc(h.Roles, func(a, b RoleHealth) int { return strings.Compare(a.Role, b.Role) })
+	return h
+}

@@ -1,0 +1,329 @@
+package console
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/audiofan/audiofan/broker"
+	"github.com/audiofan/audiofan/codec"
+	"github.com/audiofan/audiofan/subscribers"
+)
+
+// CallView is a call as the list and a call's page show it.
+type CallView struct {
+	ID         string    `json:"id"`
+	Token      string    `json:"token"`
+	Started    time.Time `json:"started"`
+	Ended      time.Time `json:"ended,omitzero"`
+	LastSeen   time.Time `json:"lastSeen"`
+	Live       bool      `json:"live"`
+	DurationMs int64     `json:"durationMs"`
+	SampleRate int       `json:"sampleRate"`
+	// Mixed is true for a call whose audio is one mixed stream; false when
+	// per participant; null while no audio has been seen.
+	Mixed        *bool             `json:"mixed"`
+	Participants []string          `json:"participants"`
+	Receivers    []string          `json:"receivers"`
+	Streams      []string          `json:"streams"`
+	Reason       string            `json:"reason,omitempty"`
+	Frames       map[string]uint64 `json:"frames,omitempty"`
+	FramesPerSec float64           `json:"framesPerSec"`
+	Drops        uint64            `json:"drops"`
+	Hits         int               `json:"hits"`
+	Analytics    map[string]any    `json:"analytics,omitempty"`
+	Recording    map[string]any    `json:"recording,omitempty"`
+}
+
+type callEntry struct {
+	view CallView
+	open map[string]string // connection -> receiver, for sockets not ended
+	held map[string]bool   // receivers that ever held a socket of the call
+	// parts are the participant raw ids seen, "" for mixed audio.
+	parts map[string]bool
+}
+
+// index is the list of calls, built from their lifecycle messages and
+// events: small, a few messages per call, so it is read from the stream
+// from History ago and kept whole.
+type index struct {
+	cfg  Config
+	subj broker.Subjects
+
+	mu      sync.Mutex
+	calls   map[string]*callEntry // by token
+	version uint64
+	ready   bool
+}
+
+func newIndex(cfg Config, subj broker.Subjects) *index {
+	return &index{cfg: cfg, subj: subj, calls: map[string]*callEntry{}}
+}
+
+func (x *index) run(ctx context.Context, js jetstream.JetStream, stream string, log *slog.Logger) error {
+	start := time.Now().Add(-x.cfg.History)
+	var cons jetstream.Consumer
+	for attempt := 1; ; attempt++ {
+		err := broker.Provision(ctx, log, "console call list", func(ctx context.Context) (err error) {
+			cons, err = js.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{
+				FilterSubjects: []string{x.subj.Prefix + ".*." + broker.KindLifecycle, x.subj.Prefix + ".*." + broker.KindEvents + ".>"},
+				DeliverPolicy:  jetstream.DeliverByStartTimePolicy, OptStartTime: &start,
+			})
+			return err
+		})
+		switch {
+		case err == nil:
+		case ctx.Err() != nil:
+			return nil
+		case errors.Is(err, jetstream.ErrStreamNotFound):
+			// The receiver creates it; parts of a deployment start in
+			// any order.
+			if attempt == 1 {
+				log.Info("console: waiting for the stream", "stream", stream)
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+			continue
+		default:
+			return fmt.Errorf("console: read calls from %s: %w", stream, err)
+		}
+		break
+	}
+	prune := time.NewTicker(10 * time.Second)
+	defer prune.Stop()
+	for ctx.Err() == nil {
+		fctx, cancel := context.WithTimeout(ctx, time.Second)
+		msg, err := cons.Next(jetstream.FetchContext(fctx))
+		cancel()
+		select {
+		case <-prune.C:
+			x.prune(time.Now())
+		default:
+		}
+		if err != nil {
+			// Nothing new within the second: the list has caught up.
+			x.mu.Lock()
+			x.ready = true
+			x.mu.Unlock()
+			continue
+		}
+		m, err := subscribers.Decode(x.subj, msg.Subject(), msg.Data())
+		if err != nil {
+			log.Debug("console: undecodable message skipped", "subject", msg.Subject(), "err", err)
+			continue
+		}
+		var stored time.Time
+		if md, err := msg.Metadata(); err == nil {
+			stored = md.Timestamp
+			if md.NumPending == 0 {
+				x.mu.Lock()
+				x.ready = true
+				x.mu.Unlock()
+			}
+		}
+		x.apply(m, stored)
+	}
+	return nil
+}
+
+// apply adds one lifecycle message or event to the list.
+func (x *index) apply(m subscribers.Message, stored time.Time) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	tok := m.Info.Call
+	e := x.calls[tok]
+	if e == nil {
+		id, _ := codec.DecodeToken(tok)
+		e = &callEntry{view: CallView{ID: id, Token: tok}, open: map[string]string{}, held: map[string]bool{}, parts: map[string]bool{}}
+		x.calls[tok] = e
+	}
+	v := &e.view
+	if stored.After(v.LastSeen) {
+		v.LastSeen = stored
+	}
+	switch p := m.Payload.(type) {
+	case *codec.Lifecycle:
+		v.ID = cmp.Or(p.Call, v.ID)
+		if !slices.Contains(v.Streams, p.Stream) && p.Stream != "" {
+			v.Streams = append(v.Streams, p.Stream)
+		}
+		switch p.Type {
+		case codec.LifecycleStarted:
+			if v.Started.IsZero() || p.At.Before(v.Started) {
+				v.Started = p.At
+			}
+			e.open[p.Connection] = p.Receiver
+			e.held[p.Receiver] = true
+			v.Ended = time.Time{}
+			if p.Stream == "audio" && p.SampleRate > 0 {
+				v.SampleRate = p.SampleRate
+			}
+		case codec.LifecycleEnded:
+			delete(e.open, p.Connection)
+			if len(e.open) == 0 {
+				v.Ended = p.At
+			}
+			if v.Started.IsZero() {
+				v.Started = p.At
+			}
+			// The call ended as its audio did; a transcription socket's
+			// reason stands only when there is no audio.
+			if p.Reason != "" && (p.Stream == "audio" || v.Reason == "") {
+				v.Reason = p.Reason
+			}
+			for id, n := range p.Frames {
+				if v.Frames == nil {
+					v.Frames = map[string]uint64{}
+				}
+				v.Frames[id] += n
+				e.parts[id] = true
+			}
+		}
+	case *codec.Event:
+		switch m.Info.Source {
+		case "analytics":
+			v.Analytics = p.Data
+			if ps, ok := p.Data["participants"].([]any); ok {
+				for _, pp := range ps {
+					if pm, ok := pp.(map[string]any); ok {
+						if id, ok := pm["participant"].(string); ok {
+							e.parts[id] = true
+						}
+					}
+				}
+			}
+		case "recording":
+			v.Recording = p.Data
+		case "moderation":
+			if p.Type == "hit" {
+				v.Hits++
+			}
+		}
+	}
+	x.version++
+}
+
+// seen records a participant whose audio the live rates saw.
+func (x *index) seen(tok, participant string) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if e := x.calls[tok]; e != nil && !e.parts[participant] {
+		e.parts[participant] = true
+		x.version++
+	}
+}
+
+// prune forgets ended calls past the history or past MaxEnded, and calls
+// whose sockets never reported their end (a receiver killed) once nothing
+// was heard of them for the history.
+func (x *index) prune(now time.Time) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	var ended []*callEntry
+	for tok, e := range x.calls {
+		switch {
+		case now.Sub(e.view.LastSeen) > x.cfg.History:
+			delete(x.calls, tok)
+			x.version++
+		case len(e.open) == 0:
+			ended = append(ended, e)
+		}
+	}
+	if len(ended) <= x.cfg.MaxEnded {
+		return
+	}
+	slices.SortFunc(ended, func(a, b *callEntry) int { return b.view.Ended.Compare(a.view.Ended) })
+	for _, e := range ended[x.cfg.MaxEnded:] {
+		delete(x.calls, e.view.Token)
+	}
+	x.version++
+}
+
+// view returns one call.
+func (x *index) view(tok string, now time.Time) (CallView, bool) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	e, ok := x.calls[tok]
+	if !ok {
+		return CallView{}, false
+	}
+	return e.snapshot(now), true
+}
+
+// list returns the calls, live first, then by start, newest first.
+func (x *index) list(now time.Time) ([]CallView, uint64) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	out := make([]CallView, 0, len(x.calls))
+	for _, e := range x.calls {
+		out = append(out, e.snapshot(now))
+	}
+	slices.SortFunc(out, func(a, b CallView) int {
+		if a.Live != b.Live {
+			if a.Live {
+				return -1
+			}
+			return 1
+		}
+		return cmp.Or(b.Started.Compare(a.Started), cmp.Compare(a.Token, b.Token))
+	})
+	return out, x.version
+}
+
+func (e *callEntry) snapshot(now time.Time) CallView {
+	v := e.view
+	v.Live = len(e.open) > 0
+	end := v.Ended
+	if v.Live {
+		end = now
+	}
+	if !v.Started.IsZero() {
+		v.DurationMs = max(end.Sub(v.Started).Milliseconds(), 0)
+	}
+	v.Participants = slices.Sorted(maps.Keys(e.parts))
+	if len(v.Participants) > 0 {
+		mixed := len(v.Participants) == 1 && v.Participants[0] == ""
+		v.Mixed = &mixed
+	}
+	// A live call is on the receivers holding its sockets now; an ended
+	// one shows those that held it.
+	v.Receivers = nil
+	for _, r := range e.open {
+		if !slices.Contains(v.Receivers, r) {
+			v.Receivers = append(v.Receivers, r)
+		}
+	}
+	if !v.Live {
+		v.Receivers = slices.Collect(maps.Keys(e.held))
+	}
+	slices.Sort(v.Receivers)
+	v.Frames = maps.Clone(v.Frames)
+	return v
+}
+
+// receivers counts the open calls per receiver, for the health view.
+func (x *index) receivers() map[string]int {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	out := map[string]int{}
+	for _, e := range x.calls {
+		seen := map[string]bool{}
+		for _, r := range e.open {
+			if !seen[r] {
+				seen[r] = true
+				out[r]++
+			}
+		}
+	}
+	return out
+}
