@@ -128,7 +128,7 @@ func TestComposeStack(t *testing.T) {
 		}
 	}
 	slices.Sort(audiofanRoles)
-	if want := []string{"analytics", "moderator", "receiver", "recorder"}; !slices.Equal(audiofanRoles, want) {
+	if want := []string{"analytics", "console", "moderator", "receiver", "recorder"}; !slices.Equal(audiofanRoles, want) {
 		t.Errorf("audiofan services run %v, want %v", audiofanRoles, want)
 	}
 	for _, n := range []string{"nats-1", "nats-2", "nats-3", "lb", "prometheus", "grafana"} {
@@ -181,7 +181,7 @@ func TestKubernetesManifests(t *testing.T) {
 	known := metricsInSource(t)
 	consumers := map[string]string{"recorder": "recording", "analytics": "analytics", "moderator": "moderation"}
 	kinds := map[string]int{}
-	for _, file := range []string{"receiver.yaml", "roles.yaml"} {
+	for _, file := range []string{"receiver.yaml", "roles.yaml", "console.yaml"} {
 		raw, err := os.ReadFile(filepath.Join(repo, "deploy/k8s", file))
 		if err != nil {
 			t.Fatal(err)
@@ -231,7 +231,7 @@ func TestKubernetesManifests(t *testing.T) {
 			}
 		}
 	}
-	if kinds["Deployment"] != 4 || kinds["ScaledObject"] != 3 || kinds["HorizontalPodAutoscaler"] != 1 || kinds["PodDisruptionBudget"] != 1 || kinds["Service"] != 1 {
+	if kinds["Deployment"] != 5 || kinds["ScaledObject"] != 3 || kinds["HorizontalPodAutoscaler"] != 1 || kinds["PodDisruptionBudget"] != 1 || kinds["Service"] != 2 {
 		t.Errorf("manifests: %v", kinds)
 	}
 	var values map[string]any

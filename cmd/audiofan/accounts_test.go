@@ -1,0 +1,238 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/audiofan/audiofan/broker"
+	"github.com/audiofan/audiofan/broker/natstest"
+	"github.com/audiofan/audiofan/codec"
+	"github.com/audiofan/audiofan/subscribers"
+	"github.com/audiofan/audiofan/subscribers/analytics"
+	"github.com/audiofan/audiofan/subscribers/conformance"
+	"github.com/audiofan/audiofan/subscribers/console"
+	"github.com/audiofan/audiofan/subscribers/moderation"
+	"github.com/audiofan/audiofan/subscribers/recording"
+)
+
+// TestNATSAccounts runs every part of the compose stack under the users of
+// deploy/nats/nats.conf, on one server started from that file: each does its
+// work (a call stored, recorded, analysed, moderated, shown in the console),
+// and none can change the stream or touch another role's dispatch consumer.
+func TestNATSAccounts(t *testing.T) {
+	t.Setenv("NATS_SERVER_NAME", "accounts")
+	t.Setenv("NATS_RECEIVER_PASSWORD", "receiver-pw")
+	t.Setenv("NATS_ROLE_PASSWORD", "role-pw")
+	opts, err := server.ProcessConfigFile(filepath.Join(repo, "deploy/nats/nats.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// One node on loopback, its store in a temporary folder.
+	opts.Host, opts.Port, opts.HTTPPort = "127.0.0.1", -1, 0
+	opts.Cluster, opts.Routes, opts.RoutesStr = server.ClusterOpts{}, nil, ""
+	opts.StoreDir, opts.NoSigs, opts.NoLog = t.TempDir(), true, true
+	ns, err := server.NewServer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns.Start()
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats not ready")
+	}
+	url := func(user, pw string) string { return "nats://" + user + ":" + pw + "@" + ns.Addr().String() }
+	log := natstest.Logger()
+	conn := func(user, pw string) (*nats.Conn, jetstream.JetStream, chan error) {
+		violations := make(chan error, 16)
+		nc, err := nats.Connect(url(user, pw), nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			select {
+			case violations <- err:
+			default:
+			}
+		}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(nc.Close)
+		js, err := jetstream.New(nc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return nc, js, violations
+	}
+
+	// The receiver provisions the stream and stores a call.
+	sc := natstest.Defaults[broker.StreamConfig](t)
+	_, rjs, _ := conn("receiver", "receiver-pw")
+	if _, err := broker.EnsureStream(t.Context(), rjs, sc, log); err != nil {
+		t.Fatal(err)
+	}
+
+	// Each role under its own user.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	gc := conformance.Config(t)
+	rc := natstest.Defaults[recording.Config](t)
+	rc.Store = "both"
+	dataDir := t.TempDir()
+	var stops []func()
+	defer func() {
+		cancel()
+		for _, stop := range stops {
+			stop()
+		}
+	}()
+	for _, r := range []struct {
+		user  string
+		build roleFactory
+	}{
+		{"recorder", func(ctx context.Context, js jetstream.JetStream, reg prometheus.Registerer) (subscribers.Role, func(), error) {
+			return newRecorder(ctx, rc, dataDir, js, reg, log)
+		}},
+		{"analytics", analyticsFactory(natstest.Defaults[analytics.Config](t), log)},
+		{"moderator", moderatorFactory(ctx, natstest.Defaults[moderation.Config](t), sc.Subjects(), log)},
+	} {
+		g, stop, err := startGroup(ctx, url(r.user, "role-pw"), NATSSettings{}, sc.StreamRef, gc, "accounts "+r.user, prometheus.NewRegistry(), log, r.build)
+		if err != nil {
+			t.Fatalf("%s: %v", r.user, err)
+		}
+		stops = append(stops, stop)
+		conformance.WaitFor(t, r.user+" ready", func() bool { return g.Ready() == nil })
+	}
+
+	// The console reads as the tools user.
+	tnc, tjs, _ := conn("tools", "role-pw")
+	c, err := console.New(natstest.Defaults[console.Config](t), console.Deps{NC: tnc, JS: tjs, Stream: sc.StreamRef, DataDir: dataDir,
+		Roles: []string{"recording", "analytics", "moderation"}, Reg: prometheus.NewRegistry(), Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cdone := make(chan error, 1)
+	go func() { cdone <- c.Run(ctx) }()
+	defer func() { cancel(); <-cdone }()
+	web := httptest.NewServer(c.Handler())
+	defer web.Close()
+
+	for _, m := range conformance.Default("accounts-call") {
+		data, err := codec.Marshal(m.Payload)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := rjs.Publish(t.Context(), sc.Prefix+"."+m.Subject, data); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// Every role finished the call, and wrote its output.
+	for _, role := range []string{"recording", "analytics", "moderation"} {
+		conformance.WaitFor(t, role+" finished the call", func() bool {
+			kv, err := tjs.KeyValue(t.Context(), sc.Name+"-"+role+"-done")
+			if err != nil {
+				return false
+			}
+			keys, err := kv.ListKeys(t.Context())
+			if err != nil {
+				return false
+			}
+			n := 0
+			for range keys.Keys() {
+				n++
+			}
+			return n == 1
+		})
+	}
+	if ev := conformance.Events(t, tjs, sc.StreamRef, "accounts-call", "recording"); len(ev) != 1 {
+		t.Errorf("%d recording events", len(ev))
+	}
+	if ev := conformance.Events(t, tjs, sc.StreamRef, "accounts-call", "analytics"); len(ev) == 0 {
+		t.Error("no analytics events")
+	}
+	conformance.WaitFor(t, "the console lists the call with its recording", func() bool {
+		resp, err := http.Get(web.URL + "/api/calls")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		var calls []console.CallView
+		return json.NewDecoder(resp.Body).Decode(&calls) == nil && len(calls) == 1 && calls[0].Recording != nil
+	})
+	var health console.Health
+	resp, err := http.Get(web.URL + "/api/health")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = json.NewDecoder(resp.Body).Decode(&health)
+	resp.Body.Close()
+	if health.Error != "" || len(health.Roles) != 3 || !health.Roles[0].Present {
+		t.Errorf("console health as tools: %+v", health)
+	}
+
+	// What the users may not do.
+	short := func() context.Context {
+		c, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+		t.Cleanup(cancel)
+		return c
+	}
+	rnc, recjs, rviol := conn("recorder", "role-pw")
+	if err := recjs.DeleteStream(short(), sc.Name); err == nil {
+		t.Error("the recorder deleted the stream")
+	}
+	if rs, err := recjs.Stream(short(), sc.Name); err != nil {
+		t.Errorf("the recorder cannot read the stream's info: %v", err)
+	} else if err := rs.Purge(short()); err == nil {
+		t.Error("the recorder purged the stream")
+	}
+	if err := recjs.DeleteConsumer(short(), sc.Name, subscribers.DispatchConsumer(analytics.RoleName)); err == nil {
+		t.Error("the recorder deleted the analytics dispatch consumer")
+	}
+	if _, err := recjs.Consumer(short(), sc.Name, subscribers.DispatchConsumer(moderation.RoleName)); err == nil {
+		t.Error("the recorder opened the moderation dispatch consumer")
+	}
+	if _, err := recjs.Consumer(short(), sc.Name, subscribers.DispatchConsumer(recording.RoleName)); err != nil {
+		t.Errorf("the recorder cannot open its own dispatch consumer: %v", err)
+	}
+	_ = rnc.Publish(sc.Prefix+".x.events.analytics", []byte("forged"))
+	_ = rnc.Flush()
+	select {
+	case err := <-rviol:
+		if !errors.Is(err, nats.ErrPermissionViolation) {
+			t.Errorf("forged analytics event: %v", err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Error("the recorder published an analytics event")
+	}
+	if err := tjs.DeleteStream(short(), sc.Name); err == nil {
+		t.Error("tools deleted the stream")
+	}
+	if _, err := rjs.Publish(short(), sc.Prefix+".x.lifecycle", []byte("x")); err != nil {
+		// The receiver may publish anything under the prefix (the payload
+		// is refused by the roles, not by the server).
+		t.Errorf("the receiver under the prefix: %v", err)
+	}
+	// All still there, seen by the tools user.
+	s, err := tjs.Stream(t.Context(), sc.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for n := range s.ListConsumers(t.Context()).Info() {
+		names = append(names, n.Name)
+	}
+	for _, want := range []string{"recording", "analytics", "moderation"} {
+		if !slices.Contains(names, want) {
+			t.Errorf("dispatch consumer %s gone: %v", want, names)
+		}
+	}
+}
