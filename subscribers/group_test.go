@@ -68,18 +68,8 @@ type groupRig struct {
 }
 
 func newGroupRig(t *testing.T) *groupRig {
-	ns := natstest.Start(t)
-	nc, err := nats.Connect(ns.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, _ := jetstream.New(nc)
-	sc := natstest.Defaults[broker.StreamConfig](t)
-	if _, err := broker.EnsureStream(context.Background(), js, sc, natstest.Logger()); err != nil {
-		t.Fatal(err)
-	}
-	return &groupRig{t: t, ns: ns, js: js, ref: sc.StreamRef}
+	b := natstest.StartBus(t)
+	return &groupRig{t: t, ns: b.NS, js: b.JS, ref: b.Stream.StreamRef}
 }
 
 func (r *groupRig) replica() *prometheus.Registry {

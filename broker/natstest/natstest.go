@@ -4,11 +4,14 @@
 package natstest
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"testing"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/audiofan/audiofan/broker"
 )
@@ -104,4 +107,34 @@ func freeAddr(t testing.TB) string {
 	}
 	defer ln.Close()
 	return fmt.Sprintf("127.0.0.1:%d", ln.Addr().(*net.TCPAddr).Port)
+}
+
+// Bus is a test server with the stream provisioned with its default
+// settings, and a connection to it: what most tests of the bus start with.
+type Bus struct {
+	NS     *Server
+	NC     *nats.Conn
+	JS     jetstream.JetStream
+	Stream broker.StreamConfig
+}
+
+// StartBus starts a server, connects (the connection closes with the test)
+// and creates the stream.
+func StartBus(t testing.TB) *Bus {
+	t.Helper()
+	ns := Start(t)
+	nc, err := nats.Connect(ns.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := Defaults[broker.StreamConfig](t)
+	if _, err := broker.EnsureStream(context.Background(), js, sc, Logger()); err != nil {
+		t.Fatal(err)
+	}
+	return &Bus{NS: ns, NC: nc, JS: js, Stream: sc}
 }

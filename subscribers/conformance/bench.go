@@ -28,18 +28,8 @@ import (
 // process, included), how many times faster than the streams are produced
 // live (x-realtime), and the ratio to the plain consumer.
 func Throughput(b *testing.B, calls, parts, seconds int, newRole func(b *testing.B, dir string, js jetstream.JetStream, reg prometheus.Registerer) subscribers.Role) {
-	ns := natstest.Start(b)
-	nc, err := nats.Connect(ns.URL())
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
-	sc := natstest.Defaults[broker.StreamConfig](b)
-	ctx := context.Background()
-	if _, err := broker.EnsureStream(ctx, js, sc, natstest.Logger()); err != nil {
-		b.Fatal(err)
-	}
+	bus := natstest.StartBus(b)
+	ns, js, sc := bus.NS, bus.JS, bus.Stream
 	frames := storeCalls(b, js, sc.Subjects(), calls, parts, seconds)
 	var plain, run, cpu time.Duration
 	name := ""
@@ -49,8 +39,8 @@ func Throughput(b *testing.B, calls, parts, seconds int, newRole func(b *testing
 		plainRead(b, js, sc.StreamRef, frames)
 		plain += time.Since(start)
 		if name != "" { // start the role over: a new consumer, nothing remembered
-			_ = js.DeleteConsumer(ctx, sc.Name, subscribers.DispatchConsumer(name))
-			_ = js.DeleteKeyValue(ctx, sc.Name+"-"+name+"-done")
+			_ = js.DeleteConsumer(context.Background(), sc.Name, subscribers.DispatchConsumer(name))
+			_ = js.DeleteKeyValue(context.Background(), sc.Name+"-"+name+"-done")
 		}
 		dir := b.TempDir()
 		b.StartTimer()

@@ -292,21 +292,8 @@ type bus struct {
 }
 
 func newBus(t *testing.T, spec Spec) *bus {
-	ns := natstest.Start(t)
-	nc, err := nats.Connect(ns.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sc := natstest.Defaults[broker.StreamConfig](t)
-	if _, err := broker.EnsureStream(context.Background(), js, sc, natstest.Logger()); err != nil {
-		t.Fatal(err)
-	}
-	return &bus{spec: spec, ns: ns, nc: nc, js: js, ref: sc.StreamRef, shared: t.TempDir()}
+	b := natstest.StartBus(t)
+	return &bus{spec: spec, ns: b.NS, nc: b.NC, js: b.JS, ref: b.Stream.StreamRef, shared: t.TempDir()}
 }
 
 // Config is the Group configuration of the tests: a short lease, so a

@@ -43,25 +43,14 @@ type env struct {
 
 func start(t testing.TB, modify func(*console.Config)) *env {
 	t.Helper()
-	ns := natstest.Start(t)
-	nc, err := nats.Connect(ns.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sc := natstest.Defaults[broker.StreamConfig](t)
-	if _, err := broker.EnsureStream(t.Context(), js, sc, natstest.Logger()); err != nil {
-		t.Fatal(err)
-	}
+	bus := natstest.StartBus(t)
+	nc, js, sc := bus.NC, bus.JS, bus.Stream
 	cfg := natstest.Defaults[console.Config](t)
 	if modify != nil {
 		modify(&cfg)
 	}
 	e := &env{t: t, nc: nc, js: js, ref: sc.StreamRef, reg: prometheus.NewRegistry(), data: t.TempDir()}
+	var err error
 	e.c, err = console.New(cfg, console.Deps{NC: nc, JS: js, Stream: sc.StreamRef, DataDir: e.data,
 		Roles: []string{"recording", "analytics"}, Reg: e.reg, Log: natstest.Logger()})
 	if err != nil {

@@ -42,16 +42,8 @@ type rig struct {
 }
 
 func newRig(t *testing.T, rules string) *rig {
-	ns := natstest.Start(t)
-	nc, err := nats.Connect(ns.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	js, _ := jetstream.New(nc)
-	sc := natstest.Defaults[broker.StreamConfig](t)
-	if _, err := broker.EnsureStream(context.Background(), js, sc, natstest.Logger()); err != nil {
-		t.Fatal(err)
-	}
+	bus := natstest.StartBus(t)
+	nc, js, sc := bus.NC, bus.JS, bus.Stream
 	cfg := natstest.Defaults[moderation.Config](t)
 	cfg.Reload = 20 * time.Millisecond
 	if rules != "" {
@@ -61,6 +53,7 @@ func newRig(t *testing.T, rules string) *rig {
 		}
 	}
 	r := &rig{t: t, js: js, ref: sc.StreamRef, reg: prometheus.NewRegistry()}
+	var err error
 	if r.m, err = moderation.New(cfg, sc.Subjects(), js, r.reg, natstest.Logger()); err != nil {
 		t.Fatal(err)
 	}
