@@ -99,41 +99,61 @@ func (x *index) run(ctx context.Context, js jetstream.JetStream, stream string, 
 		}
 		break
 	}
-	prune := time.NewTicker(10 * time.Second)
-	defer prune.Stop()
-	for ctx.Err() == nil {
-		fctx, cancel := context.WithTimeout(ctx, time.Second)
-		msg, err := cons.Next(jetstream.FetchContext(fctx))
-		cancel()
-		select {
-		case <-prune.C:
-			x.prune(time.Now())
-		default:
-		}
-		if err != nil {
-			// Nothing new within the second: the list has caught up.
-			x.mu.Lock()
-			x.ready = true
-			x.mu.Unlock()
-			continue
-		}
-		m, err := subscribers.Decode(x.subj, msg.Subject(), msg.Data())
-		if err != nil {
-			log.Debug("console: undecodable message skipped", "subject", msg.Subject(), "err", err)
-			continue
-		}
-		var stored time.Time
-		if md, err := msg.Metadata(); err == nil {
-			stored = md.Timestamp
-			if md.NumPending == 0 {
-				x.mu.Lock()
-				x.ready = true
-				x.mu.Unlock()
+	// Pulled in batches: an hour of a busy system's lifecycle messages
+	// and analytics events is tens of thousands, too many for one request
+	// each.
+	it, err := cons.Messages(jetstream.PullMaxMessages(1024))
+	if err != nil {
+		return fmt.Errorf("console: read calls from %s: %w", stream, err)
+	}
+	if info := cons.CachedInfo(); info != nil && info.NumPending == 0 {
+		x.setReady()
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() {
+		<-ctx.Done()
+		it.Stop()
+	})
+	wg.Go(func() {
+		t := time.NewTicker(10 * time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case now := <-t.C:
+				x.prune(now)
 			}
 		}
-		x.apply(m, stored)
+	})
+	for {
+		msg, err := it.Next()
+		if err != nil {
+			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				return nil
+			}
+			continue // the ordered consumer starts again where it was
+		}
+		md, err := msg.Metadata()
+		if err != nil {
+			continue
+		}
+		if m, err := subscribers.Decode(x.subj, msg.Subject(), msg.Data()); err == nil {
+			x.apply(m, md.Timestamp)
+		} else {
+			log.Debug("console: undecodable message skipped", "subject", msg.Subject(), "err", err)
+		}
+		if md.NumPending == 0 {
+			x.setReady()
+		}
 	}
-	return nil
+}
+
+func (x *index) setReady() {
+	x.mu.Lock()
+	x.ready = true
+	x.mu.Unlock()
 }
 
 // apply adds one lifecycle message or event to the list.

@@ -30,7 +30,7 @@ import (
 // Audio sums what plays at once) and a late frame is dropped, not queued.
 const (
 	listenHeader = 16
-	listenQueue  = 50 // frames waiting for one browser: a second of audio
+	listenQueue  = 256 // frames waiting for one browser: a second of a five-party call
 )
 
 var upgrader = websocket.Upgrader{
@@ -73,7 +73,15 @@ func (c *Console) listen(tok string, l *listener) (*hub, error) {
 	if h == nil {
 		h = &hub{c: c, tok: tok, lis: map[*listener]struct{}{}, index: map[string]int{}}
 		sub, err := c.d.NC.Subscribe(c.subj.Prefix+"."+tok+".audio.*", h.frame)
+		if err == nil {
+			// The server knows the subscription before the page is told
+			// it is listening.
+			err = c.d.NC.Flush()
+		}
 		if err != nil {
+			if sub != nil {
+				_ = sub.Unsubscribe()
+			}
 			return nil, err
 		}
 		h.sub = sub
@@ -154,19 +162,21 @@ func (c *Console) serveListen(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "no such call", http.StatusNotFound)
 		return
 	}
+	// Subscribed before the upgrade completes: once the page has its
+	// socket, no frame published after that is missed.
+	l := &listener{part: r.URL.Query().Get("participant"), out: make(chan listenMsg, listenQueue)}
+	h, err := c.listen(tok, l)
+	if err != nil {
+		c.log.Warn("console: cannot listen", "call", tok, "err", err)
+		http.Error(w, "bus unavailable", http.StatusServiceUnavailable)
+		return
+	}
+	defer c.unlisten(h, l)
 	ws, err := upgrader.Upgrade(w, r, nil)
 	if err != nil {
 		return // the upgrader answered
 	}
 	defer ws.Close()
-	l := &listener{part: r.URL.Query().Get("participant"), out: make(chan listenMsg, listenQueue)}
-	h, err := c.listen(tok, l)
-	if err != nil {
-		_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseInternalServerErr, "bus unavailable"),
-			time.Now().Add(time.Second))
-		return
-	}
-	defer c.unlisten(h, l)
 	c.m.pages.WithLabelValues("listen").Inc()
 	defer c.m.pages.WithLabelValues("listen").Dec()
 

@@ -68,16 +68,18 @@ func (r *rates) release() {
 }
 
 func (r *rates) frame(m *nats.Msg) {
-	// prefix.<call>.audio.<participant>
-	parts := strings.Split(m.Subject, ".")
-	if len(parts) != 4 {
+	// prefix.<call>.audio.<participant>, read without allocating: this
+	// runs for every frame on the bus while a list page is open.
+	_, rest, _ := strings.Cut(m.Subject, ".")
+	tok, rest, _ := strings.Cut(rest, ".")
+	_, ptok, ok := strings.Cut(rest, ".")
+	if !ok {
 		return
 	}
 	var f codec.Frame
 	if err := codec.UnmarshalFrame(m.Data, &f); err != nil {
 		return
 	}
-	tok, ptok := parts[1], parts[3]
 	r.mu.Lock()
 	cr := r.calls[tok]
 	if cr == nil {
