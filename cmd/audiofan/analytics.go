@@ -35,7 +35,7 @@ var analyticsRole = role{
 		if s.NATS.URL == "" {
 			return errors.New("NATS_URL is empty: the analytics role needs a NATS server (or run `audiofan serve`)")
 		}
-		return runSubscriber(ctx, s.SubscriberSettings, log, analyticsFactory(s.Analytics, log))
+		return runSubscriber(ctx, s.SubscriberSettings, "", log, analyticsFactory(s.Analytics, log))
 	},
 }
 

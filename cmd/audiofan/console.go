@@ -101,16 +101,18 @@ func startConsole(ctx context.Context, url string, nopts NATSSettings, ref broke
 	}, nil
 }
 
-// consoleRoot is the console's handler in `serve`, or nil when it is off.
-func consoleRoot(ctx context.Context, s *ServeSettings, url string, nopts NATSSettings, reg prometheus.Registerer, log *slog.Logger) (http.Handler, func(), error) {
-	on, err := s.Console.Enabled(s.Receiver.HTTPAddr)
+// consoleRoot is the console's handler for a role's listener at addr, or
+// nil when the console is off there (logged).
+func consoleRoot(ctx context.Context, cfg console.Config, addr, dataDir, url string, nopts NATSSettings, ref broker.StreamRef,
+	reg prometheus.Registerer, log *slog.Logger) (http.Handler, func(), error) {
+	on, err := cfg.Enabled(addr)
 	if err != nil || !on {
-		if err == nil {
-			log.Info("console off: the listener is not loopback and no console credential is set", "addr", s.Receiver.HTTPAddr)
+		if err == nil && cfg.Mode != "off" {
+			log.Info("console off: the listener is not loopback and no console credential is set", "addr", addr)
 		}
 		return nil, func() {}, err
 	}
-	c, stop, err := startConsole(ctx, url, nopts, s.Stream.StreamRef, s.Console, s.DataDir, reg, log)
+	c, stop, err := startConsole(ctx, url, nopts, ref, cfg, dataDir, reg, log)
 	if err != nil {
 		return nil, nil, err
 	}

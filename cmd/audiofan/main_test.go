@@ -291,7 +291,8 @@ func waitForFile(t *testing.T, path string) {
 }
 
 // The recorder alone against a NATS server: ready once its consumer is in
-// place, metrics of the role, a clean stop on SIGTERM.
+// place, metrics of the role, the console beside them, a clean stop on
+// SIGTERM.
 func TestRecorderRole(t *testing.T) {
 	ns := natstest.Start(t)
 	httpAddr := freePort(t)
@@ -328,6 +329,17 @@ func TestRecorderRole(t *testing.T) {
 	var hOut, hErr bytes.Buffer
 	if code := run([]string{"health"}, &hOut, &hErr); code != 0 {
 		t.Errorf("health of the recorder: exit %d: %s", code, hErr.String())
+	}
+	// On a loopback listener the role serves the console too.
+	for _, path := range []string{"/", "/api/calls", "/api/health"} {
+		resp, err := http.Get("http://" + httpAddr + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("console %s on the recorder: %s", path, resp.Status)
+		}
 	}
 	if err := syscall.Kill(syscall.Getpid(), syscall.SIGTERM); err != nil {
 		t.Fatal(err)

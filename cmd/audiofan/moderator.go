@@ -30,7 +30,7 @@ var moderatorRole = role{
 		if s.NATS.URL == "" {
 			return errors.New("NATS_URL is empty: the moderator role needs a NATS server (or run `audiofan serve`)")
 		}
-		return runSubscriber(ctx, s.SubscriberSettings, log, moderatorFactory(ctx, s.Moderation, s.Stream.Subjects(), log))
+		return runSubscriber(ctx, s.SubscriberSettings, "", log, moderatorFactory(ctx, s.Moderation, s.Stream.Subjects(), log))
 	},
 }
 

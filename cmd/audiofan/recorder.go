@@ -16,6 +16,7 @@ import (
 
 	"github.com/audiofan/audiofan/broker"
 	"github.com/audiofan/audiofan/subscribers"
+	"github.com/audiofan/audiofan/subscribers/console"
 	"github.com/audiofan/audiofan/subscribers/recording"
 )
 
@@ -24,12 +25,16 @@ type SubscriberSettings struct {
 	LogSettings
 	NATS     NATSSettings
 	Stream   broker.StreamRef
-	HTTPAddr string `env:"AUDIOFAN_HTTP_ADDR" envDefault:"127.0.0.1:8080" help:"listener of /healthz, /readyz and /metrics"`
+	HTTPAddr string `env:"AUDIOFAN_HTTP_ADDR" envDefault:"127.0.0.1:8080" help:"listener of /healthz, /readyz, /metrics and the console"`
 	Group    subscribers.GroupConfig
+	Console  console.Config
 }
 
 func (s *SubscriberSettings) validate() error {
 	if err := s.Stream.Validate(); err != nil {
+		return err
+	}
+	if err := s.Console.Validate(); err != nil {
 		return err
 	}
 	return s.Group.Validate()
@@ -58,7 +63,7 @@ var recorderRole = role{
 		if s.NATS.URL == "" {
 			return errors.New("NATS_URL is empty: the recorder role needs a NATS server (or run `audiofan serve`)")
 		}
-		return runSubscriber(ctx, s.SubscriberSettings, log, func(ctx context.Context, js jetstream.JetStream, reg prometheus.Registerer) (subscribers.Role, func(), error) {
+		return runSubscriber(ctx, s.SubscriberSettings, s.DataDir, log, func(ctx context.Context, js jetstream.JetStream, reg prometheus.Registerer) (subscribers.Role, func(), error) {
 			return newRecorder(ctx, s.Recording, s.DataDir, js, reg, log)
 		})
 	},
@@ -81,8 +86,9 @@ func newRecorder(ctx context.Context, cfg recording.Config, dataDir string, js j
 type roleFactory func(ctx context.Context, js jetstream.JetStream, reg prometheus.Registerer) (subscribers.Role, func(), error)
 
 // runSubscriber runs one subscriber role alone: its NATS connection, its
-// health listener, its Group, until ctx ends.
-func runSubscriber(ctx context.Context, s SubscriberSettings, log *slog.Logger, build roleFactory) error {
+// health listener (with the console when it is on), its Group, until ctx
+// ends. dataDir is where the console finds recordings on disk, if anywhere.
+func runSubscriber(ctx context.Context, s SubscriberSettings, dataDir string, log *slog.Logger, build roleFactory) error {
 	reg := newRegistry()
 	host, _ := os.Hostname()
 	g, stop, err := startGroup(ctx, s.NATS.URL, s.NATS, s.Stream, s.Group, "audiofan "+host, reg, log, build)
@@ -90,12 +96,17 @@ func runSubscriber(ctx context.Context, s SubscriberSettings, log *slog.Logger, 
 		return err
 	}
 	defer stop()
+	root, stopConsole, err := consoleRoot(ctx, s.Console, s.HTTPAddr, dataDir, s.NATS.URL, s.NATS, s.Stream, reg, log)
+	if err != nil {
+		return err
+	}
+	defer stopConsole()
 	ln, err := net.Listen("tcp", s.HTTPAddr)
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", s.HTTPAddr, err)
 	}
-	log.Info("health and metrics", "addr", ln.Addr().String())
-	return subscribers.ServeHealth(ctx, ln, g.Ready, promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}), nil)
+	log.Info("health and metrics", "addr", ln.Addr().String(), "console", root != nil)
+	return subscribers.ServeHealth(ctx, ln, g.Ready, promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}), root)
 }
 
 // startGroup connects and starts a role's Group; stop waits for it to hand

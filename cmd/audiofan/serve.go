@@ -56,10 +56,14 @@ type ReceiverSettings struct {
 	NATS     NATSSettings
 	Stream   broker.StreamConfig
 	Receiver broker.ReceiverConfig
+	Console  console.Config
 }
 
 func (s *ReceiverSettings) validate() error {
 	if err := s.Stream.Validate(); err != nil {
+		return err
+	}
+	if err := s.Console.Validate(); err != nil {
 		return err
 	}
 	return s.Receiver.Validate()
@@ -74,7 +78,6 @@ type ServeSettings struct {
 	Recording  recording.Config
 	Analytics  analytics.Config
 	Moderation moderation.Config
-	Console    console.Config
 }
 
 func (s *ServeSettings) validate() error {
@@ -85,9 +88,6 @@ func (s *ServeSettings) validate() error {
 		return err
 	}
 	if err := s.Analytics.Validate(); err != nil {
-		return err
-	}
-	if err := s.Console.Validate(); err != nil {
 		return err
 	}
 	return s.Recording.Validate()
@@ -103,7 +103,14 @@ var receiverRole = role{
 			return errors.New("NATS_URL is empty: the receiver role needs a NATS server (or run `audiofan serve`)")
 		}
 		reg := newRegistry()
-		return runReceiver(ctx, s, s.NATS.URL, s.NATS, reg, log, nil)
+		// No recordings folder here: the console plays them from the
+		// Object Store.
+		root, stopConsole, err := consoleRoot(ctx, s.Console, s.Receiver.HTTPAddr, "", s.NATS.URL, s.NATS, s.Stream.StreamRef, reg, log)
+		if err != nil {
+			return err
+		}
+		defer stopConsole()
+		return runReceiver(ctx, s, s.NATS.URL, s.NATS, reg, log, root)
 	},
 }
 
@@ -158,7 +165,7 @@ var serveRole = role{
 			}
 			stops = append(stops, stop)
 		}
-		root, stopConsole, err := consoleRoot(ctx, s, url, nopts, reg, log)
+		root, stopConsole, err := consoleRoot(ctx, s.Console, s.Receiver.HTTPAddr, s.DataDir, url, nopts, s.Stream.StreamRef, reg, log)
 		if err != nil {
 			return err
 		}

@@ -181,7 +181,10 @@ func TestTopology(t *testing.T) {
 	natsURL := strings.Join(clientURLs, ",")
 
 	dataDir := t.TempDir() // the recorders' shared volume
-	common := []string{"NATS_URL=" + natsURL, "AUDIOFAN_STREAM_REPLICAS=3", "AUDIOFAN_LEASE=3s", "AUDIOFAN_LOG_LEVEL=" + cmp.Or(os.Getenv("AUDIOFAN_TOPOLOGY_LOG_LEVEL"), "info")}
+	// The processes listen on loopback, where each would serve the console
+	// too: off, so the test measures the pipeline alone.
+	common := []string{"NATS_URL=" + natsURL, "AUDIOFAN_STREAM_REPLICAS=3", "AUDIOFAN_LEASE=3s", "AUDIOFAN_CONSOLE=off",
+		"AUDIOFAN_LOG_LEVEL=" + cmp.Or(os.Getenv("AUDIOFAN_TOPOLOGY_LOG_LEVEL"), "info")}
 	// Receivers ride out a NATS node's death (reconnecting, and a stream
 	// leader election when the leader was on it) by waiting, not shedding:
 	// a window of 27 s of a 3-speaker call, resent after 2 s unanswered.
