@@ -44,15 +44,20 @@ func NewJetStream(nc *nats.Conn, c PublishConfig) (jetstream.JetStream, error) {
 // the client's) had no room.
 var errWindowFull = errors.New("publish window full")
 
-// pending is one message sent and not yet acknowledged.
+// pending is one message not yet acknowledged: sent, or held back while the
+// pipeline recovers (fut nil).
 type pending struct {
 	fut      jetstream.PubAckFuture
 	msg      *nats.Msg
 	kind     string
 	part     *participant // audio only: whose frame count to bump
 	received time.Time
-	sent     time.Time
+	sent     time.Time // zero: never sent
 	deadline time.Time // retry until then
+	// settled is set when the outcome was read off fut ahead of its turn
+	// (by resume); result is that outcome.
+	settled bool
+	result  error
 }
 
 // resendPause paces resends of a message JetStream refused at once (no
@@ -69,6 +74,13 @@ type publisher interface {
 // unacknowledged ones. It is used by the socket's goroutine alone: no locks.
 // A failed publish is sent again in place with the same Nats-Msg-Id, so
 // JetStream stores it once however often it is sent.
+//
+// Order survives a failure: once a message is refused (no stream leader
+// during an election, a lost connection), the pipeline recovers. New
+// messages are held, unsent, in the window, and only the oldest is sent
+// again until the stream takes it. Then everything behind it is sent again
+// in order. Sending new messages meanwhile would store them ahead of the
+// ones being retried: a stream reordered for the whole election.
 type pipeline struct {
 	js     publisher
 	cfg    PublishConfig
@@ -81,7 +93,9 @@ type pipeline struct {
 	// dropped at once, so the socket keeps pace with ACS during an outage,
 	// until half the window is free again.
 	shedding bool
-	events   pipelineEvents
+	// recovering: a message was refused; new ones are held (see pipeline).
+	recovering bool
+	events     pipelineEvents
 }
 
 // pipelineEvents hears what the pipeline does not handle itself: it is the
@@ -170,6 +184,11 @@ func (p *pipeline) publish(ctx context.Context, msg *nats.Msg, kind string, part
 	if !droppable {
 		stall = p.cfg.AckTimeout
 	}
+	if p.recovering {
+		p.q = append(p.q, pending{msg: msg, kind: kind, part: part, received: received, deadline: received.Add(p.cfg.RetryFor)})
+		p.m.inflight.Inc()
+		return nil
+	}
 	fut, err := p.send(msg, stall)
 	if err != nil {
 		if droppable {
@@ -208,6 +227,8 @@ func (p *pipeline) settleHead(ctx context.Context, wait time.Duration) bool {
 	h := &p.q[p.head]
 	var err error
 	switch {
+	case h.settled:
+		err = h.result
 	case h.fut == nil:
 		// Never got out (the client refused it): send it again below.
 		err = nats.ErrConnectionReconnecting
@@ -238,9 +259,11 @@ func (p *pipeline) settleHead(ctx context.Context, wait time.Duration) bool {
 		}
 		recycle(h.msg)
 		p.pop()
+		p.resume()
 		return true
 	}
 	if retryable(err) && time.Now().Before(h.deadline) {
+		p.recovering = true
 		if pause := resendPause - time.Since(h.sent); pause > 0 {
 			if wait <= 0 {
 				h.fut = nil // resend at a later look
@@ -252,8 +275,10 @@ func (p *pipeline) settleHead(ctx context.Context, wait time.Duration) bool {
 				return false
 			}
 		}
-		p.m.retries.Inc()
-		h.sent = time.Now()
+		if !h.sent.IsZero() {
+			p.m.retries.Inc()
+		}
+		h.sent, h.settled, h.result = time.Now(), false, nil
 		fut, serr := p.send(h.msg, 0)
 		if serr != nil {
 			fut = nil
@@ -269,7 +294,47 @@ func (p *pipeline) settleHead(ctx context.Context, wait time.Duration) bool {
 	p.events.notStored(h.kind, err)
 	recycle(h.msg)
 	p.pop()
+	p.resume()
 	return true
+}
+
+// resume ends a recovery once the oldest message is settled: what is behind
+// it, held or refused, is sent again in order. A message still awaiting its
+// answer from before the failure stops the walk (sending what follows it
+// could store that ahead of it); the walk goes on when it settles.
+func (p *pipeline) resume() {
+	if !p.recovering {
+		return
+	}
+	for i := p.head; i < len(p.q); i++ {
+		e := &p.q[i]
+		if e.fut != nil && !e.settled {
+			select {
+			case <-e.fut.Ok():
+				e.settled, e.result = true, nil
+			case err := <-e.fut.Err():
+				e.settled, e.result = true, err
+			default:
+				return // still awaited
+			}
+		}
+		if e.settled && (e.result == nil || !retryable(e.result)) {
+			continue // stored, or refused for good: settled at its turn
+		}
+		if !e.sent.IsZero() {
+			p.m.retries.Inc()
+		}
+		e.sent, e.settled, e.result = time.Now(), false, nil
+		fut, err := p.send(e.msg, 0)
+		if err != nil {
+			// The client would not take it: the head retries it, and
+			// the recovery goes on from there.
+			e.fut = nil
+			return
+		}
+		e.fut = fut
+	}
+	p.recovering = false
 }
 
 func (p *pipeline) pop() {
