@@ -163,6 +163,9 @@ func TestConsoleInBrowser(t *testing.T) {
 		t.Errorf("the recording played for %.2f s of %.2f s (negative: did not advance); want a 12 s call", dur, dur)
 	}
 	shot("console-call-finished.png")
+	if n := eval("policy violations", `audiofan.csp`); n != 0 {
+		t.Errorf("%v Content-Security-Policy violations on the page", n)
+	}
 
 	// The recording is also there to download.
 	href, err := chromedp.Run(ctx, chromedp.AttributeValue(chromedp.CSS("#recordings a"), "href"))

@@ -208,8 +208,13 @@ func TestAuth(t *testing.T) {
 	if ck == nil || !ck.HttpOnly || ck.SameSite != http.SameSiteStrictMode {
 		t.Fatalf("token link cookie %+v: want HttpOnly, SameSite=Strict", ck)
 	}
-	if got := do("/api/calls", func(r *http.Request) { r.AddCookie(ck) }).StatusCode; got != 200 {
-		t.Fatalf("with the cookie: %d", got)
+	withCookie := do("/", func(r *http.Request) { r.AddCookie(ck) })
+	if withCookie.StatusCode != 200 {
+		t.Fatalf("with the cookie: %d", withCookie.StatusCode)
+	}
+	if csp := withCookie.Header.Get("Content-Security-Policy"); !strings.Contains(csp, "frame-ancestors 'none'") ||
+		withCookie.Header.Get("Referrer-Policy") != "no-referrer" {
+		t.Errorf("page headers: CSP %q, Referrer-Policy %q", csp, withCookie.Header.Get("Referrer-Policy"))
 	}
 	if got := conformance.Metric(t, e.reg, "audiofan_console_auth_failures_total", ""); got != 7 {
 		t.Errorf("auth failures counted: %v, want 7", got)

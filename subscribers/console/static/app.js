@@ -28,7 +28,9 @@ const fmtBytes = (b) => {
 const who = (id) => id === "" ? "mixed" : id;
 
 // What tests and curious people can read: counters of what the page did.
-window.audiofan = { calls: [], call: null, updates: 0, listen: { frames: 0, samples: 0, late: 0, rms: 0, running: false } };
+window.audiofan = { calls: [], call: null, updates: 0, csp: 0, listen: { frames: 0, samples: 0, late: 0, rms: 0, running: false } };
+// Anything the Content-Security-Policy refused is a bug of the page.
+document.addEventListener("securitypolicyviolation", (e) => { window.audiofan.csp++; console.error("CSP", e.violatedDirective, e.blockedURI); });
 
 // ---------- the call list ----------
 let listFeed = null;
@@ -71,6 +73,13 @@ async function pollHealth() {
     if (r.ok) renderHealth(await r.json());
   } catch (e) { /* shown as stale */ }
 }
+// A bar filled to pct: the width is set through the DOM, not a style
+// attribute, which the console's Content-Security-Policy refuses.
+function fill(pct) {
+  const inner = el("div");
+  inner.style.width = pct + "%";
+  return el("div", { class: "fill" }, inner);
+}
 function renderHealth(h) {
   const s = h.stream;
   const cards = [];
@@ -78,7 +87,7 @@ function renderHealth(h) {
   cards.push(el("div", { class: "card" }, el("h4", {}, "Stream " + (s.name || "")),
     h.error ? el("div", { class: "stale" }, h.error) : "",
     el("div", {}, s.messages.toLocaleString() + " messages, " + fmtBytes(s.bytes) + (s.maxBytes > 0 ? " of " + fmtBytes(s.maxBytes) : "")),
-    el("div", { class: "fill" }, el("div", { style: "width:" + pct + "%" })),
+    fill(pct),
     el("div", { class: "muted" }, "R" + s.replicas + (s.leader ? ", leader " + s.leader : "") + ", NATS " + h.nats.toLowerCase())));
   for (const r of h.roles || []) {
     cards.push(el("div", { class: "card role", "data-role": r.role }, el("h4", {}, "Role " + r.role),
