@@ -55,12 +55,17 @@ bench:
 	$(GO) test -run=NONE -bench=. -benchtime=40x -count=3 ./subscribers/console
 	$(GO) test -run=NONE -bench=. -benchmem -benchtime=1x -count=3 -timeout 30m ./broker
 
-## fuzz: each fuzz target for FUZZTIME (CI: 3s each); crashers land in testdata/fuzz and are committed as regression cases
+## fuzz: each fuzz target for FUZZTIME, a time or a count such as 10000x (CI: 10000x each); crashers land in
+## testdata/fuzz and are committed as regression cases
 fuzz:
 	for t in FuzzParse FuzzParseTimestamp FuzzDecodeBase64 FuzzToken FuzzParseOutboundACS FuzzUnmarshalFrame; do \
 		$(GO) test -run=NONE -fuzz="^$$t\$$" -fuzztime=$(FUZZTIME) ./codec || exit 1; \
 	done
 	$(GO) test -run=NONE -fuzz='^FuzzSocketMessages$$' -fuzztime=$(FUZZTIME) ./broker
+	for t in FuzzTranscriptRules FuzzParseRules; do \
+		$(GO) test -run=NONE -fuzz="^$$t\$$" -fuzztime=$(FUZZTIME) ./subscribers/moderation || exit 1; \
+	done
+	$(GO) test -run=NONE -fuzz='^FuzzParseWAV$$' -fuzztime=$(FUZZTIME) ./subscribers/speech
 
 clean:
 	rm -rf bin artifacts

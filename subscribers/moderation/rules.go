@@ -87,7 +87,15 @@ var kindFields = map[string][]string{
 
 // ParseRules reads a rules file, YAML or JSON (JSON is YAML). An error names
 // the line; source names the file in it.
-func ParseRules(data []byte, source string) (*Rules, error) {
+func ParseRules(data []byte, source string) (rs *Rules, err error) {
+	// A rules file is read again while the moderator runs: a parser bug
+	// (ours or the YAML library's) must refuse the file, not stop calls
+	// being moderated.
+	defer func() {
+		if p := recover(); p != nil {
+			rs, err = nil, fmt.Errorf("%w: %s: the parser failed on this file: %v", ErrRules, source, p)
+		}
+	}()
 	fail := func(line int, format string, args ...any) error {
 		return fmt.Errorf("%w: %s line %d: %s", ErrRules, source, line, fmt.Sprintf(format, args...))
 	}
@@ -114,7 +122,7 @@ func ParseRules(data []byte, source string) (*Rules, error) {
 	if list == nil || list.Kind != yaml.SequenceNode {
 		return nil, fail(root.Line, "want a rules list")
 	}
-	rs := &Rules{Source: source}
+	rs = &Rules{Source: source}
 	names := map[string]bool{}
 	for _, n := range list.Content {
 		r, err := parseRule(n, fail)
@@ -214,8 +222,12 @@ func parseRule(n *yaml.Node, fail func(int, string, ...any) error) (*Rule, error
 		if err := str("pattern", &pat); err != nil {
 			return nil, err
 		}
-		if r.re, err = regexp.Compile(pat); err != nil || pat == "" {
-			return nil, fail(fields["pattern"].Line, "rule %q: pattern: %v", r.Name, err)
+		v, ok := fields["pattern"]
+		if !ok || pat == "" {
+			return nil, fail(n.Line, "rule %q: pattern is required", r.Name)
+		}
+		if r.re, err = regexp.Compile(pat); err != nil {
+			return nil, fail(v.Line, "rule %q: pattern: %v", r.Name, err)
 		}
 	case KindSensitive:
 		v, ok := fields["types"]

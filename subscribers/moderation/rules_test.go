@@ -37,6 +37,10 @@ func TestBadRules(t *testing.T) {
 		{"rules:\n  - name: a\n    kind: keywords\n    words: [x\n", "line"},
 		{"rules:\n  - name: a\n    kind: keywords\n    words: [x]\n  - name: b\n    kind: shout\n", "line 5: rule \"b\": unknown kind \"shout\""},
 		{"rules:\n  - name: a\n    kind: regex\n    pattern: \"(unclosed\"\n", "line 4: rule \"a\": pattern"},
+		// Found by FuzzParseRules: a regex rule without a pattern crashed
+		// the parser, and so the moderator on a hot reload.
+		{"rules:\n  - name: a\n    kind: regex\n", "line 2: rule \"a\": pattern is required"},
+		{`{"rules":[{"name":"b","kind":"regex","pattern":""}]}`, "line 1: rule \"b\": pattern is required"},
 		{"rules:\n  - name: a\n    kind: dead_air\n    for: 3s\n    level: 3\n", "line 5: rule \"a\": unknown field \"level\""},
 		{"rules:\n  - name: a\n    kind: dead_air\n    for: soon\n", "line 4: for: want a duration"},
 		{"rules:\n  - name: a\n    kind: dead_air\n    for: 3s\n  - name: a\n    kind: dead_air\n    for: 4s\n", "line 5: rule \"a\" defined twice"},

@@ -14,6 +14,12 @@ func LoadWAV(path string) (pcm []byte, rate int, err error) {
 	if err != nil {
 		return nil, 0, err
 	}
+	return ParseWAV(data, path)
+}
+
+// ParseWAV reads a WAV file's bytes as LoadWAV does; name is the file's name
+// in errors.
+func ParseWAV(data []byte, path string) (pcm []byte, rate int, err error) {
 	if len(data) < 12 || string(data[0:4]) != "RIFF" || string(data[8:12]) != "WAVE" {
 		return nil, 0, fmt.Errorf("%s: not a RIFF/WAVE file", path)
 	}
