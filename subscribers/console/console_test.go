@@ -397,8 +397,9 @@ func TestCallFeedTimeline(t *testing.T) {
 }
 
 // Listening in: ten listeners of one call share one NATS subscription; each
-// gets a participant announcement, then the frames with their capture time,
-// rate, participant and PCM; a listener of one participant gets only it.
+// gets a participant announcement, then the frames (batched, each behind its
+// length) with their capture time, rate, participant and PCM; a listener of
+// one participant gets only it.
 func TestListen(t *testing.T) {
 	e := start(t, nil)
 	e.publish(live("talk"))
@@ -457,12 +458,21 @@ func TestListen(t *testing.T) {
 				names[a.Index] = a.ID
 				continue
 			}
-			at := math.Float64frombits(binary.LittleEndian.Uint64(b))
-			if int64(at) != t0.UnixMilli() || binary.LittleEndian.Uint32(b[8:]) != 16000 || binary.LittleEndian.Uint16(b[14:]) != 1 ||
-				!bytes.Equal(b[16:], pcm) {
-				t.Fatalf("listener %d: frame header or PCM wrong: at %v", i, at)
+			// A batch: each frame behind its length.
+			for len(b) > 0 {
+				n := int(binary.LittleEndian.Uint32(b))
+				if n < 16 || 4+n > len(b) {
+					t.Fatalf("listener %d: frame length %d in a batch of %d bytes", i, n, len(b))
+				}
+				f := b[4 : 4+n]
+				b = b[4+n:]
+				at := math.Float64frombits(binary.LittleEndian.Uint64(f))
+				if int64(at) != t0.UnixMilli() || binary.LittleEndian.Uint32(f[8:]) != 16000 || binary.LittleEndian.Uint16(f[14:]) != 1 ||
+					!bytes.Equal(f[16:], pcm) {
+					t.Fatalf("listener %d: frame header or PCM wrong: at %v", i, at)
+				}
+				got = append(got, names[int(binary.LittleEndian.Uint16(f[12:]))])
 			}
-			got = append(got, names[int(binary.LittleEndian.Uint16(b[12:]))])
 		}
 		if i == 9 && (len(got) != 1 || got[0] != "8:acs:bob") {
 			t.Fatalf("the one-participant listener got %v", got)

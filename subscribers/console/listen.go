@@ -16,7 +16,9 @@ import (
 )
 
 // Listening in: the browser opens a WebSocket per call (and participant, or
-// all of them) and receives each live frame as a binary message:
+// all of them) and receives the live frames, every 20 ms those that came in
+// meanwhile as one binary message: each frame is its length (uint32
+// little-endian) and then
 //
 //	bytes 0-7   capture time, ms since the Unix epoch, float64 little-endian
 //	bytes 8-11  sample rate, uint32 little-endian
@@ -31,6 +33,7 @@ import (
 const (
 	listenHeader = 16
 	listenQueue  = 256 // frames waiting for one browser: a second of a five-party call
+	listenBatch  = 20 * time.Millisecond
 )
 
 var upgrader = websocket.Upgrader{
@@ -193,7 +196,10 @@ func (c *Console) serveListen(w http.ResponseWriter, r *http.Request) {
 	}()
 	ping := time.NewTicker(20 * time.Second)
 	defer ping.Stop()
+	batch := time.NewTicker(listenBatch)
+	defer batch.Stop()
 	done := c.runCtx().Done()
+	var buf []byte
 	for {
 		select {
 		case <-gone:
@@ -206,15 +212,46 @@ func (c *Console) serveListen(w http.ResponseWriter, r *http.Request) {
 			if err := ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(5*time.Second)); err != nil {
 				return
 			}
-		case m := <-l.out:
-			kind := websocket.BinaryMessage
-			if m.text {
-				kind = websocket.TextMessage
-			}
-			_ = ws.SetWriteDeadline(time.Now().Add(5 * time.Second))
-			if err := ws.WriteMessage(kind, m.b); err != nil {
+		case <-batch.C:
+			var err error
+			if buf, err = writeBatch(ws, l.out, buf[:0]); err != nil {
 				return
 			}
+		}
+	}
+}
+
+// writeBatch writes what the listener's queue holds: its frames as one
+// binary message (each with its length in front), a participant's
+// announcement as a text message in its place. A frame a tick costs a
+// participant one write; a batch costs all of them one.
+func writeBatch(ws *websocket.Conn, out <-chan listenMsg, buf []byte) ([]byte, error) {
+	flush := func() error {
+		if len(buf) == 0 {
+			return nil
+		}
+		_ = ws.SetWriteDeadline(time.Now().Add(5 * time.Second))
+		err := ws.WriteMessage(websocket.BinaryMessage, buf)
+		buf = buf[:0]
+		return err
+	}
+	for {
+		select {
+		case m := <-out:
+			if !m.text {
+				buf = binary.LittleEndian.AppendUint32(buf, uint32(len(m.b)))
+				buf = append(buf, m.b...)
+				continue
+			}
+			if err := flush(); err != nil {
+				return buf, err
+			}
+			_ = ws.SetWriteDeadline(time.Now().Add(5 * time.Second))
+			if err := ws.WriteMessage(websocket.TextMessage, m.b); err != nil {
+				return buf, err
+			}
+		default:
+			return buf, flush()
 		}
 	}
 }

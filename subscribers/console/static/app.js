@@ -255,7 +255,16 @@ const player = {
     const ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host +
       location.pathname.replace(/[^/]*$/, "") + "api/calls/" + encodeURIComponent(tok) + "/listen" + q);
     ws.binaryType = "arraybuffer";
-    ws.onmessage = (ev) => { if (typeof ev.data !== "string") this.frame(ev.data); };
+    ws.onmessage = (ev) => {
+      if (typeof ev.data === "string") return;
+      // Frames batched every 20 ms, each behind its length.
+      const dv = new DataView(ev.data);
+      for (let off = 0; off + 4 <= ev.data.byteLength;) {
+        const n = dv.getUint32(off, true);
+        this.frame(ev.data, off + 4, n);
+        off += 4 + n;
+      }
+    };
     ws.onclose = () => { if (this.ws === ws) this.stop(); };
     this.ws = ws;
     window.audiofan.listen.running = true;
@@ -269,10 +278,10 @@ const player = {
       window.audiofan.listen.rms = Math.max(window.audiofan.listen.rms * 0.9, Math.sqrt(s / buf.length));
     }, 100);
   },
-  frame(ab) {
-    const dv = new DataView(ab);
+  frame(ab, off, len) {
+    const dv = new DataView(ab, off, len);
     const at = dv.getFloat64(0, true) / 1000, rate = dv.getUint32(8, true), ch = dv.getUint16(14, true);
-    const n = (ab.byteLength - 16) / 2 / ch;
+    const n = Math.floor((len - 16) / 2 / ch);
     if (!rate || n <= 0) return;
     const now = this.ctx.currentTime;
     if (!this.base || this.lateRun > 25) { this.base = now + JITTER; this.t0 = at; this.lateRun = 0; }
@@ -281,7 +290,7 @@ const player = {
     if (when < now) { st.late++; this.lateRun++; return; }
     this.lateRun = 0;
     const buf = this.ctx.createBuffer(ch, n, rate);
-    const pcm = new Int16Array(ab, 16);
+    const pcm = new Int16Array(ab, off + 16, n * ch);
     for (let c = 0; c < ch; c++) {
       const out = buf.getChannelData(c);
       for (let i = 0; i < n; i++) out[i] = pcm[i * ch + c] / 32768;
