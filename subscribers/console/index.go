@@ -310,7 +310,7 @@ func (e *callEntry) snapshot(now time.Time) CallView {
 	if !v.Started.IsZero() {
 		v.DurationMs = max(end.Sub(v.Started).Milliseconds(), 0)
 	}
-	v.Participants = slices.Sorted(maps.Keys(e.parts))
+	v.Participants = append([]string{}, slices.Sorted(maps.Keys(e.parts))...) // [] rather than null for the page
 	if len(v.Participants) > 0 {
 		mixed := len(v.Participants) == 1 && v.Participants[0] == ""
 		v.Mixed = &mixed

@@ -1,8 +1,10 @@
 package console
 
 import (
+	"encoding/json"
 	"fmt"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -47,6 +49,11 @@ func TestIndexPrune(t *testing.T) {
 	}
 	if !list[0].Live || list[0].Receivers[0] != "r1" {
 		t.Fatalf("live call: %+v", list[0])
+	}
+	// A call with no audio seen yet lists no participants as [] (the page
+	// reads it as a list), never null.
+	if b, _ := json.Marshal(list[0]); !strings.Contains(string(b), `"participants":[]`) {
+		t.Fatalf("no participants as %s", b)
 	}
 }
 
