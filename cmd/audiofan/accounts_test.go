@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -8,9 +9,11 @@ import (
 	"net/http/httptest"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/gorilla/websocket"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -113,7 +116,7 @@ func TestNATSAccounts(t *testing.T) {
 	}
 
 	// The console reads as the tools user.
-	tnc, tjs, _ := conn("tools", "role-pw")
+	tnc, tjs, tviol := conn("tools", "role-pw")
 	c, err := console.New(natstest.Defaults[console.Config](t), console.Deps{NC: tnc, JS: tjs, Stream: sc.StreamRef, DataDir: dataDir,
 		Roles: []string{"recording", "analytics", "moderation"}, Reg: prometheus.NewRegistry(), Log: log})
 	if err != nil {
@@ -177,6 +180,31 @@ func TestNATSAccounts(t *testing.T) {
 	resp.Body.Close()
 	if health.Error != "" || len(health.Roles) != 3 || !health.Roles[0].Present {
 		t.Errorf("console health as tools: %+v", health)
+	}
+	// Its live feeds subscribe as tools too: the list's frame counter, a
+	// call's page and listening in.
+	tok := codec.EncodeToken("accounts-call")
+	for _, path := range []string{"/api/calls/feed", "/api/calls/" + tok + "/feed"} {
+		resp, err := http.Get(web.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		line, _ := bufio.NewReader(resp.Body).ReadString('\n')
+		resp.Body.Close()
+		if !strings.HasPrefix(line, "event: ") {
+			t.Errorf("%s as tools: %s %q", path, resp.Status, line)
+		}
+	}
+	ws, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(web.URL, "http")+"/api/calls/"+tok+"/listen", nil)
+	if err != nil {
+		t.Fatalf("listening as tools: %v", err)
+	}
+	ws.Close()
+	_ = tnc.Flush()
+	select {
+	case err := <-tviol:
+		t.Errorf("the console as tools: %v", err)
+	default:
 	}
 
 	// What the users may not do.
