@@ -142,7 +142,7 @@ func TestProvisionRetriesOnlyTransientErrors(t *testing.T) {
 	transient := []error{context.DeadlineExceeded, nats.ErrNoResponders, jetstream.ErrJetStreamNotEnabled,
 		&jetstream.APIError{Code: 503, ErrorCode: 10008, Description: "JetStream system temporarily unavailable"},
 		fmt.Errorf("wrapped: %w", nats.ErrTimeout)}
-	var logs syncWriter
+	var logs bytes.Buffer // Provision logs from the caller's goroutine
 	calls := 0
 	err := broker.Provision(t.Context(), slog.New(slog.NewTextHandler(&logs, nil)), "thing", func(ctx context.Context) error {
 		if _, ok := ctx.Deadline(); !ok {
@@ -191,7 +191,7 @@ func TestEnsureStreamRefusalIsFinal(t *testing.T) {
 	if _, err := js.CreateStream(t.Context(), jetstream.StreamConfig{Name: "OTHER", Subjects: []string{sc.Prefix + ".>"}}); err != nil {
 		t.Fatal(err)
 	}
-	var logs syncWriter
+	var logs bytes.Buffer // Provision logs from the caller's goroutine
 	_, err := broker.EnsureStream(t.Context(), js, sc, slog.New(slog.NewTextHandler(&logs, nil)))
 	var apiErr *jetstream.APIError
 	if !errors.As(err, &apiErr) || apiErr.Code != 400 {
@@ -205,27 +205,4 @@ func TestEnsureStreamRefusalIsFinal(t *testing.T) {
 	if _, err := broker.EnsureStream(t.Context(), js, sc, natstest.Logger()); !errors.Is(err, jetstream.ErrStreamNotFound) {
 		t.Fatalf("err = %v, want stream not found", err)
 	}
-}
-
-type syncWriter struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (w *syncWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.Write(p)
-}
-
-func (w *syncWriter) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.String()
-}
-
-func (w *syncWriter) Len() int {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.Len()
 }
