@@ -178,4 +178,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Disposition") == "" {
 		t.Fatalf("download: %s, Content-Disposition %q", resp.Status, resp.Header.Get("Content-Disposition"))
 	}
+
+	step("open a call that is not there", chromedp.Navigate("http://"+httpAddr+"/#/call/no-such-call"))
+	poll("told so", `document.querySelector("#call-title").textContent === "No such call"`)
 }

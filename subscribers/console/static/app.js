@@ -111,7 +111,16 @@ function openCall(tok) {
   $("#hits").replaceChildren();
   $("#finished").hidden = true;
   $("#recordings").replaceChildren();
-  callFeed = new EventSource("api/calls/" + encodeURIComponent(tok) + "/feed");
+  const url = "api/calls/" + encodeURIComponent(tok);
+  fetch(url).then((r) => {
+    if (r.status === 404 && view && view.tok === tok) {
+      // Not (or no longer) in the list: older than the console's history.
+      $("#call-title").textContent = "No such call";
+      $("#call-info").textContent = "It is not among the calls of the last AUDIOFAN_CONSOLE_HISTORY.";
+      closeCall();
+    }
+  }).catch(() => {});
+  callFeed = new EventSource(url + "/feed");
   callFeed.addEventListener("update", (ev) => { applyUpdate(JSON.parse(ev.data)); setConn(true); });
   callFeed.onerror = () => setConn(false);
 }
