@@ -89,10 +89,7 @@ func (x *index) run(ctx context.Context, js jetstream.JetStream, stream string, 
 			if attempt == 1 {
 				log.Info("console: waiting for the stream", "stream", stream)
 			}
-			select {
-			case <-ctx.Done():
-			case <-time.After(time.Second):
-			}
+			sleepCtx(ctx, time.Second)
 			continue
 		default:
 			return fmt.Errorf("console: read calls from %s: %w", stream, err)
@@ -133,7 +130,12 @@ func (x *index) run(ctx context.Context, js jetstream.JetStream, stream string, 
 			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
 				return nil
 			}
-			continue // the ordered consumer starts again where it was
+			// The ordered consumer starts again where it was; an error that
+			// repeats at once (a closed connection) must not spin.
+			if !sleepCtx(ctx, errorPause) {
+				return nil
+			}
+			continue
 		}
 		md, err := msg.Metadata()
 		if err != nil {
@@ -346,4 +348,19 @@ func (x *index) receivers() map[string]int {
 		}
 	}
 	return out
+}
+
+// errorPause is the wait after a failed read of the bus before the next.
+const errorPause = 100 * time.Millisecond
+
+// sleepCtx waits d, or less if ctx ends first; false when it ended.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
 }

@@ -180,7 +180,12 @@ func (w *watcher) run(ctx context.Context) {
 				if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
 					return
 				}
-				continue // the ordered consumer starts again where it was
+				// The ordered consumer starts again where it was; an error
+				// that repeats at once (a closed connection) must not spin.
+				if !sleepCtx(ctx, errorPause) {
+					return
+				}
+				continue
 			}
 			select {
 			case msgs <- m:
