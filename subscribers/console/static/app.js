@@ -25,7 +25,19 @@ const fmtBytes = (b) => {
   while (b >= 1024 && i < u.length - 1) { b /= 1024; i++; }
   return b.toFixed(i ? 1 : 0) + " " + u[i];
 };
-const who = (id) => id === "" ? "mixed" : id;
+// A participant's raw id made readable: a phone number without its "4:", a
+// Teams or ACS user by the end of its id. The raw id stays in the title.
+const who = (id) => {
+  if (id === "") return "mixed";
+  const phone = id.match(/^4:(\+?\d+)$/);
+  if (phone) return phone[1];
+  const user = id.match(/^8:(acs|orgid|teamsvisitor|gcch|dod):(.+)$/);
+  if (user) {
+    const rest = user[2].replace(/_0+$/, "");
+    return user[1] + " …" + rest.slice(-6);
+  }
+  return id;
+};
 
 // What tests and curious people can read: counters of what the page did.
 window.audiofan = { calls: [], call: null, updates: 0, csp: 0, listen: { frames: 0, samples: 0, late: 0, rms: 0, running: false } };
@@ -162,7 +174,7 @@ function renderCall() {
     let tr = body.rows[i];
     if (!tr || tr.dataset.token !== p.token) {
       const btn = el("button", { type: "button", class: "listen-one", onclick: () => player.start(view.tok, p.token, who(p.id)) }, "▶ Listen");
-      tr = el("tr", { "data-token": p.token }, el("td", { class: "who" }, who(p.id)),
+      tr = el("tr", { "data-token": p.token }, el("td", { class: "who", title: p.id }, who(p.id)),
         el("td", {}, el("div", { class: "meter" }, el("div", { class: "bar" }), el("div", { class: "peak" }))),
         el("td", { class: "talk" }), el("td", { class: "share" }), el("td", {}, btn));
       if (body.rows[i]) body.rows[i].replaceWith(tr); else body.append(tr);
