@@ -2,13 +2,13 @@
 // ended, per participant meters, talk timelines, transcripts and moderation
 // events, listening in from the browser, recordings and analytics of finished
 // calls, and the health of the bus. It reads only from the bus (and the
-// recordings), so it runs in `audiofan serve` at `/` or alone as
-// `audiofan console`, any number of replicas.
+// recordings), so it runs at `/` of any role's listener (`audiofan serve`
+// included) or alone as `audiofan console`, any number of replicas.
 //
-// What a page shows is fed by one subscription per call however many pages
-// watch it: pages share a call's watcher and its listeners share one NATS
-// subscription, so ten pages on a busy call cost what one does, plus the
-// bytes written to each.
+// What a page shows is fed by one consumer or subscription per call however
+// many pages watch it: pages share a call's watcher, and its listeners share
+// one NATS subscription and get their frames batched, so ten pages on a busy
+// call cost what one does, plus the bytes written to each.
 package console
 
 import (
