@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -59,6 +60,9 @@ type Delivery struct {
 	// Seq is the message's stream sequence: the call's messages come in
 	// increasing Seq.
 	Seq uint64
+	// Stored is when the stream stored the message: the only time an
+	// Outbound message carries.
+	Stored time.Time
 	// Replay is set while a handler catches up, after a takeover, on
 	// messages another replica already applied: it rebuilds state, and
 	// what it emits is dropped, since the other replica emitted it.

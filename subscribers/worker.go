@@ -249,7 +249,7 @@ func (w *worker) consume(ctx context.Context, cons jetstream.Consumer) string {
 			}
 			continue
 		}
-		if err := w.apply(ctx, msg, seq, false, true); err != nil {
+		if err := w.apply(ctx, msg, md, false, true); err != nil {
 			return w.release(cons, it, in, msg)
 		}
 		w.processed, w.last, w.active = seq, msg, time.Now()
@@ -332,7 +332,7 @@ func (w *worker) catchUp(ctx context.Context, from, floor uint64) error {
 			continue
 		}
 		if seq := md.Sequence.Stream; seq > w.processed {
-			if err := w.apply(ctx, msg, seq, seq <= floor, false); err != nil {
+			if err := w.apply(ctx, msg, md, seq <= floor, false); err != nil {
 				return err
 			}
 			w.processed = seq
@@ -375,7 +375,8 @@ func (w *worker) orphaned(ctx context.Context, cons jetstream.Consumer) bool {
 
 // apply decodes a message and has the handler apply it, retrying in place.
 // It returns an error only when ctx ends first.
-func (w *worker) apply(ctx context.Context, raw jetstream.Msg, seq uint64, replay, ackable bool) error {
+func (w *worker) apply(ctx context.Context, raw jetstream.Msg, md *jetstream.MsgMetadata, replay, ackable bool) error {
+	seq := md.Sequence.Stream
 	m, err := Decode(w.g.subj, raw.Subject(), raw.Data())
 	if err != nil {
 		w.g.m.messages.WithLabelValues(OutcomeTerminated).Inc()
@@ -392,7 +393,7 @@ func (w *worker) apply(ctx context.Context, raw jetstream.Msg, seq uint64, repla
 			w.conns[lc.Connection] = true
 		}
 	}
-	d := Delivery{Message: m, Seq: seq, Replay: replay}
+	d := Delivery{Message: m, Seq: seq, Stored: md.Timestamp, Replay: replay}
 	var live jetstream.Msg
 	if ackable {
 		live = raw

@@ -103,7 +103,7 @@ func (r *Recorder) Close() error { return os.RemoveAll(r.spool) }
 
 // Role is the recorder as the subscriber framework runs it.
 func (r *Recorder) Role() subscribers.Role {
-	return subscribers.Role{Name: RoleName, Kinds: []string{broker.KindAudio},
+	return subscribers.Role{Name: RoleName, Kinds: []string{broker.KindAudio, broker.KindOutbound},
 		NewCall: func(_ context.Context, c subscribers.CallInfo) (subscribers.CallHandler, error) {
 			return &callRecorder{r: r, call: c}, nil
 		}}
@@ -117,25 +117,92 @@ type callRecorder struct {
 	r     *Recorder
 	call  subscribers.CallInfo
 	spool *Spool
+	rate  int // the call's, from its audio socket's started message
+	// lag is the least of receivedAt - timestamp over the frames so far:
+	// how far the receivers' clock (which stored times follow) runs ahead
+	// of the capture times the timeline is made of.
+	lag     time.Duration
+	haveLag bool
+	// outEnd is when the audio played into the call so far ends: the
+	// receiver plays each Outbound after the one before.
+	outEnd time.Time
 }
 
 func (c *callRecorder) Handle(_ context.Context, d subscribers.Delivery, _ *subscribers.Output) error {
-	f, ok := d.Payload.(*codec.Frame)
-	if !ok {
+	var err error
+	switch p := d.Payload.(type) {
+	case *codec.Lifecycle:
+		if p.Type == codec.LifecycleStarted && p.Stream == codec.StreamAudio && p.SampleRate > 0 {
+			c.rate = p.SampleRate
+		}
+		return nil
+	case *codec.Frame:
+		if lag := p.ReceivedAt.Sub(p.Timestamp); !c.haveLag || lag < c.lag {
+			c.lag, c.haveLag = lag, true
+		}
+		if err = c.open(); err == nil {
+			err = c.spool.Add(p)
+		}
+	case *codec.Outbound:
+		err = c.outbound(p, d.Stored)
+	default:
 		return nil
 	}
-	if c.spool == nil {
-		sp, err := NewSpool(c.r.spool)
-		if err != nil {
-			return fmt.Errorf("%w: %w", subscribers.ErrUnavailable, err)
-		}
-		c.spool = sp
-	}
-	if err := c.spool.Add(f); err != nil {
+	if err != nil {
 		if errors.Is(err, ErrFormat) {
 			return subscribers.Permanent(err)
 		}
 		return fmt.Errorf("%w: %w", subscribers.ErrUnavailable, err)
+	}
+	return nil
+}
+
+func (c *callRecorder) open() error {
+	if c.spool != nil {
+		return nil
+	}
+	sp, err := NewSpool(c.r.spool)
+	if err != nil {
+		return err
+	}
+	c.spool = sp
+	return nil
+}
+
+// outbound puts audio played into the call on its timeline, as the
+// receiver holding the call plays it: from when it was stored (moved onto
+// the capture-time clock), after what was still playing; a stop cuts what
+// plays from then on. A call whose rate is not known yet (no audio socket)
+// has nothing to record it against.
+func (c *callRecorder) outbound(o *codec.Outbound, stored time.Time) error {
+	if c.rate == 0 {
+		return nil
+	}
+	at := stored.Add(-c.lag)
+	switch o.Kind {
+	case codec.OutboundKindStop:
+		if c.spool != nil {
+			c.spool.CutOutbound(at)
+		}
+		if c.outEnd.After(at) {
+			c.outEnd = at
+		}
+		return nil
+	case codec.OutboundKindAudio:
+		if len(o.Data) == 0 {
+			return nil
+		}
+		if err := c.open(); err != nil {
+			return err
+		}
+		if c.outEnd.After(at) {
+			at = c.outEnd
+		}
+		if err := c.spool.AddOutbound(at, c.rate, o.Data); err != nil {
+			return err
+		}
+		frame := c.rate / 50 * 2
+		c.outEnd = at.Add(time.Duration((len(o.Data)+frame-1)/frame) * frameDur)
 	}
 	return nil
 }
@@ -161,7 +228,7 @@ func (c *callRecorder) End(ctx context.Context, reason string, out *subscribers.
 	}
 	files := make([]any, 0, len(res.Files))
 	for _, f := range res.Files {
-		m := map[string]any{"name": f.Name, "participant": f.Participant, "mix": f.Mix, "bytes": f.Bytes,
+		m := map[string]any{"name": f.Name, "participant": f.Participant, "mix": f.Mix, "outbound": f.Outbound, "bytes": f.Bytes,
 			"sha256": f.SHA256, "durationMs": f.Duration.Milliseconds(), "frames": f.Frames,
 			"duplicates": f.Duplicates, "gaps": f.Gaps, "path": "", "object": ""}
 		if c.r.cfg.Store != "object" {

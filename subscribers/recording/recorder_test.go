@@ -27,6 +27,7 @@ import (
 	"github.com/audiofan/audiofan/subscribers"
 	"github.com/audiofan/audiofan/subscribers/conformance"
 	"github.com/audiofan/audiofan/subscribers/recording"
+	"github.com/audiofan/audiofan/subscribers/speech"
 )
 
 func newRecorder(t *testing.T, dataDir string, cfg recording.Config, js jetstream.JetStream) *recording.Recorder {
@@ -442,3 +443,71 @@ func TestRecorderIdleTimeout(t *testing.T) {
 		t.Errorf("event %+v", ev.Data)
 	}
 }
+
+// Audio played into a call (an Outbound through the receiver holding it) is
+// recorded on its own track, outbound.wav, whole and in one piece, and is
+// in the mix; the recording event lists it.
+func TestRecorderOutbound(t *testing.T) {
+	r := newRig(t)
+	r.replica(t)
+	c := &acsCall{id: "prompted", parts: []string{"8:acs:alice"}, n: 100, skip: func(int, int) bool { return false }}
+	prompt := make([]byte, 16*300*2) // 300 ms at 16 kHz
+	for i := 0; i < len(prompt); i += 2 {
+		binary.LittleEndian.PutUint16(prompt[i:], uint16(int16(4000+i%1000)))
+	}
+	out, err := codec.Marshal(&codec.Outbound{V: codec.Version, Kind: codec.OutboundKindAudio, Data: prompt})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// In real time, so the receivers' clock and the capture times agree.
+	c.stream(t, r.rcv.Addr, func(i int) {
+		time.Sleep(20 * time.Millisecond)
+		if i == 40 {
+			if err := r.rcv.NC.Publish(r.rcv.Stream.Subjects().Outbound(codec.EncodeToken(c.id)), out); err != nil {
+				t.Error(err)
+			}
+		}
+	})
+	var evs []codec.Event
+	conformance.WaitFor(t, "the recording event", func() bool {
+		evs = recordingEvents(t, r.rcv.JS, r.rcv.Stream.StreamRef, c.id)
+		return len(evs) > 0
+	})
+	var listed bool
+	for _, f := range evs[0].Data["files"].([]any) {
+		m := f.(map[string]any)
+		listed = listed || m["name"] == "outbound.wav" && m["outbound"] == true
+	}
+	if !listed {
+		t.Fatalf("no outbound.wav in %v", evs[0].Data["files"])
+	}
+	dir := filepath.Join(r.dataDir, "recordings", codec.EncodeToken(c.id))
+	read := func(name string) []byte {
+		b, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		pcm, _, err := speech.ParseWAV(b, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return pcm
+	}
+	ob, part, mix := read("outbound.wav"), read(codec.EncodeToken("8:acs:alice")+".wav"), read("mix.wav")
+	if len(ob) != c.n*640 || len(mix) != len(ob) {
+		t.Fatalf("outbound %d bytes, mix %d: want the call's %d", len(ob), len(mix), c.n*640)
+	}
+	at := bytes.Index(ob, prompt)
+	if at < 0 || at%2 != 0 || !allZero(ob[:at]) || !allZero(ob[at+len(prompt):]) {
+		t.Fatalf("the prompt is not in outbound.wav whole and alone (found at byte %d)", at)
+	}
+	for j := 0; j < len(mix); j += 2 {
+		s := int32(int16(binary.LittleEndian.Uint16(part[j:]))) + int32(int16(binary.LittleEndian.Uint16(ob[j:])))
+		if got := int16(binary.LittleEndian.Uint16(mix[j:])); got != int16(max(min(s, 32767), -32768)) {
+			t.Fatalf("mix at sample %d: %d, want the participant and the prompt summed (%d)", j/2, got, s)
+		}
+	}
+	t.Logf("prompt placed at %d ms of the call (sent after frame 40, 800 ms)", at/32)
+}
+
+func allZero(b []byte) bool { return len(bytes.Trim(b, "\x00")) == 0 }

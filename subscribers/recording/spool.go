@@ -53,10 +53,11 @@ const partBuffer = 16 << 10
 
 // Spool gathers one call's frames on disk until they are rendered.
 type Spool struct {
-	f     *os.File
-	size  int64 // bytes written to the file
-	rate  int
-	parts map[string]*part
+	f      *os.File
+	size   int64 // bytes written to the file
+	rate   int
+	parts  map[string]*part
+	outSeq uint64 // frames of outbound audio so far
 }
 
 // part is one participant's frames: indexed, the last ones still buffered.
@@ -87,11 +88,15 @@ func (s *Spool) Close() error {
 	return err
 }
 
-// Frames is how many frames were added.
+// Frames is how many participants' frames were added (audio played into
+// the call not counted: without the call's own audio there is no timeline
+// to put it on).
 func (s *Spool) Frames() int {
 	n := 0
-	for _, p := range s.parts {
-		n += len(p.es)
+	for id, p := range s.parts {
+		if id != outboundKey {
+			n += len(p.es)
+		}
 	}
 	return n
 }
@@ -125,6 +130,46 @@ func (s *Spool) Add(f *codec.Frame) error {
 	return nil
 }
 
+// outboundKey keeps the track of the audio played into the call (Outbound)
+// apart from the participants': no ACS raw id begins with a NUL.
+const outboundKey = "\x00outbound"
+
+// AddOutbound spools audio played into the call, from at on the call's
+// capture-time timeline, as frames of 20 ms at rate (the call's: Outbound
+// audio is in the call's format).
+func (s *Spool) AddOutbound(at time.Time, rate int, pcm []byte) error {
+	switch {
+	case rate <= 0 || len(pcm)%2 != 0:
+		return fmt.Errorf("%w: outbound audio of %d bytes at %d Hz", ErrFormat, len(pcm), rate)
+	case s.rate != 0 && rate != s.rate:
+		return fmt.Errorf("%w: outbound audio at %d Hz in a %d Hz call", ErrFormat, rate, s.rate)
+	}
+	s.rate = rate
+	frame := rate / 50 * 2
+	for i := 0; i < len(pcm); i += frame {
+		s.outSeq++
+		f := codec.Frame{Participant: outboundKey, Seq: s.outSeq, Timestamp: at.Add(time.Duration(i/frame) * frameDur),
+			SampleRate: rate, Channels: 1, Encoding: codec.EncodingPCM16, Data: pcm[i:min(i+frame, len(pcm))]}
+		if err := s.Add(&f); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// CutOutbound drops the audio played into the call from at on: a stop.
+func (s *Spool) CutOutbound(at time.Time) {
+	if p := s.parts[outboundKey]; p != nil {
+		// Outbound frames are added in time order (each prompt after the
+		// one before), so what is cut is a tail; its PCM stays in the
+		// spool, unreferenced.
+		cut := at.UnixNano()
+		i, _ := slices.BinarySearchFunc(p.es, cut, func(e entry, t int64) int { return cmp.Compare(e.ts, t) })
+		p.es = p.es[:i]
+		p.pending = min(p.pending, i)
+	}
+}
+
 // flush writes a participant's buffered PCM at the end of the file; its
 // frames' offsets, relative to the buffer until now, become file offsets.
 // An error leaves it buffered, so the frame that met it can be added again
@@ -147,8 +192,9 @@ func (s *Spool) flush(p *part) error {
 // File is a written recording file.
 type File struct {
 	Name        string // file name: the participant's token, or "mix", with .wav
-	Participant string // raw id; "" for mixed audio and for the mix
+	Participant string // raw id; "" for mixed audio, the mix and the outbound track
 	Mix         bool   // the mix of every track
+	Outbound    bool   // the audio played into the call (Outbound messages)
 	Path        string
 	Bytes       int64
 	SHA256      string
@@ -163,10 +209,11 @@ type Result struct {
 	SampleRate int
 	Start      time.Time     // capture time of the call's first frame
 	Duration   time.Duration // of the whole call (the mix)
-	Files      []File        // the tracks by participant raw id, then the mix
+	Files      []File        // the tracks by participant raw id, the outbound track if any, then the mix
 }
 
-// Render writes the call into dir: <participant token>.wav per stream and
+// Render writes the call into dir: <participant token>.wav per stream,
+// outbound.wav for the audio played into the call if there was any, and
 // mix.wav. Each frame goes in the 20 ms slot its capture time falls in,
 // counted from the earliest frame of any participant, so participants stay
 // aligned and a skipped frame leaves exactly a frame of silence. A frame
@@ -177,7 +224,7 @@ type Result struct {
 // written to temporary names, synced, and renamed into place together at
 // the end, replacing a previous rendering whole.
 func (s *Spool) Render(dir string) (*Result, error) {
-	if len(s.parts) == 0 {
+	if s.Frames() == 0 {
 		return nil, errors.New("no frames")
 	}
 	for _, p := range s.parts {
@@ -188,17 +235,29 @@ func (s *Spool) Render(dir string) (*Result, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("recording folder: %w", err)
 	}
+	// The call's timeline starts with its own first frame; audio played
+	// into it before that has nothing to line up with and is left out.
 	start := int64(math.MaxInt64)
-	for _, p := range s.parts {
+	for id, p := range s.parts {
 		for _, e := range p.es {
-			start = min(start, e.ts)
+			if id != outboundKey {
+				start = min(start, e.ts)
+			}
 		}
 	}
 	ids := make([]string, 0, len(s.parts))
 	for id := range s.parts {
-		ids = append(ids, id)
+		if id != outboundKey {
+			ids = append(ids, id)
+		}
 	}
 	sort.Strings(ids)
+	if p := s.parts[outboundKey]; p != nil {
+		p.es = slices.DeleteFunc(p.es, func(e entry) bool { return e.ts < start })
+		if len(p.es) > 0 {
+			ids = append(ids, outboundKey)
+		}
+	}
 
 	res := &Result{SampleRate: s.rate, Start: time.Unix(0, start).UTC()}
 	var tmps []*os.File
@@ -232,6 +291,9 @@ func (s *Spool) Render(dir string) (*Result, error) {
 			return nil, fmt.Errorf("recording %s: %w", tmp.Name(), err)
 		}
 		f.Participant, f.Name = id, codec.EncodeToken(id)+".wav"
+		if id == outboundKey {
+			f.Participant, f.Name, f.Outbound = "", "outbound.wav", true
+		}
 		res.Files = append(res.Files, f)
 	}
 	mixTmp, err := os.CreateTemp(dir, ".rec-*")

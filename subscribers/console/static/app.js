@@ -238,7 +238,7 @@ function renderFinished(c) {
     shownRecording = view.tok + rec.durationMs;
     const base = "api/calls/" + encodeURIComponent(view.tok) + "/recordings/";
     $("#recordings").replaceChildren(...(rec.files || []).map((f) => el("li", { "data-file": f.name },
-      el("span", {}, f.mix ? "whole call" : who(f.participant)), el("audio", { controls: "", preload: "metadata", src: base + encodeURIComponent(f.name) }),
+      el("span", {}, f.mix ? "whole call" : f.outbound ? "played into the call" : who(f.participant)), el("audio", { controls: "", preload: "metadata", src: base + encodeURIComponent(f.name) }),
       el("a", { href: base + encodeURIComponent(f.name) + "?download" }, "download"),
       el("span", { class: "muted" }, fmtMs(f.durationMs) + ", " + fmtBytes(f.bytes)))));
   }
