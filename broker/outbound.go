@@ -182,17 +182,22 @@ func (s *socket) pace() {
 		if ahead := until.Sub(now); ahead > outboundLead {
 			time.Sleep(ahead - outboundLead)
 		}
+		buf = codec.AppendOutboundAudio(buf[:0], pcm)
+		// Checked and written under the write lock: a stop that comes
+		// after the check writes StopAudio after this chunk, never before
+		// it (ACS would go on playing the chunk).
+		s.writeMu.Lock()
 		o.mu.Lock()
 		stale := o.gen != gen || o.closed
 		o.mu.Unlock()
-		if stale {
-			continue // a stop came while we waited
-		}
-		buf = codec.AppendOutboundAudio(buf[:0], pcm)
-		if !s.writeText(buf) {
+		ok := stale || s.writeLocked(buf)
+		s.writeMu.Unlock()
+		if !ok {
 			return
 		}
-		until = until.Add(d)
+		if !stale { // else a stop came while we waited
+			until = until.Add(d)
+		}
 	}
 }
 
@@ -201,6 +206,11 @@ func (s *socket) pace() {
 func (s *socket) writeText(msg []byte) bool {
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
+	return s.writeLocked(msg)
+}
+
+// writeLocked is writeText with s.writeMu held.
+func (s *socket) writeLocked(msg []byte) bool {
 	_ = s.conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
 	if err := s.conn.WriteMessage(websocket.TextMessage, msg); err != nil {
 		s.r.m.outbound.WithLabelValues(outWriteFail).Inc()
