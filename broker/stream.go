@@ -164,6 +164,11 @@ var provisionBackoff = 250 * time.Millisecond
 // our create; reading again settles it.
 var errCreateRace = errors.New("stream created concurrently")
 
+// ErrNotReady marks an error that Provision should wait out like JetStream's
+// own "not now" answers: a reader of the stream wraps the stream's absence
+// in it, since the receiver that creates the stream may start later.
+var ErrNotReady = errors.New("not ready")
+
 func ensureStream(ctx context.Context, js jetstream.JetStream, c StreamConfig) (jetstream.Stream, error) {
 	s, err := js.Stream(ctx, c.Name)
 	if !c.Provision || err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
@@ -202,7 +207,7 @@ func overlay(cur, want jetstream.StreamConfig) (jetstream.StreamConfig, bool) {
 func transient(err error) bool {
 	var apiErr *jetstream.APIError
 	switch {
-	case errors.Is(err, errCreateRace), errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout),
+	case errors.Is(err, errCreateRace), errors.Is(err, ErrNotReady), errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout),
 		errors.Is(err, nats.ErrNoResponders), errors.Is(err, jetstream.ErrJetStreamNotEnabled), errors.Is(err, nats.ErrConnectionReconnecting):
 		return true
 	case errors.As(err, &apiErr):

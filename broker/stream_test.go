@@ -141,7 +141,7 @@ func TestProvisionRetriesOnlyTransientErrors(t *testing.T) {
 	defer broker.SetProvisionBackoff(time.Millisecond)()
 	transient := []error{context.DeadlineExceeded, nats.ErrNoResponders, jetstream.ErrJetStreamNotEnabled,
 		&jetstream.APIError{Code: 503, ErrorCode: 10008, Description: "JetStream system temporarily unavailable"},
-		fmt.Errorf("wrapped: %w", nats.ErrTimeout)}
+		fmt.Errorf("wrapped: %w", nats.ErrTimeout), fmt.Errorf("%w: %w", broker.ErrNotReady, jetstream.ErrStreamNotFound)}
 	var logs bytes.Buffer // Provision logs from the caller's goroutine
 	calls := 0
 	err := broker.Provision(t.Context(), slog.New(slog.NewTextHandler(&logs, nil)), "thing", func(ctx context.Context) error {

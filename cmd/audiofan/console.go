@@ -24,19 +24,8 @@ import (
 
 // ConsoleSettings are the settings of `audiofan console`.
 type ConsoleSettings struct {
-	LogSettings
-	NATS     NATSSettings
-	Stream   broker.StreamRef
-	HTTPAddr string `env:"AUDIOFAN_HTTP_ADDR" envDefault:"127.0.0.1:8080" help:"listener of the console, /healthz, /readyz and /metrics"`
-	DataDir  string `env:"AUDIOFAN_DATA_DIR" envDefault:"./data" help:"where the recorders write (recordings/), to play them from disk; else the Object Store"`
-	Console  console.Config
-}
-
-func (s *ConsoleSettings) validate() error {
-	if err := s.Stream.Validate(); err != nil {
-		return err
-	}
-	return s.Console.Validate()
+	ReaderSettings
+	DataDir string `env:"AUDIOFAN_DATA_DIR" envDefault:"./data" help:"where the recorders write (recordings/), to play them from disk; else the Object Store"`
 }
 
 var consoleRole = role{

@@ -20,21 +20,31 @@ import (
 	"github.com/audiofan/audiofan/subscribers/recording"
 )
 
-// SubscriberSettings are shared by every subscriber role run alone.
-type SubscriberSettings struct {
+// ReaderSettings are shared by every role that reads the bus and serves its
+// own listener: the subscriber roles and the console.
+type ReaderSettings struct {
 	LogSettings
 	NATS     NATSSettings
 	Stream   broker.StreamRef
 	HTTPAddr string `env:"AUDIOFAN_HTTP_ADDR" envDefault:"127.0.0.1:8080" help:"listener of /healthz, /readyz, /metrics and the console"`
-	Group    subscribers.GroupConfig
 	Console  console.Config
 }
 
-func (s *SubscriberSettings) validate() error {
+func (s *ReaderSettings) validate() error {
 	if err := s.Stream.Validate(); err != nil {
 		return err
 	}
-	if err := s.Console.Validate(); err != nil {
+	return s.Console.Validate()
+}
+
+// SubscriberSettings are shared by every subscriber role run alone.
+type SubscriberSettings struct {
+	ReaderSettings
+	Group subscribers.GroupConfig
+}
+
+func (s *SubscriberSettings) validate() error {
+	if err := s.ReaderSettings.validate(); err != nil {
 		return err
 	}
 	return s.Group.Validate()

@@ -71,30 +71,21 @@ func newIndex(cfg Config, subj broker.Subjects) *index {
 func (x *index) run(ctx context.Context, js jetstream.JetStream, stream string, log *slog.Logger) error {
 	start := time.Now().Add(-x.cfg.History)
 	var cons jetstream.Consumer
-	for attempt := 1; ; attempt++ {
-		err := broker.Provision(ctx, log, "console call list", func(ctx context.Context) (err error) {
-			cons, err = js.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{
-				FilterSubjects: []string{x.subj.Prefix + ".*." + broker.KindLifecycle, x.subj.Prefix + ".*." + broker.KindEvents + ".>"},
-				DeliverPolicy:  jetstream.DeliverByStartTimePolicy, OptStartTime: &start,
-			})
-			return err
+	err := broker.Provision(ctx, log, "console call list", func(ctx context.Context) (err error) {
+		cons, err = js.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{
+			FilterSubjects: []string{x.subj.Prefix + ".*." + broker.KindLifecycle, x.subj.Prefix + ".*." + broker.KindEvents + ".>"},
+			DeliverPolicy:  jetstream.DeliverByStartTimePolicy, OptStartTime: &start,
 		})
-		switch {
-		case err == nil:
-		case ctx.Err() != nil:
-			return nil
-		case errors.Is(err, jetstream.ErrStreamNotFound):
-			// The receiver creates it; parts of a deployment start in
-			// any order.
-			if attempt == 1 {
-				log.Info("console: waiting for the stream", "stream", stream)
-			}
-			sleepCtx(ctx, time.Second)
-			continue
-		default:
-			return fmt.Errorf("console: read calls from %s: %w", stream, err)
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			err = fmt.Errorf("%w: %w", broker.ErrNotReady, err) // its receiver may start later
 		}
-		break
+		return err
+	})
+	switch {
+	case ctx.Err() != nil:
+		return nil
+	case err != nil:
+		return fmt.Errorf("console: read calls from %s: %w", stream, err)
 	}
 	// Pulled in batches: an hour of a busy system's lifecycle messages
 	// and analytics events is tens of thousands, too many for one request

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"reflect"
 	"slices"
 	"sync"
 	"time"
@@ -384,28 +385,16 @@ func keepLast[T any](s []T, n int) []T {
 	return s
 }
 
+// toInt reads a number from an event's data: msgpack gives whichever
+// integer type fits the value.
 func toInt(v any) (int64, bool) {
-	switch n := v.(type) {
-	case int64:
-		return n, true
-	case int:
-		return int64(n), true
-	case int8:
-		return int64(n), true
-	case int16:
-		return int64(n), true
-	case int32:
-		return int64(n), true
-	case uint8:
-		return int64(n), true
-	case uint16:
-		return int64(n), true
-	case uint32:
-		return int64(n), true
-	case uint64:
-		return int64(n), true
-	case float64:
-		return int64(n), true
+	switch rv := reflect.ValueOf(v); {
+	case rv.CanInt():
+		return rv.Int(), true
+	case rv.CanUint():
+		return int64(rv.Uint()), true
+	case rv.CanFloat():
+		return int64(rv.Float()), true
 	}
 	return 0, false
 }

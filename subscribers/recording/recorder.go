@@ -198,11 +198,11 @@ func (c *callRecorder) outbound(o *codec.Outbound, stored time.Time) error {
 		if c.outEnd.After(at) {
 			at = c.outEnd
 		}
-		if err := c.spool.AddOutbound(at, c.rate, o.Data); err != nil {
+		end, err := c.spool.AddOutbound(at, c.rate, o.Data)
+		if err != nil {
 			return err
 		}
-		frame := c.rate / 50 * 2
-		c.outEnd = at.Add(time.Duration((len(o.Data)+frame-1)/frame) * frameDur)
+		c.outEnd = end
 	}
 	return nil
 }

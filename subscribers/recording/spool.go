@@ -136,25 +136,26 @@ const outboundKey = "\x00outbound"
 
 // AddOutbound spools audio played into the call, from at on the call's
 // capture-time timeline, as frames of 20 ms at rate (the call's: Outbound
-// audio is in the call's format).
-func (s *Spool) AddOutbound(at time.Time, rate int, pcm []byte) error {
+// audio is in the call's format). It returns when the audio ends.
+func (s *Spool) AddOutbound(at time.Time, rate int, pcm []byte) (time.Time, error) {
 	switch {
 	case rate <= 0 || len(pcm)%2 != 0:
-		return fmt.Errorf("%w: outbound audio of %d bytes at %d Hz", ErrFormat, len(pcm), rate)
+		return at, fmt.Errorf("%w: outbound audio of %d bytes at %d Hz", ErrFormat, len(pcm), rate)
 	case s.rate != 0 && rate != s.rate:
-		return fmt.Errorf("%w: outbound audio at %d Hz in a %d Hz call", ErrFormat, rate, s.rate)
+		return at, fmt.Errorf("%w: outbound audio at %d Hz in a %d Hz call", ErrFormat, rate, s.rate)
 	}
 	s.rate = rate
 	frame := rate / 50 * 2
 	for i := 0; i < len(pcm); i += frame {
 		s.outSeq++
-		f := codec.Frame{Participant: outboundKey, Seq: s.outSeq, Timestamp: at.Add(time.Duration(i/frame) * frameDur),
+		f := codec.Frame{Participant: outboundKey, Seq: s.outSeq, Timestamp: at,
 			SampleRate: rate, Channels: 1, Encoding: codec.EncodingPCM16, Data: pcm[i:min(i+frame, len(pcm))]}
 		if err := s.Add(&f); err != nil {
-			return err
+			return at, err
 		}
+		at = at.Add(frameDur)
 	}
-	return nil
+	return at, nil
 }
 
 // CutOutbound drops the audio played into the call from at on: a stop.
