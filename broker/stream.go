@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"reflect"
 	"slices"
 	"time"
 
@@ -42,6 +43,10 @@ type StreamConfig struct {
 	Replicas   int           `env:"AUDIOFAN_STREAM_REPLICAS" envDefault:"1" help:"stream replicas (3 on a cluster)"`
 	Storage    string        `env:"AUDIOFAN_STREAM_STORAGE" envDefault:"file" help:"file or memory"`
 	Provision  bool          `env:"AUDIOFAN_STREAM_PROVISION" envDefault:"true" help:"create or update the stream at start; false = it must exist already"`
+	// Partitions is fixed for the life of a deployment: changing it moves
+	// calls in progress to other partitions (see the README's upgrade notes).
+	Partitions   int `env:"AUDIOFAN_PARTITIONS" envDefault:"32" help:"partitions the stream spreads calls over (its subject transform); each subscriber role has one consumer per partition, and at most this many busy replicas"`
+	MaxConsumers int `env:"AUDIOFAN_STREAM_MAX_CONSUMERS" envDefault:"1000" help:"consumers the stream allows: the roles' partitions x roles, plus the console's and tools' short-lived readers"`
 }
 
 // Validate checks the settings before anything connects.
@@ -58,6 +63,10 @@ func (c StreamConfig) Validate() error {
 		return errors.New("AUDIOFAN_STREAM_DUPLICATE_WINDOW and AUDIOFAN_STREAM_MAX_AGE must not be negative")
 	case c.MaxAge > 0 && c.Duplicates > c.MaxAge:
 		return errors.New("AUDIOFAN_STREAM_DUPLICATE_WINDOW must not exceed AUDIOFAN_STREAM_MAX_AGE")
+	case c.Partitions < 1 || c.Partitions > MaxPartitions:
+		return fmt.Errorf("AUDIOFAN_PARTITIONS %d: want 1 to %d", c.Partitions, MaxPartitions)
+	case c.MaxConsumers < 4*c.Partitions:
+		return fmt.Errorf("AUDIOFAN_STREAM_MAX_CONSUMERS %d: want at least 4 x AUDIOFAN_PARTITIONS (%d): three roles' partition consumers and room for readers", c.MaxConsumers, 4*c.Partitions)
 	}
 	return nil
 }
@@ -88,6 +97,9 @@ func (c StreamConfig) jetstream() jetstream.StreamConfig {
 		Name:        c.Name,
 		Description: "audiofan: ACS call audio, transcripts, DTMF, lifecycle and events",
 		Subjects:    []string{c.Subjects().All()},
+		// Stored as <prefix>.<partition>.<call>...: see partition.go.
+		SubjectTransform: c.Subjects().transform(c.Partitions),
+		MaxConsumers:     c.MaxConsumers,
 		Retention:   jetstream.LimitsPolicy,
 		// Old calls make way for live ones: refusing new audio when full would
 		// lose the calls people are on right now.
@@ -195,7 +207,9 @@ func overlay(cur, want jetstream.StreamConfig) (jetstream.StreamConfig, bool) {
 	same := cur.Description == want.Description && slices.Equal(cur.Subjects, want.Subjects) &&
 		cur.Retention == want.Retention && cur.Discard == want.Discard && cur.MaxAge == want.MaxAge &&
 		cur.MaxBytes == want.MaxBytes && cur.Duplicates == want.Duplicates && cur.Replicas == want.Replicas &&
-		cur.Storage == want.Storage
+		cur.Storage == want.Storage && cur.MaxConsumers == want.MaxConsumers &&
+		reflect.DeepEqual(cur.SubjectTransform, want.SubjectTransform)
+	cur.SubjectTransform, cur.MaxConsumers = want.SubjectTransform, want.MaxConsumers
 	cur.Description, cur.Subjects, cur.Retention, cur.Discard = want.Description, want.Subjects, want.Retention, want.Discard
 	cur.MaxAge, cur.MaxBytes, cur.Duplicates, cur.Replicas, cur.Storage = want.MaxAge, want.MaxBytes, want.Duplicates, want.Replicas, want.Storage
 	return cur, !same

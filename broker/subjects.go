@@ -22,9 +22,13 @@ const (
 var ErrNotOurSubject = errors.New("subject outside the audiofan scheme")
 
 // Subjects builds and parses the subjects of the contract:
-// <prefix>.<call>.<kind>[.<participant or source>].
+// <prefix>.<call>.<kind>[.<participant or source>] as published, stored as
+// <prefix>.<partition>.<call>.<kind>[...] when the stream partitions calls.
 type Subjects struct {
 	Prefix string
+	// Partitions is how many partitions the stream spreads calls over, as
+	// read from its subject transform (SubjectsOf); 0 when unknown.
+	Partitions int
 }
 
 // Audio is the subject of a participant's frames; the tokens are already encoded.
@@ -72,9 +76,13 @@ type SubjectInfo struct {
 	Kind        string
 	Participant string
 	Source      string
+	// Partitioned is set when the subject was in the stored, partitioned
+	// form (ParseStored).
+	Partitioned bool
 }
 
-// Parse reads a subject of the scheme.
+// Parse reads a subject of the scheme as published (what core NATS
+// subscribers see); ParseStored reads what a stream consumer sees.
 func (s Subjects) Parse(subject string) (SubjectInfo, error) {
 	rest, ok := strings.CutPrefix(subject, s.Prefix+".")
 	if !ok {

@@ -19,11 +19,12 @@ type Message struct {
 	Payload any
 }
 
-// Decode reads a message of the scheme subj. A subject outside the scheme
-// or a payload that does not decode is an error: a consumer should refuse
-// it for good rather than retry.
+// Decode reads a message of the stream, its subject as the stream stores it
+// (partitioned, or as published). A subject outside the scheme or a payload
+// that does not decode is an error: a consumer should refuse it for good
+// rather than retry.
 func Decode(subj broker.Subjects, subject string, data []byte) (Message, error) {
-	info, err := subj.Parse(subject)
+	info, err := subj.ParseStored(subject)
 	if err != nil {
 		return Message{}, err
 	}

@@ -2,34 +2,34 @@ package subscribers
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"regexp"
+	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/audiofan/audiofan/broker"
-	"github.com/audiofan/audiofan/codec"
 )
 
 // GroupConfig tunes how a role's replicas share calls. Every replica of a
 // role should run with the same values.
 type GroupConfig struct {
-	Lease       time.Duration `env:"AUDIOFAN_LEASE" envDefault:"10s" help:"how long the calls of a replica that stopped answering (killed, cut off) wait before another replica takes them over"`
+	Lease       time.Duration `env:"AUDIOFAN_LEASE" envDefault:"10s" help:"how long the partitions of a replica that stopped answering (killed, cut off) wait before another replica takes them over"`
 	IdleTimeout time.Duration `env:"AUDIOFAN_CALL_IDLE_TIMEOUT" envDefault:"2m" help:"a call with no message for this long is finished as idle (its ended message may never come: its receiver died)"`
-	MaxCalls    int           `env:"AUDIOFAN_MAX_CALLS" envDefault:"2000" help:"calls one replica works on at once; past it, it takes no new ones and others do"`
 	Retries     int           `env:"AUDIOFAN_HANDLER_RETRIES" envDefault:"5" help:"attempts at a message that keeps failing before it is skipped (outages of disk or store are retried until they end)"`
 	Backoff     time.Duration `env:"AUDIOFAN_RETRY_BACKOFF" envDefault:"100ms" help:"wait before the first retry of a failed message; it doubles with each retry, up to 50 times this"`
-	Start       string        `env:"AUDIOFAN_CONSUMER_START" envDefault:"all" help:"where a role's consumer starts when first created: all (every call still in the stream) or new"`
-	DoneTTL     time.Duration `env:"AUDIOFAN_DONE_TTL" envDefault:"48h" help:"how long a finished call is remembered so it is never done twice; keep it above the stream's max age"`
+	Start       string        `env:"AUDIOFAN_CONSUMER_START" envDefault:"all" help:"where a role's partition consumers start when first created: all (every call still in the stream) or new"`
+	Checkpoint  time.Duration `env:"AUDIOFAN_CHECKPOINT_INTERVAL" envDefault:"1s" help:"how often a busy partition's owner checkpoints and acknowledges: a new owner replays at most about this much more; shorter costs the server more writes"`
+	DoneTTL     time.Duration `env:"AUDIOFAN_DONE_TTL" envDefault:"10m" help:"how long a finished call is remembered, so a late message (a socket reconnecting after the call ended) does not start it again"`
 }
 
 // Validate checks the settings.
@@ -37,10 +37,12 @@ func (c GroupConfig) Validate() error {
 	switch {
 	case c.Lease < 2*time.Second:
 		return fmt.Errorf("AUDIOFAN_LEASE %s: want at least 2s", c.Lease)
-	case c.IdleTimeout <= 0 || c.MaxCalls < 1 || c.Retries < 1 || c.Backoff <= 0:
-		return errors.New("AUDIOFAN_CALL_IDLE_TIMEOUT, AUDIOFAN_MAX_CALLS, AUDIOFAN_HANDLER_RETRIES and AUDIOFAN_RETRY_BACKOFF must be positive")
+	case c.IdleTimeout <= 0 || c.Retries < 1 || c.Backoff <= 0:
+		return errors.New("AUDIOFAN_CALL_IDLE_TIMEOUT, AUDIOFAN_HANDLER_RETRIES and AUDIOFAN_RETRY_BACKOFF must be positive")
 	case c.Start != "all" && c.Start != "new":
 		return fmt.Errorf("AUDIOFAN_CONSUMER_START %q: want all or new", c.Start)
+	case c.Checkpoint < 10*time.Millisecond || c.Checkpoint > c.Lease/4:
+		return fmt.Errorf("AUDIOFAN_CHECKPOINT_INTERVAL %s: want 10ms to a quarter of AUDIOFAN_LEASE (acknowledgements wait for it)", c.Checkpoint)
 	case c.DoneTTL < time.Minute:
 		return fmt.Errorf("AUDIOFAN_DONE_TTL %s: want at least 1m", c.DoneTTL)
 	}
@@ -54,43 +56,41 @@ const (
 	OutcomeRetried    = "retried"    // failed; tried again
 	OutcomeTerminated = "terminated" // undecodable, or a Permanent error
 	OutcomeGaveUp     = "gave_up"    // still failing after every retry: skipped
+	OutcomeLate       = "late"       // of a call already finished here: dropped
 )
 
 // Results of a call on a replica, the label of audiofan_subscriber_calls_total.
 const (
 	ResultEnded     = "ended"     // finished after its ended messages
 	ResultIdle      = "idle"      // finished after the idle timeout
-	ResultFailed    = "failed"    // End kept failing: finished without output
-	ResultReleased  = "released"  // handed to another replica (this one stopping)
-	ResultElsewhere = "elsewhere" // another replica had it, or had finished it
+	ResultFailed    = "failed"    // End kept failing (or the call could not start): finished without output
+	ResultReleased  = "released"  // its partition handed to another replica
+	ResultElsewhere = "elsewhere" // another replica had finished it, or took its partition
 )
 
 var roleName = regexp.MustCompile(`^[A-Za-z0-9-]+$`)
 
-// ownerGroup is the priority group every replica pulls a call's consumer in.
+// ownerGroup is the priority group every replica pulls a partition in.
 const ownerGroup = "owner"
 
-// Group runs one role: it takes calls from the role's dispatch consumer and
-// works on each with a CallHandler, sharing the calls with the role's other
-// replicas.
+// Group runs one role: it shares the stream's partitions with the role's
+// other replicas and works on every call of the partitions it holds.
 //
-// How calls are shared (see the README for the choice): each role has a
-// durable dispatch consumer on the calls' lifecycle messages, pulled by
-// every replica one message at a time, so calls spread across replicas.
-// Holding a lifecycle message unacknowledged (kept alive with in-progress
-// acks) is a replica's lease on the call: if the replica dies, the server
-// redelivers it after Lease to a live replica. The call's messages come from
-// a durable consumer of its own (filtered to the call), in a pinned-client
-// priority group: the server delivers to one client at a time, so two
-// replicas holding leases for one call (its audio and transcription sockets
-// both started it) never both apply it, and when the pinned one dies the pin
-// moves. Its acknowledgement floor says how far the call was applied; a new
-// owner reads the call from the stream to its end, replaying up to the floor
-// to rebuild its state and applying the rest, then takes the consumer's
-// deliveries. Finished calls
-// are remembered in a KV bucket, written before the call's consumer is
-// deleted, so a late or redelivered lifecycle message never starts a call
-// twice.
+// How (see the README for the choice and its figures): the stream stores a
+// call's messages in one of P partitions (broker.SubjectsOf). Each role has
+// one durable consumer per partition, in a pinned-client priority group, so
+// the server delivers a partition to one replica at a time; P is fixed, so
+// the role's JetStream objects do not grow with calls, and a call start
+// costs no JetStream request. Replicas learn of each other by heartbeats on
+// core NATS and each pulls the partitions a shared rendezvous hash gives it;
+// the pin settles any moment of disagreement. A replica demultiplexes its
+// partitions into calls, each applied in order by a goroutine of its own.
+// About once a second it checkpoints each partition (the floor below which
+// everything is applied, and the calls then in progress, in a KV bucket) and
+// acknowledges up to it. A new owner (after a crash, a stop or a rebalance)
+// reads the checkpoint, replays each call in progress from its first message
+// to the floor to rebuild its state, and carries on from the floor; output
+// stays exactly once through the events' Nats-Msg-Ids.
 type Group struct {
 	cfg    GroupConfig
 	role   Role
@@ -99,16 +99,19 @@ type Group struct {
 	nc     *nats.Conn
 	js     jetstream.JetStream
 	stream jetstream.Stream
+	kv     jetstream.KeyValue
 	log    *slog.Logger
 	m      *groupMetrics
-	bucket string
+	id     string
 
 	warnings warnLimiter
 
+	legacyUntil atomic.Int64 // unix nanoseconds: the upgrade from the per-call design is under way until then
+
 	mu      sync.Mutex
-	workers map[string]*worker
+	parts   []*partition
 	ready   bool
-	unavail int
+	unavail atomic.Int64
 }
 
 // NewGroup prepares a role's replica; Run starts it. Metrics register on reg.
@@ -124,31 +127,28 @@ func NewGroup(cfg GroupConfig, role Role, ref broker.StreamRef, nc *nats.Conn, j
 		return nil, err
 	}
 	g := &Group{cfg: cfg, role: role, ref: ref, subj: ref.Subjects(), nc: nc, js: js, m: m,
-		log: log.With("role", role.Name), bucket: ref.Name + "-" + role.Name + "-done", workers: map[string]*worker{}}
-	m.owned = prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "audiofan_subscriber_calls_owned",
-		Help: "Calls this replica is working on.", ConstLabels: prometheus.Labels{"role": role.Name}}, func() float64 {
-		g.mu.Lock()
-		defer g.mu.Unlock()
-		n := 0
-		for _, w := range g.workers {
-			if w.owned.Load() {
-				n++
+		log: log.With("role", role.Name), id: nuid.Next()}
+	sum := func(f func(p *partition) float64) func() float64 {
+		return func() float64 {
+			g.mu.Lock()
+			defer g.mu.Unlock()
+			v := 0.0
+			for _, p := range g.parts {
+				if p.isOwned.Load() {
+					v += f(p)
+				}
 			}
+			return v
 		}
-		return float64(n)
-	})
-	lag := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "audiofan_subscriber_lag_messages",
-		Help:        "Messages of the calls this replica owns stored but not yet delivered to it.",
-		ConstLabels: prometheus.Labels{"role": role.Name}}, func() float64 {
-		g.mu.Lock()
-		defer g.mu.Unlock()
-		var n uint64
-		for _, w := range g.workers {
-			n += w.pending.Load()
-		}
-		return float64(n)
-	})
-	for _, c := range []prometheus.Collector{m.owned, lag} {
+	}
+	l := prometheus.Labels{"role": role.Name}
+	for _, c := range []prometheus.Collector{
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "audiofan_subscriber_calls_owned",
+			Help: "Calls this replica is working on.", ConstLabels: l}, sum(func(p *partition) float64 { return float64(p.ncalls.Load()) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "audiofan_subscriber_lag_messages",
+			Help: "Messages of the partitions this replica owns stored but not yet delivered to it.", ConstLabels: l},
+			sum(func(p *partition) float64 { return float64(p.pending.Load()) })),
+	} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("%s metrics: %w", role.Name, err)
 		}
@@ -156,238 +156,235 @@ func NewGroup(cfg GroupConfig, role Role, ref broker.StreamRef, nc *nats.Conn, j
 	return g, nil
 }
 
-// DispatchConsumer is the name of a role's dispatch consumer.
-func DispatchConsumer(role string) string { return role }
-
-// CallConsumer is the name of the consumer of one call for a role.
-func CallConsumer(role, callToken string) string {
-	name := role + "-" + callToken
-	if len(name) > 200 { // the server's limit is 255; tokens of long ids are hashed
-		sum := sha256.Sum256([]byte(callToken))
-		name = role + "-h" + hex.EncodeToString(sum[:16])
-	}
-	return name
-}
-
 // Ready reports whether the replica can do its work: connected, its
-// consumer in place, and no call stuck on an unavailable resource.
+// consumers in place, and no call stuck on an unavailable resource.
 func (g *Group) Ready() error {
 	g.mu.Lock()
-	defer g.mu.Unlock()
+	ready := g.ready
+	g.mu.Unlock()
 	switch {
-	case !g.ready:
+	case !ready:
 		return errors.New(g.role.Name + ": not started")
 	case !g.nc.IsConnected():
 		return errors.New(g.role.Name + ": NATS disconnected")
-	case g.unavail > 0:
-		return fmt.Errorf("%s: %d calls waiting on an unavailable resource", g.role.Name, g.unavail)
+	case g.unavail.Load() > 0:
+		return fmt.Errorf("%s: %d calls waiting on an unavailable resource", g.role.Name, g.unavail.Load())
 	}
 	return nil
 }
 
-// Run works on calls until ctx ends, then hands every call it holds to the
-// other replicas (its progress acknowledged, its leases returned) and
-// returns. Until the stream exists it waits for it.
+// Run works on the partitions given to this replica until ctx ends, then
+// hands them to the other replicas (checkpointed, acknowledged, unpinned)
+// and returns. Until the stream exists it waits for it.
 func (g *Group) Run(ctx context.Context) error {
 	// The stream may not exist yet (its receiver starts later): wait for
 	// it rather than fail, as a deployment starts its parts in any order.
-	var dispatch jetstream.Consumer
-	for attempt := 1; ; attempt++ {
-		var err error
-		if dispatch, err = g.setup(ctx); err == nil {
-			break
-		}
+	if err := broker.Provision(ctx, g.log, g.role.Name+" consumers", g.setup); err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}
-		if attempt == 1 || attempt%10 == 0 {
-			g.log.Warn("waiting for the stream", "err", err)
-		}
-		sleep(ctx, time.Second)
+		return err
 	}
+	mctx, stopMembers := context.WithCancel(ctx)
+	mem := newMembers(MembersSubject(g.ref.Name, g.role.Name), g.id, g.cfg.Lease)
+	membersDone := make(chan error, 1)
+	go func() { membersDone <- mem.run(mctx, g.nc) }()
 	g.mu.Lock()
 	g.ready = true
 	g.mu.Unlock()
-	g.log.Info("subscriber ready", "consumer", DispatchConsumer(g.role.Name), "lease", g.cfg.Lease)
+	g.log.Info("subscriber ready", "partitions", g.subj.Partitions, "replica", g.id, "lease", g.cfg.Lease)
+	// Hear the replicas already there before taking any partition, so a
+	// replica joining does not grab partitions only to give them back.
+	sleep(ctx, g.cfg.Lease/4)
 
-	wctx, stopWorkers := context.WithCancel(context.WithoutCancel(ctx))
-	var wg sync.WaitGroup
-	wg.Go(func() { g.keepLeases(wctx) })
+	type running struct {
+		cancel context.CancelFunc
+		done   chan struct{}
+	}
+	runs := map[int]*running{}
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
 	for ctx.Err() == nil {
-		if g.count() >= g.cfg.MaxCalls {
-			sleep(ctx, 100*time.Millisecond)
-			continue
+		if until := g.legacyUntil.Load(); until > 0 && time.Now().UnixNano() > until {
+			g.finishUpgrade(ctx)
 		}
-		fctx, cancel := context.WithTimeout(ctx, time.Second)
-		batch, err := dispatch.Fetch(1, jetstream.FetchContext(fctx))
-		if err != nil {
-			cancel()
-			if ctx.Err() == nil {
-				g.log.Debug("dispatch fetch", "err", err)
-				sleep(ctx, 250*time.Millisecond)
+		owners := assign(g.subj.Partitions, mem.list())
+		mine := 0
+		for n, owner := range owners {
+			if owner == g.id {
+				mine++
 			}
-			continue
+			r := runs[n]
+			if r != nil {
+				select {
+				case <-r.done:
+					delete(runs, n)
+					r = nil
+				default:
+				}
+			}
+			switch {
+			case owner == g.id && r == nil:
+				pctx, cancel := context.WithCancel(ctx)
+				r = &running{cancel: cancel, done: make(chan struct{})}
+				runs[n] = r
+				p := g.parts[n]
+				go func() {
+					defer close(r.done)
+					p.run(pctx)
+				}()
+			case owner != g.id && r != nil:
+				r.cancel() // it hands the partition over; done closes after
+			}
 		}
-		for msg := range batch.Messages() {
-			g.route(wctx, &wg, msg)
+		g.m.assigned.Set(float64(mine))
+		select {
+		case <-ctx.Done():
+		case <-mem.changed:
+		case <-tick.C:
 		}
-		cancel()
 	}
 	g.mu.Lock()
 	g.ready = false
 	g.mu.Unlock()
-	g.log.Info("stopping: handing calls over", "calls", g.count())
-	stopWorkers()
-	wg.Wait()
+	g.log.Info("stopping: handing partitions over", "partitions", len(runs))
+	g.m.assigned.Set(0)
+	stopMembers() // the others start pulling now; they are pinned as each partition is released
+	for _, r := range runs {
+		r.cancel()
+	}
+	for _, r := range runs {
+		<-r.done
+	}
+	<-membersDone
 	return nil
 }
 
-func (g *Group) setup(ctx context.Context) (jetstream.Consumer, error) {
-	deliver := jetstream.DeliverAllPolicy
-	if g.cfg.Start == "new" {
-		deliver = jetstream.DeliverNewPolicy
+// setup reads the stream's partitioning and puts the role's consumers and
+// state bucket in place.
+func (g *Group) setup(ctx context.Context) error {
+	s, err := g.js.Stream(ctx, g.ref.Name)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return fmt.Errorf("stream %s: %w", g.ref.Name, broker.ErrNotReady)
 	}
-	dispatch, err := g.js.CreateOrUpdateConsumer(ctx, g.ref.Name, jetstream.ConsumerConfig{
-		Durable:       DispatchConsumer(g.role.Name),
-		Description:   "audiofan " + g.role.Name + ": which replica works on which call",
-		FilterSubject: g.subj.Prefix + ".*." + broker.KindLifecycle,
-		DeliverPolicy: deliver,
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       g.cfg.Lease,
-		MaxDeliver:    -1,
-		MaxAckPending: 100_000, // leases held at once, across replicas
-	})
 	if err != nil {
-		return nil, fmt.Errorf("%s dispatch consumer on %s: %w", g.role.Name, g.ref.Name, err)
+		return err
 	}
-	if g.stream, err = g.js.Stream(ctx, g.ref.Name); err != nil {
-		return nil, fmt.Errorf("stream %s: %w", g.ref.Name, err)
+	subj, err := broker.SubjectsOf(g.ref, s.CachedInfo().Config)
+	if err != nil {
+		// A stream of an older audiofan: its receivers partition it when
+		// they are upgraded.
+		return fmt.Errorf("%w: %w", err, broker.ErrNotReady)
 	}
-	// The finished marks are as safe as the calls: as many replicas.
-	if _, err := g.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: g.bucket,
-		Description: "audiofan " + g.role.Name + ": finished calls", TTL: g.cfg.DoneTTL, History: 1,
-		Replicas: g.stream.CachedInfo().Config.Replicas}); err != nil {
-		return nil, fmt.Errorf("%s bucket %s: %w", g.role.Name, g.bucket, err)
+	g.stream, g.subj = s, subj
+	// The checkpoints are as safe as the calls: as many replicas.
+	if g.kv, err = g.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: StateBucket(g.ref.Name, g.role.Name),
+		Description: "audiofan " + g.role.Name + ": partition checkpoints", History: 1,
+		Replicas: s.CachedInfo().Config.Replicas}); err != nil {
+		return fmt.Errorf("%s bucket: %w", g.role.Name, err)
 	}
-	return dispatch, nil
-}
-
-// route gives a lifecycle message, a lease, to the call's worker, starting
-// one if this replica has none.
-func (g *Group) route(ctx context.Context, wg *sync.WaitGroup, msg jetstream.Msg) {
-	info, err := g.subj.Parse(msg.Subject())
-	if err != nil || info.Call == "" {
-		g.log.Warn("dispatch: message outside the scheme dropped", "subject", msg.Subject())
-		_ = msg.Term()
-		return
-	}
-	if md, err := msg.Metadata(); err == nil {
-		g.m.dispatchPending.Set(float64(md.NumPending))
-	}
-	tok := codec.EncodeToken(info.Call)
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if w, ok := g.workers[tok]; ok {
-		w.leases = append(w.leases, msg)
-		return
-	}
-	w := newWorker(g, CallInfo{ID: info.Call, Token: tok}, msg)
-	g.workers[tok] = w
-	wg.Go(func() { w.run(ctx) })
-}
-
-// remove forgets a worker and returns the leases it held, which its caller
-// settles: a lease routed after this starts a new worker, which finds the
-// call finished or carries on with it.
-func (g *Group) remove(w *worker) []jetstream.Msg {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	delete(g.workers, w.call.Token)
-	return w.leases
-}
-
-func (g *Group) count() int {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return len(g.workers)
-}
-
-// keepLeases tells the server, a few times per lease, that this replica still
-// works on the calls it holds.
-func (g *Group) keepLeases(ctx context.Context) {
-	t := time.NewTicker(g.cfg.Lease / 4)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
+	if g.parts == nil || len(g.parts) != subj.Partitions {
+		parts := make([]*partition, subj.Partitions)
+		for n := range parts {
+			parts[n] = newPartition(g, n)
 		}
 		g.mu.Lock()
-		var leases []jetstream.Msg
-		for _, w := range g.workers {
-			leases = append(leases, w.leases...)
-		}
+		g.parts = parts
 		g.mu.Unlock()
-		for _, l := range leases {
-			_ = l.InProgress() // a lease settled meanwhile refuses it; nothing to do
+	}
+	for _, p := range g.parts {
+		if err := g.ensureConsumer(ctx, p); err != nil {
+			return err
 		}
 	}
-}
-
-func (g *Group) setUnavailable(delta int) {
-	g.mu.Lock()
-	g.unavail += delta
-	g.mu.Unlock()
-}
-
-// markDone remembers that the call is finished.
-func (g *Group) markDone(ctx context.Context, tok string) error {
-	_, err := g.js.Publish(ctx, "$KV."+g.bucket+"."+doneKey(tok), []byte(time.Now().UTC().Format(time.RFC3339)))
-	if err != nil {
-		return fmt.Errorf("mark call %s done: %w", tok, err)
-	}
+	g.detectUpgrade(ctx)
 	return nil
 }
 
-// isDone reads the finished mark from the bucket's stream leader (not a
-// possibly lagging replica, as a KV get may): a call finished a moment ago
-// must be seen as finished.
-func (g *Group) isDone(ctx context.Context, tok string) (bool, error) {
-	req, _ := json.Marshal(map[string]string{"last_by_subj": "$KV." + g.bucket + "." + doneKey(tok)})
-	subject := "$JS.API.STREAM.MSG.GET.KV_" + g.bucket
-	// A request lost in a server's failure would otherwise wait forever.
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	resp, err := g.nc.RequestWithContext(ctx, subject, req)
-	if err != nil {
-		return false, fmt.Errorf("read done mark of %s: %w", tok, err)
+// ensureConsumer reads the partition's consumer and writes it only when it
+// is missing or differs, so replicas starting together do not each propose
+// the same update.
+func (g *Group) ensureConsumer(ctx context.Context, p *partition) error {
+	want := p.consumerConfig()
+	c, err := g.stream.Consumer(ctx, p.name)
+	if err == nil {
+		cur := c.CachedInfo().Config
+		if slices.Equal(cur.FilterSubjects, want.FilterSubjects) && cur.AckWait == want.AckWait &&
+			cur.PinnedTTL == want.PinnedTTL && cur.MaxAckPending == want.MaxAckPending && cur.Description == want.Description {
+			p.cons = c
+			return nil
+		}
+		want.DeliverPolicy = cur.DeliverPolicy // fixed at creation
+	} else if !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return fmt.Errorf("consumer %s: %w", p.name, err)
 	}
-	var r struct {
-		Error *struct {
-			Code    int    `json:"code"`
-			ErrCode int    `json:"err_code"`
-			Desc    string `json:"description"`
-		} `json:"error"`
+	if c, err = g.stream.CreateOrUpdateConsumer(ctx, want); err != nil {
+		return fmt.Errorf("consumer %s: %w", p.name, err)
 	}
-	if err := json.Unmarshal(resp.Data, &r); err != nil {
-		return false, fmt.Errorf("read done mark of %s: %w", tok, err)
-	}
-	if r.Error == nil {
-		return true, nil
-	}
-	if r.Error.Code == 404 {
-		return false, nil
-	}
-	return false, fmt.Errorf("read done mark of %s: %s", tok, r.Error.Desc)
+	p.cons = c
+	return nil
 }
 
-func doneKey(tok string) string {
-	if len(tok) > 200 {
-		sum := sha256.Sum256([]byte(tok))
-		return "h" + hex.EncodeToString(sum[:16])
+// legacyDescription starts the description of the per-call design's
+// consumers, which an upgraded role removes.
+func legacyCallDescription(role string) string { return "audiofan " + role + " of call " }
+
+// detectUpgrade notices a stream that the per-call design (audiofan before
+// partitions) used: its dispatch consumer, named as the role, is there. For
+// an idle timeout from now, a call this replica meets for the first time is
+// looked for under its unpartitioned subjects too, so the calls in flight
+// across the upgrade are read whole; then the old consumers are removed.
+func (g *Group) detectUpgrade(ctx context.Context) {
+	c, err := g.stream.Consumer(ctx, g.role.Name)
+	if err != nil || c.CachedInfo().Config.FilterSubject != g.ref.Prefix+".*."+broker.KindLifecycle {
+		return
 	}
-	return tok
+	until := time.Now().Add(g.cfg.IdleTimeout + g.cfg.Lease)
+	g.legacyUntil.Store(until.UnixNano())
+	g.log.Info("upgrading from per-call consumers: calls in flight are read whole; the old consumers go after", "until", until.Format(time.RFC3339))
+}
+
+func (g *Group) inLegacyWindow() bool {
+	until := g.legacyUntil.Load()
+	return until > 0 && time.Now().UnixNano() <= until
+}
+
+// callFilters match the stored messages of one call that the role reads.
+func (g *Group) callFilters(tok string) []string {
+	fs := []string{g.subj.StoredKind(tok, broker.KindLifecycle)}
+	for _, k := range g.role.Kinds {
+		if k != broker.KindLifecycle {
+			fs = append(fs, g.subj.StoredKind(tok, k))
+		}
+	}
+	return fs
+}
+
+// legacyFilters match a call's messages as stored before partitioning.
+func (g *Group) legacyFilters(tok string) []string {
+	fs := []string{g.subj.LegacyKind(tok, broker.KindLifecycle)}
+	for _, k := range g.role.Kinds {
+		if k != broker.KindLifecycle {
+			fs = append(fs, g.subj.LegacyKind(tok, k))
+		}
+	}
+	return fs
+}
+
+// finishUpgrade removes the per-call design's consumers of this role: its
+// dispatch consumer and what is left of its per-call consumers.
+func (g *Group) finishUpgrade(ctx context.Context) {
+	g.legacyUntil.Store(0)
+	n := 0
+	names := g.stream.ListConsumers(ctx)
+	for ci := range names.Info() {
+		if ci.Name == g.role.Name || strings.HasPrefix(ci.Config.Description, legacyCallDescription(g.role.Name)) {
+			if err := g.stream.DeleteConsumer(ctx, ci.Name); err == nil || errors.Is(err, jetstream.ErrConsumerNotFound) {
+				n++
+			}
+		}
+	}
+	g.log.Info("upgrade from per-call consumers finished", "removed", n)
 }
 
 func sleep(ctx context.Context, d time.Duration) {
@@ -400,38 +397,40 @@ func sleep(ctx context.Context, d time.Duration) {
 }
 
 type groupMetrics struct {
-	messages        *prometheus.CounterVec
-	calls           *prometheus.CounterVec
-	handle          prometheus.Observer
-	dispatchPending prometheus.Gauge
-	takeovers       prometheus.Counter
-	owned           prometheus.GaugeFunc
+	messages   *prometheus.CounterVec
+	calls      *prometheus.CounterVec
+	handle     prometheus.Observer
+	takeovers  prometheus.Counter
+	partitions prometheus.Gauge
+	assigned   prometheus.Gauge
 }
 
 func newGroupMetrics(role string, reg prometheus.Registerer) (*groupMetrics, error) {
 	l := prometheus.Labels{"role": role}
 	m := &groupMetrics{
 		messages: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "audiofan_subscriber_messages_total",
-			Help:        "Messages of calls applied by a role, by outcome: handled, replayed, retried, terminated, gave_up.",
+			Help:        "Messages of calls applied by a role, by outcome: handled, replayed, retried, terminated, gave_up, late.",
 			ConstLabels: l}, []string{"outcome"}),
 		calls: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "audiofan_subscriber_calls_total",
 			Help:        "Calls this replica stopped working on, by result: ended, idle, failed, released, elsewhere.",
 			ConstLabels: l}, []string{"result"}),
-		dispatchPending: prometheus.NewGauge(prometheus.GaugeOpts{Name: "audiofan_subscriber_dispatch_pending",
-			Help: "Lifecycle messages no replica has taken yet, as of the last one taken.", ConstLabels: l}),
+		partitions: prometheus.NewGauge(prometheus.GaugeOpts{Name: "audiofan_subscriber_partitions_owned",
+			Help: "Partitions this replica holds the pin of and works on (an assigned partition is taken at its first message).", ConstLabels: l}),
+		assigned: prometheus.NewGauge(prometheus.GaugeOpts{Name: "audiofan_subscriber_partitions_assigned",
+			Help: "Partitions the replicas' shared assignment gives this replica, which it pulls.", ConstLabels: l}),
 		takeovers: prometheus.NewCounter(prometheus.CounterOpts{Name: "audiofan_subscriber_takeovers_total",
-			Help: "Calls this replica took over from another that had part of them (it read them from the start).", ConstLabels: l}),
+			Help: "Calls this replica took over from another that had part of them (it replayed them from their start).", ConstLabels: l}),
 	}
 	h := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "audiofan_subscriber_handle_seconds",
 		Help: "Time a role's handler takes for one message.", ConstLabels: l,
 		Buckets: prometheus.ExponentialBuckets(0.00001, 4, 10)})
 	m.handle = h
-	for _, c := range []prometheus.Collector{m.messages, m.calls, m.dispatchPending, m.takeovers, h} {
+	for _, c := range []prometheus.Collector{m.messages, m.calls, m.partitions, m.assigned, m.takeovers, h} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("%s metrics: %w", role, err)
 		}
 	}
-	for _, o := range []string{OutcomeHandled, OutcomeReplayed, OutcomeRetried, OutcomeTerminated, OutcomeGaveUp} {
+	for _, o := range []string{OutcomeHandled, OutcomeReplayed, OutcomeRetried, OutcomeTerminated, OutcomeGaveUp, OutcomeLate} {
 		m.messages.WithLabelValues(o)
 	}
 	for _, r := range []string{ResultEnded, ResultIdle, ResultFailed, ResultReleased, ResultElsewhere} {

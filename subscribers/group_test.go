@@ -116,44 +116,55 @@ func (r *groupRig) summaries(id string) int {
 }
 
 // A lifecycle message that comes after its call was finished (a socket
-// reconnecting late, a redelivery) does not start the call again.
+// reconnecting late, a redelivery) does not start the call again, and no
+// JetStream object is made for the call.
 func TestFinishedCallNotDoneTwice(t *testing.T) {
 	r := newGroupRig(t)
 	reg := r.replica()
+	consumers := r.consumers()
 	msgs := conformance.Default("late")
 	r.publish(msgs)
-	// Every lease settled: no lifecycle message waiting or held.
-	settled := func() bool {
-		c, err := r.js.Consumer(context.Background(), r.ref.Name, subscribers.DispatchConsumer("digest"))
-		if err != nil {
-			return false
-		}
-		info, err := c.Info(context.Background())
-		return err == nil && info.NumPending == 0 && info.NumAckPending == 0
-	}
-	elsewhere := func() float64 {
-		return conformance.Metric(t, reg, "audiofan_subscriber_calls_total", subscribers.ResultElsewhere)
+	late := func() float64 {
+		return conformance.Metric(t, reg, "audiofan_subscriber_messages_total", subscribers.OutcomeLate)
 	}
 	conformance.WaitFor(t, "the call finished", func() bool {
-		return r.summaries("late") == 1 && conformance.Metric(t, reg, "audiofan_subscriber_calls_total", subscribers.ResultEnded) == 1 && settled()
+		done, err := subscribers.Finished(context.Background(), r.js, r.ref, "digest", "late")
+		return r.summaries("late") == 1 && err == nil && done
 	})
-	before := elsewhere()
 	r.publish(msgs[len(msgs)-1:]) // the ended message once more
 	r.publish(msgs[:1])           // and a started one
-	conformance.WaitFor(t, "the late messages settled", func() bool { return elsewhere() > before && settled() })
+	conformance.WaitFor(t, "the late messages dropped", func() bool { return late() == 2 })
+	time.Sleep(300 * time.Millisecond)
 	if n := r.summaries("late"); n != 1 {
 		t.Errorf("%d summaries, want 1", n)
 	}
-	if _, err := r.js.Consumer(context.Background(), r.ref.Name, subscribers.CallConsumer("digest", codec.EncodeToken("late"))); err == nil {
-		t.Error("the finished call's consumer is still there")
+	if n := r.consumers(); n != consumers {
+		t.Errorf("%d consumers on the stream after a call, want %d as before", n, consumers)
 	}
 }
 
-// A replica added later takes a share of the new calls. (Each call's first
-// lifecycle message goes out before the rest, as calls start minutes before
-// they end: were a call's started and ended messages published together,
-// the two replicas taking turns on the dispatch consumer could give every
-// call's start to one replica and every end to the other.)
+// consumers counts the durable consumers on the stream (the ordered
+// consumers the test reads events with come and go).
+func (r *groupRig) consumers() int {
+	s, err := r.js.Stream(context.Background(), r.ref.Name)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	n := 0
+	list := s.ListConsumers(context.Background())
+	for ci := range list.Info() {
+		if ci.Config.Durable != "" {
+			n++
+		}
+	}
+	if err := list.Err(); err != nil {
+		r.t.Fatal(err)
+	}
+	return n
+}
+
+// A replica added later takes half the partitions, and with them a share of
+// the calls; the calls in progress are not disturbed.
 func TestNewReplicaTakesShare(t *testing.T) {
 	r := newGroupRig(t)
 	first := r.replica()
@@ -163,20 +174,25 @@ func TestNewReplicaTakesShare(t *testing.T) {
 		conformance.WaitFor(t, "summary of "+id, func() bool { return r.summaries(id) == 1 })
 	}
 	second := r.replica()
-	var calls [][]conformance.Msg
-	for i := 2; i < 8; i++ {
-		msgs := conformance.Default(fmt.Sprintf("share-%d", i))
-		r.publish(msgs[:1])
-		calls = append(calls, msgs[1:])
+	owned := func(reg *prometheus.Registry) float64 {
+		return conformance.Metric(t, reg, "audiofan_subscriber_partitions_assigned", "")
 	}
-	for _, msgs := range calls {
-		r.publish(msgs)
+	p := float64(natstest.Defaults[broker.StreamConfig](t).Partitions)
+	conformance.WaitFor(t, "the partitions shared", func() bool { return owned(first) == p/2 && owned(second) == p/2 })
+	const calls = 24 // every one on the first replica: a chance of 2^-24
+	for i := 2; i < calls; i++ {
+		r.publish(conformance.Default(fmt.Sprintf("share-%d", i)))
 	}
 	ended := func(reg *prometheus.Registry) float64 {
 		return conformance.Metric(t, reg, "audiofan_subscriber_calls_total", subscribers.ResultEnded)
 	}
-	conformance.WaitFor(t, "every call ended", func() bool { return ended(first)+ended(second) == 8 })
+	conformance.WaitFor(t, "every call ended", func() bool { return ended(first)+ended(second) == calls })
 	if a, b := ended(first), ended(second); b == 0 || a < 3 {
 		t.Errorf("calls ended by the replicas: %v and %v", a, b)
+	}
+	for i := range calls {
+		if n := r.summaries(fmt.Sprintf("share-%d", i)); n != 1 {
+			t.Errorf("share-%d: %d summaries, want 1", i, n)
+		}
 	}
 }

@@ -39,8 +39,10 @@ func Throughput(b *testing.B, calls, parts, seconds int, newRole func(b *testing
 		plainRead(b, js, sc.StreamRef, frames)
 		plain += time.Since(start)
 		if name != "" { // start the role over: a new consumer, nothing remembered
-			_ = js.DeleteConsumer(context.Background(), sc.Name, subscribers.DispatchConsumer(name))
-			_ = js.DeleteKeyValue(context.Background(), sc.Name+"-"+name+"-done")
+			for p := range sc.Partitions {
+				_ = js.DeleteConsumer(context.Background(), sc.Name, subscribers.PartitionConsumer(name, p))
+			}
+			_ = js.DeleteKeyValue(context.Background(), subscribers.StateBucket(sc.Name, name))
 		}
 		dir := b.TempDir()
 		b.StartTimer()
@@ -141,7 +143,7 @@ func runRole(b *testing.B, ns *natstest.Server, ref broker.StreamRef, calls int,
 // plainRead reads and decodes every frame with one ordered consumer.
 func plainRead(b *testing.B, js jetstream.JetStream, ref broker.StreamRef, frames int) {
 	oc, err := js.OrderedConsumer(context.Background(), ref.Name, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{ref.Prefix + ".*.audio.>"}})
+		FilterSubjects: []string{StreamSubjects(b, js, ref).AllKind(broker.KindAudio)}})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -303,6 +303,7 @@ func Config(t testing.TB) subscribers.GroupConfig {
 	c.Lease = 2 * time.Second
 	c.Retries = 3
 	c.Backoff = 5 * time.Millisecond
+	c.Checkpoint = 100 * time.Millisecond
 	return c
 }
 
@@ -419,21 +420,10 @@ func extraOf(extra func(int, string) []Msg, i int, tok string) []Msg {
 func (b *bus) waitDone(t *testing.T, call subscribers.CallInfo) {
 	t.Helper()
 	roleName := b.spec.NewRole(t, b.shared, b.nc, b.js).Name
-	kv, err := b.js.KeyValue(context.Background(), b.ref.Name+"-"+roleName+"-done")
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if err == nil {
-			if _, gerr := kv.Get(context.Background(), call.Token); gerr == nil {
-				return
-			}
-		} else {
-			kv, err = b.js.KeyValue(context.Background(), b.ref.Name+"-"+roleName+"-done")
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("call %s not finished in 30s", call.ID)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	WaitFor(t, "call "+call.ID+" finished", func() bool {
+		done, err := subscribers.Finished(context.Background(), b.js, b.ref, roleName, call.Token)
+		return err == nil && done
+	})
 }
 
 func (b *bus) events(t *testing.T, call subscribers.CallInfo) []codec.Event {
@@ -444,11 +434,14 @@ func (b *bus) events(t *testing.T, call subscribers.CallInfo) []codec.Event {
 // all when source is empty.
 func Events(t testing.TB, js jetstream.JetStream, ref broker.StreamRef, callID, source string) []codec.Event {
 	t.Helper()
-	filter := ref.Prefix + "." + codec.EncodeToken(callID) + ".events.>"
+	subj := StreamSubjects(t, js, ref)
+	tok := codec.EncodeToken(callID)
+	filter := subj.StoredKind(tok, broker.KindEvents)
 	if source != "" {
-		filter = ref.Subjects().Events(codec.EncodeToken(callID), source)
+		filter = subj.Stored(tok) + "." + broker.KindEvents + "." + source
 	}
-	oc, err := js.OrderedConsumer(context.Background(), ref.Name, jetstream.OrderedConsumerConfig{FilterSubjects: []string{filter}})
+	oc, err := js.OrderedConsumer(context.Background(), ref.Name, jetstream.OrderedConsumerConfig{FilterSubjects: []string{filter},
+		InactiveThreshold: time.Second}) // tests poll: let the server forget each soon
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -518,4 +511,18 @@ func WaitFor(t testing.TB, what string, ok func() bool) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// StreamSubjects reads the stream's subject scheme, partitions included.
+func StreamSubjects(t testing.TB, js jetstream.JetStream, ref broker.StreamRef) broker.Subjects {
+	t.Helper()
+	s, err := js.Stream(context.Background(), ref.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	subj, err := broker.SubjectsOf(ref, s.CachedInfo().Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return subj
 }

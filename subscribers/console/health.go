@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -32,19 +33,20 @@ type StreamHealth struct {
 	Leader    string `json:"leader,omitempty"`
 }
 
-// RoleHealth is one subscriber role's consumers: calls waiting for a
-// replica, calls being worked on, and messages not yet handled.
+// RoleHealth is one subscriber role's partition consumers: how many there
+// are, how many a replica holds, and the messages not yet delivered or not
+// yet acknowledged.
 type RoleHealth struct {
-	Role          string `json:"role"`
-	Present       bool   `json:"present"`
-	CallsWaiting  uint64 `json:"callsWaiting"`
-	CallsLeased   int    `json:"callsLeased"`
-	CallConsumers int    `json:"callConsumers"`
-	Lag           uint64 `json:"lag"`
+	Role       string `json:"role"`
+	Present    bool   `json:"present"`
+	Partitions int    `json:"partitions"`
+	Held       int    `json:"held"` // partitions pinned to a replica
+	Lag        uint64 `json:"lag"`
+	InFlight   int    `json:"inFlight"` // delivered, not yet acknowledged
 }
 
-// healthCache keeps the last look for a few seconds: listing every call's
-// consumer is a paged request per 256 of them, not for every page's poll.
+// healthCache keeps the last look for a few seconds: listing the roles'
+// consumers is a paged request, not one for every page's poll.
 type healthCache struct {
 	mu   sync.Mutex
 	last Health
@@ -82,20 +84,20 @@ func (c *Console) lookHealth(ctx context.Context) Health {
 	}
 	list := s.ListConsumers(ctx)
 	for ci := range list.Info() {
-		name := ci.Name
-		role, _, perCall := strings.Cut(name, "-")
+		role, part, ok := strings.Cut(ci.Name, "-p")
 		rh := roles[role]
-		if rh == nil {
+		if rh == nil || !ok || ci.Name != subscribers.PartitionConsumer(role, atoi(part)) {
 			continue
 		}
-		switch {
-		case name == subscribers.DispatchConsumer(role):
-			rh.Present = true
-			rh.CallsWaiting = ci.NumPending
-			rh.CallsLeased = ci.NumAckPending
-		case perCall:
-			rh.CallConsumers++
-			rh.Lag += ci.NumPending
+		rh.Present = true
+		rh.Partitions++
+		rh.Lag += ci.NumPending
+		rh.InFlight += ci.NumAckPending
+		for _, pg := range ci.PriorityGroups {
+			if pg.PinnedClientID != "" {
+				rh.Held++
+				break
+			}
 		}
 	}
 	if err := list.Err(); err != nil {
@@ -106,4 +108,12 @@ func (c *Console) lookHealth(ctx context.Context) Health {
 	}
 	slices.SortFunc(h.Roles, func(a, b RoleHealth) int { return strings.Compare(a.Role, b.Role) })
 	return h
+}
+
+func atoi(s string) int {
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		return -1
+	}
+	return n
 }

@@ -103,8 +103,8 @@ function renderHealth(h) {
     el("div", { class: "muted" }, "R" + s.replicas + (s.leader ? ", leader " + s.leader : "") + ", NATS " + h.nats.toLowerCase())));
   for (const r of h.roles || []) {
     cards.push(el("div", { class: "card role", "data-role": r.role }, el("h4", {}, "Role " + r.role),
-      r.present ? el("div", {}, r.callsLeased + " calls in work, " + r.callsWaiting + " waiting") : el("div", { class: "muted" }, "not running"),
-      el("div", { class: r.lag > 500 ? "stale" : "muted" }, "lag " + r.lag.toLocaleString() + " messages over " + r.callConsumers + " call consumers")));
+      r.present ? el("div", {}, r.held + " of " + r.partitions + " partitions held, " + r.inFlight + " messages in work") : el("div", { class: "muted" }, "not running"),
+      el("div", { class: r.lag > 500 ? "stale" : "muted" }, "lag " + r.lag.toLocaleString() + " messages")));
   }
   const recv = Object.entries(h.receivers || {}).sort();
   cards.push(el("div", { class: "card" }, el("h4", {}, "Receivers"),

@@ -1,0 +1,146 @@
+package broker
+
+import (
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// How calls are partitioned. Publishers keep publishing the contract's
+// subjects (<prefix>.<call>.<kind>...); the stream's subject transform stores
+// each message as <prefix>.<partition>.<call>.<kind>..., the partition being
+// NATS's partition() of the call token. Every message of a call lands in one
+// partition, so a subscriber role can give each of its replicas whole
+// partitions and keep a fixed number of consumers however many calls there
+// are.
+
+// MaxPartitions bounds AUDIOFAN_PARTITIONS: each role holds one durable
+// consumer per partition.
+const MaxPartitions = 1024
+
+// ErrNotPartitioned is returned by SubjectsOf for a stream without the
+// partitioning subject transform (one made by an older audiofan, or by hand).
+var ErrNotPartitioned = errors.New("stream does not partition calls (no partition() subject transform)")
+
+// Partition is the partition the stream stores a call's messages in: the
+// FNV-1a hash of its token modulo the partition count, as nats-server's
+// partition() mapping computes it.
+func (s Subjects) Partition(callTok string) int {
+	if s.Partitions <= 0 {
+		return 0
+	}
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(callTok))
+	return int(h.Sum32() % uint32(s.Partitions))
+}
+
+// Stored is the subject a published subject of a call is stored under.
+func (s Subjects) Stored(callTok string) string {
+	return s.Prefix + "." + strconv.Itoa(s.Partition(callTok)) + "." + callTok
+}
+
+// StoredCall matches every stored message of one call, given its token.
+func (s Subjects) StoredCall(callTok string) string { return s.Stored(callTok) + ".>" }
+
+// StoredKind matches the stored messages of one kind of one call.
+// Lifecycle and outbound subjects have no fourth token; the others have one.
+func (s Subjects) StoredKind(callTok, kind string) string {
+	return kindFilter(s.Stored(callTok), kind)
+}
+
+// PartitionKind matches the stored messages of one kind in one partition.
+func (s Subjects) PartitionKind(p int, kind string) string {
+	return kindFilter(s.Prefix+"."+strconv.Itoa(p)+".*", kind)
+}
+
+// AllKind matches the stored messages of one kind of every call.
+func (s Subjects) AllKind(kind string) string {
+	return kindFilter(s.Prefix+".*.*", kind)
+}
+
+// LegacyKind matches one kind of one call as a stream made before
+// partitioning stored it: the published subject itself.
+func (s Subjects) LegacyKind(callTok, kind string) string {
+	return kindFilter(s.Prefix+"."+callTok, kind)
+}
+
+func kindFilter(base, kind string) string {
+	switch kind {
+	case KindLifecycle, KindOutbound:
+		return base + "." + kind
+	}
+	return base + "." + kind + ".*"
+}
+
+// ParseStored reads a subject as the stream stores it: partitioned
+// (<prefix>.<partition>.<call>.<kind>...), its partition checked against the
+// call token's hash, or else in the published form, which a stream made
+// before partitioning still holds.
+func (s Subjects) ParseStored(subject string) (SubjectInfo, error) {
+	if s.Partitions > 0 {
+		if rest, ok := strings.CutPrefix(subject, s.Prefix+"."); ok {
+			if ptok, after, ok := strings.Cut(rest, "."); ok {
+				tok, _, _ := strings.Cut(after, ".")
+				if p, err := strconv.Atoi(ptok); err == nil && p >= 0 && p < s.Partitions && s.Partition(tok) == p &&
+					strconv.Itoa(p) == ptok {
+					if info, err := s.Parse(s.Prefix + "." + after); err == nil {
+						info.Partitioned = true
+						return info, nil
+					}
+				}
+			}
+		}
+	}
+	return s.Parse(subject)
+}
+
+// CallToken returns the call token of a stored subject without decoding or
+// allocating: the hot path of a consumer that routes messages by call.
+func (s Subjects) CallToken(stored string) (string, bool) {
+	rest, ok := strings.CutPrefix(stored, s.Prefix+".")
+	if !ok {
+		return "", false
+	}
+	if s.Partitions > 0 {
+		if _, after, ok := strings.Cut(rest, "."); ok {
+			rest = after
+		}
+	}
+	tok, _, ok := strings.Cut(rest, ".")
+	return tok, ok && tok != ""
+}
+
+// transform is the stream's subject transform for p partitions.
+func (s Subjects) transform(p int) *jetstream.SubjectTransformConfig {
+	return &jetstream.SubjectTransformConfig{
+		Source:      s.Prefix + ".*.>",
+		Destination: s.Prefix + ".{{partition(" + strconv.Itoa(p) + ",1)}}.{{wildcard(1)}}.>",
+	}
+}
+
+var partitionDest = regexp.MustCompile(`^(.+)\.\{\{\s*partition\(\s*(\d+)\s*,\s*1\s*\)\s*\}\}\.\{\{\s*wildcard\(\s*1\s*\)\s*\}\}\.>$`)
+
+// SubjectsOf reads the subject scheme of a stream from its configuration:
+// its prefix and how many partitions its transform spreads calls over.
+func SubjectsOf(ref StreamRef, cfg jetstream.StreamConfig) (Subjects, error) {
+	s := ref.Subjects()
+	t := cfg.SubjectTransform
+	if t == nil || t.Source != s.Prefix+".*.>" {
+		return s, fmt.Errorf("stream %s: %w", cfg.Name, ErrNotPartitioned)
+	}
+	m := partitionDest.FindStringSubmatch(t.Destination)
+	if m == nil || m[1] != s.Prefix {
+		return s, fmt.Errorf("stream %s: transform %q: %w", cfg.Name, t.Destination, ErrNotPartitioned)
+	}
+	p, err := strconv.Atoi(m[2])
+	if err != nil || p < 1 || p > MaxPartitions {
+		return s, fmt.Errorf("stream %s: %d partitions: want 1 to %d", cfg.Name, p, MaxPartitions)
+	}
+	s.Partitions = p
+	return s, nil
+}

@@ -1,0 +1,113 @@
+package subscribers
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/audiofan/audiofan/broker"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// checkpoint is what a partition's owner writes to the role's state bucket
+// before acknowledging: everything of the partition up to Floor was applied,
+// and these calls were in progress then. A new owner rebuilds each of them by
+// replaying its messages from First to Floor, then carries on from Floor.
+// The server's acknowledgement floor never passes the last checkpoint's, so
+// nothing between them needs scanning. The calls ended lately are kept for
+// DoneTTL, so a late message (a socket reconnecting after the call ended)
+// does not start the call again.
+type checkpoint struct {
+	Floor uint64    `json:"floor"`
+	Owner string    `json:"owner"` // the replica that wrote it
+	Calls []ckCall  `json:"calls"`
+	Ended []ckEnded `json:"ended"`
+	At    time.Time `json:"at"`
+}
+
+type ckCall struct {
+	Token  string `json:"t"`
+	First  uint64 `json:"f"`           // stream sequence of its first message in the partition
+	Legacy bool   `json:"l,omitempty"` // it began before the stream was partitioned
+}
+
+type ckEnded struct {
+	Token string `json:"t"`
+	At    int64  `json:"at"` // unix seconds
+}
+
+// maxEnded bounds the calls a checkpoint remembers as ended (the oldest go
+// first), so a burst of short calls cannot grow it past NATS's payload limit.
+const maxEnded = 2000
+
+func partitionKey(p int) string { return "p" + strconv.Itoa(p) }
+
+// StateBucket is the KV bucket of a role's partition checkpoints.
+func StateBucket(stream, role string) string { return stream + "-" + role + "-partitions" }
+
+func readCheckpoint(ctx context.Context, kv jetstream.KeyValue, p int) (checkpoint, uint64, error) {
+	var ck checkpoint
+	e, err := kv.Get(ctx, partitionKey(p))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return ck, 0, nil
+	}
+	if err != nil {
+		return ck, 0, fmt.Errorf("read checkpoint of partition %d: %w", p, err)
+	}
+	if err := json.Unmarshal(e.Value(), &ck); err != nil {
+		// A checkpoint that does not decode is as good as none: the
+		// partition is read from the start of the stream instead.
+		return checkpoint{}, e.Revision(), nil
+	}
+	return ck, e.Revision(), nil
+}
+
+func writeCheckpoint(ctx context.Context, kv jetstream.KeyValue, p int, ck *checkpoint) error {
+	if len(ck.Ended) > maxEnded {
+		slices.SortFunc(ck.Ended, func(a, b ckEnded) int { return int(b.At - a.At) })
+		ck.Ended = ck.Ended[:maxEnded]
+	}
+	data, err := json.Marshal(ck)
+	if err != nil {
+		return err
+	}
+	if _, err := kv.Put(ctx, partitionKey(p), data); err != nil {
+		return fmt.Errorf("write checkpoint of partition %d: %w", p, err)
+	}
+	return nil
+}
+
+// Finished reports whether a role has finished a call, as the checkpoint of
+// the call's partition says (within about a second of the call's end): for
+// tests and tools that wait for a role's output.
+func Finished(ctx context.Context, js jetstream.JetStream, ref broker.StreamRef, role, callTok string) (bool, error) {
+	s, err := js.Stream(ctx, ref.Name)
+	if err != nil {
+		return false, err
+	}
+	subj, err := broker.SubjectsOf(ref, s.CachedInfo().Config)
+	if err != nil {
+		return false, err
+	}
+	kv, err := js.KeyValue(ctx, StateBucket(ref.Name, role))
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	ck, _, err := readCheckpoint(ctx, kv, subj.Partition(callTok))
+	if err != nil {
+		return false, err
+	}
+	for _, e := range ck.Ended {
+		if e.Token == callTok {
+			return true, nil
+		}
+	}
+	return false, nil
+}

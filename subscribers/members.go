@@ -1,0 +1,168 @@
+package subscribers
+
+import (
+	"cmp"
+	"context"
+	"encoding/binary"
+	"hash/fnv"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+// Membership: a role's replicas find each other by heartbeats on core NATS,
+// not by JetStream objects (nothing to create, store or replicate). Each
+// replica publishes "up <id>" every lease/4 on MembersSubject and listens to
+// the others; one not heard from for a lease is gone. A replica stopping says
+// "down <id>", so the others take its partitions at once instead of after a
+// lease. Every replica computes the same assignment from the same members;
+// while views differ for a moment, the partition consumers' pins still keep a
+// partition with one replica at a time.
+
+// MembersSubject is the core NATS subject a role's replicas announce
+// themselves on (outside the stream's prefix: nothing stores it).
+func MembersSubject(stream, role string) string { return "audiofan.group." + stream + "." + role }
+
+type members struct {
+	subject string
+	self    string
+	lease   time.Duration
+
+	mu      sync.Mutex
+	seen    map[string]time.Time // replica id → when last heard (this host's clock)
+	changed chan struct{}        // a member came or went
+}
+
+func newMembers(subject, self string, lease time.Duration) *members {
+	return &members{subject: subject, self: self, lease: lease, seen: map[string]time.Time{self: time.Now()},
+		changed: make(chan struct{}, 1)}
+}
+
+// run announces this replica until ctx ends, then says it is going.
+func (m *members) run(ctx context.Context, nc *nats.Conn) error {
+	sub, err := nc.Subscribe(m.subject, func(msg *nats.Msg) {
+		state, id, ok := strings.Cut(string(msg.Data), " ")
+		if !ok || id == "" || id == m.self {
+			return
+		}
+		m.mu.Lock()
+		_, known := m.seen[id]
+		if state == "down" {
+			delete(m.seen, id)
+		} else {
+			m.seen[id] = time.Now()
+		}
+		m.mu.Unlock()
+		if known != (state != "down") {
+			m.signal()
+			if !known {
+				// A newcomer learns of us now rather than a period later.
+				_ = nc.Publish(m.subject, []byte("up "+m.self))
+			}
+		}
+	})
+	if err != nil {
+		return err
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	_ = nc.Publish(m.subject, []byte("up "+m.self))
+	t := time.NewTicker(m.lease / 4)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			_ = nc.Publish(m.subject, []byte("down "+m.self))
+			_ = nc.Flush()
+			return nil
+		case <-t.C:
+		}
+		_ = nc.Publish(m.subject, []byte("up "+m.self))
+		m.mu.Lock()
+		gone := false
+		for id, at := range m.seen {
+			if id != m.self && time.Since(at) > m.lease {
+				delete(m.seen, id)
+				gone = true
+			}
+		}
+		m.mu.Unlock()
+		if gone {
+			m.signal()
+		}
+	}
+}
+
+func (m *members) signal() {
+	select {
+	case m.changed <- struct{}{}:
+	default:
+	}
+}
+
+// list returns the live members, sorted.
+func (m *members) list() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	ids := make([]string, 0, len(m.seen))
+	for id := range m.seen {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+// assign gives each of n partitions an owner among members: by rendezvous
+// hashing, so a member coming or going moves few partitions, capped at
+// ceil(n/len(members)) each, so the load is even. Every replica computes the
+// same answer from the same members.
+func assign(n int, members []string) []string {
+	owners := make([]string, n)
+	if len(members) == 0 {
+		return owners
+	}
+	capacity := (n + len(members) - 1) / len(members)
+	count := map[string]int{}
+	type ranked struct {
+		id    string
+		score uint64
+	}
+	rank := make([]ranked, len(members))
+	var buf [8]byte
+	for p := range n {
+		for i, id := range members {
+			h := fnv.New64a()
+			_, _ = h.Write([]byte(id))
+			binary.BigEndian.PutUint64(buf[:], uint64(p))
+			_, _ = h.Write(buf[:])
+			rank[i] = ranked{id, mix(h.Sum64())}
+		}
+		slices.SortFunc(rank, func(a, b ranked) int {
+			if c := cmp.Compare(b.score, a.score); c != 0 {
+				return c
+			}
+			return strings.Compare(a.id, b.id)
+		})
+		for _, r := range rank {
+			if count[r.id] < capacity {
+				owners[p] = r.id
+				count[r.id]++
+				break
+			}
+		}
+	}
+	return owners
+}
+
+// mix spreads FNV's output over all 64 bits (its low bits correlate for
+// keys that differ in their last bytes).
+func mix(x uint64) uint64 {
+	x ^= x >> 33
+	x *= 0xff51afd7ed558ccd
+	x ^= x >> 33
+	x *= 0xc4ceb9fe1a85ec53
+	x ^= x >> 33
+	return x
+}
