@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -143,4 +144,23 @@ func SubjectsOf(ref StreamRef, cfg jetstream.StreamConfig) (Subjects, error) {
 	}
 	s.Partitions = p
 	return s, nil
+}
+
+// ReadSubjects reads the subject scheme of the stream ref names, partitions
+// included: what a reader of stored subjects needs. A stream missing, or not
+// (yet) partitioned, is ErrNotReady: its receivers may start later or not be
+// upgraded yet.
+func ReadSubjects(ctx context.Context, js jetstream.JetStream, ref StreamRef) (Subjects, error) {
+	s, err := js.Stream(ctx, ref.Name)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return ref.Subjects(), fmt.Errorf("stream %s: %w: %w", ref.Name, ErrNotReady, err)
+	}
+	if err != nil {
+		return ref.Subjects(), fmt.Errorf("stream %s: %w", ref.Name, err)
+	}
+	subj, err := SubjectsOf(ref, s.CachedInfo().Config)
+	if errors.Is(err, ErrNotPartitioned) {
+		return subj, fmt.Errorf("%w: %w", ErrNotReady, err)
+	}
+	return subj, err
 }

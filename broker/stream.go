@@ -229,3 +229,11 @@ func transient(err error) bool {
 	}
 	return false
 }
+
+// Subjects returns the subject scheme of the stream as configured,
+// partitions included.
+func (c StreamConfig) Subjects() Subjects {
+	s := c.StreamRef.Subjects()
+	s.Partitions = c.Partitions
+	return s
+}

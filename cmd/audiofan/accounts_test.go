@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -83,6 +82,8 @@ func TestNATSAccounts(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	tok := codec.EncodeToken("accounts-call")
+
 	// Each role under its own user.
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -141,19 +142,8 @@ func TestNATSAccounts(t *testing.T) {
 	// Every role finished the call, and wrote its output.
 	for _, role := range []string{"recording", "analytics", "moderation"} {
 		conformance.WaitFor(t, role+" finished the call", func() bool {
-			kv, err := tjs.KeyValue(t.Context(), sc.Name+"-"+role+"-done")
-			if err != nil {
-				return false
-			}
-			keys, err := kv.ListKeys(t.Context())
-			if err != nil {
-				return false
-			}
-			n := 0
-			for range keys.Keys() {
-				n++
-			}
-			return n == 1
+			done, err := subscribers.Finished(t.Context(), tjs, sc.StreamRef, role, codec.EncodeToken("accounts-call"))
+			return err == nil && done
 		})
 	}
 	if ev := conformance.Events(t, tjs, sc.StreamRef, "accounts-call", "recording"); len(ev) != 1 {
@@ -183,7 +173,6 @@ func TestNATSAccounts(t *testing.T) {
 	}
 	// Its live feeds subscribe as tools too: the list's frame counter, a
 	// call's page and listening in.
-	tok := codec.EncodeToken("accounts-call")
 	for _, path := range []string{"/api/calls/feed", "/api/calls/" + tok + "/feed"} {
 		resp, err := http.Get(web.URL + path)
 		if err != nil {
@@ -222,14 +211,42 @@ func TestNATSAccounts(t *testing.T) {
 	} else if err := rs.Purge(short()); err == nil {
 		t.Error("the recorder purged the stream")
 	}
-	if err := recjs.DeleteConsumer(short(), sc.Name, subscribers.DispatchConsumer(analytics.RoleName)); err == nil {
-		t.Error("the recorder deleted the analytics dispatch consumer")
+	// Each role's partition consumers are its own: another role can neither
+	// open, pull, change nor delete them, nor acknowledge their messages.
+	part := sc.Subjects().Partition(tok)
+	for _, other := range []string{analytics.RoleName, moderation.RoleName} {
+		name := subscribers.PartitionConsumer(other, part)
+		if err := recjs.DeleteConsumer(short(), sc.Name, name); err == nil {
+			t.Errorf("the recorder deleted %s", name)
+		}
+		if _, err := recjs.Consumer(short(), sc.Name, name); err == nil {
+			t.Errorf("the recorder opened %s", name)
+		}
+		if _, err := recjs.CreateOrUpdateConsumer(short(), sc.Name, jetstream.ConsumerConfig{Durable: name, AckPolicy: jetstream.AckAllPolicy}); err == nil {
+			t.Errorf("the recorder changed %s", name)
+		}
+		if _, err := rnc.Request("$JS.API.CONSUMER.MSG.NEXT."+sc.Name+"."+name, []byte(`{"batch":1,"no_wait":true}`), time.Second); err == nil {
+			t.Errorf("the recorder pulled from %s", name)
+		}
+		if _, err := tjs.Consumer(short(), sc.Name, name); err == nil {
+			t.Errorf("tools opened %s", name)
+		}
 	}
-	if _, err := recjs.Consumer(short(), sc.Name, subscribers.DispatchConsumer(moderation.RoleName)); err == nil {
-		t.Error("the recorder opened the moderation dispatch consumer")
+	if _, err := recjs.Consumer(short(), sc.Name, subscribers.PartitionConsumer(recording.RoleName, part)); err != nil {
+		t.Errorf("the recorder cannot open its own partition consumer: %v", err)
 	}
-	if _, err := recjs.Consumer(short(), sc.Name, subscribers.DispatchConsumer(recording.RoleName)); err != nil {
-		t.Errorf("the recorder cannot open its own dispatch consumer: %v", err)
+	// An acknowledgement of another role's partition is refused by the
+	// server (the subject names the consumer).
+	drainViolations(rviol)
+	_ = rnc.Publish("$JS.ACK."+sc.Name+"."+subscribers.PartitionConsumer(analytics.RoleName, part)+".1.1.1.1.0.0", []byte("+ACK"))
+	_ = rnc.Flush()
+	select {
+	case err := <-rviol:
+		if !errors.Is(err, nats.ErrPermissionViolation) {
+			t.Errorf("acknowledging analytics' partition: %v", err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Error("the recorder acknowledged a message of analytics' partition consumer")
 	}
 	_ = rnc.Publish(sc.Prefix+".x.events.analytics", []byte("forged"))
 	_ = rnc.Flush()
@@ -256,11 +273,22 @@ func TestNATSAccounts(t *testing.T) {
 	}
 	var names []string
 	for n := range s.ListConsumers(t.Context()).Info() {
-		names = append(names, n.Name)
+		if n.Config.Durable != "" {
+			names = append(names, n.Name)
+		}
 	}
-	for _, want := range []string{"recording", "analytics", "moderation"} {
-		if !slices.Contains(names, want) {
-			t.Errorf("dispatch consumer %s gone: %v", want, names)
+	if want := 3 * sc.Partitions; len(names) != want {
+		t.Errorf("%d durable consumers on the stream, want %d (the roles' partitions): %v", len(names), want, names)
+	}
+}
+
+// drainViolations empties a connection's error channel of what came before.
+func drainViolations(ch chan error) {
+	for {
+		select {
+		case <-ch:
+		default:
+			return
 		}
 	}
 }

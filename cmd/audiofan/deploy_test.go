@@ -15,7 +15,8 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	yaml "go.yaml.in/yaml/v3"
 
-	"github.com/audiofan/audiofan/subscribers"
+	"github.com/audiofan/audiofan/broker"
+	"github.com/audiofan/audiofan/broker/natstest"
 )
 
 // repo is the repository's root, from this package's folder.
@@ -149,6 +150,24 @@ func TestComposeStack(t *testing.T) {
 		t.Errorf("nats.conf: name %q, jetstream %v, %d routes, %d users", opts.ServerName, opts.JetStream, len(opts.Routes), len(opts.Users))
 	}
 
+	// The accounts file is what `audiofan nats-accounts` prints for the
+	// default settings: regenerated, never edited by hand.
+	var want bytes.Buffer
+	na := natstest.Defaults[natsAccountsSettings](t)
+	if err := writeNATSAccounts(&want, na); err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(filepath.Join(repo, "deploy/nats/accounts.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want.Bytes()) {
+		t.Error("deploy/nats/accounts.conf is not what `audiofan nats-accounts` prints: run it again and replace the file")
+	}
+	if sc := natstest.Defaults[broker.StreamConfig](t); na.Partitions != sc.Partitions {
+		t.Errorf("nats-accounts defaults to %d partitions, the stream to %d", na.Partitions, sc.Partitions)
+	}
+
 	// Prometheus scrapes every audiofan service; Grafana's dashboard is
 	// JSON whose queries name metrics the code registers.
 	var prom struct {
@@ -220,10 +239,17 @@ func TestKubernetesManifests(t *testing.T) {
 				}
 			case "ScaledObject":
 				target := spec["scaleTargetRef"].(map[string]any)["name"].(string)
-				md := spec["triggers"].([]any)[0].(map[string]any)["metadata"].(map[string]any)
 				role := strings.TrimPrefix(target, "audiofan-")
-				if md["consumer"] != subscribers.DispatchConsumer(consumers[role]) || md["stream"] != "CALLS" {
-					t.Errorf("%s scales on consumer %v of %v", target, md["consumer"], md["stream"])
+				for _, tr := range spec["triggers"].([]any) {
+					tr := tr.(map[string]any)
+					q, _ := tr["metadata"].(map[string]any)["query"].(string)
+					if tr["type"] != "prometheus" || !strings.Contains(q, `role="`+consumers[role]+`"`) {
+						t.Errorf("%s scales on %v %q", target, tr["type"], q)
+					}
+					checkMetrics(t, file+" "+target, q, known)
+				}
+				if max, _ := spec["maxReplicaCount"].(int); max > natstest.Defaults[broker.StreamConfig](t).Partitions {
+					t.Errorf("%s scales to %d replicas, more than the partitions", target, max)
 				}
 			case "HorizontalPodAutoscaler":
 				b, _ := json.Marshal(spec)

@@ -29,7 +29,7 @@ type role struct {
 	run   func(ctx context.Context, cfg any, log *slog.Logger, stdout io.Writer) error
 }
 
-var roles = []role{serveRole, receiverRole, recorderRole, analyticsRole, moderatorRole, consoleRole, tapRole, simRole, healthRole}
+var roles = []role{serveRole, receiverRole, recorderRole, analyticsRole, moderatorRole, consoleRole, tapRole, simRole, healthRole, natsAccountsRole}
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))

@@ -25,9 +25,7 @@ func (s *tapSettings) validate() error {
 		// The embedded server of a local `audiofan serve`.
 		s.NATS.URL = "nats://127.0.0.1:4222"
 	}
-	if s.call != "" {
-		s.tap.Filter = s.Stream.Subjects().Call(s.call)
-	}
+	s.tap.Call = s.call
 	return s.Stream.Validate()
 }
 
@@ -38,7 +36,7 @@ var tapRole = role{
 	flags: func(fs *flag.FlagSet, cfg any) {
 		s := cfg.(*tapSettings)
 		fs.StringVar(&s.call, "call", "", "only this call (its id, not its token)")
-		fs.StringVar(&s.tap.Filter, "subject", "", "subject filter (default: everything under the prefix)")
+		fs.StringVar(&s.tap.Filter, "subject", "", "subject filter on stored subjects, <prefix>.<partition>.<call token>.<kind>... (default: everything under the prefix)")
 		fs.BoolVar(&s.tap.All, "all", false, "start at the first stored message instead of new ones")
 		fs.BoolVar(&s.tap.Data, "data", false, "print audio as base64 instead of only its length")
 		fs.IntVar(&s.tap.Limit, "n", 0, "stop after this many messages (0 = until interrupted)")

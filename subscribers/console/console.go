@@ -166,7 +166,7 @@ func (c *Console) Run(ctx context.Context) error {
 	c.mu.Lock()
 	c.ctx = ctx
 	c.mu.Unlock()
-	return c.index.run(ctx, c.d.JS, c.d.Stream.Name, c.log)
+	return c.index.run(ctx, c.d.JS, c.d.Stream, c.log)
 }
 
 func (c *Console) runCtx() context.Context {

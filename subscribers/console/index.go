@@ -68,12 +68,16 @@ func newIndex(cfg Config, subj broker.Subjects) *index {
 	return &index{cfg: cfg, subj: subj, calls: map[string]*callEntry{}}
 }
 
-func (x *index) run(ctx context.Context, js jetstream.JetStream, stream string, log *slog.Logger) error {
+func (x *index) run(ctx context.Context, js jetstream.JetStream, ref broker.StreamRef, log *slog.Logger) error {
+	stream := ref.Name
 	start := time.Now().Add(-x.cfg.History)
 	var cons jetstream.Consumer
 	err := broker.Provision(ctx, log, "console call list", func(ctx context.Context) (err error) {
+		if x.subj, err = broker.ReadSubjects(ctx, js, ref); err != nil {
+			return err
+		}
 		cons, err = js.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{
-			FilterSubjects: []string{x.subj.Prefix + ".*." + broker.KindLifecycle, x.subj.Prefix + ".*." + broker.KindEvents + ".>"},
+			FilterSubjects: []string{x.subj.AllKind(broker.KindLifecycle), x.subj.AllKind(broker.KindEvents)},
 			DeliverPolicy:  jetstream.DeliverByStartTimePolicy, OptStartTime: &start,
 		})
 		if errors.Is(err, jetstream.ErrStreamNotFound) {

@@ -34,6 +34,7 @@ const (
 type watcher struct {
 	c      *Console
 	tok    string
+	subj   broker.Subjects // the stream's, read when the watcher starts
 	cancel context.CancelFunc
 	done   chan struct{}
 
@@ -154,11 +155,13 @@ func (c *Console) unwatch(w *watcher, ch chan []byte) {
 
 func (w *watcher) run(ctx context.Context) {
 	defer close(w.done)
-	subj := w.c.subj
 	var cons jetstream.Consumer
 	err := broker.Provision(ctx, w.c.log, "console call "+w.tok, func(ctx context.Context) (err error) {
+		if w.subj, err = broker.ReadSubjects(ctx, w.c.d.JS, w.c.d.Stream); err != nil {
+			return err
+		}
 		cons, err = w.c.d.JS.OrderedConsumer(ctx, w.c.d.Stream.Name, jetstream.OrderedConsumerConfig{
-			FilterSubjects: []string{subj.Prefix + "." + w.tok + ".>"}})
+			FilterSubjects: []string{w.subj.StoredCall(w.tok)}})
 		return err
 	})
 	if err != nil {
@@ -214,7 +217,7 @@ func (w *watcher) run(ctx context.Context) {
 }
 
 func (w *watcher) apply(msg jetstream.Msg) {
-	m, err := subscribers.Decode(w.c.subj, msg.Subject(), msg.Data())
+	m, err := subscribers.Decode(w.subj, msg.Subject(), msg.Data())
 	if err != nil {
 		return
 	}

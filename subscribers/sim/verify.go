@@ -102,7 +102,11 @@ type verifier struct {
 }
 
 func startVerifier(ctx context.Context, js jetstream.JetStream, sc broker.StreamRef, prefix string) (*verifier, error) {
-	v := &verifier{subj: sc.Subjects(), prefix: prefix + "-", streams: map[[2]string]*vstream{},
+	subj, err := broker.ReadSubjects(ctx, js, sc)
+	if err != nil {
+		return nil, fmt.Errorf("verify: %w", err)
+	}
+	v := &verifier{subj: subj, prefix: prefix + "-", streams: map[[2]string]*vstream{},
 		transcripts: map[string]uint64{}, dtmf: map[string]uint64{}}
 	// Start after what the stream holds now, not at "new": the consumer
 	// may be created (on a busy cluster) after the first frames are stored.
@@ -123,7 +127,7 @@ func startVerifier(ctx context.Context, js jetstream.JetStream, sc broker.Stream
 }
 
 func (v *verifier) handle(msg jetstream.Msg) {
-	info, err := v.subj.Parse(msg.Subject())
+	info, err := v.subj.ParseStored(msg.Subject())
 	if err != nil || !strings.HasPrefix(info.Call, v.prefix) {
 		return
 	}

@@ -19,8 +19,11 @@ import (
 
 // Config says what to print.
 type Config struct {
-	// Filter is the subject filter; empty means the whole prefix.
+	// Filter is the subject filter on stored subjects
+	// (<prefix>.<partition>.<call>...); empty means the whole prefix.
 	Filter string
+	// Call, when set, prints only this call (its id, not its token).
+	Call string
 	// All starts at the first stored message instead of new ones.
 	All bool
 	// Data prints audio as base64 instead of only its length.
@@ -50,9 +53,15 @@ type frameJSON struct {
 // cfg.Limit is reached. It reads with an ordered consumer, which the server
 // forgets when tap goes: it leaves nothing behind.
 func Run(ctx context.Context, js jetstream.JetStream, sc broker.StreamRef, cfg Config, w io.Writer) error {
-	subj := sc.Subjects()
+	subj, err := broker.ReadSubjects(ctx, js, sc)
+	if err != nil && !errors.Is(err, broker.ErrNotPartitioned) {
+		return fmt.Errorf("tap: %w", err)
+	}
 	filter := cfg.Filter
-	if filter == "" {
+	switch {
+	case cfg.Call != "":
+		filter = subj.StoredCall(codec.EncodeToken(cfg.Call))
+	case filter == "":
 		filter = subj.All()
 	}
 	policy := jetstream.DeliverNewPolicy

@@ -1,0 +1,178 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"text/template"
+
+	"github.com/audiofan/audiofan/broker"
+	"github.com/audiofan/audiofan/subscribers"
+	"github.com/audiofan/audiofan/subscribers/analytics"
+	"github.com/audiofan/audiofan/subscribers/moderation"
+	"github.com/audiofan/audiofan/subscribers/recording"
+)
+
+// natsAccountsSettings are what the NATS users' permissions depend on.
+type natsAccountsSettings struct {
+	Stream          broker.StreamRef
+	Partitions      int    `env:"AUDIOFAN_PARTITIONS" envDefault:"32" help:"partitions of the stream (the receivers' setting): each role's consumers are named by them"`
+	RecordingBucket string `env:"AUDIOFAN_RECORDING_BUCKET" envDefault:"recordings" help:"the recorder's Object Store bucket"`
+	AnalyticsBucket string `env:"AUDIOFAN_ANALYTICS_BUCKET" envDefault:"call-analytics" help:"analytics' KV bucket"`
+}
+
+func (s *natsAccountsSettings) validate() error {
+	if s.Partitions < 1 || s.Partitions > broker.MaxPartitions {
+		return fmt.Errorf("AUDIOFAN_PARTITIONS %d: want 1 to %d", s.Partitions, broker.MaxPartitions)
+	}
+	return s.Stream.Validate()
+}
+
+var natsAccountsRole = role{
+	name:    "nats-accounts",
+	summary: "print the NATS accounts and permissions of every part (deploy/nats/accounts.conf) for these settings",
+	config:  func() any { return &natsAccountsSettings{} },
+	run: func(_ context.Context, cfg any, _ *slog.Logger, stdout io.Writer) error {
+		return writeNATSAccounts(stdout, *cfg.(*natsAccountsSettings))
+	},
+}
+
+// natsUser is one user of the accounts file.
+type natsUser struct {
+	Name, Password string
+	Allow, Deny    []string
+	Subscribe      []string
+}
+
+// writeNATSAccounts writes the accounts block of nats.conf. Each subscriber
+// role may use only its own partition consumers: their names are fixed
+// (<role>-p<n>), so the other roles' can be denied by name, the one thing
+// the per-call design's names made impossible.
+func writeNATSAccounts(w io.Writer, s natsAccountsSettings) error {
+	stream, prefix := s.Stream.Name, s.Stream.Prefix
+	roles := []struct{ user, role string }{
+		{"recorder", recording.RoleName}, {"analytics", analytics.RoleName}, {"moderator", moderation.RoleName}}
+	// Nobody but the receiver may change the stream, and nobody may
+	// administer JetStream.
+	admin := []string{
+		"$JS.API.STREAM.CREATE." + stream, "$JS.API.STREAM.UPDATE." + stream, "$JS.API.STREAM.DELETE.>",
+		"$JS.API.STREAM.PURGE." + stream, "$JS.API.STREAM.MSG.DELETE." + stream, "$JS.API.STREAM.SNAPSHOT.>",
+		"$JS.API.STREAM.RESTORE.>", "$JS.API.STREAM.PEER.REMOVE.>", "$JS.API.ACCOUNT.PURGE.>",
+		"$JS.API.META.>", "$JS.API.SERVER.>",
+	}
+	// consumers are the API subjects of a role's consumers, every verb:
+	// its partition consumers and the dispatch consumer of the design
+	// before them.
+	consumers := func(role string) []string {
+		names := []string{role}
+		for p := range s.Partitions {
+			names = append(names, subscribers.PartitionConsumer(role, p))
+		}
+		var out []string
+		for _, n := range names {
+			out = append(out, "$JS.API.CONSUMER.*."+stream+"."+n, "$JS.API.CONSUMER.*."+stream+"."+n+".>",
+				"$JS.API.CONSUMER.*.*."+stream+"."+n)
+		}
+		return out
+	}
+	acks := func(role string) []string {
+		out := []string{"$JS.ACK." + stream + "." + role + ".>"}
+		for p := range s.Partitions {
+			out = append(out, "$JS.ACK."+stream+"."+subscribers.PartitionConsumer(role, p)+".>")
+		}
+		return out
+	}
+	var users []natsUser
+	users = append(users, natsUser{Name: "receiver", Password: "$NATS_RECEIVER_PASSWORD",
+		Allow: []string{prefix + ".>", "$JS.API.INFO", "$JS.API.STREAM.INFO." + stream, "$JS.API.STREAM.CREATE." + stream,
+			"$JS.API.STREAM.UPDATE." + stream},
+		Subscribe: []string{"_INBOX.>", prefix + ".*.outbound"}})
+	for _, r := range roles {
+		members := subscribers.MembersSubject(stream, r.role)
+		u := natsUser{Name: r.user, Password: "$NATS_ROLE_PASSWORD",
+			Allow: []string{prefix + ".*.events." + r.role, "$JS.API.>", "$JS.FC.>", members,
+				"$KV." + subscribers.StateBucket(stream, r.role) + ".>"},
+			Deny:      append([]string{}, admin...),
+			Subscribe: []string{"_INBOX.>", members}}
+		u.Allow = append(u.Allow, acks(r.role)...)
+		switch r.role {
+		case recording.RoleName:
+			u.Allow = append(u.Allow, "$O."+s.RecordingBucket+".>")
+		case analytics.RoleName:
+			u.Allow = append(u.Allow, "$KV."+s.AnalyticsBucket+".>")
+		case moderation.RoleName:
+			u.Allow = append(u.Allow, prefix+".*.outbound")
+		}
+		for _, o := range roles {
+			if o.role != r.role {
+				u.Deny = append(u.Deny, consumers(o.role)...)
+			}
+		}
+		users = append(users, u)
+	}
+	tools := natsUser{Name: "tools", Password: "$NATS_ROLE_PASSWORD", Allow: []string{"$JS.API.>", "$JS.FC.>"},
+		Deny: append([]string{}, admin...), Subscribe: []string{"_INBOX.>", prefix + ".>"}}
+	for _, r := range roles {
+		tools.Deny = append(tools.Deny, consumers(r.role)...)
+	}
+	users = append(users, tools)
+	return accountsTemplate.Execute(w, struct {
+		Settings natsAccountsSettings
+		Users    []natsUser
+	}{s, users})
+}
+
+var accountsTemplate = template.Must(template.New("accounts").Funcs(template.FuncMap{
+	"list": func(xs []string) string {
+		q := make([]string, len(xs))
+		for i, x := range xs {
+			q[i] = `"` + x + `"`
+		}
+		return "[\n" + indent(q, "              ") + "\n            ]"
+	},
+}).Parse(`# Generated by ` + "`audiofan nats-accounts`" + ` for stream {{.Settings.Stream.Name}}, prefix {{.Settings.Stream.Prefix}},
+# {{.Settings.Partitions}} partitions. Do not edit: run it again (with the same AUDIOFAN_ settings as the
+# deployment) and replace this file. deploy/nats/nats.conf includes it.
+#
+# Who may do what.
+# - receiver: publishes under the prefix and provisions the stream, nothing else.
+# - recorder, analytics, moderator: publish their own events (the moderator also outbound audio),
+#   their replicas' heartbeats, their own partition checkpoints and buckets, and use the JetStream
+#   API for their consumers. None may create, change, purge or delete the stream, nor use or
+#   acknowledge another role's partition consumers (<role>-p<n>): those are denied by name.
+# - tools (sim, tap, the console): read the bus, may not change the stream or touch a role's
+#   consumers.
+# Change the passwords (or move to NKeys/JWTs) before exposing NATS.
+accounts {
+  AUDIOFAN: {
+    jetstream: enabled
+    users: [
+{{- range .Users}}
+      { user: {{.Name}}, password: {{.Password}}, permissions: {
+          publish: {
+            allow: {{list .Allow}}
+{{- if .Deny}}
+            deny: {{list .Deny}}
+{{- end}}
+          }
+          subscribe: {{list .Subscribe}} } }
+{{- end}}
+    ]
+  }
+  SYS: { users: [ { user: admin, password: $NATS_ROLE_PASSWORD } ] }
+}
+system_account: SYS
+`))
+
+func indent(lines []string, pad string) string {
+	var b strings.Builder
+	for i, l := range lines {
+		if i > 0 {
+			b.WriteString("\n")
+		}
+		b.WriteString(pad + l)
+	}
+	return b.String()
+}
