@@ -100,7 +100,7 @@ func (c StreamConfig) jetstream() jetstream.StreamConfig {
 		// Stored as <prefix>.<partition>.<call>...: see partition.go.
 		SubjectTransform: c.Subjects().transform(c.Partitions),
 		MaxConsumers:     c.MaxConsumers,
-		Retention:   jetstream.LimitsPolicy,
+		Retention:        jetstream.LimitsPolicy,
 		// Old calls make way for live ones: refusing new audio when full would
 		// lose the calls people are on right now.
 		Discard:    jetstream.DiscardOld,
