@@ -157,7 +157,7 @@ func (h *harness) readAll() []stored {
 		for m := range batch.Messages() {
 			got++
 			md, _ := m.Metadata()
-			info, err := subj.Parse(m.Subject())
+			info, err := subj.ParseStored(m.Subject())
 			if err != nil {
 				h.t.Fatalf("stored subject %q: %v", m.Subject(), err)
 			}

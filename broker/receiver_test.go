@@ -109,7 +109,8 @@ func TestEndToEnd(t *testing.T) {
 				if m.info.Call != p.wantCall {
 					continue
 				}
-				if !strings.HasPrefix(m.subject, "calls."+callTok+".") {
+				stored := h.sc.Subjects().Stored(callTok)
+				if !strings.HasPrefix(m.subject, stored+".") {
 					t.Errorf("subject %q lacks the call token %q", m.subject, callTok)
 				}
 				switch v := m.payload.(type) {
@@ -118,7 +119,7 @@ func TestEndToEnd(t *testing.T) {
 						lcs = append(lcs, v)
 					}
 				case *codec.Frame:
-					if m.info.Participant != v.Participant || m.subject != "calls."+callTok+".audio."+codec.EncodeToken(v.Participant) {
+					if m.info.Participant != v.Participant || m.subject != stored+".audio."+codec.EncodeToken(v.Participant) {
 						t.Errorf("frame of %q on subject %q", v.Participant, m.subject)
 					}
 					frames = append(frames, v)
@@ -188,7 +189,7 @@ func TestEndToEnd(t *testing.T) {
 			switch v := m.payload.(type) {
 			case *codec.Transcript:
 				ts = append(ts, v)
-				if want := "calls.0f6c2e1a-5b7d-4c39-9e1f-2a8b7c6d5e4f.transcript." + codec.EncodeToken(v.Participant); m.subject != want {
+				if want := h.sc.Subjects().Stored("0f6c2e1a-5b7d-4c39-9e1f-2a8b7c6d5e4f") + ".transcript." + codec.EncodeToken(v.Participant); m.subject != want {
 					t.Errorf("subject %q want %q", m.subject, want)
 				}
 			case *codec.Lifecycle:

@@ -64,11 +64,6 @@ func (s Subjects) Outbound(callTok string) string {
 // All matches every subject of the scheme: what the stream stores.
 func (s Subjects) All() string { return s.Prefix + ".>" }
 
-// Call matches every subject of one call, given its id (not its token).
-func (s Subjects) Call(callID string) string {
-	return s.Prefix + "." + codec.EncodeToken(callID) + ".>"
-}
-
 // SubjectInfo is what a subject says: the decoded call id, the kind, and the
 // decoded participant id ("" for mixed) or the event source.
 type SubjectInfo struct {

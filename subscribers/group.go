@@ -1,6 +1,7 @@
 package subscribers
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -29,6 +30,7 @@ type GroupConfig struct {
 	Backoff     time.Duration `env:"AUDIOFAN_RETRY_BACKOFF" envDefault:"100ms" help:"wait before the first retry of a failed message; it doubles with each retry, up to 50 times this"`
 	Start       string        `env:"AUDIOFAN_CONSUMER_START" envDefault:"all" help:"where a role's partition consumers start when first created: all (every call still in the stream) or new"`
 	Checkpoint  time.Duration `env:"AUDIOFAN_CHECKPOINT_INTERVAL" envDefault:"1s" help:"how often a busy partition's owner checkpoints and acknowledges: a new owner replays at most about this much more; shorter costs the server more writes"`
+	ReplicaID   string        `env:"AUDIOFAN_REPLICA_ID" help:"this replica's name among the role's replicas (empty: a random one each start); unique per replica. A stable one (the pod's name) gives a restarted replica its partitions back"`
 	DoneTTL     time.Duration `env:"AUDIOFAN_DONE_TTL" envDefault:"10m" help:"how long a finished call is remembered, so a late message (a socket reconnecting after the call ended) does not start it again"`
 }
 
@@ -43,6 +45,8 @@ func (c GroupConfig) Validate() error {
 		return fmt.Errorf("AUDIOFAN_CONSUMER_START %q: want all or new", c.Start)
 	case c.Checkpoint < 10*time.Millisecond || c.Checkpoint > c.Lease/4:
 		return fmt.Errorf("AUDIOFAN_CHECKPOINT_INTERVAL %s: want 10ms to a quarter of AUDIOFAN_LEASE (acknowledgements wait for it)", c.Checkpoint)
+	case strings.ContainsAny(c.ReplicaID, " \t\r\n"):
+		return fmt.Errorf("AUDIOFAN_REPLICA_ID %q: no white space", c.ReplicaID)
 	case c.DoneTTL < time.Minute:
 		return fmt.Errorf("AUDIOFAN_DONE_TTL %s: want at least 1m", c.DoneTTL)
 	}
@@ -127,7 +131,7 @@ func NewGroup(cfg GroupConfig, role Role, ref broker.StreamRef, nc *nats.Conn, j
 		return nil, err
 	}
 	g := &Group{cfg: cfg, role: role, ref: ref, subj: ref.Subjects(), nc: nc, js: js, m: m,
-		log: log.With("role", role.Name), id: nuid.Next()}
+		log: log.With("role", role.Name), id: cmp.Or(cfg.ReplicaID, nuid.Next())}
 	sum := func(f func(p *partition) float64) func() float64 {
 		return func() float64 {
 			g.mu.Lock()
@@ -208,7 +212,7 @@ func (g *Group) Run(ctx context.Context) error {
 		if until := g.legacyUntil.Load(); until > 0 && time.Now().UnixNano() > until {
 			g.finishUpgrade(ctx)
 		}
-		owners := assign(g.subj.Partitions, mem.list())
+		owners := AssignPartitions(g.subj.Partitions, mem.list())
 		mine := 0
 		for n, owner := range owners {
 			if owner == g.id {

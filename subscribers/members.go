@@ -114,11 +114,11 @@ func (m *members) list() []string {
 	return ids
 }
 
-// assign gives each of n partitions an owner among members: by rendezvous
+// AssignPartitions gives each of n partitions an owner among members: by rendezvous
 // hashing, so a member coming or going moves few partitions, capped at
 // ceil(n/len(members)) each, so the load is even. Every replica computes the
 // same answer from the same members.
-func assign(n int, members []string) []string {
+func AssignPartitions(n int, members []string) []string {
 	owners := make([]string, n)
 	if len(members) == 0 {
 		return owners

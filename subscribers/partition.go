@@ -219,7 +219,8 @@ func (p *partition) deliver(ctx context.Context, msg jetstream.Msg) error {
 		p.cseq = max(p.cseq, md.Sequence.Consumer)
 		return nil
 	}
-	if p.needFill || md.NumDelivered > 1 || md.Sequence.Consumer != p.cseq+1 {
+	redelivered := md.NumDelivered > 1
+	if p.needFill || redelivered || md.Sequence.Consumer != p.cseq+1 {
 		// Not the next delivery after the last one: deliveries were lost
 		// on the way (a reconnect dropped what the client held), this is a
 		// redelivery (the server sends those between new messages), or the
@@ -229,7 +230,9 @@ func (p *partition) deliver(ctx context.Context, msg jetstream.Msg) error {
 			p.needFill = true
 			return err
 		}
-		p.needFill = false
+		// After a redelivery, the next new message may lie past messages
+		// still to be redelivered: read up to it too.
+		p.needFill = redelivered
 	}
 	p.cseq = max(p.cseq, md.Sequence.Consumer)
 	e := &entry{seq: seq, msg: msg}

@@ -25,6 +25,7 @@ import (
 	"github.com/audiofan/audiofan/broker"
 	"github.com/audiofan/audiofan/broker/natstest"
 	"github.com/audiofan/audiofan/codec"
+	"github.com/audiofan/audiofan/subscribers"
 	"github.com/audiofan/audiofan/subscribers/conformance"
 )
 
@@ -178,7 +179,7 @@ func TestServeAndTap(t *testing.T) {
 			t.Fatalf("tap line %q: %v", sc.Text(), err)
 		}
 		kinds = append(kinds, line.Kind)
-		if line.Kind == "audio" && (line.Subject != "calls.4_3A_2B1_20call.audio.8_3Aacs_3Ax" || line.Payload["participant"] != "8:acs:x" || line.Payload["dataLen"] != 640.0) {
+		if line.Kind == "audio" && (line.Subject != natstest.Defaults[broker.StreamConfig](t).Subjects().Stored("4_3A_2B1_20call")+".audio.8_3Aacs_3Ax" || line.Payload["participant"] != "8:acs:x" || line.Payload["dataLen"] != 640.0) {
 			t.Errorf("tap audio line: %s", sc.Text())
 		}
 	}
@@ -323,8 +324,10 @@ func TestRecorderRole(t *testing.T) {
 			t.Errorf("metrics lack %s", m)
 		}
 	}
-	if _, err := js.Consumer(context.Background(), "CALLS", "recording"); err != nil {
-		t.Errorf("the recorder's consumer: %v", err)
+	for p := range natstest.Defaults[broker.StreamConfig](t).Partitions {
+		if _, err := js.Consumer(context.Background(), "CALLS", subscribers.PartitionConsumer("recording", p)); err != nil {
+			t.Errorf("the recorder's consumer of partition %d: %v", p, err)
+		}
 	}
 	var hOut, hErr bytes.Buffer
 	if code := run([]string{"health"}, &hOut, &hErr); code != 0 {

@@ -186,6 +186,62 @@ func Run(t *testing.T, spec Spec) {
 		b.replica(t, nil)
 		check(t, b, call)
 	})
+	t.Run("partition moves mid-call", func(t *testing.T) {
+		partitionMoves(t, newBus(t, spec), check)
+	})
+	t.Run("replicas added and removed under load", func(t *testing.T) {
+		// The call under test among others, all at once, while a second
+		// replica joins (partitions move to it) and the first then stops
+		// (the rest move too): every call is finished once, and the one
+		// under test gives the output of an undisturbed run.
+		b := newBus(t, spec)
+		a := b.replica(t, nil)
+		msgs := spec.Call(CallID)
+		const others = 6
+		publishAll := func(from, to int) {
+			for i := range others {
+				id := fmt.Sprintf("load-%d", i)
+				b.publishCall(t, id, nil, from*len(spec.Call(id))/len(msgs), to*len(spec.Call(id))/len(msgs))
+			}
+			b.publishRange(t, nil, from, to)
+		}
+		third := len(msgs) / 3
+		publishAll(0, third)
+		b.replica(t, nil)
+		publishAll(third, 2*third)
+		a.stop()
+		publishAll(2*third, len(msgs))
+		check(t, b, subscribers.CallInfo{ID: CallID, Token: codec.EncodeToken(CallID)})
+		for i := range others {
+			id := fmt.Sprintf("load-%d", i)
+			b.waitDone(t, subscribers.CallInfo{ID: id, Token: codec.EncodeToken(id)})
+		}
+	})
+	t.Run("a stuck call does not hold up its partition", func(t *testing.T) {
+		// Another call of the same partition whose handler hangs (a
+		// resource that never answers): the call under test is applied and
+		// finished all the same.
+		b := newBus(t, spec)
+		parts := StreamSubjects(t, b.js, b.ref)
+		p := parts.Partition(codec.EncodeToken(CallID))
+		stuck := ""
+		for i := 0; stuck == ""; i++ {
+			if id := fmt.Sprintf("stuck-%d", i); parts.Partition(codec.EncodeToken(id)) == p {
+				stuck = id
+			}
+		}
+		b.replicaCalled(t, "", func(c subscribers.CallInfo, h subscribers.CallHandler) subscribers.CallHandler {
+			if c.ID == stuck {
+				return &hung{CallHandler: h}
+			}
+			return h
+		})
+		sm := spec.Call(stuck)
+		b.publishCall(t, stuck, nil, 0, len(sm)/2)
+		call := b.publish(t, nil)
+		b.publishCall(t, stuck, nil, len(sm)/2, len(sm))
+		check(t, b, call)
+	})
 	t.Run("takeover after a crash", func(t *testing.T) {
 		// A replica dies mid-call without a word (its connection cut), holding
 		// messages delivered but not applied; after the lease another replica
@@ -211,6 +267,54 @@ func Run(t *testing.T, spec Spec) {
 			t.Errorf("takeovers on the new replica = %v, want 1", v)
 		}
 	})
+}
+
+// partitionMoves: replica A holds every partition and is mid-call when B
+// joins and the call's partition is B's by the shared assignment: A hands it
+// over (checkpointed, unpinned) while the call goes on, B replays and
+// finishes it, and the output is unchanged.
+func partitionMoves(t *testing.T, b *bus, check func(*testing.T, *bus, subscribers.CallInfo)) {
+	parts := StreamSubjects(t, b.js, b.ref)
+	p := parts.Partition(codec.EncodeToken(CallID))
+	other := ""
+	for i := 0; other == ""; i++ {
+		if id := fmt.Sprintf("b%d", i); subscribers.AssignPartitions(parts.Partitions, []string{"a", id})[p] == id {
+			other = id
+		}
+	}
+	gate := make(chan struct{})
+	var once sync.Once
+	n := 0
+	b.replicaCalled(t, "a", func(_ subscribers.CallInfo, h subscribers.CallHandler) subscribers.CallHandler {
+		return &slowAfter{CallHandler: h, after: 100, n: &n, reached: func() { once.Do(func() { close(gate) }) }}
+	})
+	msgs := b.spec.Call(CallID)
+	half := len(msgs) / 2
+	call := b.publishRange(t, nil, 0, half)
+	waitChan(t, gate, "replica A to apply part of the call")
+	nb := b.replicaCalled(t, other, func(_ subscribers.CallInfo, h subscribers.CallHandler) subscribers.CallHandler { return h })
+	b.publishRange(t, nil, half, len(msgs))
+	check(t, b, call)
+	if v := Metric(t, nb.reg, "audiofan_subscriber_takeovers_total", ""); v != 1 {
+		t.Errorf("takeovers on the replica the partition moved to = %v, want 1", v)
+	}
+}
+
+// slowAfter applies messages at a live-like pace after the first after of
+// them (reached is called then), so a partition moves while the call is on.
+type slowAfter struct {
+	subscribers.CallHandler
+	after   int
+	n       *int
+	reached func()
+}
+
+func (s *slowAfter) Handle(ctx context.Context, d subscribers.Delivery, out *subscribers.Output) error {
+	if *s.n++; *s.n > s.after {
+		s.reached()
+		time.Sleep(time.Millisecond)
+	}
+	return s.CallHandler.Handle(ctx, d, out)
 }
 
 // flaky fails the first attempt at every third message (panicking on every
@@ -263,6 +367,14 @@ func (b *blocking) Handle(ctx context.Context, d subscribers.Delivery, out *subs
 	}
 	time.Sleep(2 * time.Millisecond)
 	return b.CallHandler.Handle(ctx, d, out)
+}
+
+// hung never returns from Handle until its context ends.
+type hung struct{ subscribers.CallHandler }
+
+func (h *hung) Handle(ctx context.Context, _ subscribers.Delivery, _ *subscribers.Output) error {
+	<-ctx.Done()
+	return ctx.Err()
 }
 
 // stopInEnd ends the call, then has its replica stopped before the call is
@@ -318,6 +430,18 @@ type replica struct {
 // call handlers.
 func (b *bus) replica(t *testing.T, wrap func(subscribers.CallHandler) subscribers.CallHandler) *replica {
 	t.Helper()
+	return b.replicaCalled(t, "", func(_ subscribers.CallInfo, h subscribers.CallHandler) subscribers.CallHandler {
+		if wrap == nil {
+			return h
+		}
+		return wrap(h)
+	})
+}
+
+// replicaCalled starts a replica named id (random when empty), whose call
+// handlers wrap wraps.
+func (b *bus) replicaCalled(t *testing.T, id string, wrap func(subscribers.CallInfo, subscribers.CallHandler) subscribers.CallHandler) *replica {
+	t.Helper()
 	nc, err := nats.Connect(b.ns.URL())
 	if err != nil {
 		t.Fatal(err)
@@ -327,18 +451,18 @@ func (b *bus) replica(t *testing.T, wrap func(subscribers.CallHandler) subscribe
 		t.Fatal(err)
 	}
 	role := b.spec.NewRole(t, b.shared, nc, js)
-	if wrap != nil {
-		inner := role.NewCall
-		role.NewCall = func(ctx context.Context, c subscribers.CallInfo) (subscribers.CallHandler, error) {
-			h, err := inner(ctx, c)
-			if err != nil {
-				return nil, err
-			}
-			return wrap(h), nil
+	inner := role.NewCall
+	role.NewCall = func(ctx context.Context, c subscribers.CallInfo) (subscribers.CallHandler, error) {
+		h, err := inner(ctx, c)
+		if err != nil {
+			return nil, err
 		}
+		return wrap(c, h), nil
 	}
 	r := &replica{nc: nc, reg: prometheus.NewRegistry(), done: make(chan error, 1)}
-	g, err := subscribers.NewGroup(Config(t), role, b.ref, nc, js, r.reg, natstest.Logger())
+	cfg := Config(t)
+	cfg.ReplicaID = id
+	g, err := subscribers.NewGroup(cfg, role, b.ref, nc, js, r.reg, natstest.Logger())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -387,9 +511,14 @@ func (b *bus) publish(t *testing.T, extra func(i int, tok string) []Msg) subscri
 
 // publishRange stores messages from to to of the scripted call.
 func (b *bus) publishRange(t *testing.T, extra func(i int, tok string) []Msg, from, to int) subscribers.CallInfo {
+	return b.publishCall(t, CallID, extra, from, to)
+}
+
+// publishCall stores messages from to to of the script for call id.
+func (b *bus) publishCall(t *testing.T, id string, extra func(i int, tok string) []Msg, from, to int) subscribers.CallInfo {
 	t.Helper()
-	msgs := b.spec.Call(CallID)
-	tok := codec.EncodeToken(CallID)
+	msgs := b.spec.Call(id)
+	tok := codec.EncodeToken(id)
 	ctx := context.Background()
 	for i := from; i < to; i++ {
 		m := msgs[i]
@@ -406,7 +535,7 @@ func (b *bus) publishRange(t *testing.T, extra func(i int, tok string) []Msg, fr
 			}
 		}
 	}
-	return subscribers.CallInfo{ID: CallID, Token: tok}
+	return subscribers.CallInfo{ID: id, Token: tok}
 }
 
 func extraOf(extra func(int, string) []Msg, i int, tok string) []Msg {

@@ -86,7 +86,7 @@ func TestWAVRoundTrip(t *testing.T) {
 	}
 
 	// Read the call back and put each participant's frames together.
-	cons, err := r.JS.OrderedConsumer(context.Background(), r.Stream.Name, jetstream.OrderedConsumerConfig{FilterSubjects: []string{"calls.wav-0.audio.>"}})
+	cons, err := r.JS.OrderedConsumer(context.Background(), r.Stream.Name, jetstream.OrderedConsumerConfig{FilterSubjects: []string{r.Stream.Subjects().StoredKind("wav-0", broker.KindAudio)}})
 	if err != nil {
 		t.Fatal(err)
 	}
