@@ -43,8 +43,8 @@ func (c GroupConfig) Validate() error {
 		return errors.New("AUDIOFAN_CALL_IDLE_TIMEOUT, AUDIOFAN_HANDLER_RETRIES and AUDIOFAN_RETRY_BACKOFF must be positive")
 	case c.Start != "all" && c.Start != "new":
 		return fmt.Errorf("AUDIOFAN_CONSUMER_START %q: want all or new", c.Start)
-	case c.Checkpoint < 10*time.Millisecond || c.Checkpoint > c.Lease/4:
-		return fmt.Errorf("AUDIOFAN_CHECKPOINT_INTERVAL %s: want 10ms to a quarter of AUDIOFAN_LEASE (acknowledgements wait for it)", c.Checkpoint)
+	case c.Checkpoint < 10*time.Millisecond || c.Checkpoint > c.Lease/2:
+		return fmt.Errorf("AUDIOFAN_CHECKPOINT_INTERVAL %s: want 10ms to half of AUDIOFAN_LEASE (acknowledgements wait for it, and the lease is their deadline)", c.Checkpoint)
 	case strings.ContainsAny(c.ReplicaID, " \t\r\n"):
 		return fmt.Errorf("AUDIOFAN_REPLICA_ID %q: no white space", c.ReplicaID)
 	case c.DoneTTL < time.Minute:
@@ -281,11 +281,17 @@ func (g *Group) setup(ctx context.Context) error {
 		return fmt.Errorf("%w: %w", err, broker.ErrNotReady)
 	}
 	g.stream, g.subj = s, subj
-	// The checkpoints are as safe as the calls: as many replicas.
-	if g.kv, err = g.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: StateBucket(g.ref.Name, g.role.Name),
-		Description: "audiofan " + g.role.Name + ": partition checkpoints", History: 1,
-		Replicas: s.CachedInfo().Config.Replicas}); err != nil {
-		return fmt.Errorf("%s bucket: %w", g.role.Name, err)
+	// The checkpoints are as safe as the calls: as many replicas. Read
+	// first: a replica restarting into a cluster still recovering a node
+	// should not need a write through the meta leader to start.
+	bucket := StateBucket(g.ref.Name, g.role.Name)
+	if g.kv, err = g.js.KeyValue(ctx, bucket); errors.Is(err, jetstream.ErrBucketNotFound) {
+		g.kv, err = g.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: bucket,
+			Description: "audiofan " + g.role.Name + ": partition checkpoints", History: 1,
+			Replicas: s.CachedInfo().Config.Replicas})
+	}
+	if err != nil {
+		return fmt.Errorf("%s bucket %s: %w", g.role.Name, bucket, err)
 	}
 	if g.parts == nil || len(g.parts) != subj.Partitions {
 		parts := make([]*partition, subj.Partitions)

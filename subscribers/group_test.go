@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"reflect"
 	"testing"
 	"time"
 
@@ -30,7 +32,7 @@ type digest struct {
 func (d *digest) Handle(ctx context.Context, m subscribers.Delivery, out *subscribers.Output) error {
 	h := sha256.New()
 	h.Write(d.sum)
-	h.Write([]byte(m.Subject))
+	h.Write([]byte(m.Info.Call + "\x00" + m.Info.Kind + "\x00" + m.Info.Participant)) // not the subject: its stored form changed with partitions
 	if f, ok := m.Payload.(*codec.Frame); ok {
 		h.Write(f.Data)
 	}
@@ -194,5 +196,78 @@ func TestNewReplicaTakesShare(t *testing.T) {
 		if n := r.summaries(fmt.Sprintf("share-%d", i)); n != 1 {
 			t.Errorf("share-%d: %d summaries, want 1", i, n)
 		}
+	}
+}
+
+// A deployment upgraded from the per-call design: a call in flight across
+// the upgrade (half of it stored before the stream was partitioned, half
+// after) is read whole by the new role, and the old design's consumers are
+// removed once no call can still need them.
+func TestUpgradeFromPerCallConsumers(t *testing.T) {
+	// What the call gives on a bus that was always partitioned.
+	base := newGroupRig(t)
+	base.replica()
+	msgs := conformance.Default("upgraded")
+	base.publish(msgs)
+	conformance.WaitFor(t, "the baseline summary", func() bool { return base.summaries("upgraded") == 1 })
+	want := conformance.Events(t, base.js, base.ref, "upgraded", "digest")
+
+	// The old stream, its dispatch consumer and a per-call consumer.
+	ns := natstest.Start(t)
+	nc, err := nats.Connect(ns.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, _ := jetstream.New(nc)
+	sc := natstest.Defaults[broker.StreamConfig](t)
+	ctx := context.Background()
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: sc.Name, Subjects: []string{sc.Prefix + ".>"}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, cc := range []jetstream.ConsumerConfig{
+		{Durable: "digest", FilterSubject: sc.Prefix + ".*.lifecycle", AckPolicy: jetstream.AckExplicitPolicy},
+		{Durable: "digest-upgraded", Description: "audiofan digest of call upgraded", FilterSubjects: []string{sc.Prefix + ".upgraded.>"}, AckPolicy: jetstream.AckAllPolicy},
+	} {
+		if _, err := js.CreateConsumer(ctx, sc.Name, cc); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := &groupRig{t: t, ns: ns, js: js, ref: sc.StreamRef}
+	half := len(msgs) / 2
+	r.publish(msgs[:half])
+	// The receivers are upgraded first: the stream is partitioned from now on.
+	if _, err := broker.EnsureStream(ctx, js, sc, natstest.Logger()); err != nil {
+		t.Fatal(err)
+	}
+	// Then the role.
+	gc := conformance.Config(t)
+	gc.IdleTimeout = 2 * time.Second // the upgrade window: an idle timeout and a lease
+	rnc, err := nats.Connect(ns.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rjs, _ := jetstream.New(rnc)
+	g, err := subscribers.NewGroup(gc, digestRole(), sc.StreamRef, rnc, rjs, prometheus.NewRegistry(), natstest.Logger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	gctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); _ = g.Run(gctx) }()
+	t.Cleanup(func() { cancel(); <-done; rnc.Close() })
+	conformance.WaitFor(t, "the role ready", func() bool { return g.Ready() == nil })
+	r.publish(msgs[half:])
+	conformance.WaitFor(t, "the call's summary", func() bool { return r.summaries("upgraded") == 1 })
+	if got := conformance.Events(t, js, sc.StreamRef, "upgraded", "digest"); !reflect.DeepEqual(got, want) {
+		t.Errorf("the call across the upgrade gave\n %v\nwhere a partitioned bus gives\n %v", got, want)
+	}
+	conformance.WaitFor(t, "the old consumers removed", func() bool {
+		_, err1 := js.Consumer(ctx, sc.Name, "digest")
+		_, err2 := js.Consumer(ctx, sc.Name, "digest-upgraded")
+		return errors.Is(err1, jetstream.ErrConsumerNotFound) && errors.Is(err2, jetstream.ErrConsumerNotFound)
+	})
+	if n := r.consumers(); n != sc.Partitions {
+		t.Errorf("%d durable consumers after the upgrade, want %d", n, sc.Partitions)
 	}
 }

@@ -123,34 +123,47 @@ func AssignPartitions(n int, members []string) []string {
 	if len(members) == 0 {
 		return owners
 	}
+	members = slices.Sorted(slices.Values(members)) // any order of the same members gives the same answer
 	capacity := (n + len(members) - 1) / len(members)
-	count := map[string]int{}
-	type ranked struct {
+	// Every (partition, member) pair by its score, best first; each pair is
+	// taken while the partition is free and the member under its cap. The
+	// strongest preferences are honoured first, so a change of members
+	// moves little more than the share that has to move.
+	type pair struct {
+		p     int
 		id    string
 		score uint64
 	}
-	rank := make([]ranked, len(members))
+	pairs := make([]pair, 0, n*len(members))
 	var buf [8]byte
 	for p := range n {
-		for i, id := range members {
+		for _, id := range members {
 			h := fnv.New64a()
 			_, _ = h.Write([]byte(id))
 			binary.BigEndian.PutUint64(buf[:], uint64(p))
 			_, _ = h.Write(buf[:])
-			rank[i] = ranked{id, mix(h.Sum64())}
+			pairs = append(pairs, pair{p, id, mix(h.Sum64())})
 		}
-		slices.SortFunc(rank, func(a, b ranked) int {
-			if c := cmp.Compare(b.score, a.score); c != 0 {
-				return c
-			}
-			return strings.Compare(a.id, b.id)
-		})
-		for _, r := range rank {
-			if count[r.id] < capacity {
-				owners[p] = r.id
-				count[r.id]++
-				break
-			}
+	}
+	slices.SortFunc(pairs, func(a, b pair) int {
+		if c := cmp.Compare(b.score, a.score); c != 0 {
+			return c
+		}
+		if c := cmp.Compare(a.p, b.p); c != 0 {
+			return c
+		}
+		return strings.Compare(a.id, b.id)
+	})
+	count := make(map[string]int, len(members))
+	left := n
+	for _, pr := range pairs {
+		if left == 0 {
+			break
+		}
+		if owners[pr.p] == "" && count[pr.id] < capacity {
+			owners[pr.p] = pr.id
+			count[pr.id]++
+			left--
 		}
 	}
 	return owners

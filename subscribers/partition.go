@@ -122,6 +122,7 @@ func (p *partition) consumerConfig() jetstream.ConsumerConfig {
 // or this one stops), then hands it over.
 func (p *partition) run(ctx context.Context) {
 	defer p.release()
+	p.checked = time.Now() // a lease before looking for orphaned calls: the pin comes first
 	for ctx.Err() == nil {
 		if err := p.consume(ctx); err != nil && ctx.Err() == nil {
 			p.log.Debug("partition consumer", "err", err)
@@ -198,14 +199,12 @@ func (p *partition) deliver(ctx context.Context, msg jetstream.Msg) error {
 		if err := p.takeover(ctx, pin); err != nil {
 			return err
 		}
+	case pin != "" && p.pin == "": // taken over before any delivery: now the pin is known
+		p.pin = pin
 	case pin != "" && pin != p.pin:
 		// The pin lapsed and came back (this replica stalled past a lease):
 		// carry on if nobody else checkpointed meanwhile, else start over.
-		ck, _, err := readCheckpoint(ctx, p.g.kv, p.n)
-		if err != nil {
-			return err
-		}
-		if ck.Owner != p.g.id || ck.Floor != p.written {
+		if p.takenElsewhere(ctx) {
 			p.log.Warn("partition was with another replica meanwhile; rebuilding its calls")
 			p.drop(ResultElsewhere)
 			if err := p.takeover(ctx, pin); err != nil {
@@ -356,8 +355,10 @@ func (p *partition) takeover(ctx context.Context, pin string) error {
 	p.owned, p.pin = true, pin
 	p.isOwned.Store(true)
 	p.hw, p.floor, p.written, p.acked, p.ackSeq = floor, floor, floor, floor, floor
-	p.entries, p.ackMsg, p.needFill, p.dirty = nil, nil, true, false
-	p.cseq, p.checked, p.wroteAt, p.idleAt = 0, time.Now(), time.Now(), time.Now()
+	// dirty: the first housekeeping writes the checkpoint, which tells a
+	// previous owner that lost its pin that the partition is taken.
+	p.entries, p.ackMsg, p.needFill, p.dirty = nil, nil, true, true
+	p.cseq, p.checked, p.wroteAt, p.idleAt = 0, time.Now(), time.Time{}, time.Now()
 	p.g.m.partitions.Inc()
 	p.log.Info("partition taken", "calls", len(ck.Calls), "from", floor, "previous", ck.Owner,
 		"took", time.Since(start).Round(time.Millisecond))
@@ -485,6 +486,7 @@ const readInactive = 10 * time.Second
 // and checks the pin.
 func (p *partition) housekeep(ctx context.Context) {
 	if !p.owned {
+		p.adoptOrphan(ctx)
 		return
 	}
 	p.reap()
@@ -503,10 +505,35 @@ func (p *partition) housekeep(ctx context.Context) {
 	}
 	if len(p.calls) > 0 && time.Since(p.checked) >= p.g.cfg.Lease/2 {
 		p.checked = time.Now()
-		if !p.stillPinned(ctx) {
+		if !p.stillPinned(ctx) && p.takenElsewhere(ctx) {
 			p.log.Warn("partition moved to another replica; dropping its calls here")
 			p.drop(ResultElsewhere)
 		}
+	}
+}
+
+// adoptOrphan takes the partition over without waiting for a delivery when
+// its previous owner left calls in progress but nothing to deliver: it
+// applied and acknowledged everything, then stopped before their end (a
+// call waiting for its idle timeout, or one whose End was cut short). The
+// server would deliver nothing, so nobody would finish them. Looked at once
+// a lease while the partition is this replica's and not taken.
+func (p *partition) adoptOrphan(ctx context.Context) {
+	if time.Since(p.checked) < p.g.cfg.Lease {
+		return
+	}
+	p.checked = time.Now()
+	ck, _, err := readCheckpoint(ctx, p.g.kv, p.n)
+	if err != nil || len(ck.Calls) == 0 {
+		return
+	}
+	info, err := p.cons.Info(ctx)
+	if err != nil || info.NumPending > 0 || info.NumAckPending > 0 {
+		return // there is something to deliver: the pin decides who
+	}
+	p.log.Info("partition left with calls in progress and nothing to deliver; taking it over", "calls", len(ck.Calls), "previous", ck.Owner)
+	if err := p.takeover(ctx, ""); err != nil {
+		p.log.Warn("taking the partition over", "err", err)
 	}
 }
 
@@ -568,6 +595,9 @@ func (p *partition) flush(ctx context.Context, confirm bool) {
 // has lost the partition to another; it must then drop its calls, so the
 // two never both apply them.
 func (p *partition) stillPinned(ctx context.Context) bool {
+	if p.pin == "" {
+		return true // adopted before any delivery: nothing to compare yet
+	}
 	info, err := p.cons.Info(ctx)
 	if err != nil {
 		return true // cannot tell; the pin is the server's to move
@@ -578,6 +608,20 @@ func (p *partition) stillPinned(ctx context.Context) bool {
 		}
 	}
 	return true
+}
+
+// takenElsewhere reports whether another replica has written the
+// partition's checkpoint since this one last did: the pin it lost went to a
+// replica that took the partition over, not back to this one (a pin lapses
+// when a replica starved of CPU pulls late; the server then pins its next
+// pull). A new owner writes its checkpoint at once, so a real takeover
+// shows within a checkpoint interval.
+func (p *partition) takenElsewhere(ctx context.Context) bool {
+	ck, _, err := readCheckpoint(ctx, p.g.kv, p.n)
+	if err != nil {
+		return false // cannot tell now; asked again soon
+	}
+	return ck.Owner != p.g.id || ck.Floor != p.written
 }
 
 // drop forgets the partition's calls without a word to the server: another

@@ -19,7 +19,10 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/audiofan/audiofan/broker"
+	"github.com/audiofan/audiofan/broker/natstest"
 	"github.com/audiofan/audiofan/codec"
+	"github.com/audiofan/audiofan/subscribers"
 	"github.com/audiofan/audiofan/subscribers/recording"
 	"github.com/audiofan/audiofan/subscribers/sim"
 )
@@ -215,6 +218,16 @@ func TestTopology(t *testing.T) {
 	role("analytics-2", "analytics")
 	role("moderator-1", "moderator")
 	t.Logf("cluster up in %v", time.Since(start).Round(time.Second))
+	cnc, err := nats.Connect(natsURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cnc.Close()
+	cjs, _ := jetstream.New(cnc)
+	wantConsumers := 3 * natstest.Defaults[broker.StreamConfig](t).Partitions
+	if n := durableConsumers(t, cjs); n != wantConsumers {
+		t.Errorf("%d durable consumers before any call, want %d (3 roles' partitions)", n, wantConsumers)
+	}
 
 	// 20 calls, 10 through each receiver, 3 speakers and a transcription
 	// socket each, 12 s in real time.
@@ -333,6 +346,9 @@ func TestTopology(t *testing.T) {
 		}
 	}
 	t.Logf("20 recordings and analytics summaries checked at %v", time.Since(start).Round(time.Second))
+	if n := durableConsumers(t, js); n != wantConsumers {
+		t.Errorf("%d durable consumers after 20 calls, want %d as before", n, wantConsumers)
+	}
 
 	// Scale in receiver-2 while calls are open on it.
 	sim3, _ := runSim(receivers[1], "drain", 3, 6*time.Second)
@@ -384,25 +400,44 @@ func fileWithin(path string, timeout time.Duration) bool {
 	}
 }
 
-// diagnose logs where a role's work on a call stands: its consumers and its
-// done mark.
+// diagnose logs where a role's work on a call stands: the consumer of its
+// partition and whether the partition's checkpoint has it finished.
 func diagnose(t *testing.T, js jetstream.JetStream, role, tok string) {
 	ctx := context.Background()
-	for _, name := range []string{role, role + "-" + tok} {
-		c, err := js.Consumer(ctx, "CALLS", name)
-		if err != nil {
-			t.Logf("consumer %s: %v", name, err)
-			continue
-		}
+	sc := natstest.Defaults[broker.StreamConfig](t)
+	name := subscribers.PartitionConsumer(role, sc.Subjects().Partition(tok))
+	c, err := js.Consumer(ctx, "CALLS", name)
+	if err != nil {
+		t.Logf("consumer %s: %v", name, err)
+	} else {
 		info, _ := c.Info(ctx)
 		t.Logf("consumer %s: pending %d, ack pending %d, redelivered %d, waiting %d, delivered %+v, floor %+v, groups %+v, leader %s",
 			name, info.NumPending, info.NumAckPending, info.NumRedelivered, info.NumWaiting, info.Delivered, info.AckFloor,
 			info.PriorityGroups, info.Cluster.Leader)
 	}
-	if done, err := js.KeyValue(ctx, "CALLS-"+role+"-done"); err == nil {
-		_, err := done.Get(ctx, tok)
-		t.Logf("done mark of %s: %v", tok, err)
+	done, err := subscribers.Finished(ctx, js, sc.StreamRef, role, tok)
+	t.Logf("%s finished %s: %v %v", role, tok, done, err)
+}
+
+// durableConsumers counts the durable consumers on the stream: the roles'
+// partitions, however many calls come and go.
+func durableConsumers(t *testing.T, js jetstream.JetStream) int {
+	t.Helper()
+	s, err := js.Stream(context.Background(), "CALLS")
+	if err != nil {
+		t.Fatal(err)
 	}
+	n := 0
+	list := s.ListConsumers(context.Background())
+	for ci := range list.Info() {
+		if ci.Config.Durable != "" {
+			n++
+		}
+	}
+	if err := list.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
 
 // renderStored renders a call's frames as the stream holds them: what the
@@ -427,7 +462,7 @@ func renderStored(t *testing.T, js jetstream.JetStream, id string) (string, int)
 func tryRender(t *testing.T, js jetstream.JetStream, id string) (string, int, error) {
 	ctx := context.Background()
 	oc, err := js.OrderedConsumer(ctx, "CALLS", jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{"calls." + codec.EncodeToken(id) + ".audio.>"}})
+		FilterSubjects: []string{natstest.Defaults[broker.StreamConfig](t).Subjects().StoredKind(codec.EncodeToken(id), broker.KindAudio)}})
 	if err != nil {
 		return "", 0, err
 	}
