@@ -449,8 +449,14 @@ func (p *partition) read(ctx context.Context, filters []string, from, to uint64,
 		defer cancel()
 		_ = p.g.stream.DeleteConsumer(dctx, oc.CachedInfo().Name)
 	}()
-	for {
-		batch, err := oc.FetchNoWait(256)
+	// Every read has a message to stop at (the call's first one, the
+	// delivery that made the partition fill the gap before it, a legacy
+	// message looked up first), so a batch that brings nothing before the
+	// last matching message (NumPending 0) is the stream or its new
+	// consumer not answering yet (a leader moving): wait and ask again,
+	// never take it for the end.
+	for empty := 0; ; {
+		batch, err := oc.Fetch(256, jetstream.FetchMaxWait(readWait))
 		if err != nil {
 			return fmt.Errorf("read partition %d from %d: %w", p.n, from, err)
 		}
@@ -466,17 +472,31 @@ func (p *partition) read(ctx context.Context, filters []string, from, to uint64,
 			}
 			fn(item{subject: msg.Subject(), data: msg.Data(), seq: md.Sequence.Stream, stored: md.Timestamp, replay: replay})
 			if md.NumPending == 0 {
-				return nil
+				return nil // the last message stored that matches
 			}
 		}
 		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
 			return fmt.Errorf("read partition %d from %d: %w", p.n, from, err)
 		}
-		if n == 0 {
-			return nil
+		if n > 0 {
+			empty = 0
+			continue
+		}
+		if empty++; empty >= readAttempts {
+			return fmt.Errorf("read partition %d from %d to %d: %w", p.n, from, to, errReadStalled)
 		}
 	}
 }
+
+// readWait bounds one batch of a read; readAttempts empty batches in a row
+// fail it (the caller tries again later).
+const (
+	readWait     = 2 * time.Second
+	readAttempts = 5
+)
+
+// errReadStalled: the stream gave nothing where messages must be.
+var errReadStalled = errors.New("stream read stalled")
 
 // readInactive is how long the server keeps a reader's ordered consumer
 // that its client forgot (nats.go's default is five minutes).

@@ -1,0 +1,221 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/audiofan/audiofan/broker"
+	"github.com/audiofan/audiofan/broker/natstest"
+	"github.com/audiofan/audiofan/codec"
+	"github.com/audiofan/audiofan/subscribers"
+	"github.com/audiofan/audiofan/subscribers/analytics"
+	"github.com/audiofan/audiofan/subscribers/conformance"
+	"github.com/audiofan/audiofan/subscribers/moderation"
+	"github.com/audiofan/audiofan/subscribers/recording"
+)
+
+// BenchmarkManyCalls measures what the subscriber roles cost the NATS server
+// with many calls open: a nats-server process (built from go.mod), N calls
+// open (AUDIOFAN_BENCH_CALLS, 3,000 by default), each sending one frame a
+// second. Phase "bare": no subscriber. Phase "roles": the recorder,
+// analytics and the moderator (one replica each, in this process) on the
+// same load, and phase "rest": the roles with the calls open and silent.
+// Reported: the server's CPU (cores) and RSS in each phase, and whether the
+// roles kept up (every frame handled by the end).
+func BenchmarkManyCalls(b *testing.B) {
+	calls := 3000
+	if v, err := strconv.Atoi(os.Getenv("AUDIOFAN_BENCH_CALLS")); err == nil && v > 0 {
+		calls = v
+	}
+	const phase = 20 * time.Second
+	for b.Loop() {
+		natsBin := buildNATSServer(b)
+		ns := startNATSProcess(b, natsBin)
+		nc, err := nats.Connect(ns.url)
+		if err != nil {
+			b.Fatal(err)
+		}
+		js, _ := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(8192))
+		sc := natstest.Defaults[broker.StreamConfig](b)
+		if _, err := broker.EnsureStream(context.Background(), js, sc, natstest.Logger()); err != nil {
+			b.Fatal(err)
+		}
+		load := func(prefix string, frames bool, d time.Duration) (cpu float64, rss int64) {
+			open(b, js, sc.Subjects(), prefix, calls, codec.LifecycleStarted)
+			time.Sleep(2 * time.Second) // let the starts settle
+			c0, t0 := ns.cpu(b), time.Now()
+			tick := time.NewTicker(10 * time.Millisecond)
+			defer tick.Stop()
+			seq := map[int]uint64{}
+			i := 0
+			for time.Since(t0) < d {
+				<-tick.C
+				if !frames {
+					continue
+				}
+				// calls/100 frames every 10 ms: a frame a call a second.
+				for range calls / 100 {
+					c := i % calls
+					seq[c]++
+					publishFrame(b, js, sc.Subjects(), fmt.Sprintf("%s-%d", prefix, c), seq[c])
+					i++
+				}
+			}
+			cpu, rss = (ns.cpu(b)-c0).Seconds()/time.Since(t0).Seconds(), ns.rss(b)
+			<-js.PublishAsyncComplete()
+			return cpu, rss
+		}
+		bareCPU, bareRSS := load("bare", true, phase)
+
+		ctx, cancel := context.WithCancel(context.Background())
+		log := natstest.Logger()
+		regs := map[string]*prometheus.Registry{}
+		var stops []func()
+		gc := natstest.Defaults[subscribers.GroupConfig](b)
+		for name, build := range map[string]roleFactory{
+			"recording": func(ctx context.Context, js jetstream.JetStream, reg prometheus.Registerer) (subscribers.Role, func(), error) {
+				return newRecorder(ctx, natstest.Defaults[recording.Config](b), b.TempDir(), js, reg, log)
+			},
+			"analytics":  analyticsFactory(natstest.Defaults[analytics.Config](b), log),
+			"moderation": moderatorFactory(ctx, natstest.Defaults[moderation.Config](b), sc.Subjects(), log),
+		} {
+			reg := prometheus.NewRegistry()
+			regs[name] = reg
+			g, stop, err := startGroup(ctx, ns.url, NATSSettings{}, sc.StreamRef, gc, "bench "+name, reg, log, build)
+			if err != nil {
+				b.Fatal(err)
+			}
+			stops = append(stops, stop)
+			conformance.WaitFor(b, name+" ready", func() bool { return g.Ready() == nil })
+		}
+		time.Sleep(5 * time.Second) // the partitions taken
+		rolesCPU, rolesRSS := load("roles", true, phase)
+		// Every frame of both phases handled by every role (the bare
+		// phase's calls too: the roles start from the stream's start).
+		want := float64(0)
+		for name, reg := range regs {
+			conformance.WaitFor(b, name+" caught up", func() bool {
+				return conformance.Metric(b, reg, "audiofan_subscriber_lag_messages", "") == 0
+			})
+			if want == 0 {
+				want = conformance.Metric(b, reg, "audiofan_subscriber_messages_total", subscribers.OutcomeHandled)
+			}
+		}
+		restCPU, restRSS := load("rest", false, phase)
+		cancel()
+		for _, stop := range stops {
+			stop()
+		}
+		b.ReportMetric(bareCPU, "server-cores-bare")
+		b.ReportMetric(rolesCPU, "server-cores-roles")
+		b.ReportMetric(restCPU, "server-cores-rest")
+		b.ReportMetric(rolesCPU-bareCPU, "server-cores-overhead")
+		b.ReportMetric(float64(bareRSS)/(1<<20), "server-MB-bare")
+		b.ReportMetric(float64(rolesRSS)/(1<<20), "server-MB-roles")
+		b.ReportMetric(float64(restRSS)/(1<<20), "server-MB-rest")
+		b.ReportMetric(want, "messages-handled")
+		nc.Close()
+	}
+}
+
+// open publishes the lifecycle message typ of calls calls named prefix-<i>.
+func open(b *testing.B, js jetstream.JetStream, subj broker.Subjects, prefix string, calls int, typ string) {
+	for c := range calls {
+		id := fmt.Sprintf("%s-%d", prefix, c)
+		data, err := codec.Marshal(&codec.Lifecycle{V: 1, Call: id, Type: typ, Stream: codec.StreamAudio, Connection: id,
+			Receiver: "bench", SampleRate: 16000, Channels: 1, Encoding: codec.EncodingPCM16, Frames: map[string]uint64{}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := js.PublishAsync(subj.Lifecycle(codec.EncodeToken(id)), data); err != nil {
+			b.Fatal(err)
+		}
+	}
+	<-js.PublishAsyncComplete()
+}
+
+var benchPCM = make([]byte, 640)
+
+func publishFrame(b *testing.B, js jetstream.JetStream, subj broker.Subjects, id string, seq uint64) {
+	ts := time.Date(2026, 12, 1, 9, 0, 0, 0, time.UTC).Add(time.Duration(seq) * time.Second)
+	data, err := codec.Marshal(&codec.Frame{V: 1, Call: id, Participant: "4:+14255550123", Seq: seq, Timestamp: ts, ReceivedAt: ts,
+		SampleRate: 16000, Channels: 1, Encoding: codec.EncodingPCM16, Data: benchPCM})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := js.PublishAsync(subj.Audio(codec.EncodeToken(id), "4_3A_2B14255550123"), data); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// natsProcess is a nats-server started for a benchmark.
+type natsProcess struct {
+	cmd *exec.Cmd
+	url string
+}
+
+func buildNATSServer(b *testing.B) string {
+	bin := filepath.Join(b.TempDir(), "nats-server")
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/nats-io/nats-server/v2").CombinedOutput(); err != nil {
+		b.Fatalf("build nats-server: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func startNATSProcess(b *testing.B, bin string) *natsProcess {
+	addr := freePort(b)
+	cmd := exec.Command(bin, "-a", "127.0.0.1", "-p", port(addr), "-js", "-sd", b.TempDir())
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	p := &natsProcess{cmd: cmd, url: "nats://" + addr}
+	for i := 0; ; i++ {
+		if nc, err := nats.Connect(p.url); err == nil {
+			nc.Close()
+			return p
+		}
+		if i > 100 {
+			b.Fatal("nats-server did not start")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// cpu is the process's user and system time so far.
+func (p *natsProcess) cpu(b *testing.B) time.Duration {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	f := strings.Fields(string(raw[strings.LastIndexByte(string(raw), ')')+2:]))
+	u, _ := strconv.ParseInt(f[11], 10, 64)
+	s, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(u+s) * time.Second / 100 // USER_HZ
+}
+
+// rss is the process's resident memory.
+func (p *natsProcess) rss(b *testing.B) int64 {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, l := range strings.Split(string(raw), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
