@@ -109,6 +109,7 @@ func (c *callWork) run(ctx context.Context) {
 	c.p.g.m.calls.WithLabelValues(result).Inc()
 	c.result = result
 	c.p.finished(c, result)
+	c.p.log.Debug("call left", "call", c.info.ID, "result", result, "first", c.first, "replayed", c.replayed)
 }
 
 func (c *callWork) work(ctx context.Context) string {

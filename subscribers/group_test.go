@@ -271,3 +271,89 @@ func TestUpgradeFromPerCallConsumers(t *testing.T) {
 		t.Errorf("%d durable consumers after the upgrade, want %d", n, sc.Partitions)
 	}
 }
+
+// Calls streaming live while replicas come, go and crash: every call is
+// finished once, having seen every one of its messages in order (the
+// digest's count and running hash equal an undisturbed run's).
+func TestChurnUnderLoad(t *testing.T) {
+	r := newGroupRig(t)
+	const calls = 12
+	scripts := make([][]conformance.Msg, calls)
+	for i := range scripts {
+		scripts[i] = conformance.Default(fmt.Sprintf("churn-%d", i))
+	}
+	// What each call gives undisturbed: the digest of its messages.
+	want := map[string]string{}
+	{
+		base := newGroupRig(t)
+		base.replica()
+		for i, s := range scripts {
+			base.publish(s)
+			id := fmt.Sprintf("churn-%d", i)
+			conformance.WaitFor(t, "baseline "+id, func() bool { return base.summaries(id) == 1 })
+			want[id] = summary(t, base, id)
+		}
+	}
+	type rep struct{ stop, crash func() }
+	start := func() rep {
+		nc, err := nats.Connect(r.ns.URL())
+		if err != nil {
+			t.Fatal(err)
+		}
+		js, _ := jetstream.New(nc)
+		g, err := subscribers.NewGroup(conformance.Config(t), digestRole(), r.ref, nc, js, prometheus.NewRegistry(), natstest.Logger())
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { defer close(done); _ = g.Run(ctx) }()
+		stop := func() { cancel(); <-done; nc.Close() }
+		t.Cleanup(stop)
+		return rep{stop: stop, crash: func() { nc.Close(); cancel(); <-done }}
+	}
+	reps := []rep{start(), start()}
+	// The calls, interleaved message by message, at a live-like pace, while
+	// the replicas change every quarter of the way.
+	longest := 0
+	for _, s := range scripts {
+		longest = max(longest, len(s))
+	}
+	for i := range longest {
+		for _, s := range scripts {
+			if i < len(s) {
+				r.publish(s[i : i+1])
+			}
+		}
+		switch i {
+		case longest / 4:
+			reps = append(reps, start()) // one joins
+		case longest / 2:
+			reps[0].crash() // one dies without a word
+			reps = reps[1:]
+		case 3 * longest / 4:
+			reps[0].stop() // one stops cleanly
+			reps = append(reps[1:], start())
+		}
+		if i%20 == 0 {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	for i := range calls {
+		id := fmt.Sprintf("churn-%d", i)
+		conformance.WaitFor(t, "summary of "+id, func() bool { return r.summaries(id) >= 1 })
+		if got := summary(t, r, id); got != want[id] {
+			t.Errorf("%s: %s, undisturbed %s", id, got, want[id])
+		}
+	}
+}
+
+// summary is a call's summary event as text (its count and running hash).
+func summary(t *testing.T, r *groupRig, id string) string {
+	for _, ev := range conformance.Events(t, r.js, r.ref, id, "digest") {
+		if ev.Type == "summary" {
+			return fmt.Sprint(ev.Data["n"], " ", ev.Data["sum"])
+		}
+	}
+	return ""
+}

@@ -213,13 +213,18 @@ func (p *partition) deliver(ctx context.Context, msg jetstream.Msg) error {
 		}
 		p.pin = pin
 	}
-	seq := md.Sequence.Stream
+	seq, cseq := md.Sequence.Stream, md.Sequence.Consumer
 	if seq <= p.hw { // queued already, or applied by the previous owner
-		p.cseq = max(p.cseq, md.Sequence.Consumer)
+		if cseq != p.cseq+1 {
+			// Deliveries were lost just before this one (a slow client
+			// dropped them): the next new message must not pass them.
+			p.needFill = true
+		}
+		p.cseq = max(p.cseq, cseq)
 		return nil
 	}
 	redelivered := md.NumDelivered > 1
-	if p.needFill || redelivered || md.Sequence.Consumer != p.cseq+1 {
+	if p.needFill || redelivered || cseq != p.cseq+1 {
 		// Not the next delivery after the last one: deliveries were lost
 		// on the way (a reconnect dropped what the client held), this is a
 		// redelivery (the server sends those between new messages), or the
@@ -233,7 +238,7 @@ func (p *partition) deliver(ctx context.Context, msg jetstream.Msg) error {
 		// still to be redelivered: read up to it too.
 		p.needFill = redelivered
 	}
-	p.cseq = max(p.cseq, md.Sequence.Consumer)
+	p.cseq = max(p.cseq, cseq)
 	e := &entry{seq: seq, msg: msg}
 	p.entries = append(p.entries, e)
 	p.hw = seq
@@ -249,6 +254,7 @@ func (p *partition) route(ctx context.Context, it item) {
 		if _, ended := p.ended[tok]; ended {
 			it.markDone()
 			p.g.m.messages.WithLabelValues(OutcomeLate).Inc()
+			p.g.warn("message of a call already finished here dropped", "call", tok, "subject", it.subject, "seq", it.seq)
 			return
 		}
 		id, err := codec.DecodeToken(tok)
@@ -284,7 +290,6 @@ func (p *partition) finished(c *callWork, result string) {
 	p.mu.Lock()
 	p.done = append(p.done, c)
 	p.mu.Unlock()
-	p.g.log.Debug("call left", "call", c.info.ID, "result", result)
 }
 
 // reap forgets the calls that finished; those that ended are remembered as
@@ -360,7 +365,7 @@ func (p *partition) takeover(ctx context.Context, pin string) error {
 	p.entries, p.ackMsg, p.needFill, p.dirty = nil, nil, true, true
 	p.cseq, p.checked, p.wroteAt, p.idleAt = 0, time.Now(), time.Time{}, time.Now()
 	p.g.m.partitions.Inc()
-	p.log.Info("partition taken", "calls", len(ck.Calls), "from", floor, "previous", ck.Owner,
+	p.log.Info("partition taken", "calls", len(ck.Calls), "from", floor, "previous", ck.Owner, "acked", info.AckFloor.Stream,
 		"took", time.Since(start).Round(time.Millisecond))
 	return nil
 }
