@@ -54,6 +54,8 @@ bench:
 	$(GO) test -run=NONE -bench=. -benchmem -benchtime=3x -count=3 ./subscribers/recording ./subscribers/analytics
 	$(GO) test -run=NONE -bench=. -benchtime=40x -count=3 ./subscribers/console
 	$(GO) test -run=NONE -bench=. -benchmem -benchtime=1x -count=3 -timeout 30m ./broker
+	$(GO) test -run=NONE -bench='CallStartRate|Takeover' -benchtime=1x -count=3 -timeout 20m ./subscribers
+	$(GO) test -run=NONE -bench=ManyCalls -benchtime=1x -count=1 -timeout 20m ./cmd/audiofan
 
 ## fuzz: each fuzz target for FUZZTIME, a time or a count such as 10000x (CI: 10000x each); crashers land in
 ## testdata/fuzz and are committed as regression cases

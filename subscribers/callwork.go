@@ -37,6 +37,7 @@ type callWork struct {
 	out      Output
 	unavail  bool
 	replayed bool
+	last     uint64 // stream sequence of the last message applied
 	result   string // set when the goroutine returns
 }
 
@@ -173,6 +174,15 @@ func (c *callWork) handle(ctx context.Context, it *item) string {
 			return r
 		}
 	}
+	if it.seq <= c.last {
+		// Never applied twice or out of order, whatever the partition's
+		// bookkeeping did: count it and say so, it is a bug to look at.
+		c.p.g.m.messages.WithLabelValues(OutcomeLate).Inc()
+		c.p.g.log.Warn("message at or before one already applied; skipped", "call", c.info.ID, "seq", it.seq, "last", c.last, "replay", it.replay)
+		it.markDone()
+		return ""
+	}
+	c.last = it.seq
 	if it.replay && !c.replayed {
 		c.replayed = true
 		c.p.g.m.takeovers.Inc()

@@ -413,6 +413,7 @@ type groupMetrics struct {
 	takeovers  prometheus.Counter
 	partitions prometheus.Gauge
 	assigned   prometheus.Gauge
+	reads      prometheus.Counter
 }
 
 func newGroupMetrics(role string, reg prometheus.Registerer) (*groupMetrics, error) {
@@ -426,6 +427,8 @@ func newGroupMetrics(role string, reg prometheus.Registerer) (*groupMetrics, err
 			ConstLabels: l}, []string{"result"}),
 		partitions: prometheus.NewGauge(prometheus.GaugeOpts{Name: "audiofan_subscriber_partitions_owned",
 			Help: "Partitions this replica holds the pin of and works on (an assigned partition is taken at its first message).", ConstLabels: l}),
+		reads: prometheus.NewCounter(prometheus.CounterOpts{Name: "audiofan_subscriber_gap_reads_total",
+			Help: "Times a partition was read from the stream because deliveries were missing (lost in a reconnect, redelivered, or held by a previous owner).", ConstLabels: l}),
 		assigned: prometheus.NewGauge(prometheus.GaugeOpts{Name: "audiofan_subscriber_partitions_assigned",
 			Help: "Partitions the replicas' shared assignment gives this replica, which it pulls.", ConstLabels: l}),
 		takeovers: prometheus.NewCounter(prometheus.CounterOpts{Name: "audiofan_subscriber_takeovers_total",
@@ -435,7 +438,7 @@ func newGroupMetrics(role string, reg prometheus.Registerer) (*groupMetrics, err
 		Help: "Time a role's handler takes for one message.", ConstLabels: l,
 		Buckets: prometheus.ExponentialBuckets(0.00001, 4, 10)})
 	m.handle = h
-	for _, c := range []prometheus.Collector{m.messages, m.calls, m.partitions, m.assigned, m.takeovers, h} {
+	for _, c := range []prometheus.Collector{m.messages, m.calls, m.partitions, m.assigned, m.reads, m.takeovers, h} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("%s metrics: %w", role, err)
 		}

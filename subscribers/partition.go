@@ -223,22 +223,34 @@ func (p *partition) deliver(ctx context.Context, msg jetstream.Msg) error {
 		p.cseq = max(p.cseq, cseq)
 		return nil
 	}
-	redelivered := md.NumDelivered > 1
-	if p.needFill || redelivered || cseq != p.cseq+1 {
+	if p.needFill || md.NumDelivered > 1 || cseq != p.cseq+1 {
 		// Not the next delivery after the last one: deliveries were lost
-		// on the way (a reconnect dropped what the client held), this is a
-		// redelivery (the server sends those between new messages), or the
-		// previous owner held messages unacknowledged. Read what may lie
-		// between from the stream, so nothing is skipped or reordered.
-		if err := p.fill(ctx, p.hw+1, seq); err != nil {
+		// on the way (a reconnect dropped what was in flight, a slow client
+		// dropped what it could not hold), this is a redelivery of one of
+		// them, or the previous owner held messages unacknowledged. Read
+		// what the stream holds after hw, to its current end: every message
+		// missing is then applied in order, and the redeliveries that follow
+		// fall behind hw and are skipped as they come, one read for the lot
+		// rather than one per redelivery.
+		if err := p.fill(ctx, p.hw+1); err != nil {
+			// Not now (a leader moving, a cluster busy): this delivery
+			// waits in the stream with the rest, and the next delivery (or
+			// its redelivery) reads again, on the same subscription.
 			p.needFill = true
-			return err
+			p.g.warn("reading a gap from the stream failed; reading again at the next delivery", "partition", p.n, "err", err)
+			return nil
 		}
-		// After a redelivery, the next new message may lie past messages
-		// still to be redelivered: read up to it too.
-		p.needFill = redelivered
+		p.needFill = false
 	}
 	p.cseq = max(p.cseq, cseq)
+	if seq <= p.hw { // read by the fill: its entry may name it for the acknowledgement
+		for i := len(p.entries) - 1; i >= 0 && p.entries[i].seq >= seq; i-- {
+			if p.entries[i].seq == seq && p.entries[i].msg == nil {
+				p.entries[i].msg = msg
+			}
+		}
+		return nil
+	}
 	e := &entry{seq: seq, msg: msg}
 	p.entries = append(p.entries, e)
 	p.hw = seq
@@ -422,14 +434,13 @@ func (p *partition) readLegacy(ctx context.Context, c *callWork, replay bool) {
 	}
 }
 
-// fill queues the partition's messages stored from sequence from up to
-// (not including) to, read from the stream: those the consumer delivered
-// elsewhere or lost on the way.
-func (p *partition) fill(ctx context.Context, from, to uint64) error {
-	if from >= to {
-		return nil
-	}
-	return p.read(ctx, p.filters, from, to-1, false, func(it item) {
+// fill queues the partition's messages stored from sequence from to the
+// stream's current end, read from the stream: those the consumer delivered
+// elsewhere, lost on the way, or has yet to deliver.
+func (p *partition) fill(ctx context.Context, from uint64) error {
+	p.log.Debug("reading the partition from the stream", "from", from)
+	p.g.m.reads.Inc()
+	return p.read(ctx, p.filters, from, 0, false, func(it item) {
 		e := &entry{seq: it.seq}
 		p.entries = append(p.entries, e)
 		p.hw = it.seq
