@@ -313,22 +313,48 @@ func (g *Group) setup(ctx context.Context) error {
 
 // ensureConsumer reads the partition's consumer and writes it only when it
 // is missing or differs, so replicas starting together do not each propose
-// the same update.
+// the same update. A consumer made anew (the first start, an operator
+// deleted it, its storage changed) starts after the partition's checkpoint,
+// not at the stream's start: what was applied is not delivered again.
 func (g *Group) ensureConsumer(ctx context.Context, p *partition) error {
 	want := p.consumerConfig()
 	c, err := g.stream.Consumer(ctx, p.name)
-	if err == nil {
+	switch {
+	case err == nil:
 		cur := c.CachedInfo().Config
 		if slices.Equal(cur.FilterSubjects, want.FilterSubjects) && cur.AckWait == want.AckWait &&
-			cur.PinnedTTL == want.PinnedTTL && cur.MaxAckPending == want.MaxAckPending && cur.Description == want.Description {
+			cur.PinnedTTL == want.PinnedTTL && cur.MaxAckPending == want.MaxAckPending && cur.Description == want.Description &&
+			cur.MemoryStorage == want.MemoryStorage {
 			p.cons = c
 			return nil
 		}
-		want.DeliverPolicy = cur.DeliverPolicy // fixed at creation
-	} else if !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		if cur.MemoryStorage == want.MemoryStorage {
+			want.DeliverPolicy, want.OptStartSeq = cur.DeliverPolicy, cur.OptStartSeq // fixed at creation
+			if c, err = g.stream.UpdateConsumer(ctx, want); err != nil {
+				return fmt.Errorf("consumer %s: %w", p.name, err)
+			}
+			p.cons = c
+			return nil
+		}
+		// The storage of a consumer cannot change: make it again.
+		if err := g.stream.DeleteConsumer(ctx, p.name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			return fmt.Errorf("consumer %s: %w", p.name, err)
+		}
+	case !errors.Is(err, jetstream.ErrConsumerNotFound):
 		return fmt.Errorf("consumer %s: %w", p.name, err)
 	}
-	if c, err = g.stream.CreateOrUpdateConsumer(ctx, want); err != nil {
+	ck, _, err := readCheckpoint(ctx, g.kv, p.n)
+	if err != nil {
+		return err
+	}
+	if ck.Floor > 0 {
+		want.DeliverPolicy, want.OptStartSeq = jetstream.DeliverByStartSequencePolicy, ck.Floor+1
+	}
+	c, err = g.stream.CreateConsumer(ctx, want)
+	if errors.Is(err, jetstream.ErrConsumerExists) {
+		c, err = g.stream.Consumer(ctx, p.name) // another replica made it meanwhile
+	}
+	if err != nil {
 		return fmt.Errorf("consumer %s: %w", p.name, err)
 	}
 	p.cons = c

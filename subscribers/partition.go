@@ -115,6 +115,15 @@ func (p *partition) consumerConfig() jetstream.ConsumerConfig {
 		PriorityPolicy: jetstream.PriorityPolicyPinned,
 		PriorityGroups: []string{ownerGroup},
 		PinnedTTL:      p.g.cfg.Lease,
+		// The consumer's own state (what was delivered, the ack floor) is
+		// replicated in memory, not written to disk at every delivery: on a
+		// 3-node loopback cluster that alone took p50 send→stored from 757
+		// to 10 ms. What must survive every failure, the applied floor and
+		// the calls in progress, is in the checkpoint bucket (file, as
+		// replicated as the stream). Lost only if every replica of the
+		// consumer restarts at once: it then delivers the partition again
+		// from its start, and the checkpoint's floor skips what was applied.
+		MemoryStorage: true,
 	}
 }
 
