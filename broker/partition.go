@@ -54,6 +54,13 @@ func (s Subjects) StoredKind(callTok, kind string) string {
 	return kindFilter(s.Stored(callTok), kind)
 }
 
+// PartitionAll matches every stored message of one partition. A consumer
+// with this one filter costs the server a walk of the partition's subjects
+// only; one with several wildcard filters makes it intersect them with
+// every subject of the stream, again and again (55% of the server's CPU
+// with 1,500 calls open, in a profile).
+func (s Subjects) PartitionAll(p int) string { return s.Prefix + "." + strconv.Itoa(p) + ".>" }
+
 // PartitionKind matches the stored messages of one kind in one partition.
 func (s Subjects) PartitionKind(p int, kind string) string {
 	return kindFilter(s.Prefix+"."+strconv.Itoa(p)+".*", kind)
@@ -63,6 +70,11 @@ func (s Subjects) PartitionKind(p int, kind string) string {
 func (s Subjects) AllKind(kind string) string {
 	return kindFilter(s.Prefix+".*.*", kind)
 }
+
+// LegacyCall matches every message of one call as a stream made before
+// partitioning stored it (and, the call token being also a number below
+// the partition count, that partition's messages: check what is read).
+func (s Subjects) LegacyCall(callTok string) string { return s.Prefix + "." + callTok + ".>" }
 
 // LegacyKind matches one kind of one call as a stream made before
 // partitioning stored it: the published subject itself.
@@ -114,6 +126,26 @@ func (s Subjects) CallToken(stored string) (string, bool) {
 	}
 	tok, _, ok := strings.Cut(rest, ".")
 	return tok, ok && tok != ""
+}
+
+// CallTokenKind returns the call token and the kind of a stored subject,
+// without decoding or allocating.
+func (s Subjects) CallTokenKind(stored string) (tok, kind string, ok bool) {
+	rest, ok := strings.CutPrefix(stored, s.Prefix+".")
+	if !ok {
+		return "", "", false
+	}
+	if s.Partitions > 0 {
+		if _, after, ok := strings.Cut(rest, "."); ok {
+			rest = after
+		}
+	}
+	tok, rest, ok = strings.Cut(rest, ".")
+	if !ok || tok == "" {
+		return "", "", false
+	}
+	kind, _, _ = strings.Cut(rest, ".")
+	return tok, kind, kind != ""
 }
 
 // transform is the stream's subject transform for p partitions.

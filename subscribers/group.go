@@ -385,26 +385,9 @@ func (g *Group) inLegacyWindow() bool {
 	return until > 0 && time.Now().UnixNano() <= until
 }
 
-// callFilters match the stored messages of one call that the role reads.
-func (g *Group) callFilters(tok string) []string {
-	fs := []string{g.subj.StoredKind(tok, broker.KindLifecycle)}
-	for _, k := range g.role.Kinds {
-		if k != broker.KindLifecycle {
-			fs = append(fs, g.subj.StoredKind(tok, k))
-		}
-	}
-	return fs
-}
-
-// legacyFilters match a call's messages as stored before partitioning.
-func (g *Group) legacyFilters(tok string) []string {
-	fs := []string{g.subj.LegacyKind(tok, broker.KindLifecycle)}
-	for _, k := range g.role.Kinds {
-		if k != broker.KindLifecycle {
-			fs = append(fs, g.subj.LegacyKind(tok, k))
-		}
-	}
-	return fs
+// reads says whether the role reads messages of kind (lifecycle: always).
+func (g *Group) reads(kind string) bool {
+	return kind == broker.KindLifecycle || slices.Contains(g.role.Kinds, kind)
 }
 
 // finishUpgrade removes the per-call design's consumers of this role: its

@@ -1,12 +1,10 @@
 package subscribers
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -24,9 +22,9 @@ import (
 // its calls is stuck on a resource that is down.
 const partitionMaxAckPending = 4096
 
-// historyBatch is how many calls one ordered consumer reads back when a
-// partition is taken over.
-const historyBatch = 16
+// historyReaders bounds the calls read back at once when a partition is
+// taken over.
+const historyReaders = 8
 
 // entry is a message of the partition in the order it was delivered, until
 // the acknowledgement floor passes it.
@@ -83,15 +81,10 @@ type partition struct {
 func PartitionConsumer(role string, p int) string { return role + "-p" + strconv.Itoa(p) }
 
 func newPartition(g *Group, n int) *partition {
-	p := &partition{g: g, n: n, name: PartitionConsumer(g.role.Name, n), log: g.log.With("partition", n)}
-	for _, k := range append([]string{broker.KindLifecycle}, g.role.Kinds...) {
-		f := g.subj.PartitionKind(n, k)
-		if k == broker.KindLifecycle && len(p.filters) > 0 {
-			continue
-		}
-		p.filters = append(p.filters, f)
-	}
-	return p
+	// One filter, the whole partition: kinds the role does not read are
+	// skipped as they come (see broker.Subjects.PartitionAll for why).
+	return &partition{g: g, n: n, name: PartitionConsumer(g.role.Name, n), log: g.log.With("partition", n),
+		filters: []string{g.subj.PartitionAll(n)}}
 }
 
 // consumerConfig is the partition's durable consumer: the kinds the role
@@ -269,7 +262,11 @@ func (p *partition) deliver(ctx context.Context, msg jetstream.Msg) error {
 
 // route hands a message to its call, starting the call's work if it is new.
 func (p *partition) route(ctx context.Context, it item) {
-	tok, ok := p.g.subj.CallToken(it.subject)
+	tok, kind, ok := p.g.subj.CallTokenKind(it.subject)
+	if ok && !p.g.reads(kind) {
+		it.markDone() // a kind this role does not read
+		return
+	}
 	c := p.calls[tok]
 	if c == nil {
 		if _, ended := p.ended[tok]; ended {
@@ -393,37 +390,51 @@ func (p *partition) takeover(ctx context.Context, pin string) error {
 
 // readHistory replays the calls' messages up to floor, as a new owner
 // rebuilds them: those stored before partitioning first, for a call that
-// began then. Calls are read historyBatch at a time, by one ordered consumer
-// filtered to them, from the first one's first message: a few JetStream
-// requests for a partition's calls, not one a call.
+// began then. Each call is read by an ordered consumer of its own, filtered
+// to the call alone (historyReaders at once): one filter is what the server
+// reads cheaply, and the read takes the call's messages only.
 func (p *partition) readHistory(ctx context.Context, calls []*callWork, floor uint64) error {
-	for _, c := range calls {
-		if c.legacy {
-			if err := p.read(ctx, p.g.legacyFilters(c.info.Token), 1, 0, true, func(it item) { c.push(it) }); err != nil {
-				return err
-			}
-		}
-	}
-	slices.SortFunc(calls, func(a, b *callWork) int { return cmp.Compare(a.first, b.first) })
-	for len(calls) > 0 {
-		batch := calls[:min(historyBatch, len(calls))]
-		calls = calls[len(batch):]
-		byTok := make(map[string]*callWork, len(batch))
-		var filters []string
-		for _, c := range batch {
-			byTok[c.info.Token] = c
-			filters = append(filters, p.g.callFilters(c.info.Token)...)
-		}
-		err := p.read(ctx, filters, max(batch[0].first, 1), floor, true, func(it item) {
-			if tok, ok := p.g.subj.CallToken(it.subject); ok && byTok[tok] != nil {
-				byTok[tok].push(it)
+	work := make(chan *callWork)
+	errs := make(chan error, historyReaders)
+	var wg sync.WaitGroup
+	for range min(historyReaders, len(calls)) {
+		wg.Go(func() {
+			for c := range work {
+				if err := p.readCall(ctx, c, floor); err != nil {
+					select {
+					case errs <- err:
+					default:
+					}
+				}
 			}
 		})
-		if err != nil {
+	}
+	for _, c := range calls {
+		work <- c
+	}
+	close(work)
+	wg.Wait()
+	select {
+	case err := <-errs:
+		return err
+	default:
+		return nil
+	}
+}
+
+// readCall replays one call up to floor.
+func (p *partition) readCall(ctx context.Context, c *callWork, floor uint64) error {
+	push := func(it item) {
+		if _, kind, ok := p.g.subj.CallTokenKind(it.subject); ok && p.g.reads(kind) {
+			c.push(it)
+		}
+	}
+	if c.legacy {
+		if err := p.read(ctx, []string{p.g.subj.LegacyCall(c.info.Token)}, 1, 0, true, p.legacyPush(c)); err != nil {
 			return err
 		}
 	}
-	return nil
+	return p.read(ctx, []string{p.g.subj.StoredCall(c.info.Token)}, max(c.first, 1), floor, true, push)
 }
 
 // readLegacy reads, during the upgrade from the per-call design, the
@@ -438,8 +449,19 @@ func (p *partition) readLegacy(ctx context.Context, c *callWork, replay bool) {
 		return
 	}
 	c.legacy = true
-	if err := p.read(ctx, p.g.legacyFilters(c.info.Token), 1, 0, replay, func(it item) { c.push(it) }); err != nil {
+	if err := p.read(ctx, []string{p.g.subj.LegacyCall(c.info.Token)}, 1, 0, replay, p.legacyPush(c)); err != nil {
 		p.log.Warn("legacy read", "call", c.info.ID, "err", err)
+	}
+}
+
+// legacyPush queues, of what a read of the call's unpartitioned subjects
+// brings, the messages that really are the call's and of a kind the role
+// reads (the filter also matches a partition whose number is the token).
+func (p *partition) legacyPush(c *callWork) func(item) {
+	return func(it item) {
+		if info, err := p.g.subj.ParseStored(it.subject); err == nil && !info.Partitioned && info.Call == c.info.ID && p.g.reads(info.Kind) {
+			c.push(it)
+		}
 	}
 }
 

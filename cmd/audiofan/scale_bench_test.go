@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -132,17 +134,21 @@ func BenchmarkManyCalls(b *testing.B) {
 // open publishes the lifecycle message typ of calls calls named prefix-<i>.
 func open(b *testing.B, js jetstream.JetStream, subj broker.Subjects, prefix string, calls int, typ string) {
 	for c := range calls {
-		id := fmt.Sprintf("%s-%d", prefix, c)
-		data, err := codec.Marshal(&codec.Lifecycle{V: 1, Call: id, Type: typ, Stream: codec.StreamAudio, Connection: id,
-			Receiver: "bench", SampleRate: 16000, Channels: 1, Encoding: codec.EncodingPCM16, Frames: map[string]uint64{}})
-		if err != nil {
-			b.Fatal(err)
-		}
-		if _, err := js.PublishAsync(subj.Lifecycle(codec.EncodeToken(id)), data); err != nil {
-			b.Fatal(err)
-		}
+		lifecycle(b, js, subj, fmt.Sprintf("%s-%d", prefix, c), typ)
 	}
 	<-js.PublishAsyncComplete()
+}
+
+// lifecycle publishes a call's lifecycle message typ, not waiting for it.
+func lifecycle(b *testing.B, js jetstream.JetStream, subj broker.Subjects, id, typ string) {
+	data, err := codec.Marshal(&codec.Lifecycle{V: 1, Call: id, Type: typ, Stream: codec.StreamAudio, Connection: id,
+		Receiver: "bench", SampleRate: 16000, Channels: 1, Encoding: codec.EncodingPCM16, Frames: map[string]uint64{}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := js.PublishAsync(subj.Lifecycle(codec.EncodeToken(id)), data); err != nil {
+		b.Fatal(err)
+	}
 }
 
 var benchPCM = make([]byte, 640)
@@ -218,4 +224,201 @@ func (p *natsProcess) rss(b *testing.B) int64 {
 		}
 	}
 	return 0
+}
+
+// BenchmarkClusterCalls measures the subscriber side on a 3-node cluster on
+// loopback (nats-server processes built from go.mod, the stream and the
+// roles' consumers R3, one recorder, analytics and moderator process each),
+// the topology the README promises scale on:
+//   - rest: the servers' CPU with the roles up and no call, against the
+//     same cluster before the roles started;
+//   - many calls: AUDIOFAN_BENCH_CALLS calls (3,000) open, a frame a second
+//     each, before and after the roles start, and the roles' lag after;
+//   - call starts: 2,000 calls started at 500 a second (each a started
+//     message, 3 frames and an ended one), and how long after the last
+//     start every role has finished every call.
+func BenchmarkClusterCalls(b *testing.B) {
+	calls := 3000
+	if v, err := strconv.Atoi(os.Getenv("AUDIOFAN_BENCH_CALLS")); err == nil && v > 0 {
+		calls = v
+	}
+	for b.Loop() {
+		audiofanBin, natsBin := buildBinaries(b)
+		var procs []*proc
+		b.Cleanup(func() {
+			for _, p := range procs {
+				if p.cmd != nil && p.cmd.ProcessState == nil {
+					_ = p.cmd.Process.Kill()
+					<-p.done
+				}
+			}
+		})
+		var clientURLs, routes []string
+		var natsArgs [][]string
+		for i := range 3 {
+			c, r, m := freePort(b), freePort(b), freePort(b)
+			clientURLs, routes = append(clientURLs, "nats://"+c), append(routes, "nats://"+r)
+			natsArgs = append(natsArgs, []string{"-a", "127.0.0.1", "-p", port(c), "-n", fmt.Sprintf("n%d", i+1), "-js",
+				"-sd", b.TempDir(), "--cluster_name", "bench", "-cluster", "nats://" + r, "-m", port(m)})
+		}
+		var nodes []*natsProcess
+		for i, a := range natsArgs {
+			p := &proc{t: b, name: fmt.Sprintf("nats-%d", i+1), bin: natsBin, args: append(a, "-routes", strings.Join(routes, ","))}
+			p.start()
+			procs = append(procs, p)
+			nodes = append(nodes, &natsProcess{cmd: p.cmd, url: clientURLs[i]})
+		}
+		natsURL := strings.Join(clientURLs, ",")
+		nc, err := nats.Connect(natsURL, nats.RetryOnFailedConnect(true), nats.MaxReconnects(-1))
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer nc.Close()
+		js, _ := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096))
+		sc := natstest.Defaults[broker.StreamConfig](b)
+		sc.Replicas = 3
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		if _, err := broker.EnsureStream(ctx, js, sc, natstest.Logger()); err != nil {
+			b.Fatal(err)
+		}
+		cancel()
+		cpu := func() time.Duration {
+			var t time.Duration
+			for _, n := range nodes {
+				t += n.cpu(b)
+			}
+			return t
+		}
+		rss := func() (t int64) {
+			for _, n := range nodes {
+				t += n.rss(b)
+			}
+			return t
+		}
+		cores := func(d time.Duration, f func()) float64 {
+			c0, t0 := cpu(), time.Now()
+			f()
+			if d > 0 {
+				time.Sleep(d - time.Since(t0))
+			}
+			return (cpu() - c0).Seconds() / time.Since(t0).Seconds()
+		}
+		frameLoad := func(prefix string, d time.Duration) {
+			open(b, js, sc.Subjects(), prefix, calls, codec.LifecycleStarted)
+			tick := time.NewTicker(10 * time.Millisecond)
+			defer tick.Stop()
+			seq := map[int]uint64{}
+			i := 0
+			for t0 := time.Now(); time.Since(t0) < d; {
+				<-tick.C
+				for range calls / 100 {
+					c := i % calls
+					seq[c]++
+					publishFrame(b, js, sc.Subjects(), fmt.Sprintf("%s-%d", prefix, c), seq[c])
+					i++
+				}
+			}
+			<-js.PublishAsyncComplete()
+		}
+		bareRest := cores(10*time.Second, func() {})
+		bareLoad := cores(0, func() { frameLoad("bare", 20*time.Second) })
+		bareRSS := rss()
+
+		dataDir := b.TempDir()
+		var metrics []string
+		for _, r := range []struct{ name, cmd string }{{"recorder", "recorder"}, {"analytics", "analytics"}, {"moderator", "moderator"}} {
+			addr := freePort(b)
+			p := &proc{t: b, name: r.name, bin: audiofanBin, args: []string{r.cmd}, env: []string{"NATS_URL=" + natsURL,
+				"AUDIOFAN_HTTP_ADDR=" + addr, "AUDIOFAN_CONSOLE=off", "AUDIOFAN_DATA_DIR=" + dataDir, "AUDIOFAN_LOG_LEVEL=warn"}}
+			p.start()
+			procs = append(procs, p)
+			p.ready("http://" + addr + "/readyz")
+			metrics = append(metrics, "http://"+addr+"/metrics")
+		}
+		sum := func(name, label string) float64 {
+			v := 0.0
+			for _, u := range metrics {
+				v += scrape(b, u, name, label)
+			}
+			return v
+		}
+		caughtUp := func(what string) {
+			deadline := time.Now().Add(3 * time.Minute)
+			for sum("audiofan_subscriber_lag_messages", "") > 0 || sum("audiofan_subscriber_partitions_owned", "") < 3*float64(sc.Partitions) {
+				if time.Now().After(deadline) {
+					b.Fatalf("the roles did not catch up %s", what)
+				}
+				time.Sleep(200 * time.Millisecond)
+			}
+		}
+		caughtUp("with the first calls")
+		rolesRest := cores(10*time.Second, func() {})
+		rolesLoad := cores(0, func() { frameLoad("roles", 20*time.Second) })
+		rolesRSS := rss()
+		t0 := time.Now()
+		caughtUp("with the second calls")
+		lagAfterLoad := time.Since(t0)
+
+		// Call starts: 500 a second.
+		const starts, rate = 2000, 500
+		ended0 := sum("audiofan_subscriber_calls_total", subscribers.ResultEnded)
+		tick := time.NewTicker(10 * time.Millisecond)
+		for n := 0; n < starts; {
+			<-tick.C
+			for range rate / 100 {
+				id := fmt.Sprintf("start-%d", n)
+				lifecycle(b, js, sc.Subjects(), id, codec.LifecycleStarted)
+				for f := range 3 {
+					publishFrame(b, js, sc.Subjects(), id, uint64(f+1))
+				}
+				lifecycle(b, js, sc.Subjects(), id, codec.LifecycleEnded)
+				n++
+			}
+		}
+		tick.Stop()
+		<-js.PublishAsyncComplete()
+		last := time.Now()
+		deadline := last.Add(3 * time.Minute)
+		for sum("audiofan_subscriber_calls_total", subscribers.ResultEnded)-ended0 < 3*starts {
+			if time.Now().After(deadline) {
+				b.Fatalf("the roles finished %v of %d call starts", sum("audiofan_subscriber_calls_total", subscribers.ResultEnded)-ended0, 3*starts)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		b.ReportMetric(bareRest, "cores-rest-bare")
+		b.ReportMetric(rolesRest, "cores-rest-roles")
+		b.ReportMetric(rolesRest-bareRest, "cores-rest-overhead")
+		b.ReportMetric(bareLoad, "cores-calls-bare")
+		b.ReportMetric(rolesLoad, "cores-calls-roles")
+		b.ReportMetric(float64(bareRSS)/(1<<20), "MB-bare")
+		b.ReportMetric(float64(rolesRSS)/(1<<20), "MB-roles")
+		b.ReportMetric(lagAfterLoad.Seconds(), "s-lag-after-calls")
+		b.ReportMetric(time.Since(last).Seconds(), "s-after-last-start")
+		nc.Close()
+	}
+}
+
+// scrape reads one metric from a Prometheus endpoint, summed over series
+// with a label of value label (all when empty).
+func scrape(b *testing.B, url, name, label string) float64 {
+	resp, err := http.Get(url)
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	v := 0.0
+	for _, l := range strings.Split(string(body), "\n") {
+		if !strings.HasPrefix(l, name) || (label != "" && !strings.Contains(l, `"`+label+`"`)) {
+			continue
+		}
+		rest := strings.TrimPrefix(l, name)
+		if rest == "" || (rest[0] != ' ' && rest[0] != '{') {
+			continue
+		}
+		f := strings.Fields(l)
+		x, _ := strconv.ParseFloat(f[len(f)-1], 64)
+		v += x
+	}
+	return v
 }

@@ -127,13 +127,20 @@ func TestServeManyCalls(t *testing.T) {
 		return scaleCalls - recorded, scaleCalls - analysed
 	}
 	deadline := time.Now().Add(4 * time.Minute)
-	for {
+	for n := 0; ; n++ {
 		r, a := missing()
 		if r == 0 && a == 0 {
 			break
 		}
+		if n%10 == 0 {
+			t.Logf("%v: %d calls not recorded yet, %d not analysed", time.Since(start).Round(time.Second), r, a)
+		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%d calls not recorded, %d not analysed", r, a)
+			log := serveErr.String()
+			if len(log) > 6000 {
+				log = log[len(log)-6000:]
+			}
+			t.Fatalf("%d calls not recorded, %d not analysed; serve's log ends:\n%s", r, a, log)
 		}
 		time.Sleep(500 * time.Millisecond)
 	}

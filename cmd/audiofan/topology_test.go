@@ -29,7 +29,7 @@ import (
 
 // proc is a process of the topology: a NATS node or an audiofan role.
 type proc struct {
-	t    *testing.T
+	t    testing.TB
 	name string
 	bin  string
 	args []string
@@ -73,7 +73,7 @@ func (p *proc) wait(timeout time.Duration) (int, error) {
 }
 
 // buildBinaries builds audiofan and the NATS server of the module in go.mod.
-func buildBinaries(t *testing.T) (audiofan, natsServer string) {
+func buildBinaries(t testing.TB) (audiofan, natsServer string) {
 	dir := t.TempDir()
 	audiofan, natsServer = filepath.Join(dir, "audiofan"), filepath.Join(dir, "nats-server")
 	for _, b := range [][]string{{"-o", audiofan, "."}, {"-o", natsServer, "github.com/nats-io/nats-server/v2"}} {
@@ -85,7 +85,7 @@ func buildBinaries(t *testing.T) (audiofan, natsServer string) {
 	return audiofan, natsServer
 }
 
-func waitHTTP(t *testing.T, what, url string, timeout time.Duration, exited func() bool) {
+func waitHTTP(t testing.TB, what, url string, timeout time.Duration, exited func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
