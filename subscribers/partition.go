@@ -484,8 +484,12 @@ func (p *partition) fill(ctx context.Context, from uint64) error {
 // read feeds fn the stored messages matching filters from sequence from up
 // to to (0: to the stream's end), with an ordered consumer, deleted after.
 func (p *partition) read(ctx context.Context, filters []string, from, to uint64, replay bool, fn func(item)) error {
+	// MaxResetAttempts: nats.go recreates an ordered consumer whose
+	// deliveries stop, by default forever and deaf to ctx; a connection
+	// closed under it (the replica stopping) would hang the read for good.
 	oc, err := p.g.stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: filters,
-		DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: from, InactiveThreshold: readInactive})
+		DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: from, InactiveThreshold: readInactive,
+		MaxResetAttempts: readAttempts})
 	if err != nil {
 		return fmt.Errorf("read partition %d from %d: %w", p.n, from, err)
 	}
@@ -503,6 +507,9 @@ func (p *partition) read(ctx context.Context, filters []string, from, to uint64,
 	// consumer not answering yet (a leader moving): wait and ask again,
 	// never take it for the end.
 	for empty := 0; ; {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		batch, err := oc.Fetch(256, jetstream.FetchMaxWait(readWait))
 		if err != nil {
 			return fmt.Errorf("read partition %d from %d: %w", p.n, from, err)
