@@ -237,6 +237,12 @@ func (c *callWork) end(ctx context.Context, reason string) string {
 	if c.h == nil { // no message ever applied (every start failed)
 		return ResultFailed
 	}
+	select {
+	case c.p.g.ends <- struct{}{}:
+		defer func() { <-c.p.g.ends }()
+	case <-ctx.Done():
+		return ResultReleased
+	}
 	outcome, cause, err := c.retry(ctx, nil, reason)
 	switch {
 	case err != nil:

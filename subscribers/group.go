@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"regexp"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -112,6 +113,12 @@ type Group struct {
 
 	legacyUntil atomic.Int64 // unix nanoseconds: the upgrade from the per-call design is under way until then
 
+	// ends bounds the calls finishing at once: End is a role's heaviest
+	// step (files rendered, events and buckets written), and a burst of
+	// calls ending together would otherwise run them all at once and make
+	// each one's writes time out.
+	ends chan struct{}
+
 	mu      sync.Mutex
 	parts   []*partition
 	ready   bool
@@ -131,7 +138,7 @@ func NewGroup(cfg GroupConfig, role Role, ref broker.StreamRef, nc *nats.Conn, j
 		return nil, err
 	}
 	g := &Group{cfg: cfg, role: role, ref: ref, subj: ref.Subjects(), nc: nc, js: js, m: m,
-		log: log.With("role", role.Name), id: cmp.Or(cfg.ReplicaID, nuid.Next())}
+		log: log.With("role", role.Name), id: cmp.Or(cfg.ReplicaID, nuid.Next()), ends: make(chan struct{}, 4*runtime.GOMAXPROCS(0))}
 	sum := func(f func(p *partition) float64) func() float64 {
 		return func() float64 {
 			g.mu.Lock()

@@ -158,7 +158,27 @@ func (o *Output) Emit(ctx context.Context, ev codec.Event) error {
 	}
 	msg.Header.Set(jetstream.MsgIDHeader, fmt.Sprintf("%s/%s/%s/%d", o.role, o.call.Token, key, o.n))
 	if _, err := o.js.PublishMsg(ctx, msg); err != nil {
+		if transientPublish(err) {
+			// The stream did not answer in time (a burst of calls ending at
+			// once, a leader moving): the bus is unavailable, not the event
+			// wrong. Retried until it answers, rather than given up after a
+			// few tries and the call's output lost.
+			return fmt.Errorf("%w: publish %s: %w", ErrUnavailable, subject, err)
+		}
 		return fmt.Errorf("publish %s: %w", subject, err)
 	}
 	return nil
+}
+
+// transientPublish says whether a failed publish means "not now".
+func transientPublish(err error) bool {
+	var apiErr *jetstream.APIError
+	switch {
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout), errors.Is(err, nats.ErrNoResponders),
+		errors.Is(err, nats.ErrConnectionReconnecting), errors.Is(err, nats.ErrDisconnected), errors.Is(err, jetstream.ErrNoStreamResponse):
+		return true
+	case errors.As(err, &apiErr):
+		return apiErr.Code == 503
+	}
+	return false
 }
