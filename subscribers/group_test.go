@@ -145,25 +145,7 @@ func TestFinishedCallNotDoneTwice(t *testing.T) {
 	}
 }
 
-// consumers counts the durable consumers on the stream (the ordered
-// consumers the test reads events with come and go).
-func (r *groupRig) consumers() int {
-	s, err := r.js.Stream(context.Background(), r.ref.Name)
-	if err != nil {
-		r.t.Fatal(err)
-	}
-	n := 0
-	list := s.ListConsumers(context.Background())
-	for ci := range list.Info() {
-		if ci.Config.Durable != "" {
-			n++
-		}
-	}
-	if err := list.Err(); err != nil {
-		r.t.Fatal(err)
-	}
-	return n
-}
+func (r *groupRig) consumers() int { return conformance.DurableConsumers(r.t, r.js, r.ref.Name) }
 
 // A replica added later takes half the partitions, and with them a share of
 // the calls; the calls in progress are not disturbed.

@@ -230,11 +230,18 @@ func (p *partition) deliver(ctx context.Context, msg jetstream.Msg) error {
 		// on the way (a reconnect dropped what was in flight, a slow client
 		// dropped what it could not hold), this is a redelivery of one of
 		// them, or the previous owner held messages unacknowledged. Read
-		// what the stream holds after hw, to its current end: every message
-		// missing is then applied in order, and the redeliveries that follow
-		// fall behind hw and are skipped as they come, one read for the lot
-		// rather than one per redelivery.
-		if err := p.fill(ctx, p.hw+1); err != nil {
+		// what the stream holds after hw, so every message missing is
+		// applied in order. After a redelivery, to the stream's current
+		// end: the redeliveries that follow fall behind hw and are skipped
+		// as they come, one read for the lot rather than one each.
+		// Otherwise up to this delivery: reading further would only read
+		// again what the consumer is about to deliver (at a takeover in a
+		// backlog, the whole backlog twice).
+		to := seq - 1
+		if md.NumDelivered > 1 {
+			to = 0
+		}
+		if err := p.fill(ctx, p.hw+1, to); err != nil {
 			// Not now (a leader moving, a cluster busy): this delivery
 			// waits in the stream with the rest, and the next delivery (or
 			// its redelivery) reads again, on the same subscription.
@@ -465,13 +472,16 @@ func (p *partition) legacyPush(c *callWork) func(item) {
 	}
 }
 
-// fill queues the partition's messages stored from sequence from to the
-// stream's current end, read from the stream: those the consumer delivered
-// elsewhere, lost on the way, or has yet to deliver.
-func (p *partition) fill(ctx context.Context, from uint64) error {
-	p.log.Debug("reading the partition from the stream", "from", from)
+// fill queues the partition's messages stored from sequence from up to to
+// (0: the stream's current end), read from the stream: those the consumer
+// delivered elsewhere, lost on the way, or has yet to deliver again.
+func (p *partition) fill(ctx context.Context, from, to uint64) error {
+	if to > 0 && to < from {
+		return nil
+	}
+	p.log.Debug("reading the partition from the stream", "from", from, "to", to)
 	p.g.m.reads.Inc()
-	return p.read(ctx, p.filters, from, 0, false, func(it item) {
+	return p.read(ctx, p.filters, from, to, false, func(it item) {
 		e := &entry{seq: it.seq}
 		p.entries = append(p.entries, e)
 		p.hw = it.seq

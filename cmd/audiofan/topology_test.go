@@ -23,6 +23,7 @@ import (
 	"github.com/audiofan/audiofan/broker/natstest"
 	"github.com/audiofan/audiofan/codec"
 	"github.com/audiofan/audiofan/subscribers"
+	"github.com/audiofan/audiofan/subscribers/conformance"
 	"github.com/audiofan/audiofan/subscribers/recording"
 	"github.com/audiofan/audiofan/subscribers/sim"
 )
@@ -421,23 +422,8 @@ func diagnose(t *testing.T, js jetstream.JetStream, role, tok string) {
 
 // durableConsumers counts the durable consumers on the stream: the roles'
 // partitions, however many calls come and go.
-func durableConsumers(t *testing.T, js jetstream.JetStream) int {
-	t.Helper()
-	s, err := js.Stream(context.Background(), "CALLS")
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := 0
-	list := s.ListConsumers(context.Background())
-	for ci := range list.Info() {
-		if ci.Config.Durable != "" {
-			n++
-		}
-	}
-	if err := list.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return n
+func durableConsumers(t testing.TB, js jetstream.JetStream) int {
+	return conformance.DurableConsumers(t, js, "CALLS")
 }
 
 // renderStored renders a call's frames as the stream holds them: what the

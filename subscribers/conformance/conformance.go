@@ -655,3 +655,25 @@ func StreamSubjects(t testing.TB, js jetstream.JetStream, ref broker.StreamRef) 
 	}
 	return subj
 }
+
+// DurableConsumers counts the durable consumers on the stream: a role's
+// fixed set, however many calls come and go (ordered readers come and go
+// too, and are not counted).
+func DurableConsumers(t testing.TB, js jetstream.JetStream, stream string) int {
+	t.Helper()
+	s, err := js.Stream(context.Background(), stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	list := s.ListConsumers(context.Background())
+	for ci := range list.Info() {
+		if ci.Config.Durable != "" {
+			n++
+		}
+	}
+	if err := list.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
