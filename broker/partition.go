@@ -61,11 +61,6 @@ func (s Subjects) StoredKind(callTok, kind string) string {
 // with 1,500 calls open, in a profile).
 func (s Subjects) PartitionAll(p int) string { return s.Prefix + "." + strconv.Itoa(p) + ".>" }
 
-// PartitionKind matches the stored messages of one kind in one partition.
-func (s Subjects) PartitionKind(p int, kind string) string {
-	return kindFilter(s.Prefix+"."+strconv.Itoa(p)+".*", kind)
-}
-
 // AllKind matches the stored messages of one kind of every call.
 func (s Subjects) AllKind(kind string) string {
 	return kindFilter(s.Prefix+".*.*", kind)
@@ -110,22 +105,6 @@ func (s Subjects) ParseStored(subject string) (SubjectInfo, error) {
 		}
 	}
 	return s.Parse(subject)
-}
-
-// CallToken returns the call token of a stored subject without decoding or
-// allocating: the hot path of a consumer that routes messages by call.
-func (s Subjects) CallToken(stored string) (string, bool) {
-	rest, ok := strings.CutPrefix(stored, s.Prefix+".")
-	if !ok {
-		return "", false
-	}
-	if s.Partitions > 0 {
-		if _, after, ok := strings.Cut(rest, "."); ok {
-			rest = after
-		}
-	}
-	tok, _, ok := strings.Cut(rest, ".")
-	return tok, ok && tok != ""
 }
 
 // CallTokenKind returns the call token and the kind of a stored subject,

@@ -62,8 +62,8 @@ func TestPartitionMatchesServer(t *testing.T) {
 			if got != pub {
 				t.Errorf("ParseStored(%s) = %+v, Parse(%s) = %+v", raw.Subject, got, published, pub)
 			}
-			if ct, ok := subj.CallToken(raw.Subject); !ok || ct != tok {
-				t.Errorf("CallToken(%s) = %q", raw.Subject, ct)
+			if ct, kind, ok := subj.CallTokenKind(raw.Subject); !ok || ct != tok || kind != pub.Kind {
+				t.Errorf("CallTokenKind(%s) = %q, %q", raw.Subject, ct, kind)
 			}
 		}
 		seen[subj.Partition(tok)] = true

@@ -129,7 +129,7 @@ func (p *partition) run(ctx context.Context) {
 		if err := p.consume(ctx); err != nil && ctx.Err() == nil {
 			p.log.Debug("partition consumer", "err", err)
 			if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound) {
-				p.drop(ResultReleased)
+				p.drop()
 				if err := p.g.ensureConsumer(ctx, p); err != nil {
 					p.log.Warn("partition consumer", "err", err)
 				}
@@ -208,7 +208,7 @@ func (p *partition) deliver(ctx context.Context, msg jetstream.Msg) error {
 		// carry on if nobody else checkpointed meanwhile, else start over.
 		if p.takenElsewhere(ctx) {
 			p.log.Warn("partition was with another replica meanwhile; rebuilding its calls")
-			p.drop(ResultElsewhere)
+			p.drop()
 			if err := p.takeover(ctx, pin); err != nil {
 				return err
 			}
@@ -379,7 +379,7 @@ func (p *partition) takeover(ctx context.Context, pin string) error {
 		calls = append(calls, c)
 	}
 	if err := p.readHistory(ctx, calls, floor); err != nil {
-		p.drop(ResultReleased)
+		p.drop()
 		return err
 	}
 	p.owned, p.pin = true, pin
@@ -591,7 +591,7 @@ func (p *partition) housekeep(ctx context.Context) {
 		p.checked = time.Now()
 		if !p.stillPinned(ctx) && p.takenElsewhere(ctx) {
 			p.log.Warn("partition moved to another replica; dropping its calls here")
-			p.drop(ResultElsewhere)
+			p.drop()
 		}
 	}
 }
@@ -710,7 +710,7 @@ func (p *partition) takenElsewhere(ctx context.Context) bool {
 
 // drop forgets the partition's calls without a word to the server: another
 // replica has it, or will read it again from the checkpoint.
-func (p *partition) drop(result string) {
+func (p *partition) drop() {
 	if !p.owned && p.ccancel == nil {
 		return
 	}
@@ -726,7 +726,6 @@ func (p *partition) drop(result string) {
 	if p.isOwned.Swap(false) {
 		p.g.m.partitions.Dec()
 	}
-	_ = result
 }
 
 // release hands the partition over: its calls stop, what was applied is
@@ -734,7 +733,7 @@ func (p *partition) drop(result string) {
 // stopped), and the pin is lifted so the next owner is served at once.
 func (p *partition) release() {
 	if !p.owned {
-		p.drop(ResultReleased)
+		p.drop()
 		return
 	}
 	p.ccancel()
@@ -749,7 +748,7 @@ func (p *partition) release() {
 			p.log.Debug("unpin partition consumer", "err", err)
 		}
 	}
-	p.drop(ResultReleased)
+	p.drop()
 }
 
 // delivery is what the consumer's Next gave: a message or an error.
