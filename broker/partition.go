@@ -96,7 +96,7 @@ func (s Subjects) ParseStored(subject string) (SubjectInfo, error) {
 				tok, _, _ := strings.Cut(after, ".")
 				if p, err := strconv.Atoi(ptok); err == nil && p >= 0 && p < s.Partitions && s.Partition(tok) == p &&
 					strconv.Itoa(p) == ptok {
-					if info, err := s.Parse(s.Prefix + "." + after); err == nil {
+					if info, err := parseRest(subject, after); err == nil {
 						info.Partitioned = true
 						return info, nil
 					}

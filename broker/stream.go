@@ -147,7 +147,7 @@ func Provision(ctx context.Context, log *slog.Logger, what string, op func(conte
 		actx, cancel := context.WithTimeout(ctx, provisionAttempt)
 		err := op(actx)
 		cancel()
-		if err == nil || !transient(err) || ctx.Err() != nil {
+		if err == nil || !Transient(err) || ctx.Err() != nil {
 			if err != nil && attempt > 1 {
 				return fmt.Errorf("after %d attempts: %w", attempt, err)
 			}
@@ -215,14 +215,15 @@ func overlay(cur, want jetstream.StreamConfig) (jetstream.StreamConfig, bool) {
 	return cur, !same
 }
 
-// transient says whether a JetStream API error means "not now" rather than
+// Transient says whether a JetStream error means "not now" rather than
 // "no": no answer in time, nobody to answer, JetStream not (yet) running, or
 // the server's 503 family (cluster unavailable, no peers for placement yet).
-func transient(err error) bool {
+func Transient(err error) bool {
 	var apiErr *jetstream.APIError
 	switch {
 	case errors.Is(err, errCreateRace), errors.Is(err, ErrNotReady), errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout),
-		errors.Is(err, nats.ErrNoResponders), errors.Is(err, jetstream.ErrJetStreamNotEnabled), errors.Is(err, nats.ErrConnectionReconnecting):
+		errors.Is(err, nats.ErrNoResponders), errors.Is(err, jetstream.ErrJetStreamNotEnabled), errors.Is(err, nats.ErrConnectionReconnecting),
+		errors.Is(err, nats.ErrDisconnected), errors.Is(err, jetstream.ErrNoStreamResponse):
 		return true
 	case errors.As(err, &apiErr):
 		return apiErr.Code == 503

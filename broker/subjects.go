@@ -83,6 +83,12 @@ func (s Subjects) Parse(subject string) (SubjectInfo, error) {
 	if !ok {
 		return SubjectInfo{}, fmt.Errorf("%w: %q", ErrNotOurSubject, subject)
 	}
+	return parseRest(subject, rest)
+}
+
+// parseRest reads rest, the tokens of subject after the prefix (and the
+// partition, for a stored one): <call>.<kind>[.<participant or source>].
+func parseRest(subject, rest string) (SubjectInfo, error) {
 	toks := strings.Split(rest, ".")
 	if len(toks) < 2 {
 		return SubjectInfo{}, fmt.Errorf("%w: %q", ErrNotOurSubject, subject)

@@ -305,9 +305,9 @@ func (c *callWork) retry(ctx context.Context, d *Delivery, reason string) (outco
 		if err == nil {
 			c.setUnavailable(false)
 			if replay {
-				g.m.messages.WithLabelValues(OutcomeReplayed).Inc()
+				g.m.replayed.Inc()
 			} else {
-				g.m.messages.WithLabelValues(OutcomeHandled).Inc()
+				g.m.handled.Inc()
 			}
 			return "", nil, nil
 		}

@@ -49,21 +49,21 @@ func partitionKey(p int) string { return "p" + strconv.Itoa(p) }
 // StateBucket is the KV bucket of a role's partition checkpoints.
 func StateBucket(stream, role string) string { return stream + "-" + role + "-partitions" }
 
-func readCheckpoint(ctx context.Context, kv jetstream.KeyValue, p int) (checkpoint, uint64, error) {
+func readCheckpoint(ctx context.Context, kv jetstream.KeyValue, p int) (checkpoint, error) {
 	var ck checkpoint
 	e, err := kv.Get(ctx, partitionKey(p))
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return ck, 0, nil
+		return ck, nil
 	}
 	if err != nil {
-		return ck, 0, fmt.Errorf("read checkpoint of partition %d: %w", p, err)
+		return ck, fmt.Errorf("read checkpoint of partition %d: %w", p, err)
 	}
 	if err := json.Unmarshal(e.Value(), &ck); err != nil {
 		// A checkpoint that does not decode is as good as none: the
 		// partition is read from the start of the stream instead.
-		return checkpoint{}, e.Revision(), nil
+		return checkpoint{}, nil
 	}
-	return ck, e.Revision(), nil
+	return ck, nil
 }
 
 func writeCheckpoint(ctx context.Context, kv jetstream.KeyValue, p int, ck *checkpoint) error {
@@ -100,7 +100,7 @@ func Finished(ctx context.Context, js jetstream.JetStream, ref broker.StreamRef,
 	if err != nil {
 		return false, err
 	}
-	ck, _, err := readCheckpoint(ctx, kv, subj.Partition(callTok))
+	ck, err := readCheckpoint(ctx, kv, subj.Partition(callTok))
 	if err != nil {
 		return false, err
 	}

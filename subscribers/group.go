@@ -350,7 +350,7 @@ func (g *Group) ensureConsumer(ctx context.Context, p *partition) error {
 	case !errors.Is(err, jetstream.ErrConsumerNotFound):
 		return fmt.Errorf("consumer %s: %w", p.name, err)
 	}
-	ck, _, err := readCheckpoint(ctx, g.kv, p.n)
+	ck, err := readCheckpoint(ctx, g.kv, p.n)
 	if err != nil {
 		return err
 	}
@@ -424,6 +424,8 @@ func sleep(ctx context.Context, d time.Duration) {
 
 type groupMetrics struct {
 	messages   *prometheus.CounterVec
+	handled    prometheus.Counter // messages' outcomes counted per message, resolved once
+	replayed   prometheus.Counter
 	calls      *prometheus.CounterVec
 	handle     prometheus.Observer
 	takeovers  prometheus.Counter
@@ -462,6 +464,7 @@ func newGroupMetrics(role string, reg prometheus.Registerer) (*groupMetrics, err
 	for _, o := range []string{OutcomeHandled, OutcomeReplayed, OutcomeRetried, OutcomeTerminated, OutcomeGaveUp, OutcomeLate} {
 		m.messages.WithLabelValues(o)
 	}
+	m.handled, m.replayed = m.messages.WithLabelValues(OutcomeHandled), m.messages.WithLabelValues(OutcomeReplayed)
 	for _, r := range []string{ResultEnded, ResultIdle, ResultFailed, ResultReleased, ResultElsewhere} {
 		m.calls.WithLabelValues(r)
 	}

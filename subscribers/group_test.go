@@ -260,9 +260,16 @@ func TestUpgradeFromPerCallConsumers(t *testing.T) {
 func TestChurnUnderLoad(t *testing.T) {
 	r := newGroupRig(t)
 	const calls = 12
+	// ACS-shaped ids: phone numbers and ACS users, ':' and '+' in them.
+	churnID := func(i int) string {
+		if i%2 == 0 {
+			return fmt.Sprintf("4:+1425555%04d", i)
+		}
+		return fmt.Sprintf("8:acs:6a1f0c2e-5b7d-4c39-9e1f-2a8b7c6d5e4f_%08x", i)
+	}
 	scripts := make([][]conformance.Msg, calls)
 	for i := range scripts {
-		scripts[i] = conformance.Default(fmt.Sprintf("churn-%d", i))
+		scripts[i] = conformance.Default(churnID(i))
 	}
 	// What each call gives undisturbed: the digest of its messages.
 	want := map[string]string{}
@@ -271,7 +278,7 @@ func TestChurnUnderLoad(t *testing.T) {
 		base.replica()
 		for i, s := range scripts {
 			base.publish(s)
-			id := fmt.Sprintf("churn-%d", i)
+			id := churnID(i)
 			conformance.WaitFor(t, "baseline "+id, func() bool { return base.summaries(id) == 1 })
 			want[id] = summary(t, base, id)
 		}
@@ -322,7 +329,7 @@ func TestChurnUnderLoad(t *testing.T) {
 		}
 	}
 	for i := range calls {
-		id := fmt.Sprintf("churn-%d", i)
+		id := churnID(i)
 		conformance.WaitFor(t, "summary of "+id, func() bool { return r.summaries(id) >= 1 })
 		if got := summary(t, r, id); got != want[id] {
 			t.Errorf("%s: %s, undisturbed %s", id, got, want[id])

@@ -102,7 +102,7 @@ func (m *members) signal() {
 	}
 }
 
-// list returns the live members, sorted.
+// list returns the live members (AssignPartitions orders them itself).
 func (m *members) list() []string {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -110,7 +110,6 @@ func (m *members) list() []string {
 	for id := range m.seen {
 		ids = append(ids, id)
 	}
-	slices.Sort(ids)
 	return ids
 }
 

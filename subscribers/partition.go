@@ -346,7 +346,7 @@ func (p *partition) reap() {
 // the floor on.
 func (p *partition) takeover(ctx context.Context, pin string) error {
 	start := time.Now()
-	ck, _, err := readCheckpoint(ctx, p.g.kv, p.n)
+	ck, err := readCheckpoint(ctx, p.g.kv, p.n)
 	if err != nil {
 		return err
 	}
@@ -607,7 +607,7 @@ func (p *partition) adoptOrphan(ctx context.Context) {
 		return
 	}
 	p.checked = time.Now()
-	ck, _, err := readCheckpoint(ctx, p.g.kv, p.n)
+	ck, err := readCheckpoint(ctx, p.g.kv, p.n)
 	if err != nil || len(ck.Calls) == 0 {
 		return
 	}
@@ -701,7 +701,7 @@ func (p *partition) stillPinned(ctx context.Context) bool {
 // pull). A new owner writes its checkpoint at once, so a real takeover
 // shows within a checkpoint interval.
 func (p *partition) takenElsewhere(ctx context.Context) bool {
-	ck, _, err := readCheckpoint(ctx, p.g.kv, p.n)
+	ck, err := readCheckpoint(ctx, p.g.kv, p.n)
 	if err != nil {
 		return false // cannot tell now; asked again soon
 	}

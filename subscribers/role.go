@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/audiofan/audiofan/broker"
 	"github.com/audiofan/audiofan/codec"
 )
 
@@ -158,7 +159,7 @@ func (o *Output) Emit(ctx context.Context, ev codec.Event) error {
 	}
 	msg.Header.Set(jetstream.MsgIDHeader, fmt.Sprintf("%s/%s/%s/%d", o.role, o.call.Token, key, o.n))
 	if _, err := o.js.PublishMsg(ctx, msg); err != nil {
-		if transientPublish(err) {
+		if broker.Transient(err) {
 			// The stream did not answer in time (a burst of calls ending at
 			// once, a leader moving): the bus is unavailable, not the event
 			// wrong. Retried until it answers, rather than given up after a
@@ -168,17 +169,4 @@ func (o *Output) Emit(ctx context.Context, ev codec.Event) error {
 		return fmt.Errorf("publish %s: %w", subject, err)
 	}
 	return nil
-}
-
-// transientPublish says whether a failed publish means "not now".
-func transientPublish(err error) bool {
-	var apiErr *jetstream.APIError
-	switch {
-	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout), errors.Is(err, nats.ErrNoResponders),
-		errors.Is(err, nats.ErrConnectionReconnecting), errors.Is(err, nats.ErrDisconnected), errors.Is(err, jetstream.ErrNoStreamResponse):
-		return true
-	case errors.As(err, &apiErr):
-		return apiErr.Code == 503
-	}
-	return false
 }
