@@ -8,11 +8,14 @@ import (
 // FuzzTranscriptRules feeds arbitrary transcript text (it comes from the bus:
 // hostile input) through the default rules and the masking. Nothing may
 // panic, the spans must be ordered and inside the text, valid UTF-8 must stay
-// valid, and no card number may survive masking.
+// valid, and no card number may survive masking, which a brute-force search
+// of every window of every run of digits checks.
 func FuzzTranscriptRules(f *testing.F) {
 	for _, s := range []string{
 		"my card is 4111 1111 1111 1111 thanks", "mail me at first.last@example.co.uk", "call +1 (425) 555-0123 now",
 		"4111-1111-1111-1111 and 5500 0000 0000 0004", "", "ÀÉÎ naïve café", "12345678901234567890123", "a@b.cd 4242424242424242",
+		"you idiot, my card is 4111 1111 1111 1111 12 26", "4111-1111-1111-1111 0426", "4111 1111 1111 1111. 4",
+		"4111111111111111 5500000000000004", "99 4111111111111111 99999999999999999999",
 	} {
 		f.Add(s)
 	}
@@ -35,10 +38,8 @@ func FuzzTranscriptRules(f *testing.F) {
 		if utf8.ValidString(text) && !utf8.ValidString(masked) {
 			t.Fatalf("masking broke UTF-8: %q -> %q", text, masked)
 		}
-		for _, s := range sensitive(masked) {
-			if s.kind == Card {
-				t.Fatalf("a card number survives masking: %q -> %q (%q)", text, masked, masked[s.start:s.end])
-			}
+		if c := cardLeft(masked); c != "" {
+			t.Fatalf("a card number survives masking: %q -> %q (%s)", text, masked, c)
 		}
 	})
 }

@@ -105,26 +105,94 @@ var (
 )
 
 // sensitive finds payment card numbers (13 to 19 digits passing the Luhn
-// check), e-mail addresses and phone numbers (10 to 15 digits, or 7 to 15
-// after a +) in text.
+// check, beginning with 2 to 6: the industries of payment cards), e-mail addresses and phone numbers (10 to 15 digits, or 7 to 15
+// after a +) in text. A card is looked for inside every run of digits, not
+// only as a whole run: people read a card out next to its expiry date or
+// its security code, and a transcript joins them into one number.
 func sensitive(text string) []span {
 	var out []span
 	for _, m := range emailRe.FindAllStringIndex(text, -1) {
 		out = append(out, span{Email, m[0], m[1]})
 	}
+	var pos []int
 	for _, m := range numberRe.FindAllStringIndex(text, -1) {
 		if overlaps(out, m[0], m[1]) {
 			continue
 		}
-		digits := digitsOf(text[m[0]:m[1]])
-		switch {
-		case len(digits) >= 13 && len(digits) <= 19 && luhn(digits):
-			out = append(out, span{Card, m[0], m[1]})
-		case len(digits) >= 10 && len(digits) <= 15, text[m[0]] == '+' && len(digits) >= 7 && len(digits) <= 15:
+		pos = pos[:0]
+		for i := m[0]; i < m[1]; i++ {
+			if text[i] >= '0' && text[i] <= '9' {
+				pos = append(pos, i)
+			}
+		}
+		if cards := cardsIn(text, pos, out); len(cards) > len(out) {
+			out = cards
+			continue
+		}
+		n := len(pos)
+		if n >= 10 && n <= 15 || text[m[0]] == '+' && n >= 7 && n <= 15 {
 			out = append(out, span{Phone, m[0], m[1]})
 		}
 	}
 	slices.SortFunc(out, func(a, b span) int { return a.start - b.start })
+	return out
+}
+
+// cardsIn appends to out a card span for each stretch of digits (at byte
+// offsets pos, one run) covered by Luhn-valid windows of 13 to 19 digits;
+// overlapping windows make one span. Masking keeps a span's last four
+// digits: no window's other digits reach them, so what survives holds no
+// card. Each window is checked in constant time from prefix sums, so a
+// hostile transcript of a million digits costs linear time.
+func cardsIn(text string, pos []int, out []span) []span {
+	n := len(pos)
+	if n < 13 {
+		return out
+	}
+	// plain[p][k] and dbl[p][k]: the sum over digits before k whose index
+	// has parity p, as they are and as Luhn doubles them.
+	var plain, dbl [2][]int
+	for p := range 2 {
+		plain[p], dbl[p] = make([]int, n+1), make([]int, n+1)
+	}
+	for k, at := range pos {
+		d := int(text[at] - '0')
+		dd := 2 * d
+		if dd > 9 {
+			dd -= 9
+		}
+		for p := range 2 {
+			plain[p][k+1], dbl[p][k+1] = plain[p][k], dbl[p][k]
+		}
+		plain[k%2][k+1] += d
+		dbl[k%2][k+1] += dd
+	}
+	start, end := -1, -1 // the stretch being built, in digit indices
+	for i := 0; i+13 <= n; i++ {
+		if c := text[pos[i]]; c < '2' || c > '6' {
+			continue
+		}
+		for j := i + 13; j <= min(i+19, n); j++ {
+			// The last digit (j-1) is not doubled, the one before is: a
+			// digit is doubled when its parity differs from j-1's.
+			keep := (j - 1) % 2
+			sum := plain[keep][j] - plain[keep][i] + dbl[1-keep][j] - dbl[1-keep][i]
+			if sum%10 != 0 {
+				continue
+			}
+			if start >= 0 && i >= end {
+				out = append(out, span{Card, pos[start], pos[end-1] + 1})
+				start = -1
+			}
+			if start < 0 {
+				start = i
+			}
+			end = max(end, j)
+		}
+	}
+	if start >= 0 {
+		out = append(out, span{Card, pos[start], pos[end-1] + 1})
+	}
 	return out
 }
 
@@ -145,21 +213,6 @@ func digitsOf(s string) string {
 		}
 	}
 	return string(b)
-}
-
-// luhn reports whether the digits pass the Luhn check of card numbers.
-func luhn(digits string) bool {
-	sum := 0
-	for i := range len(digits) {
-		d := int(digits[len(digits)-1-i] - '0')
-		if i%2 == 1 {
-			if d *= 2; d > 9 {
-				d -= 9
-			}
-		}
-		sum += d
-	}
-	return sum%10 == 0
 }
 
 // mask rewrites text with every span masked: a card keeps its last four

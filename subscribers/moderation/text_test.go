@@ -1,7 +1,9 @@
 package moderation
 
 import (
+	"fmt"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -51,5 +53,77 @@ func TestSensitiveAndMask(t *testing.T) {
 	}
 	if !luhn("79927398713") || luhn("79927398710") {
 		t.Error("luhn")
+	}
+}
+
+// luhn is the Luhn check written the plain way, to check the windowed sums
+// of cardsIn against.
+func luhn(digits string) bool {
+	sum := 0
+	for i := range len(digits) {
+		d := int(digits[len(digits)-1-i] - '0')
+		if i%2 == 1 {
+			if d *= 2; d > 9 {
+				d -= 9
+			}
+		}
+		sum += d
+	}
+	return sum%10 == 0
+}
+
+// cardLeft returns a Luhn-valid window of 13 to 19 digits beginning with 2
+// to 6 in text, digits
+// joined as numberRe joins them, found by brute force; "" if there is none.
+func cardLeft(text string) string {
+	for _, m := range numberRe.FindAllStringIndex(text, -1) {
+		d := digitsOf(text[m[0]:m[1]])
+		for i := range len(d) {
+			for j := i + 13; j <= min(i+19, len(d)); j++ {
+				if d[i] >= '2' && d[i] <= '6' && luhn(d[i:j]) {
+					return d[i:j]
+				}
+			}
+		}
+	}
+	return ""
+}
+
+func TestCardsInsideLongerNumbers(t *testing.T) {
+	for _, tc := range []struct{ text, masked string }{
+		{"you idiot, my card is 4111 1111 1111 1111 12 26", "you idiot, my card is **** **** **** 1111 12 26"},
+		{"4111-1111-1111-1111 0426", "****-****-****-1111 0426"},
+		{"cards 4111 1111 1111 1111 5500 0000 0000 0004 ok", "cards **** **** **** 1111 **** **** **** 0004 ok"},
+		{"it is 4111 1111 1111 1111. 4", "it is **** **** **** 1111. 4"},
+		{"ref 0001 4111111111111111", "ref 0001 ************1111"},
+		{"serial 1111111111111111112", "serial 1111111111111111112"}, // Luhn-valid windows, but no card begins with 1
+	} {
+		got := mask(tc.text, sensitive(tc.text))
+		if got != tc.masked {
+			t.Errorf("%q: masked %q, want %q", tc.text, got, tc.masked)
+		}
+		if c := cardLeft(got); c != "" {
+			t.Errorf("%q: card %s survives in %q", tc.text, c, got)
+		}
+	}
+}
+
+func TestAbuseEvidenceMasksCardNextToDigits(t *testing.T) {
+	rs, err := ParseRules(defaultRules, "default")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var words []string
+	text := "you idiot, my card is 4111 1111 1111 1111 12 26"
+	ms := matchTranscript(rs, text, &words)
+	kinds := []string{}
+	for _, m := range ms {
+		kinds = append(kinds, string(m.rule.Kind))
+		if ev := fmt.Sprint(m.evidence); strings.Contains(ev, "4111 1111 1111 1111") {
+			t.Errorf("rule %s leaks the card: %s", m.rule.Name, ev)
+		}
+	}
+	if !slices.Contains(kinds, string(KindSensitive)) || !slices.Contains(kinds, string(KindKeywords)) {
+		t.Errorf("rules hit: %v, want the keyword and the sensitive-data rules", kinds)
 	}
 }
