@@ -3,15 +3,19 @@ package broker_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/audiofan/audiofan/broker"
 	"github.com/audiofan/audiofan/broker/natstest"
@@ -219,5 +223,71 @@ func TestJetStreamFull(t *testing.T) {
 	st := info.CachedInfo().State
 	if st.Bytes > uint64(sc.MaxBytes) || st.FirstSeq == 1 || len(msgs) >= frames {
 		t.Errorf("stream state %+v: the oldest messages should have gone", st)
+	}
+}
+
+// A transcript whose words encode to more than the server's max_payload
+// (tiny JSON words become whole msgpack maps) is refused at once and
+// counted; the socket's audio on either side of it is all stored, none
+// shed, and the socket stays open.
+func TestMessageTooLargeForNATS(t *testing.T) {
+	h := newHarness(t, func(c *broker.ReceiverConfig) { c.MaxMessageBytes = 256 << 10 })
+	c := dialACS(t, h.wsURL("?callId=big"), nil)
+	c.audioMetadata("s", 16000)
+	const n = 1000
+	start := time.Now()
+	for i := 0; i < n; i++ {
+		c.audio(start.Add(time.Duration(i)*20*time.Millisecond), "4:+14255550123", frameOf(1, i, 640), false)
+	}
+	words := strings.Repeat(`{},`, 80_000)
+	c.sendRaw(`{"kind":"TranscriptionData","transcriptionData":{"text":"x","format":"display","confidence":1,"offset":1,"duration":1,"words":[` +
+		words[:len(words)-1] + `],"participantRawID":"4:+14255550123","resultStatus":"Final"}}`)
+	for i := n; i < 2*n; i++ {
+		c.audio(start.Add(time.Duration(i)*20*time.Millisecond), "4:+14255550123", frameOf(1, i, 640), false)
+	}
+	c.close()
+	msgs := h.readStream(1)
+	if got := frames(msgs); got != 2*n {
+		t.Errorf("stored %d of %d frames", got, 2*n)
+	}
+	if got := h.counter("audiofan_receiver_dropped_total", "reason", "too_large"); got != 1 {
+		t.Errorf("dropped{too_large} = %v, want 1", got)
+	}
+	for _, reason := range []string{"backpressure", "publish_failed", "rejected"} {
+		if d := h.counter("audiofan_receiver_dropped_total", "reason", reason); d != 0 {
+			t.Errorf("dropped{%s} = %v", reason, d)
+		}
+	}
+	if got := h.counter("audiofan_receiver_publish_retries_total"); got != 0 {
+		t.Errorf("%v retries: the refused message was sent again", got)
+	}
+}
+
+// A message limit over the server's max_payload is refused at start: audio
+// of that size could never be stored.
+func TestMaxMessageBytesOverMaxPayload(t *testing.T) {
+	ns := natstest.Start(t)
+	cfg := defaults[broker.ReceiverConfig](t)
+	cfg.HTTPAddr, cfg.MaxMessageBytes = "127.0.0.1:0", 2<<20 // the server's max_payload is 1 MiB
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	nc, err := nats.Connect(ns.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := broker.NewJetStream(nc, cfg.Publish)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := broker.NewReceiver(cfg, defaults[broker.StreamConfig](t), nc, js, prometheus.NewRegistry(), natstest.Logger())
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = r.Serve(context.Background(), ln, nil)
+	if !errors.Is(err, broker.ErrTooLarge) {
+		t.Errorf("Serve: %v, want ErrTooLarge", err)
 	}
 }

@@ -25,6 +25,7 @@ const (
 	dropBackpressure  = "backpressure"
 	dropPublishFailed = "publish_failed"
 	dropRejected      = "rejected"
+	dropTooLarge      = "too_large"
 )
 
 // metrics are the receiver's Prometheus collectors. None has a per-call label.
@@ -72,7 +73,7 @@ func newMetrics(reg prometheus.Registerer, open func() float64) *metrics {
 		invalid: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "audiofan_receiver_invalid_messages_total",
 			Help: "ACS messages refused, by reason."}, []string{"reason"}),
 		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "audiofan_receiver_dropped_total",
-			Help: "Valid messages not stored: backpressure (publish window full), publish_failed (retries ran out), rejected (JetStream refused)."}, []string{"reason"}),
+			Help: "Valid messages not stored: backpressure (publish window full), publish_failed (retries ran out), rejected (JetStream refused), too_large (over the server's max_payload once encoded)."}, []string{"reason"}),
 		stored: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "audiofan_receiver_stored_total",
 			Help: "Messages acknowledged by JetStream, by subject kind."}, []string{"kind"}),
 		retries: prometheus.NewCounter(prometheus.CounterOpts{Name: "audiofan_receiver_publish_retries_total", Help: "Publishes sent again with the same Nats-Msg-Id."}),
@@ -95,7 +96,7 @@ func newMetrics(reg prometheus.Registerer, open func() float64) *metrics {
 		reasonChannels, reasonEncoding, reasonTooLarge, reasonBadID, reasonFlood, reasonFrameType} {
 		m.invalid.WithLabelValues(r)
 	}
-	for _, r := range []string{dropBackpressure, dropPublishFailed, dropRejected} {
+	for _, r := range []string{dropBackpressure, dropPublishFailed, dropRejected, dropTooLarge} {
 		m.dropped.WithLabelValues(r)
 	}
 	m.storedBy = map[string]prometheus.Counter{}

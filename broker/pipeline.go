@@ -44,6 +44,24 @@ func NewJetStream(nc *nats.Conn, c PublishConfig) (jetstream.JetStream, error) {
 // the client's) had no room.
 var errWindowFull = errors.New("publish window full")
 
+// ErrTooLarge says a message, once encoded, is larger than the NATS
+// server's max_payload: no retry can store it, so it is refused at once.
+var ErrTooLarge = errors.New("message larger than the server's max payload")
+
+// msgIDOverhead is what the Nats-Msg-Id header adds to a message's size
+// besides the id itself: "NATS/1.0\r\n", "Nats-Msg-Id: ", "\r\n", "\r\n".
+const msgIDOverhead = len("NATS/1.0\r\n") + len(jetstream.MsgIDHeader) + len(": \r\n\r\n")
+
+// wireSize is the size the server counts against max_payload: headers and
+// payload.
+func wireSize(msg *nats.Msg) int64 {
+	n := len(msg.Data) + msgIDOverhead
+	for _, v := range msg.Header[jetstream.MsgIDHeader] {
+		n += len(v)
+	}
+	return int64(n)
+}
+
 // pending is one message not yet acknowledged: sent, or held back while the
 // pipeline recovers (fut nil).
 type pending struct {
@@ -86,7 +104,10 @@ type pipeline struct {
 	cfg    PublishConfig
 	m      *metrics
 	connID string
-	n      uint64 // messages given a Nats-Msg-Id so far
+	// maxPayload is the server's max_payload when the socket opened (0:
+	// unknown, not checked): larger messages are refused before sending.
+	maxPayload int64
+	n          uint64 // messages given a Nats-Msg-Id so far
 	q      []pending
 	head   int
 	// shedding is set when the window stayed full for cfg.Block: audio is then
@@ -151,6 +172,9 @@ func recycle(m *nats.Msg) {
 // deadline for anything else.
 func (p *pipeline) publish(ctx context.Context, msg *nats.Msg, kind string, part *participant, received time.Time, droppable bool) error {
 	p.reap(ctx)
+	if err := p.tooLarge(msg); err != nil {
+		return err
+	}
 	if p.shedding && p.inflight() <= p.cfg.Window/2 {
 		p.shedding = false
 		p.events.shedding(false)
@@ -190,6 +214,13 @@ func (p *pipeline) publish(ctx context.Context, msg *nats.Msg, kind string, part
 		return nil
 	}
 	fut, err := p.send(msg, stall)
+	if errors.Is(err, nats.ErrMaxPayload) {
+		// The server's limit is lower than when the socket opened (a
+		// reconnect to another server).
+		p.m.dropped.WithLabelValues(dropTooLarge).Inc()
+		recycle(msg)
+		return fmt.Errorf("%w: %w", ErrTooLarge, err)
+	}
 	if err != nil {
 		if droppable {
 			recycle(msg)
@@ -201,6 +232,21 @@ func (p *pipeline) publish(ctx context.Context, msg *nats.Msg, kind string, part
 	}
 	p.q = append(p.q, pending{fut: fut, msg: msg, kind: kind, part: part, received: received, sent: time.Now(), deadline: received.Add(p.cfg.RetryFor)})
 	p.m.inflight.Inc()
+	return nil
+}
+
+// tooLarge refuses, counted, a message the server could never store,
+// rather than send it and retry it as if the connection were down while
+// the socket's audio waits behind it.
+func (p *pipeline) tooLarge(msg *nats.Msg) error {
+	if p.maxPayload <= 0 {
+		return nil
+	}
+	if n := wireSize(msg); n > p.maxPayload {
+		p.m.dropped.WithLabelValues(dropTooLarge).Inc()
+		recycle(msg)
+		return fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, n, p.maxPayload)
+	}
 	return nil
 }
 
@@ -287,7 +333,9 @@ func (p *pipeline) settleHead(ctx context.Context, wait time.Duration) bool {
 		return false
 	}
 	reason := dropRejected
-	if retryable(err) {
+	if errors.Is(err, nats.ErrMaxPayload) {
+		reason = dropTooLarge
+	} else if retryable(err) {
 		reason = dropPublishFailed
 	}
 	p.m.dropped.WithLabelValues(reason).Inc()
@@ -377,6 +425,9 @@ func (p *pipeline) publishAwait(ctx context.Context, subject, kind string, data 
 	p.reap(ctx)
 	msg := p.newMsg(subject)
 	msg.Data = append(msg.Data, data...)
+	if err := p.tooLarge(msg); err != nil {
+		return fmt.Errorf("publish %s: %w", subject, err)
+	}
 	actx, cancel := context.WithTimeout(ctx, p.cfg.AckTimeout)
 	_, err := p.js.PublishMsg(actx, msg, jetstream.WithRetryAttempts(3), jetstream.WithRetryWait(100*time.Millisecond))
 	cancel()

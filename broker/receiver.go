@@ -65,6 +65,17 @@ func (c *ReceiverConfig) Validate() error {
 	return c.Publish.Validate()
 }
 
+// checkMaxPayload refuses a message limit the NATS server cannot take:
+// audio (three quarters of its ACS message, base64 decoded) must always fit
+// in the server's max_payload, so the limit may not exceed it. A transcript
+// whose words encode larger than that is refused one message at a time.
+func checkMaxPayload(limit ByteSize, maxPayload int64) error {
+	if maxPayload > 0 && int64(limit) > maxPayload {
+		return fmt.Errorf("AUDIOFAN_MAX_MESSAGE_BYTES %d is over the NATS server's max_payload %d (raise max_payload or lower the limit): %w", limit, maxPayload, ErrTooLarge)
+	}
+	return nil
+}
+
 func isLoopback(host string) bool {
 	if host == "localhost" {
 		return true
@@ -229,7 +240,7 @@ func (r *Receiver) serveWS(w http.ResponseWriter, req *http.Request) {
 	conn.SetReadLimit(int64(r.cfg.MaxMessageBytes))
 
 	s := &socket{r: r, conn: conn, id: newConnID(), remote: req.RemoteAddr, correlationID: req.Header.Get("x-ms-call-correlation-id")}
-	s.pipe = pipeline{js: r.js, cfg: r.cfg.Publish, m: r.m, connID: s.id, events: s}
+	s.pipe = pipeline{js: r.js, cfg: r.cfg.Publish, m: r.m, connID: s.id, events: s, maxPayload: r.nc.MaxPayload()}
 	if call != "" {
 		s.call, s.callTok, s.callFromURL = call, codec.EncodeToken(call), true
 	}
@@ -281,6 +292,10 @@ func (r *Receiver) untrack(s *socket) {
 // another replica). Every socket's messages are flushed and its "ended"
 // published before Serve returns. The NATS connection is the caller's.
 func (r *Receiver) Serve(ctx context.Context, ln net.Listener, metricsHandler http.Handler) error {
+	if err := checkMaxPayload(r.cfg.MaxMessageBytes, r.nc.MaxPayload()); err != nil {
+		_ = ln.Close()
+		return err
+	}
 	auth, err := newAuthenticator(ctx, r.cfg.Auth, r.log)
 	if err != nil {
 		_ = ln.Close()

@@ -397,7 +397,9 @@ func (s *socket) publishLifecycle(ctx context.Context, lc codec.Lifecycle, now t
 		err = s.pipe.publishAwait(ctx, s.r.subj.Lifecycle(s.callTok), KindLifecycle, data, now)
 	}
 	if err != nil {
-		s.r.m.dropped.WithLabelValues(dropRejected).Inc()
+		if !errors.Is(err, ErrTooLarge) { // counted where it was refused
+			s.r.m.dropped.WithLabelValues(dropRejected).Inc()
+		}
 		s.r.warn.Warn("lifecycle message not stored", "type", lc.Type, "conn", s.id, "call", s.call, "err", err)
 	}
 }
@@ -411,6 +413,12 @@ func (s *socket) publish(ctx context.Context, subject, kind string, data []byte,
 
 func (s *socket) publishMsg(ctx context.Context, msg *nats.Msg, kind string, part *participant, now time.Time, droppable bool) error {
 	err := s.pipe.publish(ctx, msg, kind, part, now, droppable)
+	if errors.Is(err, ErrTooLarge) {
+		// Counted by the pipeline. The socket goes on: it is this message
+		// alone that cannot be stored.
+		s.r.warn.Warn("message not stored: too large for NATS once encoded", "kind", kind, "conn", s.id, "call", s.call, "err", err)
+		return nil
+	}
 	if err != nil {
 		s.r.m.dropped.WithLabelValues(dropBackpressure).Inc()
 		if !droppable {
