@@ -291,3 +291,29 @@ func TestMaxMessageBytesOverMaxPayload(t *testing.T) {
 		t.Errorf("Serve: %v, want ErrTooLarge", err)
 	}
 }
+
+// A participant past AUDIOFAN_MAX_PARTICIPANTS has its frames refused,
+// counted, while the socket stays open and the others' audio is stored.
+func TestParticipantPastTheLimit(t *testing.T) {
+	const limit, n = 4, 200
+	h := newHarness(t, func(c *broker.ReceiverConfig) { c.MaxParticipants = limit })
+	c := dialACS(t, h.wsURL("?callId=many"), nil)
+	c.audioMetadata("s", 16000)
+	start := time.Now()
+	for i := 0; i < n; i++ {
+		for p := 0; p <= limit; p++ {
+			c.audio(start.Add(time.Duration(i)*20*time.Millisecond), fmt.Sprintf("8:acs:res_user-%d", p), frameOf(p, i, 640), false)
+		}
+	}
+	c.close()
+	msgs := h.readStream(1)
+	if got := frames(msgs); got != limit*n {
+		t.Errorf("stored %d frames, want %d (the first %d participants')", got, limit*n, limit)
+	}
+	if got := h.counter("audiofan_receiver_invalid_messages_total", "reason", "too_many_participants"); got != n {
+		t.Errorf("invalid{too_many_participants} = %v, want %d", got, n)
+	}
+	if got := h.counter("audiofan_receiver_invalid_messages_total", "reason", "flood"); got != 0 {
+		t.Errorf("the socket was closed for flooding (%v)", got)
+	}
+}

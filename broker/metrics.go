@@ -9,23 +9,24 @@ import (
 // Reasons label why an inbound message was refused. The set is fixed so the
 // metric's cardinality is too.
 const (
-	reasonJSON        = "json"
-	reasonFieldType   = "field_type"
-	reasonBase64      = "base64"
-	reasonPCMLength   = "pcm_length"
-	reasonTimestamp   = "timestamp"
-	reasonNoMetadata  = "no_metadata"
-	reasonSampleRate  = "sample_rate"
-	reasonChannels    = "channels"
-	reasonEncoding    = "encoding"
-	reasonTooLarge    = "too_large"
-	reasonBadID       = "bad_id"
-	reasonFlood       = "flood"
-	reasonFrameType   = "frame_type"
-	dropBackpressure  = "backpressure"
-	dropPublishFailed = "publish_failed"
-	dropRejected      = "rejected"
-	dropTooLarge      = "too_large"
+	reasonJSON         = "json"
+	reasonFieldType    = "field_type"
+	reasonBase64       = "base64"
+	reasonPCMLength    = "pcm_length"
+	reasonTimestamp    = "timestamp"
+	reasonNoMetadata   = "no_metadata"
+	reasonSampleRate   = "sample_rate"
+	reasonChannels     = "channels"
+	reasonEncoding     = "encoding"
+	reasonTooLarge     = "too_large"
+	reasonBadID        = "bad_id"
+	reasonParticipants = "too_many_participants"
+	reasonFlood        = "flood"
+	reasonFrameType    = "frame_type"
+	dropBackpressure   = "backpressure"
+	dropPublishFailed  = "publish_failed"
+	dropRejected       = "rejected"
+	dropTooLarge       = "too_large"
 )
 
 // metrics are the receiver's Prometheus collectors. None has a per-call label.
@@ -93,7 +94,7 @@ func newMetrics(reg prometheus.Registerer, open func() float64) *metrics {
 		Help: "ACS WebSocket connections open now (those being upgraded included)."}, open)
 	reg.MustRegister(connsOpen, m.conns, m.closes, m.messages, m.invalid, m.dropped, m.stored, m.retries, m.ackLatency, m.inflight, m.draining, m.noMetadata, m.logSuppressed, m.authFailures, m.outbound)
 	for _, r := range []string{reasonJSON, reasonFieldType, reasonBase64, reasonPCMLength, reasonTimestamp, reasonNoMetadata, reasonSampleRate,
-		reasonChannels, reasonEncoding, reasonTooLarge, reasonBadID, reasonFlood, reasonFrameType} {
+		reasonChannels, reasonEncoding, reasonTooLarge, reasonBadID, reasonParticipants, reasonFlood, reasonFrameType} {
 		m.invalid.WithLabelValues(r)
 	}
 	for _, r := range []string{dropBackpressure, dropPublishFailed, dropRejected, dropTooLarge} {

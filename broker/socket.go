@@ -63,6 +63,9 @@ type socket struct {
 	drained      atomic.Bool // closed by the receiver's drain, from another goroutine
 }
 
+// errTooManyParticipants refuses a participant past AUDIOFAN_MAX_PARTICIPANTS.
+var errTooManyParticipants = errors.New("too many participants")
+
 // notStored reports a message given up for good (the pipeline counted it).
 func (s *socket) notStored(kind string, err error) {
 	s.r.warn.Warn("message not stored", "kind", kind, "conn", s.id, "call", s.call, "err", err)
@@ -437,7 +440,7 @@ func (s *socket) participant(raw []byte) (*participant, error) {
 		return nil, fmt.Errorf("participant id of %d bytes", len(raw))
 	}
 	if len(s.parts) >= s.r.cfg.MaxParticipants {
-		return nil, fmt.Errorf("more than %d participants on one socket", s.r.cfg.MaxParticipants)
+		return nil, fmt.Errorf("%w: more than %d on one socket", errTooManyParticipants, s.r.cfg.MaxParticipants)
 	}
 	if s.parts == nil {
 		s.parts = make(map[string]*participant, 4)
@@ -457,6 +460,14 @@ func (s *socket) audio(ctx context.Context, a *codec.AudioData, now time.Time) e
 		return s.invalid(reasonPCMLength, fmt.Errorf("%d bytes for %d channels", len(a.PCM), s.channels))
 	}
 	p, err := s.participant(a.Participant)
+	if errors.Is(err, errTooManyParticipants) {
+		// The participants already on the socket are good: refuse this
+		// one's frames, counted, without counting them towards closing the
+		// socket for flooding (they come fifty a second).
+		s.r.m.invalid.WithLabelValues(reasonParticipants).Inc()
+		s.r.warn.Warn("refused ACS message", "reason", reasonParticipants, "err", err, "conn", s.id, "call", s.call, "remote", s.remote)
+		return nil
+	}
 	if err != nil {
 		return s.invalid(reasonBadID, err)
 	}
