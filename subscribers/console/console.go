@@ -94,6 +94,22 @@ func loopback(addr string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
+// loopbackHost reports whether a request's Host (with or without a port)
+// names the loopback interface: localhost or a loopback address, not a
+// name that merely resolves to one.
+func loopbackHost(host string) bool {
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	} else if strings.HasPrefix(host, "[") && strings.HasSuffix(host, "]") {
+		host = host[1 : len(host)-1]
+	}
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
 // Deps are what the console reads from.
 type Deps struct {
 	NC     *nats.Conn
@@ -220,11 +236,19 @@ func noCache(h http.Handler) http.Handler {
 const tokenCookie = "audiofan_console"
 
 // authorize lets through a request with the bearer token (header or the
-// cookie a ?token= link sets) or the basic-auth user, or any request when
-// no credential is set (the console is then on loopback only).
+// cookie a ?token= link sets) or the basic-auth user. With no credential set
+// (the console is then on loopback only) it lets through requests for a
+// loopback host name alone: a web page whose own name resolves to 127.0.0.1
+// (DNS rebinding) would otherwise read calls and listen in, since the
+// browser sends that name as Host and as the listen socket's Origin.
 func (c *Console) authorize(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !c.cfg.protected() {
+			if !loopbackHost(r.Host) {
+				c.m.authFailed.Inc()
+				http.Error(w, "the console without a credential answers only to localhost, 127.0.0.1 or [::1]", http.StatusForbidden)
+				return
+			}
 			next.ServeHTTP(w, r)
 			return
 		}

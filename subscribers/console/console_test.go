@@ -9,6 +9,7 @@ import (
 	"errors"
 	"io"
 	"math"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -590,4 +591,34 @@ func TestListRates(t *testing.T) {
 		}
 	}
 	t.Fatal("no frame rate or drops in 20 s of the list feed")
+}
+
+// Without a credential the console answers only to loopback host names: a
+// page whose name was rebound to 127.0.0.1 gets nothing.
+func TestDNSRebinding(t *testing.T) {
+	e := start(t, nil)
+	_, port, _ := net.SplitHostPort(strings.TrimPrefix(e.srv.URL, "http://"))
+	for host, want := range map[string]int{
+		"127.0.0.1:" + port:      200,
+		"localhost:" + port:      200,
+		"LOCALHOST":              200,
+		"[::1]:" + port:          200,
+		"127.0.0.2":              200,
+		"evil.example:" + port:   403,
+		"localhost.evil.example": 403,
+		"127.0.0.1.nip.io":       403,
+	} {
+		for _, path := range []string{"/", "/api/calls", "/api/calls/x/listen"} {
+			req, _ := http.NewRequest("GET", e.srv.URL+path, nil)
+			req.Host = host
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if got := resp.StatusCode; (got == 403) != (want == 403) {
+				t.Errorf("Host %q %s: %d, want %d", host, path, got, want)
+			}
+		}
+	}
 }
