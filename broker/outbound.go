@@ -68,7 +68,7 @@ func (r *Receiver) relayOutbound(msg *nats.Msg) {
 		return
 	}
 	r.mu.Lock()
-	s := r.calls[tok]
+	s := r.calls[codec.Token(tok)]
 	r.mu.Unlock()
 	if s == nil {
 		// Another receiver may hold it: each counts what it could not relay.

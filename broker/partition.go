@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/audiofan/audiofan/codec"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -31,7 +32,7 @@ var ErrNotPartitioned = errors.New("stream does not partition calls (no partitio
 // Partition is the partition the stream stores a call's messages in: the
 // FNV-1a hash of its token modulo the partition count, as nats-server's
 // partition() mapping computes it.
-func (s Subjects) Partition(callTok string) int {
+func (s Subjects) Partition(callTok codec.Token) int {
 	if s.Partitions <= 0 {
 		return 0
 	}
@@ -41,16 +42,16 @@ func (s Subjects) Partition(callTok string) int {
 }
 
 // Stored is the subject a published subject of a call is stored under.
-func (s Subjects) Stored(callTok string) string {
-	return s.Prefix + "." + strconv.Itoa(s.Partition(callTok)) + "." + callTok
+func (s Subjects) Stored(callTok codec.Token) string {
+	return s.Prefix + "." + strconv.Itoa(s.Partition(callTok)) + "." + string(callTok)
 }
 
 // StoredCall matches every stored message of one call, given its token.
-func (s Subjects) StoredCall(callTok string) string { return s.Stored(callTok) + ".>" }
+func (s Subjects) StoredCall(callTok codec.Token) string { return s.Stored(callTok) + ".>" }
 
 // StoredKind matches the stored messages of one kind of one call.
 // Lifecycle and outbound subjects have no fourth token; the others have one.
-func (s Subjects) StoredKind(callTok, kind string) string {
+func (s Subjects) StoredKind(callTok codec.Token, kind string) string {
 	return kindFilter(s.Stored(callTok), kind)
 }
 
@@ -69,12 +70,14 @@ func (s Subjects) AllKind(kind string) string {
 // LegacyCall matches every message of one call as a stream made before
 // partitioning stored it (and, the call token being also a number below
 // the partition count, that partition's messages: check what is read).
-func (s Subjects) LegacyCall(callTok string) string { return s.Prefix + "." + callTok + ".>" }
+func (s Subjects) LegacyCall(callTok codec.Token) string {
+	return s.Prefix + "." + string(callTok) + ".>"
+}
 
 // LegacyKind matches one kind of one call as a stream made before
 // partitioning stored it: the published subject itself.
-func (s Subjects) LegacyKind(callTok, kind string) string {
-	return kindFilter(s.Prefix+"."+callTok, kind)
+func (s Subjects) LegacyKind(callTok codec.Token, kind string) string {
+	return kindFilter(s.Prefix+"."+string(callTok), kind)
 }
 
 func kindFilter(base, kind string) string {
@@ -94,7 +97,7 @@ func (s Subjects) ParseStored(subject string) (SubjectInfo, error) {
 		if rest, ok := strings.CutPrefix(subject, s.Prefix+"."); ok {
 			if ptok, after, ok := strings.Cut(rest, "."); ok {
 				tok, _, _ := strings.Cut(after, ".")
-				if p, err := strconv.Atoi(ptok); err == nil && p >= 0 && p < s.Partitions && s.Partition(tok) == p &&
+				if p, err := strconv.Atoi(ptok); err == nil && p >= 0 && p < s.Partitions && s.Partition(codec.Token(tok)) == p &&
 					strconv.Itoa(p) == ptok {
 					if info, err := parseRest(subject, after); err == nil {
 						info.Partitioned = true
@@ -109,7 +112,7 @@ func (s Subjects) ParseStored(subject string) (SubjectInfo, error) {
 
 // CallTokenKind returns the call token and the kind of a stored subject,
 // without decoding or allocating.
-func (s Subjects) CallTokenKind(stored string) (tok, kind string, ok bool) {
+func (s Subjects) CallTokenKind(stored string) (tok codec.Token, kind string, ok bool) {
 	rest, ok := strings.CutPrefix(stored, s.Prefix+".")
 	if !ok {
 		return "", "", false
@@ -119,12 +122,12 @@ func (s Subjects) CallTokenKind(stored string) (tok, kind string, ok bool) {
 			rest = after
 		}
 	}
-	tok, rest, ok = strings.Cut(rest, ".")
-	if !ok || tok == "" {
+	t, rest, ok := strings.Cut(rest, ".")
+	if !ok || t == "" {
 		return "", "", false
 	}
 	kind, _, _ = strings.Cut(rest, ".")
-	return tok, kind, kind != ""
+	return codec.Token(t), kind, kind != ""
 }
 
 // transform is the stream's subject transform for p partitions.

@@ -108,8 +108,8 @@ type pipeline struct {
 	// unknown, not checked): larger messages are refused before sending.
 	maxPayload int64
 	n          uint64 // messages given a Nats-Msg-Id so far
-	q      []pending
-	head   int
+	q          []pending
+	head       int
 	// shedding is set when the window stayed full for cfg.Block: audio is then
 	// dropped at once, so the socket keeps pace with ACS during an outage,
 	// until half the window is free again.

@@ -103,8 +103,8 @@ type Receiver struct {
 
 	mu       sync.Mutex
 	sockets  map[*socket]struct{}
-	calls    map[string]*socket // call token -> the media socket outbound audio goes to
-	closing  bool               // the drain deadline passed: sockets still open are closed
+	calls    map[codec.Token]*socket // call token -> the media socket outbound audio goes to
+	closing  bool                    // the drain deadline passed: sockets still open are closed
 	wg       sync.WaitGroup
 	open     atomic.Int64
 	draining atomic.Bool
@@ -116,7 +116,7 @@ func NewReceiver(cfg ReceiverConfig, sc StreamConfig, nc *nats.Conn, js jetstrea
 	r := &Receiver{
 		cfg: cfg, subj: sc.Subjects(), stream: sc.Name, nc: nc, js: js, log: log,
 		sockets: map[*socket]struct{}{},
-		calls:   map[string]*socket{},
+		calls:   map[codec.Token]*socket{},
 	}
 	r.m = newMetrics(reg, func() float64 { return float64(r.open.Load()) })
 	r.warn = newWarnLimiter(log, 5, 20, r.m.logSuppressed)

@@ -119,7 +119,7 @@ func TestEndToEnd(t *testing.T) {
 						lcs = append(lcs, v)
 					}
 				case *codec.Frame:
-					if m.info.Participant != v.Participant || m.subject != stored+".audio."+codec.EncodeToken(v.Participant) {
+					if m.info.Participant != v.Participant || m.subject != stored+".audio."+string(codec.EncodeToken(v.Participant)) {
 						t.Errorf("frame of %q on subject %q", v.Participant, m.subject)
 					}
 					frames = append(frames, v)
@@ -189,7 +189,7 @@ func TestEndToEnd(t *testing.T) {
 			switch v := m.payload.(type) {
 			case *codec.Transcript:
 				ts = append(ts, v)
-				if want := h.sc.Subjects().Stored("0f6c2e1a-5b7d-4c39-9e1f-2a8b7c6d5e4f") + ".transcript." + codec.EncodeToken(v.Participant); m.subject != want {
+				if want := h.sc.Subjects().Stored("0f6c2e1a-5b7d-4c39-9e1f-2a8b7c6d5e4f") + ".transcript." + string(codec.EncodeToken(v.Participant)); m.subject != want {
 					t.Errorf("subject %q want %q", m.subject, want)
 				}
 			case *codec.Lifecycle:

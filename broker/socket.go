@@ -39,7 +39,7 @@ type socket struct {
 	remote string
 
 	call          string // call id ("" until known)
-	callTok       string
+	callTok       codec.Token
 	callFromURL   bool // from the header or query: never replaced by a message
 	correlationID string
 

@@ -32,33 +32,33 @@ type Subjects struct {
 }
 
 // Audio is the subject of a participant's frames; the tokens are already encoded.
-func (s Subjects) Audio(callTok, partTok string) string {
-	return s.Prefix + "." + callTok + "." + KindAudio + "." + partTok
+func (s Subjects) Audio(callTok, partTok codec.Token) string {
+	return s.Prefix + "." + string(callTok) + "." + KindAudio + "." + string(partTok)
 }
 
 // Transcript is the subject of a participant's transcripts.
-func (s Subjects) Transcript(callTok, partTok string) string {
-	return s.Prefix + "." + callTok + "." + KindTranscript + "." + partTok
+func (s Subjects) Transcript(callTok, partTok codec.Token) string {
+	return s.Prefix + "." + string(callTok) + "." + KindTranscript + "." + string(partTok)
 }
 
 // Dtmf is the subject of a participant's DTMF tones.
-func (s Subjects) Dtmf(callTok, partTok string) string {
-	return s.Prefix + "." + callTok + "." + KindDtmf + "." + partTok
+func (s Subjects) Dtmf(callTok, partTok codec.Token) string {
+	return s.Prefix + "." + string(callTok) + "." + KindDtmf + "." + string(partTok)
 }
 
 // Lifecycle is the subject of a call's started/ended messages.
-func (s Subjects) Lifecycle(callTok string) string {
-	return s.Prefix + "." + callTok + "." + KindLifecycle
+func (s Subjects) Lifecycle(callTok codec.Token) string {
+	return s.Prefix + "." + string(callTok) + "." + KindLifecycle
 }
 
 // Events is the subject a subscriber role reports on.
-func (s Subjects) Events(callTok, source string) string {
-	return s.Prefix + "." + callTok + "." + KindEvents + "." + source
+func (s Subjects) Events(callTok codec.Token, source string) string {
+	return s.Prefix + "." + string(callTok) + "." + KindEvents + "." + source
 }
 
 // Outbound is the subject that speaks into a call.
-func (s Subjects) Outbound(callTok string) string {
-	return s.Prefix + "." + callTok + "." + KindOutbound
+func (s Subjects) Outbound(callTok codec.Token) string {
+	return s.Prefix + "." + string(callTok) + "." + KindOutbound
 }
 
 // All matches every subject of the scheme: what the stream stores.
@@ -67,10 +67,13 @@ func (s Subjects) All() string { return s.Prefix + ".>" }
 // SubjectInfo is what a subject says: the decoded call id, the kind, and the
 // decoded participant id ("" for mixed) or the event source.
 type SubjectInfo struct {
-	Call        string
+	Call        string // the raw id
+	CallToken   codec.Token
 	Kind        string
-	Participant string
-	Source      string
+	Participant string // the raw id; "" with ParticipantToken MixedToken
+	// ParticipantToken is set for audio, transcript and DTMF subjects.
+	ParticipantToken codec.Token
+	Source           string
 	// Partitioned is set when the subject was in the stored, partitioned
 	// form (ParseStored).
 	Partitioned bool
@@ -93,11 +96,11 @@ func parseRest(subject, rest string) (SubjectInfo, error) {
 	if len(toks) < 2 {
 		return SubjectInfo{}, fmt.Errorf("%w: %q", ErrNotOurSubject, subject)
 	}
-	call, err := codec.DecodeToken(toks[0])
+	call, err := codec.DecodeToken(codec.Token(toks[0]))
 	if err != nil {
 		return SubjectInfo{}, fmt.Errorf("subject %q: call: %w", subject, err)
 	}
-	info := SubjectInfo{Call: call, Kind: toks[1]}
+	info := SubjectInfo{Call: call, CallToken: codec.Token(toks[0]), Kind: toks[1]}
 	switch info.Kind {
 	case KindLifecycle, KindOutbound:
 		if len(toks) != 2 {
@@ -107,7 +110,8 @@ func parseRest(subject, rest string) (SubjectInfo, error) {
 		if len(toks) != 3 {
 			return SubjectInfo{}, fmt.Errorf("%w: %q", ErrNotOurSubject, subject)
 		}
-		if info.Participant, err = codec.DecodeToken(toks[2]); err != nil {
+		info.ParticipantToken = codec.Token(toks[2])
+		if info.Participant, err = codec.DecodeToken(info.ParticipantToken); err != nil {
 			return SubjectInfo{}, fmt.Errorf("subject %q: participant: %w", subject, err)
 		}
 	case KindEvents:

@@ -8,13 +8,13 @@ import (
 func TestSubjectsRoundTrip(t *testing.T) {
 	s := Subjects{Prefix: "calls"}
 	for subject, want := range map[string]SubjectInfo{
-		s.Audio("c1", "4_3A_2B1"):       {Call: "c1", Kind: KindAudio, Participant: "4:+1"},
-		s.Audio("c1", "_mixed"):         {Call: "c1", Kind: KindAudio},
-		s.Transcript("c_2E1", "_mixed"): {Call: "c.1", Kind: KindTranscript},
-		s.Dtmf("c1", "x"):               {Call: "c1", Kind: KindDtmf, Participant: "x"},
-		s.Lifecycle("c1"):               {Call: "c1", Kind: KindLifecycle},
-		s.Events("c1", "analytics"):     {Call: "c1", Kind: KindEvents, Source: "analytics"},
-		s.Outbound("c1"):                {Call: "c1", Kind: KindOutbound},
+		s.Audio("c1", "4_3A_2B1"):       {Call: "c1", CallToken: "c1", Kind: KindAudio, Participant: "4:+1", ParticipantToken: "4_3A_2B1"},
+		s.Audio("c1", "_mixed"):         {Call: "c1", CallToken: "c1", Kind: KindAudio, ParticipantToken: "_mixed"},
+		s.Transcript("c_2E1", "_mixed"): {Call: "c.1", CallToken: "c_2E1", Kind: KindTranscript, ParticipantToken: "_mixed"},
+		s.Dtmf("c1", "x"):               {Call: "c1", CallToken: "c1", Kind: KindDtmf, Participant: "x", ParticipantToken: "x"},
+		s.Lifecycle("c1"):               {Call: "c1", CallToken: "c1", Kind: KindLifecycle},
+		s.Events("c1", "analytics"):     {Call: "c1", CallToken: "c1", Kind: KindEvents, Source: "analytics"},
+		s.Outbound("c1"):                {Call: "c1", CallToken: "c1", Kind: KindOutbound},
 	} {
 		got, err := s.Parse(subject)
 		if err != nil || got != want {

@@ -5,10 +5,16 @@ import (
 	"fmt"
 )
 
+// Token is an id as subjects, KV keys and file names hold it (EncodeToken).
+// It is a type of its own so that a raw id cannot be passed where a token
+// is meant: the two look alike for GUIDs and differ for every real ACS
+// participant id ("8:acs:…" is "8_3Aacs_3A…").
+type Token string
+
 // MixedToken stands for "no participant" (mixed audio, or a DTMF tone or
 // transcript without participantRawID). EncodeToken never produces it,
 // because it escapes every '_' it sees.
-const MixedToken = "_mixed"
+const MixedToken Token = "_mixed"
 
 // ErrBadToken is returned by DecodeToken for a string EncodeToken could not
 // have produced.
@@ -24,7 +30,7 @@ func tokenSafe(c byte) bool {
 // token, KV key or file name: bytes A-Z a-z 0-9 and '-' stay as they are,
 // every other byte becomes '_' and two upper-case hex digits. The empty id
 // (mixed audio) becomes MixedToken. The mapping is reversible by DecodeToken.
-func EncodeToken(id string) string {
+func EncodeToken(id string) Token {
 	if id == "" {
 		return MixedToken
 	}
@@ -35,9 +41,9 @@ func EncodeToken(id string) string {
 		}
 	}
 	if n == 0 {
-		return id
+		return Token(id)
 	}
-	return string(AppendToken(make([]byte, 0, len(id)+2*n), id))
+	return Token(AppendToken(make([]byte, 0, len(id)+2*n), id))
 }
 
 // AppendToken appends the token of id to dst, as EncodeToken would return it.
@@ -57,7 +63,7 @@ func AppendToken(dst []byte, id string) []byte {
 }
 
 // DecodeToken reverses EncodeToken. MixedToken decodes to the empty id.
-func DecodeToken(tok string) (string, error) {
+func DecodeToken(tok Token) (string, error) {
 	if tok == MixedToken {
 		return "", nil
 	}

@@ -6,7 +6,10 @@ import (
 )
 
 func TestTokenTable(t *testing.T) {
-	for _, tc := range []struct{ id, tok string }{
+	for _, tc := range []struct {
+		id  string
+		tok Token
+	}{
 		{"", MixedToken},
 		{"0f6c2e1a-5b7d-4c39-9e1f-2a8b7c6d5e4f", "0f6c2e1a-5b7d-4c39-9e1f-2a8b7c6d5e4f"},
 		{"4:+14255550123", "4_3A_2B14255550123"},
@@ -27,7 +30,7 @@ func TestTokenTable(t *testing.T) {
 
 func TestDecodeTokenRejects(t *testing.T) {
 	for _, tok := range []string{"", "a.b", "_3", "_3a", "_41", "x_ZZ", "a b", "_mixe"} {
-		if _, err := DecodeToken(tok); !errors.Is(err, ErrBadToken) {
+		if _, err := DecodeToken(Token(tok)); !errors.Is(err, ErrBadToken) {
 			t.Errorf("DecodeToken(%q) err = %v, want ErrBadToken", tok, err)
 		}
 	}
@@ -49,7 +52,7 @@ func FuzzToken(f *testing.F) {
 			t.Fatalf("round trip %q -> %q -> %q, %v", id, tok, back, err)
 		}
 		// Any string that decodes must encode back to itself: one id, one token.
-		if dec, err := DecodeToken(id); err == nil && EncodeToken(dec) != id {
+		if dec, err := DecodeToken(Token(id)); err == nil && EncodeToken(dec) != Token(id) {
 			t.Fatalf("token %q decodes to %q which encodes to %q", id, dec, EncodeToken(dec))
 		}
 	})

@@ -9,7 +9,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/audiofan/audiofan/broker"
 	"github.com/audiofan/audiofan/codec"
 )
 
@@ -60,7 +59,7 @@ func (it *item) markDone() {
 func newCallWork(p *partition, info CallInfo, first uint64) *callWork {
 	g := p.g
 	c := &callWork{p: p, info: info, first: first, wake: make(chan struct{}, 1), conns: map[string]bool{},
-		out: Output{js: g.js, subj: g.subj.Prefix + "." + info.Token + "." + broker.KindEvents, role: g.role.Name, call: info}}
+		out: Output{js: g.js, subj: g.subj, role: g.role.Name, call: info}}
 	c.active.Store(time.Now().UnixNano())
 	return c
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/audiofan/audiofan/broker"
+	"github.com/audiofan/audiofan/codec"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -30,14 +31,14 @@ type checkpoint struct {
 }
 
 type ckCall struct {
-	Token  string `json:"t"`
-	First  uint64 `json:"f"`           // stream sequence of its first message in the partition
-	Legacy bool   `json:"l,omitempty"` // it began before the stream was partitioned
+	Token  codec.Token `json:"t"`
+	First  uint64      `json:"f"`           // stream sequence of its first message in the partition
+	Legacy bool        `json:"l,omitempty"` // it began before the stream was partitioned
 }
 
 type ckEnded struct {
-	Token string `json:"t"`
-	At    int64  `json:"at"` // unix seconds
+	Token codec.Token `json:"t"`
+	At    int64       `json:"at"` // unix seconds
 }
 
 // maxEnded bounds the calls a checkpoint remembers as ended (the oldest go
@@ -84,7 +85,7 @@ func writeCheckpoint(ctx context.Context, kv jetstream.KeyValue, p int, ck *chec
 // Finished reports whether a role has finished a call, as the checkpoint of
 // the call's partition says (within about a second of the call's end): for
 // tests and tools that wait for a role's output.
-func Finished(ctx context.Context, js jetstream.JetStream, ref broker.StreamRef, role, callTok string) (bool, error) {
+func Finished(ctx context.Context, js jetstream.JetStream, ref broker.StreamRef, role string, callTok codec.Token) (bool, error) {
 	s, err := js.Stream(ctx, ref.Name)
 	if err != nil {
 		return false, err

@@ -61,8 +61,8 @@ type partition struct {
 	written  uint64
 	wroteAt  time.Time
 	dirty    bool
-	calls    map[string]*callWork
-	ended    map[string]int64
+	calls    map[codec.Token]*callWork
+	ended    map[codec.Token]int64
 	checked  time.Time
 	idleAt   time.Time
 	callCtx  context.Context // the calls' context: canceled when the partition goes
@@ -356,7 +356,7 @@ func (p *partition) takeover(ctx context.Context, pin string) error {
 	}
 	cctx, cancel := context.WithCancel(context.Background())
 	p.callCtx, p.ccancel = cctx, cancel
-	p.calls, p.ended = map[string]*callWork{}, map[string]int64{}
+	p.calls, p.ended = map[codec.Token]*callWork{}, map[codec.Token]int64{}
 	cutoff := time.Now().Add(-p.g.cfg.DoneTTL).Unix()
 	for _, e := range ck.Ended {
 		if e.At >= cutoff {

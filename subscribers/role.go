@@ -31,8 +31,8 @@ type Role struct {
 
 // CallInfo names a call.
 type CallInfo struct {
-	ID    string // the call id, as in the payloads' call field
-	Token string // its subject token
+	ID    string      // the call id, as in the payloads' call field
+	Token codec.Token // its subject token
 }
 
 // CallHandler holds a role's state for one call. The Group calls it from one
@@ -114,7 +114,7 @@ var ErrPanic = errors.New("handler panicked")
 // messages (capture times, not the clock).
 type Output struct {
 	js     jetstream.JetStream
-	subj   string // events subject without the source
+	subj   broker.Subjects
 	role   string
 	call   CallInfo
 	seq    uint64 // of the message being handled; 0 while the call ends
@@ -151,7 +151,7 @@ func (o *Output) Emit(ctx context.Context, ev codec.Event) error {
 	if err != nil {
 		return Permanent(fmt.Errorf("encode %s event: %w", ev.Type, err))
 	}
-	subject := o.subj + "." + ev.Source
+	subject := o.subj.Events(o.call.Token, ev.Source)
 	msg := &nats.Msg{Subject: subject, Data: data, Header: nats.Header{}}
 	key := "end"
 	if o.seq > 0 {

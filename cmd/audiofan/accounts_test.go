@@ -173,7 +173,7 @@ func TestNATSAccounts(t *testing.T) {
 	}
 	// Its live feeds subscribe as tools too: the list's frame counter, a
 	// call's page and listening in.
-	for _, path := range []string{"/api/calls/feed", "/api/calls/" + tok + "/feed"} {
+	for _, path := range []string{"/api/calls/feed", "/api/calls/" + string(tok) + "/feed"} {
 		resp, err := http.Get(web.URL + path)
 		if err != nil {
 			t.Fatal(err)
@@ -184,7 +184,7 @@ func TestNATSAccounts(t *testing.T) {
 			t.Errorf("%s as tools: %s %q", path, resp.Status, line)
 		}
 	}
-	ws, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(web.URL, "http")+"/api/calls/"+tok+"/listen", nil)
+	ws, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(web.URL, "http")+"/api/calls/"+string(tok)+"/listen", nil)
 	if err != nil {
 		t.Fatalf("listening as tools: %v", err)
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"os"
 	"os/exec"
@@ -15,9 +16,11 @@ import (
 
 // TestConsoleInBrowser drives the console in headless Chromium (AUDIOFAN_BROWSER:
 // its path; `make test-browser`, part of `make test`, installs Debian's
-// chromium and sets it): serve, two calls from sim, the list, a call's page
-// with moving meters and transcript lines, listening in until samples reach
-// the Web Audio graph, then the finished call's recording played back.
+// chromium and sets it): serve, two calls from sim (ids with ':' and '_',
+// participants "8:acs:…" and "4:+1…"), the list, a call's page with moving
+// meters and transcript lines, listening in until samples reach the Web
+// Audio graph, then to one participant, then the finished call's recording
+// played back.
 // Screenshots go to the test's artifact folder (go test -artifacts).
 func TestConsoleInBrowser(t *testing.T) {
 	browser := os.Getenv("AUDIOFAN_BROWSER")
@@ -54,7 +57,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	var simOut, simErr syncBuffer
 	go func() {
 		simDone <- run([]string{"sim", "--url", "ws://" + httpAddr + "/ws", "--calls", "2", "--participants", "2",
-			"--duration", "12s", "--transcription", "--call-prefix", "browser"}, &simOut, &simErr)
+			"--duration", "12s", "--transcription", "--call-prefix", "browser:call_x"}, &simOut, &simErr)
 	}()
 
 	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(browser), chromedp.NoSandbox,
@@ -105,7 +108,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	}
 
 	step("open the console", chromedp.Navigate("http://"+httpAddr+"/"))
-	poll("both calls listed live", `audiofan.calls.filter(c => c.live && c.id.startsWith("browser-")).length === 2`)
+	poll("both calls listed live", `audiofan.calls.filter(c => c.live && c.id.startsWith("browser:call_x-")).length === 2`)
 	poll("their participants listed", `audiofan.calls.filter(c => c.participants.length === 2).length === 2`)
 	poll("their frames counted", `[...document.querySelectorAll("#calls td.fps")].filter(td => +td.textContent > 0).length === 2`)
 
@@ -128,6 +131,10 @@ func TestConsoleInBrowser(t *testing.T) {
 	shot("console-call-live.png")
 	step("switch to one participant", chromedp.Click(chromedp.CSS(`#parts tbody tr .listen-one`)))
 	poll("listening to one participant", `audiofan.listen.running && document.querySelector("#listen-state").textContent.includes("listening to")`)
+	// Real participant ids hold ':' and '+': the button must address the
+	// participant by its token, or it hears nothing.
+	before := eval("frames so far", `audiofan.listen.frames`)
+	poll("one participant's frames arrive", fmt.Sprintf(`audiofan.listen.frames >= %.0f + 50`, before))
 	step("stop listening", chromedp.Click(chromedp.CSS(`#listen-stop`)))
 	poll("stopped", `!audiofan.listen.running`)
 
@@ -146,7 +153,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	// Back to the list, and into the other call, finished before it was
 	// opened: the page reads it from the stream.
 	step("back to the list", chromedp.Click(chromedp.CSS(`header a.brand`)))
-	poll("both calls ended", `audiofan.calls.filter(c => !c.live && c.id.startsWith("browser-")).length === 2`)
+	poll("both calls ended", `audiofan.calls.filter(c => !c.live && c.id.startsWith("browser:call_x-")).length === 2`)
 	shot("console-calls.png")
 	step("open the other call", chromedp.Click(chromedp.CSS(`#calls tbody tr.call:not([data-token="`+first+`"])`)))
 	poll("its timeline read back", `audiofan.call && audiofan.call.tok !== "`+first+`" && audiofan.call.segs.length > 0`)

@@ -123,7 +123,7 @@ func TestServeManyCalls(t *testing.T) {
 	missing := func() (recorded, analysed int) {
 		for i := range scaleCalls {
 			tok := codec.EncodeToken(id(i))
-			if _, err := os.Stat(filepath.Join(dataDir, "recordings", tok, "mix.wav")); err == nil {
+			if _, err := os.Stat(filepath.Join(dataDir, "recordings", string(tok), "mix.wav")); err == nil {
 				recorded++
 			}
 		}
@@ -155,7 +155,7 @@ func TestServeManyCalls(t *testing.T) {
 	}
 	t.Logf("every call recorded and analysed %v after the first was stored", time.Since(start).Round(time.Millisecond))
 	conformance.WaitFor(t, "the analytics summaries", func() bool {
-		e, err := kv.Get(ctx, codec.EncodeToken(id(7)))
+		e, err := kv.Get(ctx, string(codec.EncodeToken(id(7))))
 		var ev codec.Event
 		return err == nil && codec.Unmarshal(e.Value(), &ev) == nil && ev.Type == "summary"
 	})

@@ -312,10 +312,10 @@ func TestTopology(t *testing.T) {
 	}
 	for _, id := range calls {
 		tok := codec.EncodeToken(id)
-		dir := filepath.Join(dataDir, "recordings", tok)
+		dir := filepath.Join(dataDir, "recordings", string(tok))
 		if !fileWithin(filepath.Join(dir, "mix.wav"), 90*time.Second) {
 			t.Errorf("call %s: no recording", id)
-			diagnose(t, js, "recording", tok)
+			diagnose(t, js, "recording", string(tok))
 			if os.Getenv("AUDIOFAN_TOPOLOGY_LOGS") != "" { // stacks of the recorders, for the logs
 				for _, p := range recorders {
 					_ = p.cmd.Process.Signal(syscall.SIGQUIT)
@@ -333,14 +333,14 @@ func TestTopology(t *testing.T) {
 		}
 		deadline := time.Now().Add(60 * time.Second)
 		for {
-			e, err := kv.Get(context.Background(), tok)
+			e, err := kv.Get(context.Background(), string(tok))
 			var ev codec.Event
 			if err == nil && codec.Unmarshal(e.Value(), &ev) == nil && ev.Type == "summary" && len(ev.Data["participants"].([]any)) == 3 {
 				break
 			}
 			if time.Now().After(deadline) {
 				t.Errorf("call %s: no analytics summary (%v)", id, err)
-				diagnose(t, js, "analytics", tok)
+				diagnose(t, js, "analytics", string(tok))
 				t.FailNow()
 			}
 			time.Sleep(100 * time.Millisecond)
@@ -406,7 +406,7 @@ func fileWithin(path string, timeout time.Duration) bool {
 func diagnose(t *testing.T, js jetstream.JetStream, role, tok string) {
 	ctx := context.Background()
 	sc := natstest.Defaults[broker.StreamConfig](t)
-	name := subscribers.PartitionConsumer(role, sc.Subjects().Partition(tok))
+	name := subscribers.PartitionConsumer(role, sc.Subjects().Partition(codec.Token(tok)))
 	c, err := js.Consumer(ctx, "CALLS", name)
 	if err != nil {
 		t.Logf("consumer %s: %v", name, err)
@@ -416,7 +416,7 @@ func diagnose(t *testing.T, js jetstream.JetStream, role, tok string) {
 			name, info.NumPending, info.NumAckPending, info.NumRedelivered, info.NumWaiting, info.Delivered, info.AckFloor,
 			info.PriorityGroups, info.Cluster.Leader)
 	}
-	done, err := subscribers.Finished(ctx, js, sc.StreamRef, role, tok)
+	done, err := subscribers.Finished(ctx, js, sc.StreamRef, role, codec.Token(tok))
 	t.Logf("%s finished %s: %v %v", role, tok, done, err)
 }
 

@@ -151,7 +151,7 @@ func (c *callAnalysis) publish(ctx context.Context, out *subscribers.Output, typ
 	if err != nil {
 		return subscribers.Permanent(err)
 	}
-	if _, err := c.a.kv.Put(ctx, c.call.Token, b); err != nil {
+	if _, err := c.a.kv.Put(ctx, string(c.call.Token), b); err != nil {
 		return fmt.Errorf("%w: analytics bucket: %w", subscribers.ErrUnavailable, err)
 	}
 	return nil

@@ -41,7 +41,7 @@ func TestConformance(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			e, err := kv.Get(context.Background(), call.Token)
+			e, err := kv.Get(context.Background(), string(call.Token))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -91,7 +91,7 @@ func TestEventsAndBucket(t *testing.T) {
 	var ev codec.Event
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		if e, err := kv.Get(context.Background(), codec.EncodeToken(id)); err == nil {
+		if e, err := kv.Get(context.Background(), string(codec.EncodeToken(id))); err == nil {
 			if codec.Unmarshal(e.Value(), &ev) == nil && ev.Type == "summary" {
 				break
 			}

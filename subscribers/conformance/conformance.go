@@ -56,7 +56,7 @@ func Default(id string) []Msg {
 	parts := []string{"8:acs:alice", "8:acs:bob", "4:+14255550123"}
 	audioConn, textConn := id+"-a", id+"-t"
 	life := func(typ, conn, stream string, at time.Time) Msg {
-		return Msg{tok + ".lifecycle", &codec.Lifecycle{V: 1, Call: id, Type: typ, Stream: stream, Connection: conn,
+		return Msg{string(tok) + ".lifecycle", &codec.Lifecycle{V: 1, Call: id, Type: typ, Stream: stream, Connection: conn,
 			Receiver: "test", SampleRate: 16000, Channels: 1, Encoding: codec.EncodingPCM16, At: at, Frames: map[string]uint64{}}}
 	}
 	msgs := []Msg{life(codec.LifecycleStarted, audioConn, "audio", t0), life(codec.LifecycleStarted, textConn, "transcription", t0)}
@@ -76,13 +76,13 @@ func Default(id string) []Msg {
 				}
 			}
 			ts := t0.Add(time.Duration(i) * 20 * time.Millisecond)
-			msgs = append(msgs, Msg{tok + ".audio." + codec.EncodeToken(part), &codec.Frame{V: 1, Call: id, Participant: part,
+			msgs = append(msgs, Msg{string(tok) + ".audio." + string(codec.EncodeToken(part)), &codec.Frame{V: 1, Call: id, Participant: part,
 				Seq: seq[part], Timestamp: ts, ReceivedAt: ts.Add(time.Millisecond), SampleRate: 16000, Channels: 1,
 				Encoding: codec.EncodingPCM16, Silent: !talking, Data: data}})
 		}
 		if i%50 == 49 {
 			part := parts[(i/50)%len(parts)]
-			msgs = append(msgs, Msg{tok + ".transcript." + codec.EncodeToken(part), &codec.Transcript{V: 1, Call: id,
+			msgs = append(msgs, Msg{string(tok) + ".transcript." + string(codec.EncodeToken(part)), &codec.Transcript{V: 1, Call: id,
 				Participant: part, Text: fmt.Sprintf("line %d from %s", i/50, part), Format: "display", Confidence: 0.9,
 				Offset: int64(i) * 200_000, Duration: 10_000_000, Words: []codec.Word{}, Final: true, ReceivedAt: t0}})
 		}
@@ -522,7 +522,7 @@ func (b *bus) publishCall(t *testing.T, id string, extra func(i int, tok string)
 	ctx := context.Background()
 	for i := from; i < to; i++ {
 		m := msgs[i]
-		for _, m := range append([]Msg{m}, extraOf(extra, i, tok)...) {
+		for _, m := range append([]Msg{m}, extraOf(extra, i, string(tok))...) {
 			data, ok := m.Payload.([]byte)
 			if !ok {
 				var err error

@@ -42,13 +42,13 @@ func benchPages(b *testing.B, pages int, listen bool) {
 	tok := codec.EncodeToken("busy")
 	conformance.WaitFor(b, "call listed", func() bool { return len(e.calls()) == 1 })
 	for range pages {
-		f := openFeed(b, e.srv.URL+"/api/calls/"+tok+"/feed")
+		f := openFeed(b, e.srv.URL+"/api/calls/"+string(tok)+"/feed")
 		go func() { _, _ = io.Copy(io.Discard, f.resp.Body) }()
 		b.Cleanup(func() { f.resp.Body.Close() })
 		if !listen {
 			continue
 		}
-		ws, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(e.srv.URL, "http")+"/api/calls/"+tok+"/listen", nil)
+		ws, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(e.srv.URL, "http")+"/api/calls/"+string(tok)+"/listen", nil)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -63,7 +63,7 @@ func benchPages(b *testing.B, pages int, listen bool) {
 	subjects := make([]string, parts)
 	pcm := make([][]byte, parts)
 	for p := range parts {
-		subjects[p] = e.ref.Prefix + "." + tok + ".audio.p" + fmt.Sprint(p)
+		subjects[p] = e.ref.Prefix + "." + string(tok) + ".audio.p" + fmt.Sprint(p)
 		pcm[p] = make([]byte, 640)
 		for s := range 320 {
 			binary.LittleEndian.PutUint16(pcm[p][2*s:], uint16(int16(6000*math.Sin(float64(s)*float64(p+1)/10))))

@@ -31,6 +31,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/audiofan/audiofan/broker"
+	"github.com/audiofan/audiofan/codec"
 )
 
 //go:embed static
@@ -133,8 +134,8 @@ type Console struct {
 	m     metrics
 
 	mu       sync.Mutex
-	watchers map[string]*watcher // by call token
-	hubs     map[string]*hub     // by call token
+	watchers map[codec.Token]*watcher
+	hubs     map[codec.Token]*hub
 	rates    *rates
 	health   healthCache
 	ctx      context.Context
@@ -152,7 +153,7 @@ func New(cfg Config, d Deps) (*Console, error) {
 		return nil, err
 	}
 	c := &Console{cfg: cfg, d: d, subj: d.Stream.Subjects(), log: d.Log.With("component", "console"),
-		watchers: map[string]*watcher{},
+		watchers: map[codec.Token]*watcher{},
 		m: metrics{
 			pages: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "audiofan_console_feeds",
 				Help: "Console feeds open, by kind: calls (the list), call (a call's page), listen (audio to a browser)."}, []string{"kind"}),

@@ -226,7 +226,7 @@ func TestCallList(t *testing.T) {
 	e := start(t, nil)
 	e.publish(ended("ended-call"))
 	e.publish(live("live-call"))
-	tokLive := codec.EncodeToken("live-call")
+	tokLive := string(codec.EncodeToken("live-call"))
 	e.publish([]conformance.Msg{
 		{Subject: tokLive + ".events.analytics", Payload: &codec.Event{V: 1, Call: "live-call", Source: "analytics", Type: "progress",
 			Data: map[string]any{"final": false, "participants": []any{}}}},
@@ -317,7 +317,7 @@ type update struct {
 func TestCallFeedShared(t *testing.T) {
 	e := start(t, nil)
 	e.publish(live("busy"))
-	tok := codec.EncodeToken("busy")
+	tok := string(codec.EncodeToken("busy"))
 	conformance.WaitFor(t, "call listed", func() bool { return len(e.calls()) == 1 })
 
 	consumers := func() int {
@@ -375,7 +375,7 @@ func TestCallFeedTimeline(t *testing.T) {
 	e := start(t, nil)
 	e.publish(conformance.Default("done"))
 	conformance.WaitFor(t, "call listed", func() bool { c := e.calls(); return len(c) == 1 && !c[0].Live })
-	f := openFeed(t, e.srv.URL+"/api/calls/"+codec.EncodeToken("done")+"/feed")
+	f := openFeed(t, e.srv.URL+"/api/calls/"+string(codec.EncodeToken("done"))+"/feed")
 	defer f.resp.Body.Close()
 	var segs []console.SegmentView
 	var last update
@@ -404,7 +404,7 @@ func TestCallFeedTimeline(t *testing.T) {
 func TestListen(t *testing.T) {
 	e := start(t, nil)
 	e.publish(live("talk"))
-	tok := codec.EncodeToken("talk")
+	tok := string(codec.EncodeToken("talk"))
 	conformance.WaitFor(t, "call listed", func() bool { return len(e.calls()) == 1 })
 	base := e.nc.NumSubscriptions()
 	wsURL := "ws" + strings.TrimPrefix(e.srv.URL, "http") + "/api/calls/" + tok + "/listen"
@@ -412,7 +412,7 @@ func TestListen(t *testing.T) {
 	for i := range 10 {
 		u := wsURL
 		if i == 9 {
-			u += "?participant=" + codec.EncodeToken("8:acs:bob")
+			u += "?participant=" + string(codec.EncodeToken("8:acs:bob"))
 		}
 		c, _, err := websocket.DefaultDialer.Dial(u, nil)
 		if err != nil {
@@ -433,7 +433,7 @@ func TestListen(t *testing.T) {
 		pcm[i] = byte(i)
 	}
 	send := func(part string, n int) {
-		e.publish([]conformance.Msg{{Subject: tok + ".audio." + codec.EncodeToken(part), Payload: &codec.Frame{V: 1, Call: "talk",
+		e.publish([]conformance.Msg{{Subject: tok + ".audio." + string(codec.EncodeToken(part)), Payload: &codec.Frame{V: 1, Call: "talk",
 			Participant: part, Seq: uint64(1000 + n), Timestamp: t0.Add(time.Duration(n) * 20 * time.Millisecond), SampleRate: 16000,
 			Channels: 1, Encoding: codec.EncodingPCM16, Data: pcm}}})
 	}
@@ -493,7 +493,7 @@ func TestListen(t *testing.T) {
 
 func TestRecordings(t *testing.T) {
 	e := start(t, nil)
-	tok := codec.EncodeToken("rec")
+	tok := string(codec.EncodeToken("rec"))
 	wav := bytes.Repeat([]byte("RIFFdata"), 1000)
 	if err := os.MkdirAll(filepath.Join(e.data, "recordings", tok), 0o755); err != nil {
 		t.Fatal(err)
@@ -557,7 +557,7 @@ func TestRecordings(t *testing.T) {
 func TestListRates(t *testing.T) {
 	e := start(t, nil)
 	e.publish(live("fps"))
-	tok := codec.EncodeToken("fps")
+	tok := string(codec.EncodeToken("fps"))
 	conformance.WaitFor(t, "call listed", func() bool { return len(e.calls()) == 1 })
 	f := openFeed(t, e.srv.URL+"/api/calls/feed")
 	defer f.resp.Body.Close()
@@ -620,5 +620,81 @@ func TestDNSRebinding(t *testing.T) {
 				t.Errorf("Host %q %s: %d, want %d", host, path, got, want)
 			}
 		}
+	}
+}
+
+// A call and participants with real ACS-shaped ids, whose tokens differ
+// from the ids: the list gives the token, the call is found by it, its feed
+// names each participant by token, and listening to one participant by
+// the token its feed gave hears that participant.
+func TestACSShapedIDs(t *testing.T) {
+	e := start(t, nil)
+	const id = "bar:call_x-R"
+	const want = codec.Token("bar_3Acall_5Fx-R")
+	e.publish(live(id))
+	var calls []console.CallView
+	conformance.WaitFor(t, "call listed", func() bool { calls = e.calls(); return len(calls) == 1 })
+	if calls[0].Token != want || calls[0].ID != id {
+		t.Fatalf("listed as %q (%q), want token %q", calls[0].Token, calls[0].ID, want)
+	}
+	var one console.CallView
+	e.get("/api/calls/"+string(want), &one)
+	if one.ID != id {
+		t.Fatalf("by token: %+v", one)
+	}
+	feed := openFeed(t, e.srv.URL+"/api/calls/"+string(want)+"/feed")
+	defer feed.resp.Body.Close()
+	var parts []console.PartView
+	for len(parts) < 3 {
+		var u update
+		feed.next(t, &u)
+		parts = u.Parts
+	}
+	var bob console.PartView
+	for _, p := range parts {
+		if p.Token != codec.EncodeToken(p.ID) {
+			t.Errorf("participant %q given token %q, want %q", p.ID, p.Token, codec.EncodeToken(p.ID))
+		}
+		if p.ID == "8:acs:bob" {
+			bob = p
+		}
+	}
+	c, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(e.srv.URL, "http")+"/api/calls/"+string(want)+
+		"/listen?participant="+string(bob.Token), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	conformance.WaitFor(t, "listener subscribed", func() bool { _, h := console.Feeds(e.c); return h == 1 })
+	for _, p := range []string{"8:acs:alice", "8:acs:bob"} {
+		e.publish([]conformance.Msg{{Subject: string(want) + ".audio." + string(codec.EncodeToken(p)), Payload: &codec.Frame{V: 1, Call: id,
+			Participant: p, Seq: 1000, Timestamp: time.Now(), SampleRate: 16000, Channels: 1, Encoding: codec.EncodingPCM16,
+			Data: make([]byte, 640)}}})
+	}
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	names := map[int]string{}
+	for {
+		kind, b, err := c.ReadMessage()
+		if err != nil {
+			t.Fatalf("listening to %q: %v", bob.Token, err)
+		}
+		if kind == websocket.TextMessage {
+			var a struct {
+				Index int
+				ID    string
+			}
+			if err := json.Unmarshal(b, &a); err != nil {
+				t.Fatal(err)
+			}
+			names[a.Index] = a.ID
+			continue
+		}
+		if n := binary.LittleEndian.Uint32(b); int(n)+4 != len(b) {
+			t.Fatalf("one frame expected, got a batch of %d bytes", len(b))
+		}
+		if who := names[int(binary.LittleEndian.Uint16(b[4+12:]))]; who != "8:acs:bob" {
+			t.Fatalf("listening to bob, heard %q", who)
+		}
+		return
 	}
 }

@@ -1,5 +1,7 @@
 package console
 
+import "github.com/audiofan/audiofan/codec"
+
 // Feeds counts the call watchers and listening hubs running: one each per
 // call however many pages look at it.
 func Feeds(c *Console) (watchers, hubs int) {
@@ -9,7 +11,7 @@ func Feeds(c *Console) (watchers, hubs int) {
 }
 
 // Frames is how many frames the call's watcher has read, -1 without one.
-func Frames(c *Console, tok string) int64 {
+func Frames(c *Console, tok codec.Token) int64 {
 	c.mu.Lock()
 	w := c.watchers[tok]
 	c.mu.Unlock()

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/audiofan/audiofan/codec"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -20,7 +21,7 @@ import (
 // else from the Object Store bucket the event names. Only listed files are
 // served, so no path from the request reaches the disk.
 func (c *Console) serveRecording(w http.ResponseWriter, r *http.Request) {
-	v, ok := c.index.view(r.PathValue("call"), time.Now())
+	v, ok := c.index.view(codec.Token(r.PathValue("call")), time.Now())
 	name := r.PathValue("file")
 	if !ok || v.Recording == nil {
 		http.Error(w, "no recording of this call", http.StatusNotFound)
@@ -40,7 +41,7 @@ func (c *Console) serveRecording(w http.ResponseWriter, r *http.Request) {
 	obj, _ := f["object"].(string)
 	w.Header().Set("Content-Type", "audio/wav")
 	if r.URL.Query().Has("download") {
-		w.Header().Set("Content-Disposition", `attachment; filename="`+v.Token+"-"+name+`"`)
+		w.Header().Set("Content-Disposition", `attachment; filename="`+string(v.Token)+"-"+name+`"`)
 	}
 	if rel != "" && c.d.DataDir != "" && filepath.IsLocal(rel) {
 		if fh, err := os.Open(filepath.Join(c.d.DataDir, filepath.FromSlash(rel))); err == nil {

@@ -20,14 +20,14 @@ import (
 
 // CallView is a call as the list and a call's page show it.
 type CallView struct {
-	ID         string    `json:"id"`
-	Token      string    `json:"token"`
-	Started    time.Time `json:"started"`
-	Ended      time.Time `json:"ended,omitzero"`
-	LastSeen   time.Time `json:"lastSeen"`
-	Live       bool      `json:"live"`
-	DurationMs int64     `json:"durationMs"`
-	SampleRate int       `json:"sampleRate"`
+	ID         string      `json:"id"`
+	Token      codec.Token `json:"token"`
+	Started    time.Time   `json:"started"`
+	Ended      time.Time   `json:"ended,omitzero"`
+	LastSeen   time.Time   `json:"lastSeen"`
+	Live       bool        `json:"live"`
+	DurationMs int64       `json:"durationMs"`
+	SampleRate int         `json:"sampleRate"`
 	// Mixed is true for a call whose audio is one mixed stream; false when
 	// per participant; null while no audio has been seen.
 	Mixed        *bool             `json:"mixed"`
@@ -59,13 +59,13 @@ type index struct {
 	subj broker.Subjects
 
 	mu      sync.Mutex
-	calls   map[string]*callEntry // by token
+	calls   map[codec.Token]*callEntry
 	version uint64
 	ready   bool
 }
 
 func newIndex(cfg Config, subj broker.Subjects) *index {
-	return &index{cfg: cfg, subj: subj, calls: map[string]*callEntry{}}
+	return &index{cfg: cfg, subj: subj, calls: map[codec.Token]*callEntry{}}
 }
 
 func (x *index) run(ctx context.Context, js jetstream.JetStream, ref broker.StreamRef, log *slog.Logger) error {
@@ -157,11 +157,10 @@ func (x *index) setReady() {
 func (x *index) apply(m subscribers.Message, stored time.Time) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	tok := m.Info.Call
+	tok := m.Info.CallToken
 	e := x.calls[tok]
 	if e == nil {
-		id, _ := codec.DecodeToken(tok)
-		e = &callEntry{view: CallView{ID: id, Token: tok}, open: map[string]string{}, held: map[string]bool{}, parts: map[string]bool{}}
+		e = &callEntry{view: CallView{ID: m.Info.Call, Token: tok}, open: map[string]string{}, held: map[string]bool{}, parts: map[string]bool{}}
 		x.calls[tok] = e
 	}
 	v := &e.view
@@ -231,7 +230,7 @@ func (x *index) apply(m subscribers.Message, stored time.Time) {
 }
 
 // seen records a participant whose audio the live rates saw.
-func (x *index) seen(tok, participant string) {
+func (x *index) seen(tok codec.Token, participant string) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	if e := x.calls[tok]; e != nil && !e.parts[participant] {
@@ -267,7 +266,7 @@ func (x *index) prune(now time.Time) {
 }
 
 // view returns one call.
-func (x *index) view(tok string, now time.Time) (CallView, bool) {
+func (x *index) view(tok codec.Token, now time.Time) (CallView, bool) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	e, ok := x.calls[tok]

@@ -16,7 +16,7 @@ import (
 )
 
 func lifecycle(call, typ, conn string, at time.Time) subscribers.Message {
-	return subscribers.Message{Info: broker.SubjectInfo{Call: codec.EncodeToken(call), Kind: broker.KindLifecycle},
+	return subscribers.Message{Info: broker.SubjectInfo{Call: call, CallToken: codec.EncodeToken(call), Kind: broker.KindLifecycle},
 		Payload: &codec.Lifecycle{Call: call, Type: typ, Stream: "audio", Connection: conn, Receiver: "r1", At: at}}
 }
 
@@ -65,7 +65,7 @@ func TestSlowPageLetGo(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := &watcher{c: c, tok: "t", pages: map[chan []byte]struct{}{}, byTok: map[string]*partState{}}
+	w := &watcher{c: c, tok: "t", pages: map[chan []byte]struct{}{}, byTok: map[codec.Token]*partState{}}
 	slow, fast := make(chan []byte, feedQueue), make(chan []byte, feedQueue)
 	w.pages[slow], w.pages[fast] = struct{}{}, struct{}{}
 	for range feedQueue + 1 {

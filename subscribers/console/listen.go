@@ -46,17 +46,17 @@ var upgrader = websocket.Upgrader{
 // hub shares one NATS subscription to a call's audio among its listeners.
 type hub struct {
 	c     *Console
-	tok   string
+	tok   codec.Token
 	sub   *nats.Subscription
 	mu    sync.Mutex
 	lis   map[*listener]struct{}
-	index map[string]int // participant token -> index
+	index map[codec.Token]int // participant token -> index
 	ids   []string
-	toks  []string
+	toks  []codec.Token
 }
 
 type listener struct {
-	part  string // participant token, "" for all
+	part  codec.Token // participant token, "" for all
 	out   chan listenMsg
 	parts int // participants announced to this listener
 }
@@ -66,16 +66,16 @@ type listenMsg struct {
 	b    []byte
 }
 
-func (c *Console) listen(tok string, l *listener) (*hub, error) {
+func (c *Console) listen(tok codec.Token, l *listener) (*hub, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.hubs == nil {
-		c.hubs = map[string]*hub{}
+		c.hubs = map[codec.Token]*hub{}
 	}
 	h := c.hubs[tok]
 	if h == nil {
-		h = &hub{c: c, tok: tok, lis: map[*listener]struct{}{}, index: map[string]int{}}
-		sub, err := c.d.NC.Subscribe(c.subj.Prefix+"."+tok+".audio.*", h.frame)
+		h = &hub{c: c, tok: tok, lis: map[*listener]struct{}{}, index: map[codec.Token]int{}}
+		sub, err := c.d.NC.Subscribe(c.subj.Audio(tok, "*"), h.frame)
 		if err == nil {
 			// The server knows the subscription before the page is told
 			// it is listening.
@@ -114,7 +114,7 @@ func (h *hub) frame(m *nats.Msg) {
 	if err := codec.UnmarshalFrame(m.Data, &f); err != nil {
 		return
 	}
-	ptok := m.Subject[strings.LastIndexByte(m.Subject, '.')+1:]
+	ptok := codec.Token(m.Subject[strings.LastIndexByte(m.Subject, '.')+1:])
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	i, ok := h.index[ptok]
@@ -160,14 +160,14 @@ func (h *hub) push(l *listener, m listenMsg) bool {
 
 // serveListen streams a call's live audio to the browser.
 func (c *Console) serveListen(w http.ResponseWriter, r *http.Request) {
-	tok := r.PathValue("call")
+	tok := codec.Token(r.PathValue("call"))
 	if _, ok := c.index.view(tok, time.Now()); !ok {
 		http.Error(w, "no such call", http.StatusNotFound)
 		return
 	}
 	// Subscribed before the upgrade completes: once the page has its
 	// socket, no frame published after that is missed.
-	l := &listener{part: r.URL.Query().Get("participant"), out: make(chan listenMsg, listenQueue)}
+	l := &listener{part: codec.Token(r.URL.Query().Get("participant")), out: make(chan listenMsg, listenQueue)}
 	h, err := c.listen(tok, l)
 	if err != nil {
 		c.log.Warn("console: cannot listen", "call", tok, "err", err)

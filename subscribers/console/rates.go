@@ -24,18 +24,18 @@ type rates struct {
 	refs  int
 	sub   *nats.Subscription
 	stop  chan struct{}
-	calls map[string]*callRate
+	calls map[codec.Token]*callRate
 }
 
 type callRate struct {
 	frames, prev uint64
 	perSec       float64
 	drops        uint64
-	last         map[string]uint64 // participant token -> last seq
+	last         map[codec.Token]uint64 // participant token -> last seq
 	heard        time.Time
 }
 
-func newRates(c *Console) *rates { return &rates{c: c, calls: map[string]*callRate{}} }
+func newRates(c *Console) *rates { return &rates{c: c, calls: map[codec.Token]*callRate{}} }
 
 // acquire starts counting for one more list page; release stops it.
 func (r *rates) acquire() error {
@@ -64,15 +64,16 @@ func (r *rates) release() {
 	}
 	_ = r.sub.Unsubscribe()
 	close(r.stop)
-	r.sub, r.calls = nil, map[string]*callRate{}
+	r.sub, r.calls = nil, map[codec.Token]*callRate{}
 }
 
 func (r *rates) frame(m *nats.Msg) {
 	// prefix.<call>.audio.<participant>, read without allocating: this
 	// runs for every frame on the bus while a list page is open.
 	_, rest, _ := strings.Cut(m.Subject, ".")
-	tok, rest, _ := strings.Cut(rest, ".")
-	_, ptok, ok := strings.Cut(rest, ".")
+	t, rest, _ := strings.Cut(rest, ".")
+	_, p, ok := strings.Cut(rest, ".")
+	tok, ptok := codec.Token(t), codec.Token(p)
 	if !ok {
 		return
 	}
@@ -83,7 +84,7 @@ func (r *rates) frame(m *nats.Msg) {
 	r.mu.Lock()
 	cr := r.calls[tok]
 	if cr == nil {
-		cr = &callRate{last: map[string]uint64{}}
+		cr = &callRate{last: map[codec.Token]uint64{}}
 		r.calls[tok] = cr
 	}
 	cr.frames++

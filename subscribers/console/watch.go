@@ -33,7 +33,7 @@ const (
 // live, and sends each page the same encoded updates ten times a second.
 type watcher struct {
 	c      *Console
-	tok    string
+	tok    codec.Token
 	subj   broker.Subjects // the stream's, read when the watcher starts
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -42,7 +42,7 @@ type watcher struct {
 	pages    map[chan []byte]struct{}
 	clock    speech.Clock
 	parts    []*partState
-	byTok    map[string]*partState
+	byTok    map[codec.Token]*partState
 	segs     []SegmentView
 	texts    []Transcript
 	hits     []Hit
@@ -67,14 +67,14 @@ type partState struct {
 
 // PartView is a participant's live state.
 type PartView struct {
-	Index   int     `json:"index"`
-	ID      string  `json:"id"`
-	Token   string  `json:"token"`
-	Level   float64 `json:"level"` // dBFS over the last tick
-	Peak    float64 `json:"peak"`  // dBFS of the last tick's loudest sample
-	Talking bool    `json:"talking"`
-	TalkMs  int64   `json:"talkMs"`
-	Frames  uint64  `json:"frames"`
+	Index   int         `json:"index"`
+	ID      string      `json:"id"`
+	Token   codec.Token `json:"token"`
+	Level   float64     `json:"level"` // dBFS over the last tick
+	Peak    float64     `json:"peak"`  // dBFS of the last tick's loudest sample
+	Talking bool        `json:"talking"`
+	TalkMs  int64       `json:"talkMs"`
+	Frames  uint64      `json:"frames"`
 	// OpenFromMs is where the speech in progress began, -1 when silent.
 	OpenFromMs int64 `json:"openFromMs"`
 }
@@ -118,7 +118,7 @@ type update struct {
 }
 
 // watch returns the call's watcher with one more page on it.
-func (c *Console) watch(tok string) (*watcher, chan []byte) {
+func (c *Console) watch(tok codec.Token) (*watcher, chan []byte) {
 	base := c.runCtx()
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -126,7 +126,7 @@ func (c *Console) watch(tok string) (*watcher, chan []byte) {
 	if w == nil {
 		ctx, cancel := context.WithCancel(base)
 		w = &watcher{c: c, tok: tok, cancel: cancel, done: make(chan struct{}), pages: map[chan []byte]struct{}{},
-			byTok: map[string]*partState{}}
+			byTok: map[codec.Token]*partState{}}
 		c.watchers[tok] = w
 		go w.run(ctx)
 	}
@@ -156,7 +156,7 @@ func (c *Console) unwatch(w *watcher, ch chan []byte) {
 func (w *watcher) run(ctx context.Context) {
 	defer close(w.done)
 	var cons jetstream.Consumer
-	err := broker.Provision(ctx, w.c.log, "console call "+w.tok, func(ctx context.Context) (err error) {
+	err := broker.Provision(ctx, w.c.log, "console call "+string(w.tok), func(ctx context.Context) (err error) {
 		if w.subj, err = broker.ReadSubjects(ctx, w.c.d.JS, w.c.d.Stream); err != nil {
 			return err
 		}
@@ -230,7 +230,7 @@ func (w *watcher) apply(msg jetstream.Msg) {
 	w.dirty = true
 	switch p := m.Payload.(type) {
 	case *codec.Frame:
-		w.frame(m.Info.Participant, p)
+		w.frame(m.Info.ParticipantToken, p)
 	case *codec.Transcript:
 		t := Transcript{Participant: p.Participant, Text: p.Text, Final: p.Final, Confidence: p.Confidence,
 			AtMs: w.ms(p.ReceivedAt)}
@@ -267,7 +267,7 @@ func (w *watcher) apply(msg jetstream.Msg) {
 	}
 }
 
-func (w *watcher) frame(ptok string, f *codec.Frame) {
+func (w *watcher) frame(ptok codec.Token, f *codec.Frame) {
 	ps := w.byTok[ptok]
 	if ps == nil {
 		ps = &partState{View: PartView{Index: len(w.parts), ID: f.Participant, Token: ptok, Level: speech.Floor, Peak: speech.Floor},
@@ -404,7 +404,7 @@ func toInt(v any) (int64, bool) {
 
 // serveCallFeed streams a call's page as Server-Sent Events.
 func (c *Console) serveCallFeed(w http.ResponseWriter, r *http.Request) {
-	tok := r.PathValue("call")
+	tok := codec.Token(r.PathValue("call"))
 	if _, ok := c.index.view(tok, time.Now()); !ok {
 		http.Error(w, "no such call", http.StatusNotFound)
 		return
@@ -436,7 +436,7 @@ func (c *Console) serveCallFeed(w http.ResponseWriter, r *http.Request) {
 
 // serveCall answers one call's list entry.
 func (c *Console) serveCall(w http.ResponseWriter, r *http.Request) {
-	v, ok := c.index.view(r.PathValue("call"), time.Now())
+	v, ok := c.index.view(codec.Token(r.PathValue("call")), time.Now())
 	if !ok {
 		http.Error(w, "no such call", http.StatusNotFound)
 		return

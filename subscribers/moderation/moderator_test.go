@@ -126,7 +126,7 @@ type call struct {
 }
 
 func (c call) msgs() []conformance.Msg {
-	tok := codec.EncodeToken(c.id)
+	tok := string(codec.EncodeToken(c.id))
 	life := func(typ string) conformance.Msg {
 		return conformance.Msg{Subject: tok + ".lifecycle", Payload: &codec.Lifecycle{V: 1, Call: c.id, Type: typ, Stream: "audio",
 			Connection: c.id, SampleRate: 16000, Channels: 1, Encoding: codec.EncodingPCM16, Frames: map[string]uint64{}}}
@@ -140,14 +140,14 @@ func (c call) msgs() []conformance.Msg {
 				v := amp * math.Sin(2*math.Pi*float64(300+100*p)*float64(i*320+s)/16000)
 				binary.LittleEndian.PutUint16(data[2*s:], uint16(int16(max(min(v, 32767), -32768))))
 			}
-			out = append(out, conformance.Msg{Subject: tok + ".audio." + codec.EncodeToken(part), Payload: &codec.Frame{V: 1,
+			out = append(out, conformance.Msg{Subject: tok + ".audio." + string(codec.EncodeToken(part)), Payload: &codec.Frame{V: 1,
 				Call: c.id, Participant: part, Seq: uint64(i + 1), Timestamp: t0.Add(time.Duration(i) * 20 * time.Millisecond),
 				SampleRate: 16000, Channels: 1, Encoding: codec.EncodingPCM16, Data: data}})
 		}
 	}
 	for _, l := range c.lines {
 		l.V, l.Call, l.Final, l.Words = 1, c.id, true, []codec.Word{}
-		out = append(out, conformance.Msg{Subject: tok + ".transcript." + codec.EncodeToken(l.Participant), Payload: &l})
+		out = append(out, conformance.Msg{Subject: tok + ".transcript." + string(codec.EncodeToken(l.Participant)), Payload: &l})
 	}
 	return append(out, life(codec.LifecycleEnded))
 }

@@ -110,7 +110,7 @@ func (r *Recorder) Role() subscribers.Role {
 }
 
 // Dir is where a call's files go on disk.
-func (r *Recorder) Dir(callToken string) string { return filepath.Join(r.dir, callToken) }
+func (r *Recorder) Dir(callToken codec.Token) string { return filepath.Join(r.dir, string(callToken)) }
 
 // callRecorder spools one call's frames and renders them when it ends.
 type callRecorder struct {
@@ -232,11 +232,11 @@ func (c *callRecorder) End(ctx context.Context, reason string, out *subscribers.
 			"sha256": f.SHA256, "durationMs": f.Duration.Milliseconds(), "frames": f.Frames,
 			"duplicates": f.Duplicates, "gaps": f.Gaps, "path": "", "object": ""}
 		if c.r.cfg.Store != "object" {
-			m["path"] = path.Join("recordings", c.call.Token, f.Name) // under AUDIOFAN_DATA_DIR
+			m["path"] = path.Join("recordings", string(c.call.Token), f.Name) // under AUDIOFAN_DATA_DIR
 			c.r.bytes.Add(float64(f.Bytes))
 		}
 		if c.r.store != nil {
-			name := c.call.Token + "/" + f.Name
+			name := string(c.call.Token) + "/" + f.Name
 			if err := c.r.upload(ctx, name, f.Path); err != nil {
 				return err
 			}

@@ -65,7 +65,7 @@ func TestConformance(t *testing.T) {
 			return newRecorder(t, shared, natstest.Defaults[recording.Config](t), js).Role()
 		},
 		Result: func(t *testing.T, shared string, _ jetstream.JetStream, call subscribers.CallInfo) any {
-			return files(t, filepath.Join(shared, "recordings", call.Token))
+			return files(t, filepath.Join(shared, "recordings", string(call.Token)))
 		},
 	})
 }
@@ -220,7 +220,7 @@ func (c *acsCall) check(t *testing.T, dir string) {
 	t.Helper()
 	want, mix := c.want()
 	for p, part := range c.parts {
-		c.checkFile(t, filepath.Join(dir, codec.EncodeToken(part)+".wav"), want[part], fmt.Sprint("participant ", p))
+		c.checkFile(t, filepath.Join(dir, string(codec.EncodeToken(part))+".wav"), want[part], fmt.Sprint("participant ", p))
 	}
 	c.checkFile(t, filepath.Join(dir, "mix.wav"), mix, "mix")
 }
@@ -277,7 +277,7 @@ func TestRecorderBitExact(t *testing.T) {
 		evs = recordingEvents(t, r.rcv.JS, r.rcv.Stream.StreamRef, c.id)
 		return len(evs) > 0
 	})
-	dir := filepath.Join(r.dataDir, "recordings", codec.EncodeToken(c.id))
+	dir := filepath.Join(r.dataDir, "recordings", string(codec.EncodeToken(c.id)))
 	c.check(t, dir)
 	ev := evs[0]
 	fs := ev.Data["files"].([]any)
@@ -350,7 +350,7 @@ func TestRecorderScaleOut(t *testing.T) {
 		if n := len(recordingEvents(t, r.rcv.JS, r.rcv.Stream.StreamRef, c.id)); n != 1 {
 			t.Errorf("call %s: %d recording events", c.id, n)
 		}
-		c.check(t, filepath.Join(r.dataDir, "recordings", codec.EncodeToken(c.id)))
+		c.check(t, filepath.Join(r.dataDir, "recordings", string(codec.EncodeToken(c.id))))
 	}
 	ended, takeovers := 0.0, 0.0
 	for _, rep := range reps[1:] {
@@ -368,7 +368,7 @@ func TestRecorderDiskError(t *testing.T) {
 	r := newRig(t)
 	rep := r.replica(t)
 	c := &acsCall{id: "disk-error", parts: []string{"a"}, n: 50, skip: func(int, int) bool { return false }}
-	blocker := filepath.Join(r.dataDir, "recordings", codec.EncodeToken(c.id))
+	blocker := filepath.Join(r.dataDir, "recordings", string(codec.EncodeToken(c.id)))
 	if err := os.WriteFile(blocker, []byte("in the way"), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -394,14 +394,14 @@ func TestRecorderObjectStore(t *testing.T) {
 	c := &acsCall{id: "object", parts: []string{"a", "b"}, n: 60, skip: func(p, i int) bool { return p == 1 && i < 5 }}
 	c.stream(t, r.rcv.Addr, nil)
 	conformance.WaitFor(t, "the recording", func() bool { return len(recordingEvents(t, r.rcv.JS, r.rcv.Stream.StreamRef, c.id)) == 1 })
-	dir := filepath.Join(r.dataDir, "recordings", codec.EncodeToken(c.id))
+	dir := filepath.Join(r.dataDir, "recordings", string(codec.EncodeToken(c.id)))
 	c.check(t, dir)
 	store, err := r.rcv.JS.ObjectStore(context.Background(), "recordings")
 	if err != nil {
 		t.Fatal(err)
 	}
 	for name, sum := range files(t, dir) {
-		obj, err := store.Get(context.Background(), codec.EncodeToken(c.id)+"/"+name)
+		obj, err := store.Get(context.Background(), string(codec.EncodeToken(c.id))+"/"+name)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -412,7 +412,7 @@ func TestRecorderObjectStore(t *testing.T) {
 		}
 	}
 	ev := recordingEvents(t, r.rcv.JS, r.rcv.Stream.StreamRef, c.id)[0]
-	if f := ev.Data["files"].([]any)[0].(map[string]any); f["object"] != "recordings/"+codec.EncodeToken(c.id)+"/a.wav" {
+	if f := ev.Data["files"].([]any)[0].(map[string]any); f["object"] != "recordings/"+string(codec.EncodeToken(c.id))+"/a.wav" {
 		t.Errorf("event file %v", f)
 	}
 }
@@ -481,7 +481,7 @@ func TestRecorderOutbound(t *testing.T) {
 	if !listed {
 		t.Fatalf("no outbound.wav in %v", evs[0].Data["files"])
 	}
-	dir := filepath.Join(r.dataDir, "recordings", codec.EncodeToken(c.id))
+	dir := filepath.Join(r.dataDir, "recordings", string(codec.EncodeToken(c.id)))
 	read := func(name string) []byte {
 		b, err := os.ReadFile(filepath.Join(dir, name))
 		if err != nil {
@@ -493,7 +493,7 @@ func TestRecorderOutbound(t *testing.T) {
 		}
 		return pcm
 	}
-	ob, part, mix := read("outbound.wav"), read(codec.EncodeToken("8:acs:alice")+".wav"), read("mix.wav")
+	ob, part, mix := read("outbound.wav"), read(string(codec.EncodeToken("8:acs:alice"))+".wav"), read("mix.wav")
 	if len(ob) != c.n*640 || len(mix) != len(ob) {
 		t.Fatalf("outbound %d bytes, mix %d: want the call's %d", len(ob), len(mix), c.n*640)
 	}

@@ -291,7 +291,7 @@ func (s *Spool) Render(dir string) (*Result, error) {
 		if err != nil {
 			return nil, fmt.Errorf("recording %s: %w", tmp.Name(), err)
 		}
-		f.Participant, f.Name = id, codec.EncodeToken(id)+".wav"
+		f.Participant, f.Name = id, string(codec.EncodeToken(id))+".wav"
 		if id == outboundKey {
 			f.Participant, f.Name, f.Outbound = "", "outbound.wav", true
 		}
