@@ -46,6 +46,8 @@ func TestBadInput(t *testing.T) {
 	c.sendRaw(`{"kind":"AudioData","audioData":{"data":"AAEC"}}`)                    // 3 bytes: not whole samples
 	c.sendRaw(`{"kind":"AudioData","audioData":{"data":"AAAA","timestamp":"noon"}}`) // timestamp
 	c.sendRaw(`{"kind":"AudioData","audioData":{"data":"AAAAAA==","participantRawID":"` + strings.Repeat("x", 300) + `"}}`)
+	// 100 bytes, but 300 once escaped: too long for a file name.
+	c.sendRaw(`{"kind":"AudioData","audioData":{"data":"AAAAAA==","participantRawID":"` + strings.Repeat(":", 100) + `"}}`)
 	if err := c.c.WriteMessage(websocket.BinaryMessage, []byte(`{"kind":"AudioData","audioData":{"data":"AQI=","participantRawID":"p"}}`)); err != nil {
 		t.Fatal(err)
 	}
@@ -88,6 +90,9 @@ func TestBadInput(t *testing.T) {
 	if _, resp, err := websocket.DefaultDialer.Dial(h.wsURL("?callId="+strings.Repeat("y", 300)), nil); err == nil || resp.StatusCode != http.StatusBadRequest {
 		t.Errorf("long call id: %v", err)
 	}
+	if _, resp, err := websocket.DefaultDialer.Dial(h.wsURL("?callId="+strings.Repeat("%3A", 100)), nil); err == nil || resp.StatusCode != http.StatusBadRequest {
+		t.Errorf("call id whose token is too long: %v", err)
+	}
 
 	if n := <-goodDone; n != 200 {
 		t.Fatal(n)
@@ -121,7 +126,7 @@ func TestBadInput(t *testing.T) {
 	}
 
 	for reason, want := range map[string]float64{"no_metadata": 1, "json": 12, "field_type": 1, "base64": 1, "pcm_length": 1, "timestamp": 1,
-		"bad_id": 3, "sample_rate": 1, "encoding": 1, "too_large": 1, "flood": 1} {
+		"bad_id": 5, "sample_rate": 1, "encoding": 1, "too_large": 1, "flood": 1} {
 		if got := h.counter("audiofan_receiver_invalid_messages_total", "reason", reason); got != want {
 			t.Errorf("invalid{reason=%q} = %v, want %v", reason, got, want)
 		}

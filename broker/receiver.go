@@ -210,7 +210,7 @@ func (r *Receiver) serveWS(w http.ResponseWriter, req *http.Request) {
 	if call != "" && !validID(call) {
 		r.m.conns.WithLabelValues("bad_request").Inc()
 		r.m.invalid.WithLabelValues(reasonBadID).Inc()
-		http.Error(w, "call id too long", http.StatusBadRequest)
+		http.Error(w, "call id too long (256 bytes, 240 as a subject token)", http.StatusBadRequest)
 		return
 	}
 	if n := r.open.Add(1); n > int64(r.cfg.MaxConnections) {

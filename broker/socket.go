@@ -20,7 +20,8 @@ import (
 )
 
 // maxIDLen bounds call and participant ids: long enough for every shape ACS
-// uses, short enough that a hostile id cannot bloat every subject.
+// uses, short enough that a hostile id cannot bloat every subject. Their
+// tokens are bounded too (codec.MaxTokenLen): they name files.
 const maxIDLen = 256
 
 // participant is the per-socket state of one speaker.
@@ -295,7 +296,11 @@ func (s *socket) handle(ctx context.Context, msg []byte, now time.Time) error {
 	return nil
 }
 
-func validID(id string) bool { return id != "" && len(id) <= maxIDLen }
+func validID(id string) bool { return id != "" && idFits(id) }
+
+// idFits reports whether an id, and the token it becomes in subjects and
+// file names, are within bounds.
+func idFits(id string) bool { return len(id) <= maxIDLen && codec.TokenLen(id) <= codec.MaxTokenLen }
 
 // setCall records the call id from a message unless the URL named it.
 func (s *socket) setCall(id string) error {
@@ -436,8 +441,8 @@ func (s *socket) participant(raw []byte) (*participant, error) {
 	if p, ok := s.parts[string(raw)]; ok {
 		return p, nil
 	}
-	if len(raw) > maxIDLen {
-		return nil, fmt.Errorf("participant id of %d bytes", len(raw))
+	if !idFits(string(raw)) {
+		return nil, fmt.Errorf("participant id of %d bytes, %d as a token", len(raw), codec.TokenLen(string(raw)))
 	}
 	if len(s.parts) >= s.r.cfg.MaxParticipants {
 		return nil, fmt.Errorf("%w: more than %d on one socket", errTooManyParticipants, s.r.cfg.MaxParticipants)
@@ -495,8 +500,8 @@ func (s *socket) transcript(ctx context.Context, t *codec.TranscriptionData, now
 	if err := s.needCall("TranscriptionData"); err != nil {
 		return err
 	}
-	if len(t.Participant) > maxIDLen {
-		return s.invalid(reasonBadID, fmt.Errorf("participant id of %d bytes", len(t.Participant)))
+	if !idFits(t.Participant) {
+		return s.invalid(reasonBadID, fmt.Errorf("participant id of %d bytes, %d as a token", len(t.Participant), codec.TokenLen(t.Participant)))
 	}
 	data, err := codec.Marshal(&codec.Transcript{V: codec.Version, Call: s.call, Participant: t.Participant, Text: t.Text, Format: t.Format,
 		Confidence: t.Confidence, Offset: t.Offset, Duration: t.Duration, Words: nonNilWords(t.Words), Final: t.Final, Sentiment: t.Sentiment,
@@ -518,7 +523,7 @@ func (s *socket) dtmf(ctx context.Context, d *codec.DtmfData, now time.Time) err
 	if err := s.needCall("DtmfData"); err != nil {
 		return err
 	}
-	if len(d.Participant) > maxIDLen || len(d.Tone) > maxIDLen {
+	if !idFits(d.Participant) || len(d.Tone) > maxIDLen {
 		return s.invalid(reasonBadID, errors.New("DTMF participant or tone too long"))
 	}
 	ts := d.Timestamp

@@ -22,6 +22,25 @@ var ErrBadToken = errors.New("malformed subject token")
 
 const hexDigits = "0123456789ABCDEF"
 
+// MaxTokenLen bounds a token: it names a folder or, with ".wav", a file,
+// and file systems take names of up to 255 bytes. Escaping can triple an
+// id, so the receiver refuses ids whose token would be longer.
+const MaxTokenLen = 240
+
+// TokenLen is the length of id's token, without building it.
+func TokenLen(id string) int {
+	if id == "" {
+		return len(MixedToken)
+	}
+	n := len(id)
+	for i := 0; i < len(id); i++ {
+		if !tokenSafe(id[i]) {
+			n += 2
+		}
+	}
+	return n
+}
+
 func tokenSafe(c byte) bool {
 	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-'
 }

@@ -21,6 +21,9 @@ func TestTokenTable(t *testing.T) {
 		if got := EncodeToken(tc.id); got != tc.tok {
 			t.Errorf("EncodeToken(%q) = %q, want %q", tc.id, got, tc.tok)
 		}
+		if n := TokenLen(tc.id); n != len(tc.tok) {
+			t.Errorf("TokenLen(%q) = %d, want %d", tc.id, n, len(tc.tok))
+		}
 		back, err := DecodeToken(tc.tok)
 		if err != nil || back != tc.id {
 			t.Errorf("DecodeToken(%q) = %q, %v; want %q", tc.tok, back, err, tc.id)

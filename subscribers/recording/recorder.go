@@ -9,6 +9,7 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -152,9 +153,21 @@ func (c *callRecorder) Handle(_ context.Context, d subscribers.Delivery, _ *subs
 		if errors.Is(err, ErrFormat) {
 			return subscribers.Permanent(err)
 		}
-		return fmt.Errorf("%w: %w", subscribers.ErrUnavailable, err)
+		return fsError(err)
 	}
 	return nil
+}
+
+// fsError classes a failure to write: a name the file system refuses (a
+// call token too long for a folder, from a publisher that did not bound
+// it) can never succeed and is Permanent, so the call is given up rather
+// than retried forever; anything else (a full or read-only disk, a store
+// down) is an outage, retried until it ends.
+func fsError(err error) error {
+	if errors.Is(err, syscall.ENAMETOOLONG) || errors.Is(err, syscall.EINVAL) {
+		return subscribers.Permanent(err)
+	}
+	return fmt.Errorf("%w: %w", subscribers.ErrUnavailable, err)
 }
 
 func (c *callRecorder) open() error {
@@ -224,7 +237,7 @@ func (c *callRecorder) End(ctx context.Context, reason string, out *subscribers.
 	}
 	res, err := c.spool.Render(dir)
 	if err != nil {
-		return fmt.Errorf("%w: %w", subscribers.ErrUnavailable, err)
+		return fsError(err)
 	}
 	files := make([]any, 0, len(res.Files))
 	for _, f := range res.Files {

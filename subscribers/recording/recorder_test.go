@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -511,3 +512,45 @@ func TestRecorderOutbound(t *testing.T) {
 }
 
 func allZero(b []byte) bool { return len(bytes.Trim(b, "\x00")) == 0 }
+
+// A call whose token is too long for a folder name (stored by a publisher
+// that did not bound it) is given up, not retried forever: the calls after
+// it are recorded and the replica stays ready.
+func TestRecorderOverlongToken(t *testing.T) {
+	r := newRig(t)
+	rep := r.replica(t)
+	subj := r.rcv.Stream.Subjects()
+	ctx := context.Background()
+	publish := func(id string) {
+		tok := codec.EncodeToken(id)
+		for _, m := range []struct {
+			subj string
+			v    any
+		}{
+			{subj.Lifecycle(tok), &codec.Lifecycle{V: 1, Call: id, Type: codec.LifecycleStarted, Stream: "audio", Connection: "x", SampleRate: 16000, Channels: 1}},
+			{subj.Audio(tok, codec.MixedToken), &codec.Frame{V: 1, Call: id, Seq: 1, Timestamp: t0, SampleRate: 16000, Channels: 1,
+				Encoding: codec.EncodingPCM16, Data: pcmOf(0, 0)}},
+			{subj.Lifecycle(tok), &codec.Lifecycle{V: 1, Call: id, Type: codec.LifecycleEnded, Stream: "audio", Connection: "x", SampleRate: 16000, Channels: 1}},
+		} {
+			b, err := codec.Marshal(m.v)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := r.rcv.JS.Publish(ctx, m.subj, b); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	long := strings.Repeat(":", 100) // a 300-byte token
+	publish(long)
+	publish("after")
+	conformance.WaitFor(t, "the next call recorded", func() bool {
+		return len(recordingEvents(t, r.rcv.JS, r.rcv.Stream.StreamRef, "after")) == 1
+	})
+	conformance.WaitFor(t, "the long one given up", func() bool {
+		return conformance.Metric(t, rep.reg, "audiofan_subscriber_calls_total", "failed") == 1
+	})
+	if err := rep.g.Ready(); err != nil {
+		t.Errorf("not ready: %v", err)
+	}
+}
