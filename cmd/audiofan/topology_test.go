@@ -481,7 +481,7 @@ func tryRender(t *testing.T, js jetstream.JetStream, id string) (string, int, er
 			break
 		}
 	}
-	if _, err := sp.Render(filepath.Join(dir, "out")); err != nil {
+	if _, err := sp.Render(context.Background(), filepath.Join(dir, "out")); err != nil {
 		t.Fatal(err)
 	}
 	return filepath.Join(dir, "out"), len(seen), nil

@@ -55,7 +55,7 @@ func newAnalysis(deadAir time.Duration) *analysis {
 
 // add takes one frame.
 func (a *analysis) add(f *codec.Frame) {
-	slot := a.clock.Slot(f.Timestamp)
+	slot := a.clock.FrameSlot(f.Participant, f.Timestamp, f.ReceivedAt)
 	a.started = true
 	a.min, a.max = min(a.min, slot), max(a.max, slot)
 	t := a.parts[f.Participant]

@@ -154,3 +154,25 @@ func TestLiveAndGaps(t *testing.T) {
 		t.Errorf("live turns %v", live["turns"])
 	}
 }
+
+// One frame stamped three years early, another two hours late: the call's
+// duration and each participant's talk time stay what they were.
+func TestWildTimestampStretchesNothing(t *testing.T) {
+	a := newAnalysis(2 * time.Second)
+	for i := range 150 {
+		ts := t0.Add(time.Duration(i) * slotDur)
+		recv := ts.Add(time.Second)
+		switch i {
+		case 40:
+			ts = ts.AddDate(-3, 0, 0)
+		case 90:
+			ts = ts.Add(2 * time.Hour)
+		}
+		a.add(&codec.Frame{V: 1, Participant: "8:acs:alice", Seq: uint64(i + 1), Timestamp: ts, ReceivedAt: recv,
+			SampleRate: 16000, Channels: 1, Encoding: codec.EncodingPCM16, Data: tone(i, 8000, 300)})
+	}
+	sum := a.summary(true)
+	if d := sum["durationMs"].(int64); d < 2900 || d > 3100 {
+		t.Errorf("a 3 s call with wild timestamps lasts %d ms", d)
+	}
+}

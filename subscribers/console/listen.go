@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/audiofan/audiofan/codec"
+	"github.com/audiofan/audiofan/subscribers/speech"
 )
 
 // Listening in: the browser opens a WebSocket per call (and participant, or
@@ -53,6 +54,9 @@ type hub struct {
 	index map[codec.Token]int // participant token -> index
 	ids   []string
 	toks  []codec.Token
+	// clock places frames as the call's other timelines do, so a wild
+	// timestamp does not make a browser schedule audio years away.
+	clock speech.Clock
 }
 
 type listener struct {
@@ -124,7 +128,8 @@ func (h *hub) frame(m *nats.Msg) {
 		h.ids, h.toks = append(h.ids, f.Participant), append(h.toks, ptok)
 	}
 	b := make([]byte, listenHeader+len(f.Data))
-	binary.LittleEndian.PutUint64(b[0:], math.Float64bits(float64(f.Timestamp.UnixMicro())/1000))
+	at := h.clock.Place(f.Participant, f.Timestamp, f.ReceivedAt)
+	binary.LittleEndian.PutUint64(b[0:], math.Float64bits(float64(at.UnixMicro())/1000))
 	binary.LittleEndian.PutUint32(b[8:], uint32(f.SampleRate))
 	binary.LittleEndian.PutUint16(b[12:], uint16(i))
 	binary.LittleEndian.PutUint16(b[14:], uint16(max(f.Channels, 1)))

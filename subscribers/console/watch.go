@@ -275,7 +275,7 @@ func (w *watcher) frame(ptok codec.Token, f *codec.Frame) {
 		w.parts = append(w.parts, ps)
 		w.byTok[ptok] = ps
 	}
-	slot := w.clock.Slot(f.Timestamp)
+	slot := w.clock.FrameSlot(f.Participant, f.Timestamp, f.ReceivedAt)
 	w.maxSlot = max(w.maxSlot, slot)
 	w.frames++
 	l := speech.Measure(f.Data)

@@ -206,7 +206,7 @@ func (c *callModerator) frame(ctx context.Context, f *codec.Frame, out *subscrib
 	if f.SampleRate > 0 {
 		c.rate = f.SampleRate
 	}
-	slot := c.clock.Slot(f.Timestamp)
+	slot := c.clock.FrameSlot(f.Participant, f.Timestamp, f.ReceivedAt)
 	if !c.seen {
 		c.first, c.lastSpeech, c.seen = slot, slot, true
 	}

@@ -54,7 +54,7 @@ func TestOutboundRecorded(t *testing.T) {
 		t.Fatalf("%d participant frames counted", c.spool.Frames())
 	}
 
-	res, err := c.spool.Render(t.TempDir())
+	res, err := c.spool.Render(context.Background(), t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,7 +94,7 @@ func TestOutboundRecorded(t *testing.T) {
 		}
 	}
 	// Rendered again (a retry after a full disk), the same files.
-	again, err := c.spool.Render(filepath.Join(t.TempDir(), "again"))
+	again, err := c.spool.Render(context.Background(), filepath.Join(t.TempDir(), "again"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/audiofan/audiofan/broker"
 	"github.com/audiofan/audiofan/codec"
 	"github.com/audiofan/audiofan/subscribers"
+	"github.com/audiofan/audiofan/subscribers/speech"
 )
 
 // RoleName is the recorder's role: its consumers, metrics and event source.
@@ -25,9 +26,10 @@ const RoleName = "recording"
 
 // Config is the recorder's settings.
 type Config struct {
-	Store          string `env:"AUDIOFAN_RECORDING_STORE" envDefault:"disk" help:"where finished recordings go: disk (AUDIOFAN_DATA_DIR/recordings/<call token>/), object (the JetStream Object Store bucket AUDIOFAN_RECORDING_BUCKET, as <call token>/<file>) or both"`
-	Bucket         string `env:"AUDIOFAN_RECORDING_BUCKET" envDefault:"recordings" help:"Object Store bucket of the recordings (created when missing)"`
-	BucketReplicas int    `env:"AUDIOFAN_RECORDING_BUCKET_REPLICAS" envDefault:"1" help:"replicas of the bucket when it is created (3 on a cluster)"`
+	Store          string        `env:"AUDIOFAN_RECORDING_STORE" envDefault:"disk" help:"where finished recordings go: disk (AUDIOFAN_DATA_DIR/recordings/<call token>/), object (the JetStream Object Store bucket AUDIOFAN_RECORDING_BUCKET, as <call token>/<file>) or both"`
+	Bucket         string        `env:"AUDIOFAN_RECORDING_BUCKET" envDefault:"recordings" help:"Object Store bucket of the recordings (created when missing)"`
+	BucketReplicas int           `env:"AUDIOFAN_RECORDING_BUCKET_REPLICAS" envDefault:"1" help:"replicas of the bucket when it is created (3 on a cluster)"`
+	MaxDuration    time.Duration `env:"AUDIOFAN_RECORDING_MAX_DURATION" envDefault:"4h" help:"longest recording: audio later than this after a call's first frame is left out (counted); 0 = no bound"`
 }
 
 // Validate checks the settings.
@@ -36,6 +38,9 @@ func (c Config) Validate() error {
 	case "disk", "object", "both":
 	default:
 		return fmt.Errorf("AUDIOFAN_RECORDING_STORE %q: want disk, object or both", c.Store)
+	}
+	if c.MaxDuration < 0 {
+		return errors.New("AUDIOFAN_RECORDING_MAX_DURATION must not be negative")
 	}
 	if c.Store != "disk" && c.Bucket == "" {
 		return errors.New("AUDIOFAN_RECORDING_BUCKET is empty")
@@ -53,6 +58,7 @@ type Recorder struct {
 
 	recordings *prometheus.CounterVec
 	bytes      prometheus.Counter
+	cut        prometheus.Counter
 }
 
 // New prepares the recorder: recordings go under dataDir/recordings. Calls
@@ -67,8 +73,10 @@ func New(ctx context.Context, cfg Config, dataDir string, js jetstream.JetStream
 			Help: "Calls recorded, by result: written, or empty (no audio)."}, []string{"result"}),
 		bytes: prometheus.NewCounter(prometheus.CounterOpts{Name: "audiofan_recorder_written_bytes_total",
 			Help: "Bytes of WAV files written (each store counted)."}),
+		cut: prometheus.NewCounter(prometheus.CounterOpts{Name: "audiofan_recorder_frames_cut_total",
+			Help: "Frames left out of recordings: later than AUDIOFAN_RECORDING_MAX_DURATION after the call's first."}),
 	}
-	for _, c := range []prometheus.Collector{r.recordings, r.bytes} {
+	for _, c := range []prometheus.Collector{r.recordings, r.bytes, r.cut} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("recorder metrics: %w", err)
 		}
@@ -119,11 +127,13 @@ type callRecorder struct {
 	call  subscribers.CallInfo
 	spool *Spool
 	rate  int // the call's, from its audio socket's started message
-	// lag is the least of receivedAt - timestamp over the frames so far:
-	// how far the receivers' clock (which stored times follow) runs ahead
-	// of the capture times the timeline is made of.
+	// lag is the least of receivedAt - place over the frames so far: how
+	// far the receivers' clock (which stored times follow) runs ahead of
+	// the timeline the frames are placed on (clock: one wild timestamp
+	// must not move the audio played into the call by years).
 	lag     time.Duration
 	haveLag bool
+	clock   speech.Clock
 	// outEnd is when the audio played into the call so far ends: the
 	// receiver plays each Outbound after the one before.
 	outEnd time.Time
@@ -138,7 +148,8 @@ func (c *callRecorder) Handle(_ context.Context, d subscribers.Delivery, _ *subs
 		}
 		return nil
 	case *codec.Frame:
-		if lag := p.ReceivedAt.Sub(p.Timestamp); !c.haveLag || lag < c.lag {
+		at := c.clock.Place(p.Participant, p.Timestamp, p.ReceivedAt)
+		if lag := p.ReceivedAt.Sub(at); !p.ReceivedAt.IsZero() && (!c.haveLag || lag < c.lag) {
 			c.lag, c.haveLag = lag, true
 		}
 		if err = c.open(); err == nil {
@@ -178,6 +189,7 @@ func (c *callRecorder) open() error {
 	if err != nil {
 		return err
 	}
+	sp.MaxDuration = c.r.cfg.MaxDuration
 	c.spool = sp
 	return nil
 }
@@ -235,7 +247,7 @@ func (c *callRecorder) End(ctx context.Context, reason string, out *subscribers.
 		defer os.RemoveAll(tmp)
 		dir = tmp
 	}
-	res, err := c.spool.Render(dir)
+	res, err := c.spool.Render(ctx, dir)
 	if err != nil {
 		return fsError(err)
 	}
@@ -243,7 +255,11 @@ func (c *callRecorder) End(ctx context.Context, reason string, out *subscribers.
 	for _, f := range res.Files {
 		m := map[string]any{"name": f.Name, "participant": f.Participant, "mix": f.Mix, "outbound": f.Outbound, "bytes": f.Bytes,
 			"sha256": f.SHA256, "durationMs": f.Duration.Milliseconds(), "frames": f.Frames,
-			"duplicates": f.Duplicates, "gaps": f.Gaps, "path": "", "object": ""}
+			"duplicates": f.Duplicates, "gaps": f.Gaps, "cut": f.Cut, "path": "", "object": ""}
+		if f.Cut > 0 && !f.Mix {
+			c.r.cut.Add(float64(f.Cut))
+			c.r.log.Warn("recording cut at AUDIOFAN_RECORDING_MAX_DURATION", "call", c.call.ID, "file", f.Name, "frames", f.Cut)
+		}
 		if c.r.cfg.Store != "object" {
 			m["path"] = path.Join("recordings", string(c.call.Token), f.Name) // under AUDIOFAN_DATA_DIR
 			c.r.bytes.Add(float64(f.Bytes))

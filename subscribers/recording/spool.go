@@ -1,16 +1,16 @@
 // Package recording turns a call's audio frames into WAV files: one per
-// participant stream and a mix of the whole call, on the call's true
-// timeline. It is the recorder role's core. Frames are spooled to disk as
-// they come, with a small index in memory (a few dozen bytes a frame), so a
-// long call costs disk, not memory; the files are written when the call is
-// over. The result depends only on the set of frames, not on their order or
-// how often one came, so replaying a call after a replica died gives the
-// same bytes.
+// participant stream and a mix of the whole call, on the call's timeline
+// (speech.Clock: the sender's timestamps, where they can be believed). It
+// is the recorder role's core. Frames are spooled to disk as they come,
+// with a small index in memory (a few dozen bytes a frame), so a long call
+// costs disk, not memory; the files are written when the call is over. The
+// result depends only on the set of frames, not on their order or how often
+// one came, so replaying a call after a replica died gives the same bytes.
 package recording
 
 import (
-	"bytes"
 	"cmp"
+	"context"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/audiofan/audiofan/codec"
+	"github.com/audiofan/audiofan/subscribers/speech"
 )
 
 // frameDur is ACS's frame length: the timeline's grid.
@@ -37,7 +38,9 @@ var ErrFormat = errors.New("frame format")
 
 // entry indexes one spooled frame.
 type entry struct {
-	ts     int64 // capture time, Unix ns
+	ts     int64 // capture time as the sender stamped it, Unix ns
+	recv   int64 // when a receiver read it, Unix ns (0: unknown)
+	at     int64 // its place on the call's timeline (Render sets it)
 	seq    uint64
 	off    int64 // in the spool file
 	n      int32 // bytes of PCM
@@ -53,6 +56,11 @@ const partBuffer = 16 << 10
 
 // Spool gathers one call's frames on disk until they are rendered.
 type Spool struct {
+	// MaxDuration bounds the recording: frames placed later than this
+	// after the call's first are left out (counted in File.Cut). 0: no
+	// bound.
+	MaxDuration time.Duration
+
 	f      *os.File
 	size   int64 // bytes written to the file
 	rate   int
@@ -63,6 +71,7 @@ type Spool struct {
 // part is one participant's frames: indexed, the last ones still buffered.
 type part struct {
 	es      []entry
+	dups    int // frames stored twice, dropped by Render
 	buf     []byte
 	pending int // index in es of the first frame in buf
 }
@@ -124,10 +133,17 @@ func (s *Spool) Add(f *codec.Frame) error {
 	}
 	h := fnv.New64a()
 	h.Write(f.Data)
-	p.es = append(p.es, entry{ts: f.Timestamp.UnixNano(), seq: f.Seq, off: int64(len(p.buf)),
+	p.es = append(p.es, entry{ts: f.Timestamp.UnixNano(), recv: unixNano(f.ReceivedAt), seq: f.Seq, off: int64(len(p.buf)),
 		n: int32(len(f.Data)), silent: f.Silent, sum: h.Sum64()})
 	p.buf = append(p.buf, f.Data...)
 	return nil
+}
+
+func unixNano(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
 }
 
 // outboundKey keeps the track of the audio played into the call (Outbound)
@@ -201,8 +217,9 @@ type File struct {
 	SHA256      string
 	Duration    time.Duration // of the audio in it
 	Frames      int           // frames placed
-	Duplicates  int           // frames dropped as copies of one already placed
+	Duplicates  int           // frames dropped as stored twice
 	Gaps        int           // frame slots filled with silence inside the track
+	Cut         int           // frames left out: past the recording's MaxDuration
 }
 
 // Result is a rendered call.
@@ -215,16 +232,18 @@ type Result struct {
 
 // Render writes the call into dir: <participant token>.wav per stream,
 // outbound.wav for the audio played into the call if there was any, and
-// mix.wav. Each frame goes in the 20 ms slot its capture time falls in,
+// mix.wav. Each frame goes in the 20 ms slot of its place on the call's
+// timeline (speech.Clock, fed in the order the receivers read the frames),
 // counted from the earliest frame of any participant, so participants stay
-// aligned and a skipped frame leaves exactly a frame of silence. A frame
-// whose slot holds the same audio is a duplicate (a redelivery) and is
-// dropped; one whose slot holds other audio (timestamps jittered into the
-// same slot) goes into the next free slot, so no audio is lost or
-// overwritten. Timestamps may stray up to ±5 ms from the grid. Files are
-// written to temporary names, synced, and renamed into place together at
-// the end, replacing a previous rendering whole.
-func (s *Spool) Render(dir string) (*Result, error) {
+// aligned, a skipped frame leaves exactly a frame of silence, and a wild
+// timestamp stretches nothing. A frame stored twice (a redelivery: the same
+// seq, timestamps and audio) is dropped; one whose slot is taken
+// (timestamps jittered into the same slot) goes into the next free slot,
+// so no audio is lost or overwritten. Files are written
+// to temporary names, synced, and renamed into place together at the end,
+// replacing a previous rendering whole; past 4 GiB a file is RF64. Render
+// stops when ctx ends.
+func (s *Spool) Render(ctx context.Context, dir string) (*Result, error) {
 	if s.Frames() == 0 {
 		return nil, errors.New("no frames")
 	}
@@ -236,16 +255,6 @@ func (s *Spool) Render(dir string) (*Result, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("recording folder: %w", err)
 	}
-	// The call's timeline starts with its own first frame; audio played
-	// into it before that has nothing to line up with and is left out.
-	start := int64(math.MaxInt64)
-	for id, p := range s.parts {
-		for _, e := range p.es {
-			if id != outboundKey {
-				start = min(start, e.ts)
-			}
-		}
-	}
 	ids := make([]string, 0, len(s.parts))
 	for id := range s.parts {
 		if id != outboundKey {
@@ -253,8 +262,14 @@ func (s *Spool) Render(dir string) (*Result, error) {
 		}
 	}
 	sort.Strings(ids)
+	start := s.place(ids)
+	// The call's timeline starts with its own first frame; audio played
+	// into it before that has nothing to line up with and is left out.
 	if p := s.parts[outboundKey]; p != nil {
 		p.es = slices.DeleteFunc(p.es, func(e entry) bool { return e.ts < start })
+		for i := range p.es {
+			p.es[i].at = p.es[i].ts
+		}
 		if len(p.es) > 0 {
 			ids = append(ids, outboundKey)
 		}
@@ -271,23 +286,25 @@ func (s *Spool) Render(dir string) (*Result, error) {
 	// Lay every track out first: each file then runs to the call's end, so
 	// all of them have the call's duration and line up sample for sample.
 	slotBytes := int64(s.rate / 50 * 2)
+	maxSlots := int64(math.MaxInt64)
+	if s.MaxDuration > 0 {
+		maxSlots = int64(s.MaxDuration / frameDur)
+	}
 	layouts := make([]layout, len(ids))
 	mixLen := int64(0)
 	for i, id := range ids {
-		l, err := s.layout(s.parts[id].es, start, slotBytes)
-		if err != nil {
-			return nil, err
-		}
+		l := s.layout(s.parts[id], start, slotBytes, maxSlots)
 		layouts[i] = l
 		mixLen = max(mixLen, l.size)
 	}
+	hl := int64(len(wavHeader(s.rate, mixLen)))
 	for i, id := range ids {
 		tmp, err := os.CreateTemp(dir, ".rec-*")
 		if err != nil {
 			return nil, fmt.Errorf("recording %s: %w", dir, err)
 		}
 		tmps = append(tmps, tmp)
-		f, err := s.writeTrack(tmp, s.parts[id].es, layouts[i], mixLen, slotBytes)
+		f, err := s.writeTrack(ctx, tmp, s.parts[id].es, layouts[i], mixLen, slotBytes)
 		if err != nil {
 			return nil, fmt.Errorf("recording %s: %w", tmp.Name(), err)
 		}
@@ -302,7 +319,7 @@ func (s *Spool) Render(dir string) (*Result, error) {
 		return nil, fmt.Errorf("recording %s: %w", dir, err)
 	}
 	tmps = append(tmps, mixTmp)
-	mix, err := writeMix(mixTmp, tmps[:len(tmps)-1], s.rate, mixLen)
+	mix, err := writeMix(ctx, mixTmp, tmps[:len(tmps)-1], s.rate, hl, mixLen)
 	if err != nil {
 		return nil, fmt.Errorf("recording %s: %w", mixTmp.Name(), err)
 	}
@@ -323,47 +340,109 @@ func (s *Spool) Render(dir string) (*Result, error) {
 	return res, nil
 }
 
-const headerLen = 44
+// place drops frames stored twice and puts every participant's frames on
+// the call's timeline, feeding the clock in the order the receivers read
+// them (receive time, then seq: an order the set of frames alone decides,
+// participants merged in id order where they tie). It returns where the
+// call starts. It sorts in place and allocates nothing per frame: a call
+// of hours has millions.
+func (s *Spool) place(ids []string) int64 {
+	byRecv := func(a, b entry) int {
+		return cmp.Or(cmp.Compare(a.recv, b.recv), cmp.Compare(a.seq, b.seq), cmp.Compare(a.ts, b.ts),
+			cmp.Compare(a.sum, b.sum), cmp.Compare(a.n, b.n))
+	}
+	parts := make([]*part, len(ids))
+	for k, id := range ids {
+		p := s.parts[id]
+		slices.SortFunc(p.es, byRecv)
+		n := len(p.es)
+		p.es = slices.CompactFunc(p.es, func(a, b entry) bool { return byRecv(a, b) == 0 })
+		p.dups += n - len(p.es)
+		parts[k] = p
+	}
+	var clock speech.Clock
+	start := int64(math.MaxInt64)
+	// Merge the participants' sorted frames through a min-heap of their
+	// next frames: n log P for a call of P participants.
+	next := make([]int, len(parts))
+	head := func(k int) entry { return parts[k].es[next[k]] }
+	less := func(a, b int) bool {
+		if c := byRecv(head(a), head(b)); c != 0 {
+			return c < 0
+		}
+		return a < b // participants in id order where they tie
+	}
+	h := make([]int, 0, len(parts))
+	down := func(i int) {
+		for {
+			m, l, r := i, 2*i+1, 2*i+2
+			if l < len(h) && less(h[l], h[m]) {
+				m = l
+			}
+			if r < len(h) && less(h[r], h[m]) {
+				m = r
+			}
+			if m == i {
+				return
+			}
+			h[i], h[m] = h[m], h[i]
+			i = m
+		}
+	}
+	for k, p := range parts {
+		if len(p.es) > 0 {
+			h = append(h, k)
+		}
+	}
+	for i := len(h)/2 - 1; i >= 0; i-- {
+		down(i)
+	}
+	for len(h) > 0 {
+		k := h[0]
+		e := &parts[k].es[next[k]]
+		var recv time.Time
+		if e.recv != 0 {
+			recv = time.Unix(0, e.recv)
+		}
+		e.at = clock.Place(ids[k], time.Unix(0, e.ts), recv).UnixNano()
+		start = min(start, e.at)
+		if next[k]++; next[k] == len(parts[k].es) {
+			h[0] = h[len(h)-1]
+			h = h[:len(h)-1]
+		}
+		down(0)
+	}
+	return start
+}
 
 // layout is where a track's frames go.
 type layout struct {
-	place                    []int64 // slot of each frame (sorted), -1 if dropped
-	size                     int64   // bytes of PCM to the end of its last frame
-	frames, duplicates, gaps int
+	place                         []int64 // slot of each frame (sorted), -1 if dropped
+	size                          int64   // bytes of PCM to the end of its last frame
+	frames, duplicates, gaps, cut int
 }
 
-// layout sorts a participant's frames by capture time and gives each its
-// slot.
-func (s *Spool) layout(es []entry, start, slotBytes int64) (layout, error) {
+// layout sorts a participant's frames by their place on the timeline and
+// gives each its slot: the one its place falls in, or the next free one.
+// Frames come sorted, so the next free slot is one past the last taken:
+// linear however many frames share a slot.
+func (s *Spool) layout(p *part, start, slotBytes, maxSlots int64) layout {
+	es := p.es
 	slices.SortStableFunc(es, func(a, b entry) int {
-		return cmp.Or(cmp.Compare(a.ts, b.ts), cmp.Compare(a.seq, b.seq))
+		return cmp.Or(cmp.Compare(a.at, b.at), cmp.Compare(a.seq, b.seq))
 	})
-	l := layout{place: make([]int64, len(es))}
-	taken := make(map[int64]int, len(es)) // slot -> index in es
-	minSlot, maxSlot := int64(math.MaxInt64), int64(-1)
-	var a, b []byte
+	l := layout{place: make([]int64, len(es)), duplicates: p.dups}
+	minSlot, last := int64(math.MaxInt64), int64(-1)
 	for i, e := range es {
-		slot := (e.ts - start + int64(frameDur/2)) / int64(frameDur)
 		l.place[i] = -1
-		for {
-			j, ok := taken[slot]
-			if !ok {
-				break
-			}
-			if same, err := s.same(es[j], e, &a, &b); err != nil {
-				return l, err
-			} else if same {
-				l.duplicates++
-				slot = -1
-				break
-			}
-			slot++ // jitter put two frames in one slot: keep both
-		}
-		if slot < 0 {
+		natural := (e.at - start + int64(frameDur/2)) / int64(frameDur)
+		slot := max(natural, last+1) // jitter put two frames in one slot: keep both
+		if slot >= maxSlots {
+			l.cut++
 			continue
 		}
-		taken[slot], l.place[i] = i, slot
-		minSlot, maxSlot = min(minSlot, slot), max(maxSlot, slot)
+		l.place[i], last = slot, slot
+		minSlot = min(minSlot, slot)
 		n := int64(e.n)
 		if n == 0 && e.silent {
 			n = slotBytes // a silent frame without samples still takes its time
@@ -371,28 +450,32 @@ func (s *Spool) layout(es []entry, start, slotBytes int64) (layout, error) {
 		l.size = max(l.size, slot*slotBytes+n)
 		l.frames++
 	}
-	if maxSlot >= 0 {
-		l.gaps = int(maxSlot-minSlot+1) - l.frames
+	if last >= 0 {
+		l.gaps = int(last-minSlot+1) - l.frames
 	}
-	return l, nil
+	return l
 }
 
 // writeTrack writes one participant's frames where layout says, in a file
 // of size bytes of PCM.
-func (s *Spool) writeTrack(out *os.File, es []entry, l layout, size, slotBytes int64) (File, error) {
-	f := File{Frames: l.frames, Duplicates: l.duplicates, Gaps: l.gaps}
+func (s *Spool) writeTrack(ctx context.Context, out *os.File, es []entry, l layout, size, slotBytes int64) (File, error) {
+	f := File{Frames: l.frames, Duplicates: l.duplicates, Gaps: l.gaps, Cut: l.cut}
+	h := wavHeader(s.rate, size)
+	hl := int64(len(h))
 	// Unwritten stretches of the file read as zeros: silence costs nothing.
-	if err := out.Truncate(headerLen + size); err != nil {
+	if err := out.Truncate(hl + size); err != nil {
 		return f, err
 	}
-	h := wavHeader(s.rate, int(size))
-	if _, err := out.WriteAt(h[:], 0); err != nil {
+	if _, err := out.WriteAt(h, 0); err != nil {
 		return f, err
 	}
 	// Frames next to each other in the spool and on the timeline (the
 	// usual case) are copied in runs of up to 64 KiB.
 	buf := make([]byte, 64<<10)
-	for i := 0; i < len(es); {
+	for i, runs := 0, 0; i < len(es); runs++ {
+		if runs%256 == 0 && ctx.Err() != nil {
+			return f, ctx.Err()
+		}
 		e := es[i]
 		if l.place[i] < 0 || e.n == 0 {
 			i++
@@ -407,43 +490,29 @@ func (s *Spool) writeTrack(out *os.File, es []entry, l layout, size, slotBytes i
 		if _, err := s.f.ReadAt(buf[:n], e.off); err != nil {
 			return f, fmt.Errorf("read spool: %w", err)
 		}
-		if _, err := out.WriteAt(buf[:n], headerLen+l.place[i]*slotBytes); err != nil {
+		if _, err := out.WriteAt(buf[:n], hl+l.place[i]*slotBytes); err != nil {
 			return f, err
 		}
 		i = j
 	}
-	sum, err := hashFile(out)
+	sum, err := hashFile(ctx, out)
 	if err != nil {
 		return f, err
 	}
-	f.Bytes, f.SHA256 = headerLen+size, sum
+	f.Bytes, f.SHA256 = hl+size, sum
 	f.Duration = time.Duration(size/2) * time.Second / time.Duration(s.rate)
 	return f, nil
 }
 
-// same reports whether two spooled frames hold the same audio.
-func (s *Spool) same(x, y entry, a, b *[]byte) (bool, error) {
-	if x.sum != y.sum || x.n != y.n {
-		return false, nil
-	}
-	*a, *b = slices.Grow((*a)[:0], int(x.n))[:x.n], slices.Grow((*b)[:0], int(y.n))[:y.n]
-	if _, err := s.f.ReadAt(*a, x.off); err != nil {
-		return false, fmt.Errorf("read spool: %w", err)
-	}
-	if _, err := s.f.ReadAt(*b, y.off); err != nil {
-		return false, fmt.Errorf("read spool: %w", err)
-	}
-	return bytes.Equal(*a, *b), nil
-}
-
-// writeMix sums the tracks with saturation, a block at a time; tracks
-// shorter than the call are silence past their end.
-func writeMix(out *os.File, tracks []*os.File, rate int, size int64) (File, error) {
+// writeMix sums the tracks (each with a header of hl bytes) with
+// saturation, a block at a time; tracks shorter than the call are silence
+// past their end.
+func writeMix(ctx context.Context, out *os.File, tracks []*os.File, rate int, hl, size int64) (File, error) {
 	var f File
-	h := wavHeader(rate, int(size))
+	h := wavHeader(rate, size)
 	sum := sha256.New()
 	w := io.MultiWriter(out, sum)
-	if _, err := w.Write(h[:]); err != nil {
+	if _, err := w.Write(h); err != nil {
 		return f, err
 	}
 	const block = 64 << 10
@@ -454,10 +523,13 @@ func writeMix(out *os.File, tracks []*os.File, rate int, size int64) (File, erro
 	acc := make([]int32, block/2)
 	outBuf := make([]byte, block)
 	for off := int64(0); off < size; off += block {
+		if ctx.Err() != nil {
+			return f, ctx.Err()
+		}
 		n := int(min(block, size-off))
 		clear(acc[:n/2])
 		for i, t := range tracks {
-			got, err := t.ReadAt(in[i][:n], headerLen+off)
+			got, err := t.ReadAt(in[i][:n], hl+off)
 			if err != nil && !errors.Is(err, io.EOF) {
 				return f, err
 			}
@@ -473,15 +545,28 @@ func writeMix(out *os.File, tracks []*os.File, rate int, size int64) (File, erro
 			return f, err
 		}
 	}
-	f.Bytes, f.SHA256 = headerLen+size, hex.EncodeToString(sum.Sum(nil))
+	f.Bytes, f.SHA256 = int64(len(h))+size, hex.EncodeToString(sum.Sum(nil))
 	f.Duration = time.Duration(size/2) * time.Second / time.Duration(rate)
 	return f, nil
 }
 
-func hashFile(f *os.File) (string, error) {
+func hashFile(ctx context.Context, f *os.File) (string, error) {
 	h := sha256.New()
-	if _, err := io.Copy(h, io.NewSectionReader(f, 0, math.MaxInt64)); err != nil {
+	if _, err := io.Copy(h, ctxReader{ctx, io.NewSectionReader(f, 0, math.MaxInt64)}); err != nil {
 		return "", err
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// ctxReader stops a long read (hashing a recording of hours) when ctx ends.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
 }

@@ -2,6 +2,7 @@ package recording
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
@@ -15,6 +16,7 @@ import (
 	"github.com/go-audio/wav"
 
 	"github.com/audiofan/audiofan/codec"
+	"github.com/audiofan/audiofan/subscribers/speech"
 )
 
 var t0 = time.Date(2025, 3, 14, 9, 0, 0, 0, time.UTC)
@@ -53,7 +55,7 @@ func render(t *testing.T, frames []codec.Frame) *rendered {
 			t.Fatal(err)
 		}
 	}
-	res, err := sp.Render(filepath.Join(dir, "out"))
+	res, err := sp.Render(context.Background(), filepath.Join(dir, "out"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -195,7 +197,7 @@ func TestSpoolRefusesOtherFormats(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer empty.Close()
-	if _, err := empty.Render(t.TempDir()); err == nil {
+	if _, err := empty.Render(context.Background(), t.TempDir()); err == nil {
 		t.Error("no frames rendered")
 	}
 }
@@ -222,11 +224,11 @@ func TestRenderSilentAndAgain(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	first, err := sp.Render(filepath.Join(dir, "out"))
+	first, err := sp.Render(context.Background(), filepath.Join(dir, "out"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	again, err := sp.Render(filepath.Join(dir, "out"))
+	again, err := sp.Render(context.Background(), filepath.Join(dir, "out"))
 	if err != nil || again.Files[0].SHA256 != first.Files[0].SHA256 || again.Files[1].SHA256 != first.Files[1].SHA256 {
 		t.Errorf("rendering again: %v", err)
 	}
@@ -237,7 +239,7 @@ func TestRenderSilentAndAgain(t *testing.T) {
 	if err := os.WriteFile(blocker, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := sp.Render(filepath.Join(blocker, "out")); err == nil {
+	if _, err := sp.Render(context.Background(), filepath.Join(blocker, "out")); err == nil {
 		t.Error("a folder under a file accepted")
 	}
 }
@@ -247,5 +249,140 @@ func TestAppendWAVHeader(t *testing.T) {
 	if len(b) != 48 || string(b[0:4]) != "RIFF" || string(b[8:16]) != "WAVEfmt " || string(b[36:40]) != "data" ||
 		binary.LittleEndian.Uint32(b[24:]) != 16000 || binary.LittleEndian.Uint32(b[40:]) != 4 || !bytes.Equal(b[44:], []byte{1, 2, 3, 4}) {
 		t.Errorf("header % x", b[:44])
+	}
+}
+
+// Past 4 GiB a file is RF64; the header reads back (speech.ParseWAV) with
+// the sizes it gives. A small body stands for the large one.
+func TestRF64Header(t *testing.T) {
+	if h := wavHeader(16000, maxRIFFData); len(h) != 44 || string(h[:4]) != "RIFF" {
+		t.Errorf("at the RIFF limit: % x", h[:12])
+	}
+	h := wavHeader(16000, maxRIFFData+2)
+	if len(h) != 80 || string(h[:4]) != "RF64" || string(h[12:16]) != "ds64" || binary.LittleEndian.Uint64(h[28:]) != maxRIFFData+2 ||
+		binary.LittleEndian.Uint32(h[76:]) != 0xFFFFFFFF {
+		t.Fatalf("past it: % x", h)
+	}
+	body := pcm(0, 0, 640)
+	small := append(rf64Header(16000, int64(len(body))), body...)
+	got, rate, err := speech.ParseWAV(small, "rf64")
+	if err != nil || rate != 16000 || !bytes.Equal(got, body) {
+		t.Errorf("RF64 read back: %d Hz, %d bytes, %v", rate, len(got), err)
+	}
+}
+
+// The timeline's frames, with timestamps a sender got wrong: one frame
+// stamped three years early (as Microsoft's sample frame is) or two hours
+// late, a clock that jumps for good, and a stream stamped all alike sent
+// faster than real time. None stretches the call.
+func TestRenderWildTimestamps(t *testing.T) {
+	const n = 150 // 3 s
+	for name, wild := range map[string]func(i int, f *codec.Frame){
+		"one frame 3 years early": func(i int, f *codec.Frame) {
+			if i == 70 {
+				f.Timestamp = f.Timestamp.AddDate(-3, 0, 0)
+			}
+		},
+		"one frame 2 hours late": func(i int, f *codec.Frame) {
+			if i == 70 {
+				f.Timestamp = f.Timestamp.Add(2 * time.Hour)
+			}
+		},
+		"the first frame 3 years early": func(i int, f *codec.Frame) {
+			if i == 0 {
+				f.Timestamp = f.Timestamp.AddDate(-3, 0, 0)
+			}
+		},
+		"a clock that jumps 2 hours for good": func(i int, f *codec.Frame) {
+			if i >= 70 {
+				f.Timestamp = f.Timestamp.Add(2 * time.Hour)
+			}
+		},
+		"all stamped alike": func(i int, f *codec.Frame) { f.Timestamp = t0 },
+	} {
+		var frames []codec.Frame
+		var want []byte
+		for i := range n {
+			for p, id := range []string{"8:acs:alice", "4:+14255550123"} {
+				f := frame("c", id, p, i, time.Duration(i)*20*time.Millisecond)
+				f.ReceivedAt = t0.Add(time.Second + time.Duration(i)*20*time.Millisecond)
+				if p == 0 {
+					wild(i, &f)
+					want = append(want, f.Data...)
+				}
+				frames = append(frames, f)
+			}
+		}
+		c := render(t, frames)
+		if c.Duration > 3*time.Second+2*time.Second {
+			t.Errorf("%s: a call of 3 s rendered as %v", name, c.Duration)
+		}
+		if got := c.pcm[string(codec.EncodeToken("8:acs:alice"))+".wav"]; !bytes.Contains(got, want[:640*60]) ||
+			!bytes.Contains(got, want[640*71:]) {
+			t.Errorf("%s: the frames around the wild one are not in order", name)
+		}
+	}
+}
+
+// Frames stamped alike, sent faster than real time: every one kept, in
+// order, one after another; placing them is linear (BenchmarkRenderColliding).
+func TestRenderManyColliding(t *testing.T) {
+	const n = 20_000
+	frames := make([]codec.Frame, n)
+	var want []byte
+	for i := range frames {
+		frames[i] = frame("c", "p", 0, i, 0)
+		want = append(want, frames[i].Data...)
+	}
+	c := render(t, frames)
+	if got := c.pcm["p.wav"]; !bytes.Equal(got, want) || c.Files[0].Frames != n {
+		t.Errorf("%d colliding frames: %d bytes, %d frames placed", n, len(got), c.Files[0].Frames)
+	}
+}
+
+// A recording is bounded: frames past MaxDuration are cut and counted.
+func TestRenderMaxDuration(t *testing.T) {
+	sp, err := NewSpool(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp.Close()
+	sp.MaxDuration = time.Second
+	for i := range 100 {
+		f := frame("c", "p", 0, i, time.Duration(i)*20*time.Millisecond)
+		if err := sp.Add(&f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res, err := sp.Render(context.Background(), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := res.Files[0]; res.Duration != time.Second || p.Frames != 50 || p.Cut != 50 {
+		t.Errorf("bounded to 1 s: %v, %d frames, %d cut", res.Duration, p.Frames, p.Cut)
+	}
+}
+
+// Rendering stops when its context ends, and leaves nothing behind.
+func TestRenderCancelled(t *testing.T) {
+	sp, err := NewSpool(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp.Close()
+	for i := range 3000 {
+		f := frame("c", "p", 0, i, time.Duration(i)*20*time.Millisecond)
+		if err := sp.Add(&f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	dir := t.TempDir()
+	if _, err := sp.Render(ctx, dir); !errors.Is(err, context.Canceled) {
+		t.Errorf("render after cancel: %v", err)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+		t.Errorf("%d files left behind", len(entries))
 	}
 }

@@ -8,7 +8,6 @@ package speech
 import (
 	"encoding/binary"
 	"math"
-	"time"
 )
 
 // Floor is the level reported for digital silence (dBFS).
@@ -233,35 +232,4 @@ func (d *Detector) Flush() (Segment, bool) {
 // detector's decision for one frame, to compare with a flag per frame.
 func (d *Detector) Above(rms float64) bool {
 	return rms >= max(d.floor+d.cfg.Onset, d.cfg.MinLevel)
-}
-
-// Clock numbers a call's 20 ms frame slots from its first frame, so the
-// streams of one call share a timeline.
-type Clock struct {
-	origin  time.Time
-	started bool
-}
-
-// SlotDur is a slot's length: an ACS frame.
-const SlotDur = 20 * time.Millisecond
-
-// Slot is the slot of a frame captured at ts; the first call starts the
-// clock at slot 0. Earlier frames of other streams get negative slots.
-func (c *Clock) Slot(ts time.Time) int64 {
-	if !c.started {
-		c.origin, c.started = ts, true
-	}
-	d := ts.Sub(c.origin)
-	if d < 0 {
-		return -int64((-d + SlotDur/2) / SlotDur)
-	}
-	return int64((d + SlotDur/2) / SlotDur)
-}
-
-// Time is a slot's capture time (the zero time before the first frame).
-func (c *Clock) Time(slot int64) time.Time {
-	if !c.started {
-		return time.Time{}
-	}
-	return c.origin.Add(time.Duration(slot) * SlotDur).UTC()
 }

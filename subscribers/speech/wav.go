@@ -20,9 +20,10 @@ func LoadWAV(path string) (pcm []byte, rate int, err error) {
 // ParseWAV reads a WAV file's bytes as LoadWAV does; name is the file's name
 // in errors.
 func ParseWAV(data []byte, path string) (pcm []byte, rate int, err error) {
-	if len(data) < 12 || string(data[0:4]) != "RIFF" || string(data[8:12]) != "WAVE" {
-		return nil, 0, fmt.Errorf("%s: not a RIFF/WAVE file", path)
+	if len(data) < 12 || (string(data[0:4]) != "RIFF" && string(data[0:4]) != "RF64") || string(data[8:12]) != "WAVE" {
+		return nil, 0, fmt.Errorf("%s: not a RIFF/WAVE or RF64 file", path)
 	}
+	dataSize := -1 // from an RF64 file's ds64 chunk
 	var format, channels, bits uint16
 	var srcRate uint32
 	var samples []byte
@@ -30,6 +31,9 @@ func ParseWAV(data []byte, path string) (pcm []byte, rate int, err error) {
 	for off := 12; off+8 <= len(data); {
 		id, size := string(data[off:off+4]), int(binary.LittleEndian.Uint32(data[off+4:]))
 		body := data[off+8:]
+		if id == "data" && dataSize >= 0 && uint32(size) == 0xFFFFFFFF {
+			size = dataSize
+		}
 		if size > len(body) {
 			if id != "data" {
 				return nil, 0, fmt.Errorf("%s: chunk %q is cut short", path, id)
@@ -48,6 +52,10 @@ func ParseWAV(data []byte, path string) (pcm []byte, rate int, err error) {
 				format = binary.LittleEndian.Uint16(body[24:])
 			}
 			haveFmt = true
+		case "ds64":
+			if size >= 16 && string(data[0:4]) == "RF64" {
+				dataSize = int(min(binary.LittleEndian.Uint64(body[8:]), uint64(len(data))))
+			}
 		case "data":
 			samples = body
 		}
