@@ -27,6 +27,7 @@ func (s *AnalyticsSettings) validate() error {
 }
 
 var analyticsRole = role{
+	service: true,
 	name:    "analytics",
 	summary: "talk time, levels, overtalk and dead air of every call, live and at its end, one replica of many",
 	config:  func() any { return &AnalyticsSettings{} },

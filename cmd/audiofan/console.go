@@ -29,6 +29,7 @@ type ConsoleSettings struct {
 }
 
 var consoleRole = role{
+	service: true,
 	name:    "console",
 	summary: "serve the live web console (calls, meters, transcripts, listening in, recordings, bus health)",
 	config:  func() any { return &ConsoleSettings{} },

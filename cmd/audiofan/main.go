@@ -27,6 +27,9 @@ type role struct {
 	// flags registers the role's own flags (beyond settings), if any.
 	flags func(fs *flag.FlagSet, cfg any)
 	run   func(ctx context.Context, cfg any, log *slog.Logger, stdout io.Writer) error
+	// service: it runs until stopped (a server, not a tool), and gives
+	// memory back when it goes idle after a burst (releaseWhenIdle).
+	service bool
 }
 
 var roles = []role{serveRole, receiverRole, recorderRole, analyticsRole, moderatorRole, consoleRole, tapRole, simRole, healthRole, natsAccountsRole}
@@ -122,6 +125,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		case <-finished:
 		}
 	}()
+	if r.service {
+		limitMemory(log)
+		releaseWhenIdle(ctx, log)
+	}
 	if err := r.run(ctx, cfg, log, stdout); err != nil {
 		// One line, for people and scripts alike.
 		fmt.Fprintf(stderr, "audiofan %s: %v\n", r.name, err)

@@ -22,6 +22,7 @@ type ModeratorSettings struct {
 }
 
 var moderatorRole = role{
+	service: true,
 	name:    "moderator",
 	summary: "rules on every call's audio and transcripts that raise events and speak into the call, one replica of many",
 	config:  func() any { return &ModeratorSettings{} },

@@ -65,6 +65,7 @@ func (s *RecorderSettings) validate() error {
 }
 
 var recorderRole = role{
+	service: true,
 	name:    "recorder",
 	summary: "record every call into WAV files (a participant each and a mix), one replica of many",
 	config:  func() any { return &RecorderSettings{} },

@@ -94,6 +94,7 @@ func (s *ServeSettings) validate() error {
 }
 
 var receiverRole = role{
+	service: true,
 	name:    "receiver",
 	summary: "accept ACS WebSocket streams and publish them to JetStream at NATS_URL",
 	config:  func() any { return &ReceiverSettings{} },
@@ -115,6 +116,7 @@ var receiverRole = role{
 }
 
 var serveRole = role{
+	service: true,
 	name:    "serve",
 	summary: "run everything in one process, on an embedded NATS server unless NATS_URL is set",
 	config:  func() any { return &ServeSettings{} },
