@@ -346,3 +346,46 @@ func summary(t *testing.T, r *groupRig, id string) string {
 	}
 	return ""
 }
+
+// A pin that lapses (a replica starved of CPU pulls late; the server pins
+// its next pull anew) and comes back to the same replica is not a takeover:
+// the replica carries on with its calls, nothing is replayed or done twice.
+func TestPinLapseIsNotATakeover(t *testing.T) {
+	r := newGroupRig(t)
+	reg := r.replica()
+	msgs := conformance.Default("8:acs:lapse")
+	half := len(msgs) / 2
+	r.publish(msgs[:half])
+	handled := func() float64 {
+		return conformance.Metric(t, reg, "audiofan_subscriber_messages_total", subscribers.OutcomeHandled)
+	}
+	conformance.WaitFor(t, "the first half handled", func() bool { return handled() > 0 })
+	stream, err := r.js.Stream(context.Background(), r.ref.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	subj, err := broker.ReadSubjects(ctx, r.js, r.ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for n := range subj.Partitions {
+		name := fmt.Sprintf("digest-p%d", n)
+		if err := stream.UnpinConsumer(ctx, name, "owner"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r.publish(msgs[half:])
+	conformance.WaitFor(t, "the call finished", func() bool { return r.summaries("8:acs:lapse") == 1 })
+	for name, label := range map[string]string{
+		"audiofan_subscriber_takeovers_total": "",
+		"audiofan_subscriber_calls_total":     subscribers.ResultElsewhere,
+	} {
+		if got := conformance.Metric(t, reg, name, label); got != 0 {
+			t.Errorf("%s{%s} = %v after a lapsed pin", name, label, got)
+		}
+	}
+	if got := conformance.Metric(t, reg, "audiofan_subscriber_messages_total", subscribers.OutcomeReplayed); got != 0 {
+		t.Errorf("%v messages replayed after a lapsed pin", got)
+	}
+}
