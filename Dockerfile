@@ -12,7 +12,8 @@ COPY --from=build /out/audiofan /usr/local/bin/audiofan
 COPY --from=build --chown=65532:65532 /out/data /data
 # Containers listen on every interface; the roles read everything else from the environment.
 ENV AUDIOFAN_HTTP_ADDR=:8080 AUDIOFAN_DATA_DIR=/data
-USER nonroot:nonroot
+# By number (distroless's nonroot): Kubernetes' runAsNonRoot can only check a numeric user.
+USER 65532:65532
 EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=4s --start-period=20s --retries=3 CMD ["/usr/local/bin/audiofan", "health"]
 ENTRYPOINT ["/usr/local/bin/audiofan"]

@@ -4,7 +4,7 @@ BIN      ?= bin/audiofan
 FUZZTIME ?= 30s
 BENCHTIME ?= 2s
 
-.PHONY: all build run test test-cluster test-browser chromium vet fmt-check bench fuzz clean
+.PHONY: all build run test test-deploy test-cluster test-browser chromium vet fmt-check bench fuzz clean
 
 all: build
 
@@ -19,8 +19,14 @@ run:
 ## console in a browser
 test: fmt-check vet
 	$(GO) test -race -shuffle=on -count=1 -timeout 8m ./...
+	$(MAKE) test-deploy
 	$(MAKE) test-cluster
 	$(MAKE) test-browser
+
+## test-deploy: the Kubernetes manifests decoded strictly into the real API types (k8s.io/api, KEDA's ScaledObject),
+## in a module of their own under deploy/ so the main go.mod does not carry them (part of `make test`)
+test-deploy:
+	cd deploy && $(GO) vet ./... && $(GO) test -count=1 ./...
 
 ## test-cluster: the distributed topology as processes on loopback (3 NATS nodes, receivers, every role), with a NATS
 ## node and a recorder killed mid-call (part of `make test`)

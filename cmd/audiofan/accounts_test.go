@@ -2,11 +2,13 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -29,19 +31,33 @@ import (
 	"github.com/audiofan/audiofan/subscribers/recording"
 )
 
-// TestNATSAccounts runs every part of the compose stack under the users of
-// deploy/nats/nats.conf, on one server started from that file: each does its
-// work (a call stored, recorded, analysed, moderated, shown in the console),
-// and none can change the stream or touch another role's dispatch consumer.
+// TestNATSAccounts runs every part of the stack under the users of
+// deploy/nats/accounts.conf, on one server started as compose starts its
+// nodes (deploy/nats/nats.conf) and as the Kubernetes pods load theirs (the
+// chart's nats.conf with deploy/k8s/nats-values.yaml, the accounts file
+// beside it): each does its work (a call stored, recorded, analysed,
+// moderated, shown in the console; a recording of 80 s read back from the
+// Object Store by every user), and none can change the stream or touch
+// another role's consumers.
 func TestNATSAccounts(t *testing.T) {
-	t.Setenv("NATS_SERVER_NAME", "accounts")
-	t.Setenv("NATS_RECEIVER_PASSWORD", "receiver-pw")
-	t.Setenv("NATS_ROLE_PASSWORD", "role-pw")
-	opts, err := server.ProcessConfigFile(filepath.Join(repo, "deploy/nats/nats.conf"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	// One node on loopback, its store in a temporary folder.
+	t.Run("compose", func(t *testing.T) {
+		t.Setenv("NATS_SERVER_NAME", "accounts")
+		t.Setenv("NATS_RECEIVER_PASSWORD", "receiver-pw")
+		t.Setenv("NATS_ROLE_PASSWORD", "role-pw")
+		opts, err := server.ProcessConfigFile(filepath.Join(repo, "deploy/nats/nats.conf"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkAccounts(t, opts, "receiver-pw", "role-pw")
+	})
+	t.Run("kubernetes", func(t *testing.T) {
+		checkAccounts(t, kubernetesNATS(t), "k8s-receiver-pw", "k8s-role-pw")
+	})
+}
+
+// checkAccounts starts one node from opts (on loopback, its store in a
+// temporary folder) and runs the stack's users against it.
+func checkAccounts(t *testing.T, opts *server.Options, receiverPW, rolePW string) {
 	opts.Host, opts.Port, opts.HTTPPort = "127.0.0.1", -1, 0
 	opts.Cluster, opts.Routes, opts.RoutesStr = server.ClusterOpts{}, nil, ""
 	opts.StoreDir, opts.NoSigs, opts.NoLog = t.TempDir(), true, true
@@ -77,7 +93,7 @@ func TestNATSAccounts(t *testing.T) {
 
 	// The receiver provisions the stream and stores a call.
 	sc := natstest.Defaults[broker.StreamConfig](t)
-	_, rjs, _ := conn("receiver", "receiver-pw")
+	_, rjs, _ := conn("receiver", receiverPW)
 	if _, err := broker.EnsureStream(t.Context(), rjs, sc, log); err != nil {
 		t.Fatal(err)
 	}
@@ -108,7 +124,7 @@ func TestNATSAccounts(t *testing.T) {
 		{"analytics", analyticsFactory(natstest.Defaults[analytics.Config](t), log)},
 		{"moderator", moderatorFactory(ctx, natstest.Defaults[moderation.Config](t), sc.Subjects(), log)},
 	} {
-		g, stop, err := startGroup(ctx, url(r.user, "role-pw"), NATSSettings{}, sc.StreamRef, gc, "accounts "+r.user, prometheus.NewRegistry(), log, r.build)
+		g, stop, err := startGroup(ctx, url(r.user, rolePW), NATSSettings{}, sc.StreamRef, gc, "accounts "+r.user, prometheus.NewRegistry(), log, r.build)
 		if err != nil {
 			t.Fatalf("%s: %v", r.user, err)
 		}
@@ -117,7 +133,7 @@ func TestNATSAccounts(t *testing.T) {
 	}
 
 	// The console reads as the tools user.
-	tnc, tjs, tviol := conn("tools", "role-pw")
+	tnc, tjs, tviol := conn("tools", rolePW)
 	c, err := console.New(natstest.Defaults[console.Config](t), console.Deps{NC: tnc, JS: tjs, Stream: sc.StreamRef, DataDir: dataDir,
 		Roles: []string{"recording", "analytics", "moderation"}, Reg: prometheus.NewRegistry(), Log: log})
 	if err != nil {
@@ -152,6 +168,8 @@ func TestNATSAccounts(t *testing.T) {
 	if ev := conformance.Events(t, tjs, sc.StreamRef, "accounts-call", "analytics"); len(ev) == 0 {
 		t.Error("no analytics events")
 	}
+	checkLongRecording(t, rjs, tjs, sc, dataDir, rc.Bucket, rolePW, conn)
+
 	conformance.WaitFor(t, "the console lists the call with its recording", func() bool {
 		resp, err := http.Get(web.URL + "/api/calls")
 		if err != nil {
@@ -159,7 +177,15 @@ func TestNATSAccounts(t *testing.T) {
 		}
 		defer resp.Body.Close()
 		var calls []console.CallView
-		return json.NewDecoder(resp.Body).Decode(&calls) == nil && len(calls) == 1 && calls[0].Recording != nil
+		if json.NewDecoder(resp.Body).Decode(&calls) != nil {
+			return false
+		}
+		for _, c := range calls {
+			if c.ID == "accounts-call" && c.Recording != nil {
+				return true
+			}
+		}
+		return false
 	})
 	var health console.Health
 	resp, err := http.Get(web.URL + "/api/health")
@@ -197,12 +223,13 @@ func TestNATSAccounts(t *testing.T) {
 	}
 
 	// What the users may not do.
+	// A denied request fails only when it times out: keep it short (allowed ones answer in milliseconds).
 	short := func() context.Context {
-		c, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+		c, cancel := context.WithTimeout(t.Context(), time.Second)
 		t.Cleanup(cancel)
 		return c
 	}
-	rnc, recjs, rviol := conn("recorder", "role-pw")
+	rnc, recjs, rviol := conn("recorder", rolePW)
 	if err := recjs.DeleteStream(short(), sc.Name); err == nil {
 		t.Error("the recorder deleted the stream")
 	}
@@ -289,6 +316,75 @@ func drainViolations(ch chan error) {
 		case <-ch:
 		default:
 			return
+		}
+	}
+}
+
+// checkLongRecording stores a call of 80 s (a mixed stream of 4,000
+// frames), waits for the recorder (Store both) to write it, and reads its
+// files back from the Object Store as tools and as each role: whole and
+// byte for byte what the recorder wrote to disk. An object over 2 MiB needs
+// flow control ($JS.FC.>) to download.
+func checkLongRecording(t *testing.T, rjs, tjs jetstream.JetStream, sc broker.StreamConfig, dataDir, bucket, rolePW string,
+	conn func(user, pw string) (*nats.Conn, jetstream.JetStream, chan error)) {
+	t.Helper()
+	const id, frames = "long-call", 4000
+	tok := codec.EncodeToken(id)
+	subj := sc.Subjects()
+	t0 := time.Date(2026, 12, 2, 9, 0, 0, 0, time.UTC)
+	publish := func(subject string, v any) {
+		b, err := codec.Marshal(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := rjs.PublishAsync(subject, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	life := func(typ string) *codec.Lifecycle {
+		return &codec.Lifecycle{V: 1, Call: id, Type: typ, Stream: codec.StreamAudio, Connection: "long", Receiver: "test",
+			SampleRate: 16000, Channels: 1, Encoding: codec.EncodingPCM16, At: t0, Frames: map[string]uint64{}}
+	}
+	publish(subj.Lifecycle(tok), life(codec.LifecycleStarted))
+	pcm := make([]byte, 640)
+	for i := range frames {
+		for j := range pcm {
+			pcm[j] = byte(i*7 + j)
+		}
+		ts := t0.Add(time.Duration(i) * 20 * time.Millisecond)
+		publish(subj.Audio(tok, codec.MixedToken), &codec.Frame{V: 1, Call: id, Seq: uint64(i + 1), Timestamp: ts, ReceivedAt: ts,
+			SampleRate: 16000, Channels: 1, Encoding: codec.EncodingPCM16, Data: pcm})
+	}
+	publish(subj.Lifecycle(tok), life(codec.LifecycleEnded))
+	select {
+	case <-rjs.PublishAsyncComplete():
+	case <-time.After(30 * time.Second):
+		t.Fatal("the long call was not stored")
+	}
+	conformance.WaitFor(t, "the long call recorded", func() bool {
+		return len(conformance.Events(t, tjs, sc.StreamRef, id, "recording")) == 1
+	})
+	for _, file := range []string{"_mixed.wav", "mix.wav"} {
+		want, err := os.ReadFile(filepath.Join(dataDir, "recordings", string(tok), file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(want) < 2<<20 {
+			t.Fatalf("%s is %d bytes: not past the 2 MiB a download needs flow control for", file, len(want))
+		}
+		for _, user := range []string{"tools", "recorder", "analytics", "moderator"} {
+			_, js, _ := conn(user, rolePW)
+			ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+			store, err := js.ObjectStore(ctx, bucket)
+			if err != nil {
+				cancel()
+				t.Fatalf("%s opens the bucket: %v", user, err)
+			}
+			got, err := store.GetBytes(ctx, string(tok)+"/"+file)
+			cancel()
+			if err != nil || !bytes.Equal(got, want) {
+				t.Errorf("%s reads %s: %d of %d bytes, equal %v, %v", user, file, len(got), len(want), bytes.Equal(got, want), err)
+			}
 		}
 	}
 }

@@ -8,7 +8,9 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime/debug"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -18,6 +20,22 @@ import (
 	"github.com/audiofan/audiofan/broker"
 	"github.com/audiofan/audiofan/broker/natstest"
 )
+
+// natsServerVersion is the nats-server the tests run (go.mod's), without
+// its v.
+func natsServerVersion(t *testing.T) string {
+	t.Helper()
+	bi, ok := debug.ReadBuildInfo()
+	if ok {
+		for _, d := range bi.Deps {
+			if d.Path == "github.com/nats-io/nats-server/v2" {
+				return strings.TrimPrefix(d.Version, "v")
+			}
+		}
+	}
+	t.Fatal("no nats-server in the build info")
+	return ""
+}
 
 // repo is the repository's root, from this package's folder.
 const repo = "../.."
@@ -102,6 +120,11 @@ func TestComposeStack(t *testing.T) {
 			Environment map[string]string `yaml:"environment"`
 			Volumes     []string          `yaml:"volumes"`
 			Ports       []string          `yaml:"ports"`
+			Ulimits     struct {
+				Nofile struct {
+					Soft, Hard int
+				} `yaml:"nofile"`
+			} `yaml:"ulimits"`
 		} `yaml:"services"`
 	}
 	if err := yaml.Unmarshal(raw, &compose); err != nil {
@@ -136,6 +159,27 @@ func TestComposeStack(t *testing.T) {
 		if _, ok := compose.Services[n]; !ok {
 			t.Errorf("no service %s", n)
 		}
+	}
+	// One NATS version everywhere: the one the tests run.
+	natsImage := "nats:" + natsServerVersion(t) + "-alpine"
+	for _, n := range []string{"nats-1", "nats-2", "nats-3"} {
+		if img := compose.Services[n].Image; img != natsImage {
+			t.Errorf("service %s runs %s, the tests %s", n, img, natsImage)
+		}
+	}
+	// HAProxy's maxconn fits the descriptors compose gives it: two a
+	// connection, and a margin for listeners, checks and resolvers.
+	cfg, err := os.ReadFile(filepath.Join(repo, "deploy/haproxy/haproxy.cfg"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^\s*maxconn\s+(\d+)`).FindSubmatch(cfg)
+	if m == nil {
+		t.Fatal("haproxy.cfg sets no global maxconn")
+	}
+	maxconn, _ := strconv.Atoi(string(m[1]))
+	if lim := compose.Services["lb"].Ulimits.Nofile; lim.Soft < 2*maxconn+1000 || lim.Hard < lim.Soft {
+		t.Errorf("haproxy maxconn %d needs about %d descriptors; the lb container gets %+v", maxconn, 2*maxconn+1000, lim)
 	}
 
 	// The NATS configuration parses, with the variables compose passes.
@@ -198,6 +242,7 @@ func TestComposeStack(t *testing.T) {
 // probe endpoints that exist, and scale on consumers and metrics that exist.
 func TestKubernetesManifests(t *testing.T) {
 	known := metricsInSource(t)
+	pwKeys := passwordKeys(t)
 	consumers := map[string]string{"recorder": "recording", "analytics": "analytics", "moderator": "moderation"}
 	kinds := map[string]int{}
 	for _, file := range []string{"receiver.yaml", "roles.yaml", "console.yaml"} {
@@ -230,6 +275,24 @@ func TestKubernetesManifests(t *testing.T) {
 						env[e["name"].(string)] = v
 					}
 					checkEnv(t, file+" "+role, role, env)
+					// Its NATS password is the one accounts.conf gives its
+					// user on the NATS pods: the same key of the same Secret.
+					var user, key, secret string
+					for _, e := range c["env"].([]any) {
+						e := e.(map[string]any)
+						switch e["name"] {
+						case "NATS_USER":
+							user, _ = e["value"].(string)
+						case "NATS_PASSWORD":
+							ref, _ := e["valueFrom"].(map[string]any)["secretKeyRef"].(map[string]any)
+							secret, _ = ref["name"].(string)
+							key, _ = ref["key"].(string)
+						}
+					}
+					if want, ok := pwKeys[user]; !ok || secret != passwordsSecret || key != want {
+						t.Errorf("%s %s: NATS user %q, password from %s/%s; accounts.conf and the NATS pods want %s/%s",
+							file, role, user, secret, key, passwordsSecret, want)
+					}
 					for _, probe := range []string{"readinessProbe", "livenessProbe"} {
 						path := c[probe].(map[string]any)["httpGet"].(map[string]any)["path"]
 						if path != "/readyz" && path != "/healthz" {
@@ -260,8 +323,7 @@ func TestKubernetesManifests(t *testing.T) {
 	if kinds["Deployment"] != 5 || kinds["ScaledObject"] != 3 || kinds["HorizontalPodAutoscaler"] != 1 || kinds["PodDisruptionBudget"] != 1 || kinds["Service"] != 2 {
 		t.Errorf("manifests: %v", kinds)
 	}
-	var values map[string]any
-	if b, err := os.ReadFile(filepath.Join(repo, "deploy/k8s/nats-values.yaml")); err != nil || yaml.Unmarshal(b, &values) != nil {
-		t.Fatalf("nats-values.yaml: %v", err)
+	if v := readNATSValues(t); v.Container.Image.Tag != natsServerVersion(t)+"-alpine" {
+		t.Errorf("the chart runs nats %s, the tests %s", v.Container.Image.Tag, natsServerVersion(t))
 	}
 }

@@ -28,11 +28,13 @@ import (
 
 // NATSSettings are shared by every role that connects to NATS.
 type NATSSettings struct {
-	URL     string `env:"NATS_URL" help:"NATS servers (comma-separated); empty: serve starts its embedded server, tap and sim use nats://127.0.0.1:4222 (a local serve)"`
-	Creds   string `env:"NATS_CREDS" help:"NATS credentials file (JWT and NKey seed) of this role's user"`
-	TLSCA   string `env:"NATS_TLS_CA" help:"PEM CA that signs the NATS servers' certificates (use tls:// URLs)"`
-	TLSCert string `env:"NATS_TLS_CERT" help:"PEM client certificate, for servers that verify clients"`
-	TLSKey  string `env:"NATS_TLS_KEY" help:"PEM key of NATS_TLS_CERT"`
+	URL      string `env:"NATS_URL" help:"NATS servers (comma-separated); empty: serve starts its embedded server, tap and sim use nats://127.0.0.1:4222 (a local serve)"`
+	Creds    string `env:"NATS_CREDS" help:"NATS credentials file (JWT and NKey seed) of this role's user"`
+	User     string `env:"NATS_USER" help:"NATS user of this role (with NATS_PASSWORD): the users of deploy/nats/accounts.conf"`
+	Password string `env:"NATS_PASSWORD" help:"password of NATS_USER"`
+	TLSCA    string `env:"NATS_TLS_CA" help:"PEM CA that signs the NATS servers' certificates (use tls:// URLs)"`
+	TLSCert  string `env:"NATS_TLS_CERT" help:"PEM client certificate, for servers that verify clients"`
+	TLSKey   string `env:"NATS_TLS_KEY" help:"PEM key of NATS_TLS_CERT"`
 }
 
 // options turns the settings into NATS client options.
@@ -40,6 +42,9 @@ func (s NATSSettings) options() []nats.Option {
 	var opts []nats.Option
 	if s.Creds != "" {
 		opts = append(opts, nats.UserCredentials(s.Creds))
+	}
+	if s.User != "" {
+		opts = append(opts, nats.UserInfo(s.User, s.Password))
 	}
 	if s.TLSCA != "" {
 		opts = append(opts, nats.RootCAs(s.TLSCA))

@@ -1,0 +1,268 @@
+package deploy
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	kedav1alpha1 "github.com/kedacore/keda/v2/apis/keda/v1alpha1"
+	appsv1 "k8s.io/api/apps/v1"
+	autoscalingv2 "k8s.io/api/autoscaling/v2"
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"sigs.k8s.io/yaml"
+)
+
+// manifests are the files an operator applies with kubectl.
+var manifests = []string{"k8s/receiver.yaml", "k8s/roles.yaml", "k8s/console.yaml"}
+
+// strict decodes one YAML document into out as the API server would, but
+// refusing what it would silently drop: duplicate keys, and fields the
+// type does not have (a misspelt or misplaced field is a setting that
+// never takes effect).
+func strict(doc []byte, out any) error {
+	j, err := yaml.YAMLToJSONStrict(doc)
+	if err != nil {
+		return err
+	}
+	dec := json.NewDecoder(bytes.NewReader(j))
+	dec.DisallowUnknownFields()
+	return dec.Decode(out)
+}
+
+// objects is every document of the manifests, decoded into its real type.
+type objects struct {
+	deployments map[string]*appsv1.Deployment
+	scaled      []*kedav1alpha1.ScaledObject
+	hpas        []*autoscalingv2.HorizontalPodAutoscaler
+	services    map[string]*corev1.Service
+	pdbs        []*policyv1.PodDisruptionBudget
+}
+
+func load(t *testing.T) objects {
+	t.Helper()
+	o := objects{deployments: map[string]*appsv1.Deployment{}, services: map[string]*corev1.Service{}}
+	for _, file := range manifests {
+		f, err := os.Open(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := utilyaml.NewYAMLReader(bufio.NewReader(f))
+		for n := 1; ; n++ {
+			doc, err := r.Read()
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				t.Fatalf("%s: %v", file, err)
+			}
+			var tm metav1.TypeMeta
+			if err := yaml.Unmarshal(doc, &tm); err != nil {
+				t.Fatalf("%s document %d: %v", file, n, err)
+			}
+			if tm.Kind == "" {
+				continue // a comment-only document
+			}
+			var obj any
+			switch tm.APIVersion + " " + tm.Kind {
+			case "apps/v1 Deployment":
+				d := &appsv1.Deployment{}
+				obj, o.deployments[fmt.Sprint(file, "/", n)] = d, d
+			case "v1 Service":
+				s := &corev1.Service{}
+				obj, o.services[fmt.Sprint(file, "/", n)] = s, s
+			case "autoscaling/v2 HorizontalPodAutoscaler":
+				h := &autoscalingv2.HorizontalPodAutoscaler{}
+				obj, o.hpas = h, append(o.hpas, h)
+			case "policy/v1 PodDisruptionBudget":
+				p := &policyv1.PodDisruptionBudget{}
+				obj, o.pdbs = p, append(o.pdbs, p)
+			case "keda.sh/v1alpha1 ScaledObject":
+				s := &kedav1alpha1.ScaledObject{}
+				obj, o.scaled = s, append(o.scaled, s)
+			default:
+				t.Fatalf("%s document %d: %s %s is not checked here: add its type", file, n, tm.APIVersion, tm.Kind)
+			}
+			if err := strict(doc, obj); err != nil {
+				t.Errorf("%s document %d (%s): %v", file, n, tm.Kind, err)
+			}
+		}
+		f.Close()
+	}
+	return o
+}
+
+// TestManifestsDecodeStrictly: every document is a real object of its
+// kind, with no field its type lacks, and the set is what the README says.
+func TestManifestsDecodeStrictly(t *testing.T) {
+	o := load(t)
+	if len(o.deployments) != 5 || len(o.scaled) != 3 || len(o.hpas) != 1 || len(o.services) != 2 || len(o.pdbs) != 1 {
+		t.Errorf("%d Deployments, %d ScaledObjects, %d HPAs, %d Services, %d PDBs", len(o.deployments), len(o.scaled),
+			len(o.hpas), len(o.services), len(o.pdbs))
+	}
+	// The strict decoder refuses what kubectl would drop.
+	var d appsv1.Deployment
+	if err := strict([]byte("apiVersion: apps/v1\nkind: Deployment\nspec:\n  replica: 2\n"), &d); err == nil {
+		t.Error("a misspelt field accepted")
+	}
+}
+
+// imageUser is the USER the Dockerfile's last stage runs as.
+func imageUser(t *testing.T) string {
+	t.Helper()
+	b, err := os.ReadFile("../Dockerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	user := ""
+	for _, m := range regexp.MustCompile(`(?m)^USER\s+(\S+)`).FindAllSubmatch(b, -1) {
+		user = string(m[1])
+	}
+	return user
+}
+
+// TestPodsStart: a container that must not run as root runs as a number the
+// kubelet can check. The kubelet refuses runAsNonRoot for an image whose
+// user is a name ("image has non-numeric user") unless runAsUser says who.
+func TestPodsStart(t *testing.T) {
+	user, _, _ := strings.Cut(imageUser(t), ":")
+	numeric := regexp.MustCompile(`^\d+$`).MatchString(user)
+	if !numeric {
+		t.Errorf("the Dockerfile runs as %q: use a number", user)
+	}
+	for where, d := range load(t).deployments {
+		pod := d.Spec.Template.Spec
+		for _, c := range pod.Containers {
+			nonRoot, uid := false, (*int64)(nil)
+			if sc := pod.SecurityContext; sc != nil {
+				nonRoot = sc.RunAsNonRoot != nil && *sc.RunAsNonRoot
+				uid = sc.RunAsUser
+			}
+			if sc := c.SecurityContext; sc != nil {
+				if sc.RunAsNonRoot != nil {
+					nonRoot = *sc.RunAsNonRoot
+				}
+				if sc.RunAsUser != nil {
+					uid = sc.RunAsUser
+				}
+			}
+			if !nonRoot {
+				t.Errorf("%s %s may run as root", where, c.Name)
+			}
+			if nonRoot && uid == nil && !numeric {
+				t.Errorf("%s %s: runAsNonRoot with an image user %q and no runAsUser: the kubelet will not start it", where, c.Name, user)
+			}
+			if uid != nil && *uid == 0 {
+				t.Errorf("%s %s: runAsUser 0", where, c.Name)
+			}
+		}
+	}
+}
+
+// TestAutoscaledLeaveReplicas: a Deployment an HPA or KEDA scales names no
+// replicas, or every kubectl apply resets the count the autoscaler chose.
+func TestAutoscaledLeaveReplicas(t *testing.T) {
+	o := load(t)
+	byName := map[string]*appsv1.Deployment{}
+	for _, d := range o.deployments {
+		byName[d.Name] = d
+	}
+	var targets []string
+	for _, h := range o.hpas {
+		targets = append(targets, h.Spec.ScaleTargetRef.Name)
+	}
+	for _, s := range o.scaled {
+		targets = append(targets, s.Spec.ScaleTargetRef.Name)
+	}
+	for _, name := range targets {
+		d, ok := byName[name]
+		if !ok {
+			t.Errorf("an autoscaler targets %s, which no manifest defines", name)
+			continue
+		}
+		if d.Spec.Replicas != nil {
+			t.Errorf("%s is autoscaled but sets replicas: %d", name, *d.Spec.Replicas)
+		}
+	}
+}
+
+// natsValues is what the checks read of nats-values.yaml.
+type natsValues struct {
+	Config struct {
+		Monitor struct {
+			Enabled bool `json:"enabled"`
+			Port    int  `json:"port"`
+		} `json:"monitor"`
+	} `json:"config"`
+	Service struct {
+		Ports map[string]struct {
+			Enabled *bool `json:"enabled"`
+		} `json:"ports"`
+	} `json:"service"`
+}
+
+// TestTriggersReachTheirEndpoints: each KEDA trigger names an endpoint
+// that exists. A nats-jetstream trigger reads NATS's monitoring port, which
+// the chart serves only when config.monitor is on, and in a cluster KEDA
+// asks each node by its host name under the headless Service (the client
+// Service does not carry the monitor port): so it must name
+// <release>-headless.<namespace>.svc.cluster.local:<monitor port>. A
+// prometheus trigger names a server and a query.
+func TestTriggersReachTheirEndpoints(t *testing.T) {
+	raw, err := os.ReadFile("k8s/nats-values.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v natsValues
+	if err := yaml.Unmarshal(raw, &v); err != nil {
+		t.Fatal(err)
+	}
+	headless := regexp.MustCompile(`^[a-z0-9-]+-headless\.[a-z0-9-]+\.svc\.cluster\.local:(\d+)$`)
+	for _, s := range load(t).scaled {
+		if len(s.Spec.Triggers) == 0 {
+			t.Errorf("%s has no trigger", s.Name)
+		}
+		for _, tr := range s.Spec.Triggers {
+			switch tr.Type {
+			case "prometheus":
+				if !strings.HasPrefix(tr.Metadata["serverAddress"], "http") || tr.Metadata["query"] == "" || tr.Metadata["threshold"] == "" {
+					t.Errorf("%s: prometheus trigger %v", s.Name, tr.Metadata)
+				}
+			case "nats-jetstream":
+				ep := tr.Metadata["natsServerMonitoringEndpoint"]
+				m := headless.FindStringSubmatch(ep)
+				switch {
+				case !v.Config.Monitor.Enabled:
+					t.Errorf("%s reads NATS monitoring, which nats-values.yaml leaves off", s.Name)
+				case m == nil:
+					t.Errorf("%s: %q is not the headless Service (KEDA reaches each node under it)", s.Name, ep)
+				case m[1] != fmt.Sprint(v.Config.Monitor.Port):
+					t.Errorf("%s: port %s, the monitor listens on %d", s.Name, m[1], v.Config.Monitor.Port)
+				}
+			default:
+				t.Errorf("%s: trigger type %q is not checked here", s.Name, tr.Type)
+			}
+		}
+	}
+}
+
+// TestValuesFileParses keeps nats-values.yaml strict YAML too.
+func TestValuesFileParses(t *testing.T) {
+	raw, err := os.ReadFile(filepath.Join("k8s", "nats-values.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := yaml.YAMLToJSONStrict(raw); err != nil {
+		t.Error(err)
+	}
+}
