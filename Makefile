@@ -4,7 +4,7 @@ BIN      ?= bin/audiofan
 FUZZTIME ?= 30s
 BENCHTIME ?= 2s
 
-.PHONY: all build run test test-deploy test-cluster test-browser chromium vet fmt-check bench fuzz clean
+.PHONY: all build run test test-deploy test-configs config-tools test-cluster test-browser chromium vet fmt-check bench fuzz clean
 
 all: build
 
@@ -20,6 +20,7 @@ run:
 test: fmt-check vet
 	$(GO) test -race -shuffle=on -count=1 -timeout 8m ./...
 	$(MAKE) test-deploy
+	$(MAKE) test-configs
 	$(MAKE) test-cluster
 	$(MAKE) test-browser
 
@@ -27,6 +28,19 @@ test: fmt-check vet
 ## in a module of their own under deploy/ so the main go.mod does not carry them (part of `make test`)
 test-deploy:
 	cd deploy && $(GO) vet ./... && $(GO) test -count=1 ./...
+
+## test-configs: each deployment file checked by its own ecosystem's tool: nats-server -t (built from go.mod's
+## version) on the compose nodes' nats.conf, Debian's haproxy -c and docker-compose config (installed when missing)
+test-configs: config-tools
+	NATS_SERVER_NAME=nats-1 NATS_RECEIVER_PASSWORD=x NATS_ROLE_PASSWORD=y $(GO) run github.com/nats-io/nats-server/v2 -t -c deploy/nats/nats.conf
+	haproxy -c -f deploy/haproxy/haproxy.cfg
+	NATS_RECEIVER_PASSWORD=x NATS_ROLE_PASSWORD=y docker-compose -f docker-compose.yml config -q
+
+config-tools:
+	@command -v haproxy >/dev/null && command -v docker-compose >/dev/null || { \
+		sudo=; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+		echo "installing Debian's haproxy and docker-compose for test-configs"; \
+		$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq haproxy docker-compose >/dev/null; }
 
 ## test-cluster: the distributed topology as processes on loopback (3 NATS nodes, receivers, every role), with a NATS
 ## node and a recorder killed mid-call (part of `make test`)
