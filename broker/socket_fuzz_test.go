@@ -72,6 +72,9 @@ func serverConn(t testing.TB) *websocket.Conn {
 // may panic, and what the socket holds must stay consistent and bounded.
 func FuzzSocketMessages(f *testing.F) {
 	meta := string(codec.AppendACSAudioMetadata(nil, "sub", 16000))
+	audioOf := func(part string) string {
+		return string(codec.AppendACSAudioData(nil, time.Unix(1741944413, 0), part, make([]byte, 640), false))
+	}
 	audio := string(codec.AppendACSAudioData(nil, time.Unix(1741944413, 0), "4:+1", make([]byte, 640), false))
 	for _, seq := range [][]string{
 		{meta, audio, audio},
@@ -79,6 +82,13 @@ func FuzzSocketMessages(f *testing.F) {
 		{`{"kind":"TranscriptionMetadata","transcriptionMetadata":{"callConnectionId":"c"}}`, string(codec.ACSTranscriptionData(codec.TranscriptionData{Text: "hi", Duration: -1}))},
 		{meta, `{"kind":"AudioMetadata","audioMetadata":{"encoding":"PCM","sampleRate":24000,"channels":1}}`, audio},
 		{`{"kind":"AudioData"`, "garbage", meta},
+		// A fifth participant past MaxParticipants (4), an id that triples
+		// when escaped, a frame stamped years early, a transcript whose
+		// empty words encode past the pipeline's max payload.
+		{meta, audioOf("a"), audioOf("b"), audioOf("c"), audioOf("d"), audioOf("e"), audio},
+		{meta, audioOf(strings.Repeat(":", 100)), audio},
+		{meta, string(codec.AppendACSAudioData(nil, time.Unix(1641944413, 0), "4:+1", make([]byte, 640), false)), audio},
+		{meta, `{"kind":"TranscriptionData","transcriptionData":{"text":"x","words":[` + strings.Repeat(`{},`, 30000) + `{}],"resultStatus":"Final"}}`, audio},
 	} {
 		f.Add([]byte(strings.Join(seq, "\xff")))
 	}
@@ -90,7 +100,7 @@ func FuzzSocketMessages(f *testing.F) {
 	f.Fuzz(func(t *testing.T, input []byte) {
 		pub := &okPublisher{}
 		s := &socket{r: r, conn: conn, id: "fuzz"}
-		s.pipe = pipeline{js: pub, cfg: cfg.Publish, m: r.m, connID: s.id, events: s}
+		s.pipe = pipeline{js: pub, cfg: cfg.Publish, m: r.m, connID: s.id, events: s, maxPayload: 64 << 10}
 		for _, msg := range bytes.Split(input, []byte{0xff}) {
 			if err := s.handle(context.Background(), msg, time.Now()); err != nil {
 				break // the socket would be closed here
@@ -108,6 +118,9 @@ func FuzzSocketMessages(f *testing.F) {
 		}
 		var frames uint64
 		for _, p := range s.parts {
+			if n := len(p.subject) - strings.LastIndexByte(p.subject, '.') - 1; n > codec.MaxTokenLen {
+				t.Fatalf("participant %q has a token of %d bytes", p.raw, n)
+			}
 			if p.stored != p.seq {
 				t.Fatalf("participant %q: %d received, %d stored with every publish acknowledged", p.raw, p.seq, p.stored)
 			}
