@@ -330,10 +330,11 @@ func matchTranscript(rs *Rules, text string, words *[]string) []match {
 				ev = map[string]any{"text": masked, "matches": found}
 			}
 		case KindRegex:
-			if ms := r.re.FindAllString(text, -1); len(ms) > 0 {
+			if idx := r.re.FindAllStringIndex(text, -1); len(idx) > 0 {
 				analyse()
-				for i, s := range ms {
-					ms[i] = mask(s, sensitive(s)) // no sensitive value leaks through a pattern
+				ms := make([]string, len(idx))
+				for i, m := range idx {
+					ms[i] = maskMatch(text, spans, m[0], m[1]) // no sensitive value leaks through a pattern
 				}
 				ev = map[string]any{"text": masked, "matches": ms}
 			}

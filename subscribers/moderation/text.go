@@ -231,16 +231,51 @@ func mask(text string, spans []span) string {
 		case Email:
 			b.WriteString(v[:1] + "***@***" + v[strings.LastIndexByte(v, '.'):])
 		default:
-			keep := 4
-			if s.kind == Phone {
-				keep = 2
-			}
-			b.WriteString(maskDigits(v, keep))
+			b.WriteString(maskDigits(v, keepOf(s.kind)))
 		}
 		last = s.end
 	}
 	b.WriteString(text[last:])
 	return b.String()
+}
+
+// maskMatch masks text[a:b], a rule's match, with the sensitive spans of
+// the whole text: a pattern that matches part of a card number (a run of
+// digits, the words around it) shows no more of it than the masked
+// transcript does. Checking the match alone would not do: part of a card
+// is no card.
+func maskMatch(text string, spans []span, a, b int) string {
+	var out strings.Builder
+	last := a
+	for _, s := range spans {
+		if s.end <= a || s.start >= b {
+			continue
+		}
+		lo, hi := max(s.start, a), min(s.end, b)
+		out.WriteString(text[last:lo])
+		if s.kind == Email {
+			if lo == s.start && hi == s.end {
+				out.WriteString(mask(text[lo:hi], []span{{Email, 0, hi - lo}}))
+			} else {
+				out.WriteString(strings.Repeat("*", hi-lo)) // the address pattern is ASCII
+			}
+		} else {
+			// Masking digits keeps the length: the match's part of the
+			// masked number is at the same offsets.
+			out.WriteString(maskDigits(text[s.start:s.end], keepOf(s.kind))[lo-s.start : hi-s.start])
+		}
+		last = hi
+	}
+	out.WriteString(text[last:b])
+	return out.String()
+}
+
+// keepOf is how many trailing digits masking leaves of a kind of number.
+func keepOf(kind string) int {
+	if kind == Phone {
+		return 2
+	}
+	return 4
 }
 
 // maskDigits replaces every digit but the last keep with '*'.

@@ -127,3 +127,22 @@ func TestAbuseEvidenceMasksCardNextToDigits(t *testing.T) {
 		t.Errorf("rules hit: %v, want the keyword and the sensitive-data rules", kinds)
 	}
 }
+
+// A regex rule whose match covers part of a card number shows only what
+// the masked transcript shows.
+func TestRegexMatchesMasked(t *testing.T) {
+	rs, err := ParseRules([]byte("rules:\n  - {name: digits, kind: regex, pattern: '\\d{6}'}\n  - {name: words, kind: regex, pattern: 'card is \\d+'}\n"), "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var words []string
+	text := "my card is 4111111111111111 ok"
+	ms := matchTranscript(rs, text, &words)
+	if got := fmt.Sprint(ms[0].evidence["matches"]); got != "[****** ******]" {
+		t.Errorf("digits rule shows %s", got)
+	}
+	got := fmt.Sprint(ms[1].evidence["matches"])
+	if got != "[card is ************1111]" {
+		t.Errorf("words rule: %s", got)
+	}
+}
