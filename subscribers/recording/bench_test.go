@@ -27,21 +27,7 @@ func BenchmarkRender(b *testing.B) {
 	b.ReportAllocs()
 	start := time.Now()
 	for b.Loop() {
-		sp, err := NewSpool(filepath.Join(dir, "spool"))
-		if err != nil {
-			b.Fatal(err)
-		}
-		for i := range frames {
-			if err := sp.Add(&frames[i]); err != nil {
-				b.Fatal(err)
-			}
-		}
-		if _, err := sp.Render(context.Background(), filepath.Join(dir, "out")); err != nil {
-			b.Fatal(err)
-		}
-		if err := sp.Close(); err != nil {
-			b.Fatal(err)
-		}
+		spoolAndRender(b, dir, frames)
 	}
 	perRun := time.Since(start) / time.Duration(b.N)
 	b.ReportMetric(float64(streams*seconds*time.Second)/float64(perRun), "x-realtime")
@@ -63,23 +49,28 @@ func BenchmarkRenderColliding(b *testing.B) {
 			dir := b.TempDir()
 			start := time.Now()
 			for b.Loop() {
-				sp, err := NewSpool(filepath.Join(dir, "spool"))
-				if err != nil {
-					b.Fatal(err)
-				}
-				for i := range frames {
-					if err := sp.Add(&frames[i]); err != nil {
-						b.Fatal(err)
-					}
-				}
-				if _, err := sp.Render(context.Background(), filepath.Join(dir, "out")); err != nil {
-					b.Fatal(err)
-				}
-				if err := sp.Close(); err != nil {
-					b.Fatal(err)
-				}
+				spoolAndRender(b, dir, frames)
 			}
 			b.ReportMetric(float64(time.Since(start).Nanoseconds())/float64(b.N*n), "ns/frame")
 		})
+	}
+}
+
+// spoolAndRender spools frames into a new spool under dir and renders them.
+func spoolAndRender(b *testing.B, dir string, frames []codec.Frame) {
+	sp, err := NewSpool(filepath.Join(dir, "spool"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for i := range frames {
+		if err := sp.Add(&frames[i]); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if _, err := sp.Render(context.Background(), filepath.Join(dir, "out")); err != nil {
+		b.Fatal(err)
+	}
+	if err := sp.Close(); err != nil {
+		b.Fatal(err)
 	}
 }
