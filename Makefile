@@ -73,7 +73,7 @@ bench:
 	$(GO) test -run=NONE -bench=. -benchmem -benchtime=$(BENCHTIME) -count=3 ./codec ./subscribers/moderation
 	$(GO) test -run=NONE -bench=. -benchmem -benchtime=3x -count=3 ./subscribers/recording ./subscribers/analytics
 	$(GO) test -run=NONE -bench=. -benchtime=40x -count=3 ./subscribers/console
-	$(GO) test -run=NONE -bench=. -benchmem -benchtime=1x -count=3 -timeout 30m ./broker
+	$(GO) test -run=NONE -bench=. -benchmem -benchtime=1x -count=3 -timeout 30m ./broker/receiver
 	$(GO) test -run=NONE -bench='CallStartRate|Takeover' -benchtime=1x -count=3 -timeout 20m ./subscribers
 	$(GO) test -run=NONE -bench='ManyCalls|ClusterCalls|BusCostPerFrame' -benchtime=1x -count=1 -timeout 20m ./cmd/audiofan
 
@@ -83,7 +83,7 @@ fuzz:
 	for t in FuzzParse FuzzParseTimestamp FuzzDecodeBase64 FuzzToken FuzzParseOutboundACS FuzzUnmarshalFrame; do \
 		$(GO) test -run=NONE -fuzz="^$$t\$$" -fuzztime=$(FUZZTIME) ./codec || exit 1; \
 	done
-	$(GO) test -run=NONE -fuzz='^FuzzSocketMessages$$' -fuzztime=$(FUZZTIME) ./broker
+	$(GO) test -run=NONE -fuzz='^FuzzSocketMessages$$' -fuzztime=$(FUZZTIME) ./broker/receiver
 	for t in FuzzTranscriptRules FuzzParseRules; do \
 		$(GO) test -run=NONE -fuzz="^$$t\$$" -fuzztime=$(FUZZTIME) ./subscribers/moderation || exit 1; \
 	done

@@ -1,8 +1,6 @@
-// Package broker is audiofan's side of NATS: it knows the subject scheme and
-// the CALLS stream, runs the embedded server, and holds the receiver, the
-// WebSocket endpoint ACS streams calls into, which turns every ACS message
-// into a bus payload (see package codec) and publishes it to JetStream.
-//
-// The receiver keeps state per socket only (the metadata, sequence numbers
-// and frame counts of that socket), so any replica can take any call.
+// Package broker is the bus's contract: the subject scheme (as published,
+// and as the stream stores it, partitioned by call), the CALLS stream and
+// its provisioning. Everything that reads or writes the bus imports it;
+// it links nats.go and nothing heavier (not the server, not the WebSocket
+// or JWT libraries: those are broker/embedded's and broker/receiver's).
 package broker

@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/audiofan/audiofan/broker"
+	"github.com/audiofan/audiofan/broker/embedded"
 )
 
 // Server is a test NATS server that can be stopped and started again on the
@@ -87,7 +88,7 @@ func (s *Server) Stop() {
 func (s *Server) Restart() {
 	s.t.Helper()
 	users := s.Users
-	ns, err := broker.StartEmbedded(broker.EmbeddedConfig{Listen: s.Addr, StoreDir: s.Dir, ServerName: "natstest", TLSCert: s.TLSCert, TLSKey: s.TLSKey,
+	ns, err := embedded.Start(embedded.Config{Listen: s.Addr, StoreDir: s.Dir, ServerName: "natstest", TLSCert: s.TLSCert, TLSKey: s.TLSKey,
 		Configure: func(o *server.Options) {
 			if len(users) > 0 {
 				o.Users = users

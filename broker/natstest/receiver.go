@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/audiofan/audiofan/broker"
+	"github.com/audiofan/audiofan/broker/receiver"
 )
 
 // Defaults returns a settings struct as the environment-free defaults fill it.
@@ -44,8 +45,8 @@ type Receiver struct {
 	NC     *nats.Conn
 	JS     jetstream.JetStream
 	Stream broker.StreamConfig
-	Config broker.ReceiverConfig
-	R      *broker.Receiver
+	Config receiver.Config
+	R      *receiver.Receiver
 	Reg    *prometheus.Registry
 	cancel context.CancelFunc
 	done   chan error
@@ -53,15 +54,15 @@ type Receiver struct {
 
 // StartReceiver starts a receiver with default settings, changed by modify
 // (may be nil). It is drained when the test ends, if Stop was not called.
-func StartReceiver(t testing.TB, ns *Server, modify func(*broker.ReceiverConfig)) *Receiver {
+func StartReceiver(t testing.TB, ns *Server, modify func(*receiver.Config)) *Receiver {
 	t.Helper()
 	return StartReceiverStream(t, ns, Defaults[broker.StreamConfig](t), modify)
 }
 
 // StartReceiverStream is StartReceiver with stream settings of the test's own.
-func StartReceiverStream(t testing.TB, ns *Server, sc broker.StreamConfig, modify func(*broker.ReceiverConfig)) *Receiver {
+func StartReceiverStream(t testing.TB, ns *Server, sc broker.StreamConfig, modify func(*receiver.Config)) *Receiver {
 	t.Helper()
-	r := &Receiver{t: t, Stream: sc, Config: Defaults[broker.ReceiverConfig](t)}
+	r := &Receiver{t: t, Stream: sc, Config: Defaults[receiver.Config](t)}
 	r.Config.HTTPAddr, r.Config.Instance = "127.0.0.1:0", "test-receiver"
 	if modify != nil {
 		modify(&r.Config)
@@ -74,7 +75,7 @@ func StartReceiverStream(t testing.TB, ns *Server, sc broker.StreamConfig, modif
 		t.Fatal(err)
 	}
 	r.NC = nc
-	if r.JS, err = broker.NewJetStream(nc, r.Config.Publish); err != nil {
+	if r.JS, err = receiver.NewJetStream(nc, r.Config.Publish); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -83,7 +84,7 @@ func StartReceiverStream(t testing.TB, ns *Server, sc broker.StreamConfig, modif
 		t.Fatal(err)
 	}
 	r.Reg = prometheus.NewRegistry()
-	r.R = broker.NewReceiver(r.Config, r.Stream, nc, r.JS, r.Reg, Logger())
+	r.R = receiver.New(r.Config, r.Stream, nc, r.JS, r.Reg, Logger())
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -19,6 +19,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/audiofan/audiofan/broker"
+	"github.com/audiofan/audiofan/broker/embedded"
+	"github.com/audiofan/audiofan/broker/receiver"
 	"github.com/audiofan/audiofan/subscribers"
 	"github.com/audiofan/audiofan/subscribers/analytics"
 	"github.com/audiofan/audiofan/subscribers/console"
@@ -60,7 +62,7 @@ type ReceiverSettings struct {
 	LogSettings
 	NATS     NATSSettings
 	Stream   broker.StreamConfig
-	Receiver broker.ReceiverConfig
+	Receiver receiver.Config
 	Console  console.Config
 }
 
@@ -78,7 +80,7 @@ func (s *ReceiverSettings) validate() error {
 type ServeSettings struct {
 	ReceiverSettings
 	DataDir    string `env:"AUDIOFAN_DATA_DIR" envDefault:"./data" help:"embedded JetStream store (jetstream/) and recordings (recordings/)"`
-	Embedded   broker.EmbeddedConfig
+	Embedded   embedded.Config
 	Group      subscribers.GroupConfig
 	Recording  recording.Config
 	Analytics  analytics.Config
@@ -130,7 +132,7 @@ var serveRole = role{
 		url := s.NATS.URL
 		if url == "" {
 			s.Embedded.StoreDir = filepath.Join(s.DataDir, "jetstream")
-			ns, err := broker.StartEmbedded(s.Embedded)
+			ns, err := embedded.Start(s.Embedded)
 			if err != nil {
 				return err
 			}
@@ -190,7 +192,7 @@ func runReceiver(ctx context.Context, s *ReceiverSettings, url string, nopts NAT
 		return err
 	}
 	defer drainConn(nc, log)
-	js, err := broker.NewJetStream(nc, s.Receiver.Publish)
+	js, err := receiver.NewJetStream(nc, s.Receiver.Publish)
 	if err != nil {
 		return err
 	}
@@ -204,7 +206,7 @@ func runReceiver(ctx context.Context, s *ReceiverSettings, url string, nopts NAT
 	log.Info("stream ready", "stream", info.Config.Name, "subjects", info.Config.Subjects, "max_age", info.Config.MaxAge,
 		"max_bytes", info.Config.MaxBytes, "replicas", info.Config.Replicas)
 
-	r := broker.NewReceiver(s.Receiver, s.Stream, nc, js, reg, log.With("component", "receiver"))
+	r := receiver.New(s.Receiver, s.Stream, nc, js, reg, log.With("component", "receiver"))
 	if root != nil {
 		r.Mount(root)
 	}

@@ -16,10 +16,11 @@ import (
 
 	"github.com/audiofan/audiofan/broker"
 	"github.com/audiofan/audiofan/broker/natstest"
+	"github.com/audiofan/audiofan/broker/receiver"
 	"github.com/audiofan/audiofan/codec"
 )
 
-func startReceiver(t *testing.T, modify func(*broker.ReceiverConfig)) *natstest.Receiver {
+func startReceiver(t *testing.T, modify func(*receiver.Config)) *natstest.Receiver {
 	return natstest.StartReceiver(t, natstest.Start(t), modify)
 }
 
@@ -29,7 +30,7 @@ func startReceiver(t *testing.T, modify func(*broker.ReceiverConfig)) *natstest.
 // half second a socket waits before shedding; the receiver waits here
 // instead, so what is tested is the path, not the machine's speed.
 func TestVerifiedRunLosesNothing(t *testing.T) {
-	r := startReceiver(t, func(c *broker.ReceiverConfig) { c.Publish.Block = time.Minute })
+	r := startReceiver(t, func(c *receiver.Config) { c.Publish.Block = time.Minute })
 	cfg := Defaults()
 	cfg.URL, cfg.Calls, cfg.Participants, cfg.Duration, cfg.Realtime = r.URL(""), 20, 4, 3*time.Second, false
 	cfg.Verify, cfg.Transcripts, cfg.DTMF = true, true, true
@@ -122,7 +123,7 @@ func TestWAVRoundTrip(t *testing.T) {
 }
 
 func TestRefusedUpgrade(t *testing.T) {
-	r := startReceiver(t, func(c *broker.ReceiverConfig) { c.Auth.Mode, c.Auth.Secret = "secret", "0123456789abcdef-secret" })
+	r := startReceiver(t, func(c *receiver.Config) { c.Auth.Mode, c.Auth.Secret = "secret", "0123456789abcdef-secret" })
 	cfg := Defaults()
 	cfg.URL, cfg.Duration = r.URL(""), time.Second
 	_, err := Run(context.Background(), cfg, nil, r.Stream.StreamRef, nil)

@@ -1,4 +1,4 @@
-package broker_test
+package receiver_test
 
 import (
 	"bytes"
@@ -9,12 +9,12 @@ import (
 
 	"github.com/gorilla/websocket"
 
-	"github.com/audiofan/audiofan/broker"
+	"github.com/audiofan/audiofan/broker/receiver"
 	"github.com/audiofan/audiofan/codec"
 )
 
 func TestBadInput(t *testing.T) {
-	h := newHarness(t, func(c *broker.ReceiverConfig) {
+	h := newHarness(t, func(c *receiver.Config) {
 		c.FirstMessageTimeout = 500 * time.Millisecond
 		c.MaxInvalidMessages = 10
 	})

@@ -1,4 +1,6 @@
-package broker
+// Package embedded runs the NATS server `audiofan serve` starts in-process:
+// nothing to install. Only serve and the tests link nats-server.
+package embedded
 
 import (
 	"fmt"
@@ -10,8 +12,8 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 )
 
-// EmbeddedConfig configures the NATS server `audiofan serve` runs in-process.
-type EmbeddedConfig struct {
+// Config configures the NATS server `audiofan serve` runs in-process.
+type Config struct {
 	// Listen is host:port for clients (the nats CLI, other roles); port 0
 	// picks a free one.
 	Listen string `env:"AUDIOFAN_NATS_LISTEN" envDefault:"127.0.0.1:4222" help:"where the embedded NATS server listens (serve only; port 0 = any free port)"`
@@ -26,9 +28,9 @@ type EmbeddedConfig struct {
 	Configure func(*server.Options) `env:"-"`
 }
 
-// StartEmbedded starts a NATS server with JetStream and waits until it takes
+// Start starts a NATS server with JetStream and waits until it takes
 // connections. The caller shuts it down (Shutdown, then WaitForShutdown).
-func StartEmbedded(cfg EmbeddedConfig) (*server.Server, error) {
+func Start(cfg Config) (*server.Server, error) {
 	host, portStr, err := net.SplitHostPort(cfg.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("embedded nats listen %q: %w", cfg.Listen, err)

@@ -1,4 +1,4 @@
-package broker
+package receiver
 
 import (
 	"context"
@@ -16,6 +16,7 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/nats-io/nats.go"
 
+	"github.com/audiofan/audiofan/broker"
 	"github.com/audiofan/audiofan/codec"
 )
 
@@ -402,7 +403,7 @@ func (s *socket) start(ctx context.Context, now time.Time) {
 func (s *socket) publishLifecycle(ctx context.Context, lc codec.Lifecycle, now time.Time) {
 	data, err := codec.Marshal(&lc)
 	if err == nil {
-		err = s.pipe.publishAwait(ctx, s.r.subj.Lifecycle(s.callTok), KindLifecycle, data, now)
+		err = s.pipe.publishAwait(ctx, s.r.subj.Lifecycle(s.callTok), broker.KindLifecycle, data, now)
 	}
 	if err != nil {
 		if !errors.Is(err, ErrTooLarge) { // counted where it was refused
@@ -485,7 +486,7 @@ func (s *socket) audio(ctx context.Context, a *codec.AudioData, now time.Time) e
 		SampleRate: s.sampleRate, Channels: s.channels, Encoding: codec.EncodingPCM16, Silent: a.Silent, Data: a.PCM}
 	msg := s.pipe.newMsg(p.subject)
 	msg.Data = codec.AppendFrame(msg.Data, &f)
-	return s.publishMsg(ctx, msg, KindAudio, p, now, true)
+	return s.publishMsg(ctx, msg, broker.KindAudio, p, now, true)
 }
 
 // needCall refuses a message that needs a call id before metadata gave one.
@@ -509,7 +510,7 @@ func (s *socket) transcript(ctx context.Context, t *codec.TranscriptionData, now
 	if err != nil {
 		return err
 	}
-	return s.publish(ctx, s.r.subj.Transcript(s.callTok, codec.EncodeToken(t.Participant)), KindTranscript, data, nil, now, false)
+	return s.publish(ctx, s.r.subj.Transcript(s.callTok, codec.EncodeToken(t.Participant)), broker.KindTranscript, data, nil, now, false)
 }
 
 func nonNilWords(w []codec.Word) []codec.Word {
@@ -534,5 +535,5 @@ func (s *socket) dtmf(ctx context.Context, d *codec.DtmfData, now time.Time) err
 	if err != nil {
 		return err
 	}
-	return s.publish(ctx, s.r.subj.Dtmf(s.callTok, codec.EncodeToken(d.Participant)), KindDtmf, data, nil, now, false)
+	return s.publish(ctx, s.r.subj.Dtmf(s.callTok, codec.EncodeToken(d.Participant)), broker.KindDtmf, data, nil, now, false)
 }

@@ -1,4 +1,4 @@
-package broker
+package receiver
 
 import (
 	"net"

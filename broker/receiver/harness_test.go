@@ -1,4 +1,4 @@
-package broker_test
+package receiver_test
 
 import (
 	"context"
@@ -16,6 +16,7 @@ import (
 
 	"github.com/audiofan/audiofan/broker"
 	"github.com/audiofan/audiofan/broker/natstest"
+	"github.com/audiofan/audiofan/broker/receiver"
 	"github.com/audiofan/audiofan/codec"
 )
 
@@ -34,7 +35,7 @@ type harness struct {
 
 func defaults[T any](t testing.TB) T { return natstest.Defaults[T](t) }
 
-func newHarness(t testing.TB, modify func(*broker.ReceiverConfig)) *harness {
+func newHarness(t testing.TB, modify func(*receiver.Config)) *harness {
 	t.Helper()
 	ns := natstest.Start(t)
 	return wrap(t, ns, natstest.StartReceiver(t, ns, modify))

@@ -1,4 +1,4 @@
-package broker_test
+package receiver_test
 
 import (
 	"bufio"
@@ -23,6 +23,7 @@ import (
 
 	"github.com/audiofan/audiofan/broker"
 	"github.com/audiofan/audiofan/broker/natstest"
+	"github.com/audiofan/audiofan/broker/receiver"
 	"github.com/audiofan/audiofan/codec"
 )
 
@@ -102,14 +103,14 @@ func BenchmarkReceiverVsPlainPublisher(b *testing.B) {
 func benchPlainPublisher(b *testing.B) float64 {
 	ns := natstest.Start(b)
 	defer ns.Stop()
-	pc := defaults[broker.PublishConfig](b)
+	pc := defaults[receiver.PublishConfig](b)
 	sc := defaults[broker.StreamConfig](b)
 	nc, err := nats.Connect(ns.URL())
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer nc.Close()
-	js, err := broker.NewJetStream(nc, pc)
+	js, err := receiver.NewJetStream(nc, pc)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -314,7 +315,7 @@ func metricValue(b testing.TB, addr, name string) float64 {
 // receiver` against ns, alone in its process, until the benchmark ends.
 func startReceiverProcess(b testing.TB, ns *natstest.Server) (httpAddr string, pid int) {
 	bin := filepath.Join(b.TempDir(), "audiofan")
-	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/audiofan").CombinedOutput(); err != nil {
+	if out, err := exec.Command("go", "build", "-o", bin, "../../cmd/audiofan").CombinedOutput(); err != nil {
 		b.Fatalf("build: %v\n%s", err, out)
 	}
 	httpAddr = freeTCPAddr(b)

@@ -1,8 +1,9 @@
-package broker
+package receiver
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/audiofan/audiofan/broker"
 	"github.com/audiofan/audiofan/codec"
 )
 
@@ -101,7 +102,7 @@ func newMetrics(reg prometheus.Registerer, open func() float64) *metrics {
 		m.dropped.WithLabelValues(r)
 	}
 	m.storedBy = map[string]prometheus.Counter{}
-	for _, k := range []string{KindAudio, KindTranscript, KindDtmf, KindLifecycle} {
+	for _, k := range []string{broker.KindAudio, broker.KindTranscript, broker.KindDtmf, broker.KindLifecycle} {
 		m.storedBy[k] = m.stored.WithLabelValues(k)
 	}
 	m.messagesBy = map[codec.Kind]prometheus.Counter{}

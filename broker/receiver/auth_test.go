@@ -1,4 +1,4 @@
-package broker_test
+package receiver_test
 
 import (
 	"crypto/rand"
@@ -17,7 +17,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/gorilla/websocket"
 
-	"github.com/audiofan/audiofan/broker"
+	"github.com/audiofan/audiofan/broker/receiver"
 )
 
 const acsIssuer = "https://acscallautomation.communication.azure.com"
@@ -83,9 +83,9 @@ func token(t *testing.T, key *rsa.PrivateKey, kid string, modify func(*jwt.Regis
 func jwtHarness(t *testing.T, jwks *jwksServer) *harness {
 	srv := httptest.NewServer(jwks)
 	t.Cleanup(srv.Close)
-	t.Cleanup(broker.SetUnknownKIDEvery(10 * time.Millisecond))
-	return newHarness(t, func(c *broker.ReceiverConfig) {
-		c.Auth = broker.AuthConfig{Mode: "jwt", Audience: []string{"res-1", "res-2"}, Issuer: acsIssuer, JWKSURL: srv.URL,
+	t.Cleanup(receiver.SetUnknownKIDEvery(10 * time.Millisecond))
+	return newHarness(t, func(c *receiver.Config) {
+		c.Auth = receiver.AuthConfig{Mode: "jwt", Audience: []string{"res-1", "res-2"}, Issuer: acsIssuer, JWKSURL: srv.URL,
 			Leeway: 5 * time.Second, Refresh: time.Hour}
 	})
 }
@@ -199,8 +199,8 @@ func TestJWTAndSecret(t *testing.T) {
 	k1 := rsaKey(t)
 	srv := httptest.NewServer(&jwksServer{keys: map[string]*rsa.PrivateKey{"k1": k1}})
 	t.Cleanup(srv.Close)
-	h := newHarness(t, func(c *broker.ReceiverConfig) {
-		c.Auth = broker.AuthConfig{Mode: "jwt+secret", Secret: "0123456789abcdef!", Audience: []string{"res-2"}, Issuer: acsIssuer,
+	h := newHarness(t, func(c *receiver.Config) {
+		c.Auth = receiver.AuthConfig{Mode: "jwt+secret", Secret: "0123456789abcdef!", Audience: []string{"res-2"}, Issuer: acsIssuer,
 			JWKSURL: srv.URL, Refresh: time.Hour}
 	})
 	dial := func(query, tok string) int {

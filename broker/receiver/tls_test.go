@@ -1,4 +1,4 @@
-package broker_test
+package receiver_test
 
 import (
 	"crypto/tls"
@@ -10,13 +10,13 @@ import (
 
 	"github.com/gorilla/websocket"
 
-	"github.com/audiofan/audiofan/broker"
 	"github.com/audiofan/audiofan/broker/natstest"
+	"github.com/audiofan/audiofan/broker/receiver"
 )
 
 func TestTLSListener(t *testing.T) {
 	ca, cert, key := natstest.Certs(t)
-	h := newHarness(t, func(c *broker.ReceiverConfig) { c.TLS = broker.TLSConfig{Cert: cert, Key: key} })
+	h := newHarness(t, func(c *receiver.Config) { c.TLS = receiver.TLSConfig{Cert: cert, Key: key} })
 	pem, _ := os.ReadFile(ca)
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(pem)

@@ -1,4 +1,4 @@
-package broker
+package receiver
 
 import (
 	"context"
@@ -19,32 +19,33 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/audiofan/audiofan/broker"
 	"github.com/audiofan/audiofan/codec"
 )
 
 // ReceiverConfig holds the receiver's settings.
-type ReceiverConfig struct {
+type Config struct {
 	HTTPAddr            string `env:"AUDIOFAN_HTTP_ADDR" envDefault:"127.0.0.1:8080" help:"WebSocket (/ws), health and metrics listener"`
 	Auth                AuthConfig
 	TLS                 TLSConfig
-	Instance            string        `env:"AUDIOFAN_INSTANCE" help:"this replica's name in lifecycle messages (default: the host name)"`
-	MaxConnections      int           `env:"AUDIOFAN_MAX_CONNECTIONS" envDefault:"10000" help:"open sockets past which upgrades are refused with 503"`
-	MaxMessageBytes     ByteSize      `env:"AUDIOFAN_MAX_MESSAGE_BYTES" envDefault:"64KiB" help:"largest ACS message; a larger one closes the socket with 1009"`
-	MaxParticipants     int           `env:"AUDIOFAN_MAX_PARTICIPANTS" envDefault:"64" help:"distinct participant ids one socket may carry"`
-	HandshakeTimeout    time.Duration `env:"AUDIOFAN_HANDSHAKE_TIMEOUT" envDefault:"10s" help:"time for a client to send its upgrade request (slow ones are cut off)"`
-	UpgradeRate         float64       `env:"AUDIOFAN_UPGRADE_RATE" envDefault:"100" help:"sockets one IP address may open per second, on average (0 = no limit; behind a proxy this limits the proxy)"`
-	UpgradeBurst        int           `env:"AUDIOFAN_UPGRADE_BURST" envDefault:"200" help:"sockets one IP address may open at once before AUDIOFAN_UPGRADE_RATE applies"`
-	FirstMessageTimeout time.Duration `env:"AUDIOFAN_FIRST_MESSAGE_TIMEOUT" envDefault:"15s" help:"a socket that sends no metadata within this is closed"`
-	IdleTimeout         time.Duration `env:"AUDIOFAN_IDLE_TIMEOUT" envDefault:"10m" help:"a socket silent this long after its metadata is closed (0 = never)"`
-	MaxInvalidMessages  int           `env:"AUDIOFAN_MAX_INVALID_MESSAGES" envDefault:"20" help:"invalid messages a socket may send per AUDIOFAN_INVALID_WINDOW before it is closed with 1008"`
-	InvalidWindow       time.Duration `env:"AUDIOFAN_INVALID_WINDOW" envDefault:"10s" help:"window of AUDIOFAN_MAX_INVALID_MESSAGES"`
-	PProf               bool          `env:"AUDIOFAN_PPROF" envDefault:"false" help:"serve Go's profiler at /debug/pprof/ on the listener (for diagnosis; keep it off on a public listener)"`
-	DrainTimeout        time.Duration `env:"AUDIOFAN_DRAIN_TIMEOUT" envDefault:"2m" help:"on SIGTERM, how long open calls may go on before their sockets are closed with 1001"`
+	Instance            string          `env:"AUDIOFAN_INSTANCE" help:"this replica's name in lifecycle messages (default: the host name)"`
+	MaxConnections      int             `env:"AUDIOFAN_MAX_CONNECTIONS" envDefault:"10000" help:"open sockets past which upgrades are refused with 503"`
+	MaxMessageBytes     broker.ByteSize `env:"AUDIOFAN_MAX_MESSAGE_BYTES" envDefault:"64KiB" help:"largest ACS message; a larger one closes the socket with 1009"`
+	MaxParticipants     int             `env:"AUDIOFAN_MAX_PARTICIPANTS" envDefault:"64" help:"distinct participant ids one socket may carry"`
+	HandshakeTimeout    time.Duration   `env:"AUDIOFAN_HANDSHAKE_TIMEOUT" envDefault:"10s" help:"time for a client to send its upgrade request (slow ones are cut off)"`
+	UpgradeRate         float64         `env:"AUDIOFAN_UPGRADE_RATE" envDefault:"100" help:"sockets one IP address may open per second, on average (0 = no limit; behind a proxy this limits the proxy)"`
+	UpgradeBurst        int             `env:"AUDIOFAN_UPGRADE_BURST" envDefault:"200" help:"sockets one IP address may open at once before AUDIOFAN_UPGRADE_RATE applies"`
+	FirstMessageTimeout time.Duration   `env:"AUDIOFAN_FIRST_MESSAGE_TIMEOUT" envDefault:"15s" help:"a socket that sends no metadata within this is closed"`
+	IdleTimeout         time.Duration   `env:"AUDIOFAN_IDLE_TIMEOUT" envDefault:"10m" help:"a socket silent this long after its metadata is closed (0 = never)"`
+	MaxInvalidMessages  int             `env:"AUDIOFAN_MAX_INVALID_MESSAGES" envDefault:"20" help:"invalid messages a socket may send per AUDIOFAN_INVALID_WINDOW before it is closed with 1008"`
+	InvalidWindow       time.Duration   `env:"AUDIOFAN_INVALID_WINDOW" envDefault:"10s" help:"window of AUDIOFAN_MAX_INVALID_MESSAGES"`
+	PProf               bool            `env:"AUDIOFAN_PPROF" envDefault:"false" help:"serve Go's profiler at /debug/pprof/ on the listener (for diagnosis; keep it off on a public listener)"`
+	DrainTimeout        time.Duration   `env:"AUDIOFAN_DRAIN_TIMEOUT" envDefault:"2m" help:"on SIGTERM, how long open calls may go on before their sockets are closed with 1001"`
 	Publish             PublishConfig
 }
 
 // Validate checks the settings and fills in defaults that depend on the host.
-func (c *ReceiverConfig) Validate() error {
+func (c *Config) Validate() error {
 	if c.Instance == "" {
 		c.Instance, _ = os.Hostname()
 	}
@@ -69,7 +70,7 @@ func (c *ReceiverConfig) Validate() error {
 // audio (three quarters of its ACS message, base64 decoded) must always fit
 // in the server's max_payload, so the limit may not exceed it. A transcript
 // whose words encode larger than that is refused one message at a time.
-func checkMaxPayload(limit ByteSize, maxPayload int64) error {
+func checkMaxPayload(limit broker.ByteSize, maxPayload int64) error {
 	if maxPayload > 0 && int64(limit) > maxPayload {
 		return fmt.Errorf("AUDIOFAN_MAX_MESSAGE_BYTES %d is over the NATS server's max_payload %d (raise max_payload or lower the limit): %w", limit, maxPayload, ErrTooLarge)
 	}
@@ -86,8 +87,8 @@ func isLoopback(host string) bool {
 
 // Receiver accepts ACS WebSocket connections and publishes what they carry.
 type Receiver struct {
-	cfg    ReceiverConfig
-	subj   Subjects
+	cfg    Config
+	subj   broker.Subjects
 	stream string
 	nc     *nats.Conn
 	js     jetstream.JetStream
@@ -112,7 +113,7 @@ type Receiver struct {
 
 // NewReceiver builds a receiver publishing through js on nc (which the
 // caller owns and drains) into the stream of sc. Metrics register on reg.
-func NewReceiver(cfg ReceiverConfig, sc StreamConfig, nc *nats.Conn, js jetstream.JetStream, reg prometheus.Registerer, log *slog.Logger) *Receiver {
+func New(cfg Config, sc broker.StreamConfig, nc *nats.Conn, js jetstream.JetStream, reg prometheus.Registerer, log *slog.Logger) *Receiver {
 	r := &Receiver{
 		cfg: cfg, subj: sc.Subjects(), stream: sc.Name, nc: nc, js: js, log: log,
 		sockets: map[*socket]struct{}{},
@@ -302,7 +303,7 @@ func (r *Receiver) Serve(ctx context.Context, ln net.Listener, metricsHandler ht
 		return fmt.Errorf("auth: %w", err)
 	}
 	r.auth = auth
-	sub, err := r.nc.Subscribe(r.subj.Prefix+".*."+KindOutbound, r.relayOutbound)
+	sub, err := r.nc.Subscribe(r.subj.Prefix+".*."+broker.KindOutbound, r.relayOutbound)
 	if err != nil {
 		_ = ln.Close()
 		return fmt.Errorf("subscribe to outbound audio: %w", err)

@@ -1,4 +1,4 @@
-package broker_test
+package receiver_test
 
 import (
 	"bytes"
@@ -6,8 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/audiofan/audiofan/broker"
 	"github.com/audiofan/audiofan/broker/natstest"
+	"github.com/audiofan/audiofan/broker/receiver"
 )
 
 // A certificate rotated in place (as cert-manager does) is served without a
@@ -15,7 +15,7 @@ import (
 func TestCertReloads(t *testing.T) {
 	_, certA, keyA := natstest.Certs(t)
 	_, certB, keyB := natstest.Certs(t)
-	get, recheck, err := broker.CertReloader(broker.TLSConfig{Cert: certA, Key: keyA})
+	get, recheck, err := receiver.CertReloader(receiver.TLSConfig{Cert: certA, Key: keyA})
 	if err != nil {
 		t.Fatal(err)
 	}

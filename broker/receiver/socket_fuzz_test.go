@@ -1,4 +1,4 @@
-package broker
+package receiver
 
 import (
 	"bytes"
@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/audiofan/audiofan/broker"
 	"github.com/audiofan/audiofan/codec"
 )
 
@@ -92,10 +93,10 @@ func FuzzSocketMessages(f *testing.F) {
 	} {
 		f.Add([]byte(strings.Join(seq, "\xff")))
 	}
-	cfg := ReceiverConfig{MaxParticipants: 4, MaxInvalidMessages: 1000, InvalidWindow: time.Minute, IdleTimeout: time.Minute,
+	cfg := Config{MaxParticipants: 4, MaxInvalidMessages: 1000, InvalidWindow: time.Minute, IdleTimeout: time.Minute,
 		Publish: PublishConfig{Window: 8, MaxPending: 64, AckTimeout: time.Second, RetryFor: time.Second, Block: time.Millisecond}}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	r := NewReceiver(cfg, StreamConfig{StreamRef: StreamRef{Name: "CALLS", Prefix: "calls"}}, nil, nil, prometheus.NewRegistry(), log)
+	r := New(cfg, broker.StreamConfig{StreamRef: broker.StreamRef{Name: "CALLS", Prefix: "calls"}}, nil, nil, prometheus.NewRegistry(), log)
 	conn := serverConn(f)
 	f.Fuzz(func(t *testing.T, input []byte) {
 		pub := &okPublisher{}

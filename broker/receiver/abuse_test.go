@@ -1,4 +1,4 @@
-package broker_test
+package receiver_test
 
 import (
 	"bytes"
@@ -19,6 +19,7 @@ import (
 
 	"github.com/audiofan/audiofan/broker"
 	"github.com/audiofan/audiofan/broker/natstest"
+	"github.com/audiofan/audiofan/broker/receiver"
 	"github.com/audiofan/audiofan/codec"
 )
 
@@ -67,7 +68,7 @@ func dialerFrom(ip string) *websocket.Dialer {
 // Slowloris: connections that trickle their request are cut off at the
 // handshake timeout, and a call next to them loses nothing.
 func TestSlowloris(t *testing.T) {
-	h := newHarness(t, func(c *broker.ReceiverConfig) { c.HandshakeTimeout = 300 * time.Millisecond })
+	h := newHarness(t, func(c *receiver.Config) { c.HandshakeTimeout = 300 * time.Millisecond })
 	check := h.goodCall(t, "good", 200)
 	var wg sync.WaitGroup
 	for i := 0; i < 50; i++ {
@@ -108,7 +109,7 @@ func TestSlowloris(t *testing.T) {
 // A flood of upgrades from one address is refused with 429 past its rate,
 // while a call from another address goes through untouched.
 func TestUpgradeFlood(t *testing.T) {
-	h := newHarness(t, func(c *broker.ReceiverConfig) { c.UpgradeRate, c.UpgradeBurst = 5, 10 })
+	h := newHarness(t, func(c *receiver.Config) { c.UpgradeRate, c.UpgradeBurst = 5, 10 })
 	check := h.goodCall(t, "good", 100)
 	flood := dialerFrom("127.0.0.2")
 	accepted, limited := 0, 0
@@ -141,7 +142,7 @@ func TestUpgradeFlood(t *testing.T) {
 // flight never exceeds the windows.
 func TestMessageFlood(t *testing.T) {
 	const window = 64
-	h := newHarness(t, func(c *broker.ReceiverConfig) { c.Publish.Window = window })
+	h := newHarness(t, func(c *receiver.Config) { c.Publish.Window = window })
 	check := h.goodCall(t, "good", 200)
 
 	stop := make(chan struct{})
@@ -231,7 +232,7 @@ func TestJetStreamFull(t *testing.T) {
 // counted; the socket's audio on either side of it is all stored, none
 // shed, and the socket stays open.
 func TestMessageTooLargeForNATS(t *testing.T) {
-	h := newHarness(t, func(c *broker.ReceiverConfig) { c.MaxMessageBytes = 256 << 10 })
+	h := newHarness(t, func(c *receiver.Config) { c.MaxMessageBytes = 256 << 10 })
 	c := dialACS(t, h.wsURL("?callId=big"), nil)
 	c.audioMetadata("s", 16000)
 	const n = 1000
@@ -267,7 +268,7 @@ func TestMessageTooLargeForNATS(t *testing.T) {
 // of that size could never be stored.
 func TestMaxMessageBytesOverMaxPayload(t *testing.T) {
 	ns := natstest.Start(t)
-	cfg := defaults[broker.ReceiverConfig](t)
+	cfg := defaults[receiver.Config](t)
 	cfg.HTTPAddr, cfg.MaxMessageBytes = "127.0.0.1:0", 2<<20 // the server's max_payload is 1 MiB
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
@@ -277,17 +278,17 @@ func TestMaxMessageBytesOverMaxPayload(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer nc.Close()
-	js, err := broker.NewJetStream(nc, cfg.Publish)
+	js, err := receiver.NewJetStream(nc, cfg.Publish)
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := broker.NewReceiver(cfg, defaults[broker.StreamConfig](t), nc, js, prometheus.NewRegistry(), natstest.Logger())
+	r := receiver.New(cfg, defaults[broker.StreamConfig](t), nc, js, prometheus.NewRegistry(), natstest.Logger())
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	err = r.Serve(context.Background(), ln, nil)
-	if !errors.Is(err, broker.ErrTooLarge) {
+	if !errors.Is(err, receiver.ErrTooLarge) {
 		t.Errorf("Serve: %v, want ErrTooLarge", err)
 	}
 }
@@ -296,7 +297,7 @@ func TestMaxMessageBytesOverMaxPayload(t *testing.T) {
 // counted, while the socket stays open and the others' audio is stored.
 func TestParticipantPastTheLimit(t *testing.T) {
 	const limit, n = 4, 200
-	h := newHarness(t, func(c *broker.ReceiverConfig) { c.MaxParticipants = limit })
+	h := newHarness(t, func(c *receiver.Config) { c.MaxParticipants = limit })
 	c := dialACS(t, h.wsURL("?callId=many"), nil)
 	c.audioMetadata("s", 16000)
 	start := time.Now()

@@ -1,4 +1,4 @@
-package broker_test
+package receiver_test
 
 import (
 	"bytes"
@@ -9,7 +9,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
-	"github.com/audiofan/audiofan/broker"
+	"github.com/audiofan/audiofan/broker/receiver"
 	"github.com/audiofan/audiofan/codec"
 )
 
@@ -17,7 +17,7 @@ import (
 // again on the same store: nothing acknowledged is lost, nothing is stored
 // twice, and the frames sent during the outage are stored once it is back.
 func TestNATSRestart(t *testing.T) {
-	h := newHarness(t, func(c *broker.ReceiverConfig) {
+	h := newHarness(t, func(c *receiver.Config) {
 		c.Publish.AckTimeout = 500 * time.Millisecond
 		c.Publish.RetryFor = 30 * time.Second
 	})
@@ -86,7 +86,7 @@ func TestNATSRestart(t *testing.T) {
 // TestDrainLetsCallFinish: on shutdown the receiver stops being ready and
 // refuses new sockets, while an open call goes on to its natural end.
 func TestDrainLetsCallFinish(t *testing.T) {
-	h := newHarness(t, func(c *broker.ReceiverConfig) { c.DrainTimeout = time.Minute })
+	h := newHarness(t, func(c *receiver.Config) { c.DrainTimeout = time.Minute })
 	t0 := time.Now()
 	c := dialACS(t, h.wsURL("?callId=draining"), nil)
 	c.audioMetadata("s", 16000)
@@ -140,7 +140,7 @@ func TestDrainLetsCallFinish(t *testing.T) {
 // closed with 1001 (ACS reconnects elsewhere), its frames flushed and its end
 // published.
 func TestDrainDeadline(t *testing.T) {
-	h := newHarness(t, func(c *broker.ReceiverConfig) { c.DrainTimeout = 300 * time.Millisecond })
+	h := newHarness(t, func(c *receiver.Config) { c.DrainTimeout = 300 * time.Millisecond })
 	c := dialACS(t, h.wsURL("?callId=long"), nil)
 	c.audioMetadata("s", 24000)
 	for i := 0; i < 20; i++ {
@@ -172,7 +172,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // fills; audio past it is dropped and counted, never silently, and every
 // frame is either stored or counted as dropped.
 func TestOverloadShedsAndCounts(t *testing.T) {
-	h := newHarness(t, func(c *broker.ReceiverConfig) {
+	h := newHarness(t, func(c *receiver.Config) {
 		c.Publish.Window = 16
 		c.Publish.Block = 50 * time.Millisecond
 		c.Publish.AckTimeout = 300 * time.Millisecond
