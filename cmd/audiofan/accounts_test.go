@@ -354,6 +354,13 @@ func checkLongRecording(t *testing.T, rjs, tjs jetstream.JetStream, sc broker.St
 		ts := t0.Add(time.Duration(i) * 20 * time.Millisecond)
 		publish(subj.Audio(tok, codec.MixedToken), &codec.Frame{V: 1, Call: id, Seq: uint64(i + 1), Timestamp: ts, ReceivedAt: ts,
 			SampleRate: 16000, Channels: 1, Encoding: codec.EncodingPCM16, Data: pcm})
+		if i%500 == 499 { // a bounded window: the client stalls past its own limit
+			select {
+			case <-rjs.PublishAsyncComplete():
+			case <-time.After(30 * time.Second):
+				t.Fatal("frames not stored")
+			}
+		}
 	}
 	publish(subj.Lifecycle(tok), life(codec.LifecycleEnded))
 	select {

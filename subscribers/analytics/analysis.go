@@ -88,7 +88,7 @@ func ms(slots int64) int64 { return slots * int64(slotDur/time.Millisecond) }
 
 // summary is the figures as an event's data. final closes every open
 // segment (the call is over); otherwise open segments count up to now.
-func (a *analysis) summary(final bool) map[string]any {
+func (a *analysis) summary(final bool) codec.Analysis {
 	if final && !a.finalized {
 		for _, t := range a.parts {
 			if s, ok := t.det.Flush(); ok {
@@ -121,7 +121,7 @@ func (a *analysis) summary(final bool) map[string]any {
 		}
 		totalTalk += talks[i]
 	}
-	parts := make([]any, 0, len(ids))
+	parts := make([]codec.ParticipantAnalysis, 0, len(ids))
 	for i, id := range ids {
 		t, segs := a.parts[id], all[i]
 		longest := int64(0)
@@ -149,18 +149,18 @@ func (a *analysis) summary(final bool) map[string]any {
 		if t.frames > 0 {
 			agree = 1 - float64(t.vadOnly+t.acsOnly)/float64(t.frames)
 		}
-		parts = append(parts, map[string]any{
-			"participant": id, "talkMs": ms(talks[i]), "silenceMs": ms(dur - talks[i]), "talkShare": share,
-			"turns": len(segs), "longestMonologueMs": ms(longest), "speechLevelDbfs": round1(level),
-			"peakDbfs": round1(t.peak), "clippedFrames": t.clipped, "level": status, "frames": t.frames,
-			"vadSpeechAcsSilentFrames": t.vadOnly, "acsSpeechVadSilentFrames": t.acsOnly, "acsAgreement": agree,
+		parts = append(parts, codec.ParticipantAnalysis{
+			Participant: id, TalkMs: ms(talks[i]), SilenceMs: ms(dur - talks[i]), TalkShare: share,
+			Turns: len(segs), LongestMonologueMs: ms(longest), SpeechLevelDbfs: round1(level),
+			PeakDbfs: round1(t.peak), ClippedFrames: t.clipped, Level: status, Frames: t.frames,
+			VadSpeechAcsSilentFrames: t.vadOnly, AcsSpeechVadSilentFrames: t.acsOnly, AcsAgreement: agree,
 		})
 	}
 	over, overN, dead, deadN, longestDead := a.overlaps(all, dur)
-	return map[string]any{
-		"final": final, "durationMs": ms(dur), "participants": parts,
-		"overtalkMs": ms(over), "overtalkCount": overN,
-		"deadAirMs": ms(dead), "deadAirCount": deadN, "longestDeadAirMs": ms(longestDead),
+	return codec.Analysis{
+		Final: final, DurationMs: ms(dur), Participants: parts,
+		OvertalkMs: ms(over), OvertalkCount: overN,
+		DeadAirMs: ms(dead), DeadAirCount: deadN, LongestDeadAirMs: ms(longestDead),
 	}
 }
 

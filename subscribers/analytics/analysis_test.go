@@ -49,21 +49,20 @@ func script(a *analysis, dur time.Duration, parts map[string][]spurt, amp map[st
 	}
 }
 
-func part(t *testing.T, s map[string]any, name string) map[string]any {
+func part(t *testing.T, s codec.Analysis, name string) codec.ParticipantAnalysis {
 	t.Helper()
-	for _, p := range s["participants"].([]any) {
-		if m := p.(map[string]any); m["participant"] == name {
-			return m
+	for _, p := range s.Participants {
+		if p.Participant == name {
+			return p
 		}
 	}
-	t.Fatalf("no participant %s in %v", name, s)
-	return nil
+	t.Fatalf("no participant %s in %+v", name, s)
+	return codec.ParticipantAnalysis{}
 }
 
 // within checks a duration in ms against the truth, to one frame.
-func within(t *testing.T, what string, got any, want time.Duration) {
+func within(t *testing.T, what string, g int64, want time.Duration) {
 	t.Helper()
-	g := got.(int64)
 	if d := time.Duration(g)*time.Millisecond - want; d.Abs() > slotDur {
 		t.Errorf("%s = %d ms, want %v (±20 ms)", what, g, want)
 	}
@@ -82,27 +81,27 @@ func TestKnownAnswers(t *testing.T) {
 	}, map[string]float64{"alice": 6000, "bob": 6000}, false)
 	sum := a.summary(true)
 	alice, bob := part(t, sum, "alice"), part(t, sum, "bob")
-	within(t, "call", sum["durationMs"], 10*time.Second)
-	within(t, "alice talk", alice["talkMs"], 3*time.Second)
-	within(t, "alice silence", alice["silenceMs"], 7*time.Second)
-	within(t, "alice longest", alice["longestMonologueMs"], 2*time.Second)
-	within(t, "bob talk", bob["talkMs"], 2500*time.Millisecond)
-	within(t, "bob longest", bob["longestMonologueMs"], 2500*time.Millisecond)
-	if alice["turns"] != 2 || bob["turns"] != 1 {
-		t.Errorf("turns: alice %v, bob %v", alice["turns"], bob["turns"])
+	within(t, "call", sum.DurationMs, 10*time.Second)
+	within(t, "alice talk", alice.TalkMs, 3*time.Second)
+	within(t, "alice silence", alice.SilenceMs, 7*time.Second)
+	within(t, "alice longest", alice.LongestMonologueMs, 2*time.Second)
+	within(t, "bob talk", bob.TalkMs, 2500*time.Millisecond)
+	within(t, "bob longest", bob.LongestMonologueMs, 2500*time.Millisecond)
+	if alice.Turns != 2 || bob.Turns != 1 {
+		t.Errorf("turns: alice %v, bob %v", alice.Turns, bob.Turns)
 	}
-	within(t, "overtalk", sum["overtalkMs"], 500*time.Millisecond)
-	within(t, "dead air", sum["deadAirMs"], 3500*time.Millisecond) // 4.5 s to 8 s; the 0.5 s at the start is too short
-	within(t, "longest dead air", sum["longestDeadAirMs"], 3500*time.Millisecond)
-	if sum["overtalkCount"] != int64(1) || sum["deadAirCount"] != int64(1) {
-		t.Errorf("counts: overtalk %v, dead air %v", sum["overtalkCount"], sum["deadAirCount"])
+	within(t, "overtalk", sum.OvertalkMs, 500*time.Millisecond)
+	within(t, "dead air", sum.DeadAirMs, 3500*time.Millisecond) // 4.5 s to 8 s; the 0.5 s at the start is too short
+	within(t, "longest dead air", sum.LongestDeadAirMs, 3500*time.Millisecond)
+	if sum.OvertalkCount != int64(1) || sum.DeadAirCount != int64(1) {
+		t.Errorf("counts: overtalk %v, dead air %v", sum.OvertalkCount, sum.DeadAirCount)
 	}
-	if share := alice["talkShare"].(float64); math.Abs(share-3.0/5.5) > 0.01 {
+	if share := alice.TalkShare; math.Abs(share-3.0/5.5) > 0.01 {
 		t.Errorf("alice's share %.3f, want %.3f", share, 3.0/5.5)
 	}
 	// A 6000-amplitude tone is about -17 dBFS: a healthy level; no clipping;
 	// the ACS flag (set by the script where the tone is) agrees.
-	if alice["level"] != "ok" || alice["clippedFrames"] != 0 || alice["acsAgreement"].(float64) < 0.99 {
+	if alice.Level != "ok" || alice.ClippedFrames != 0 || alice.AcsAgreement < 0.99 {
 		t.Errorf("alice: %v", alice)
 	}
 }
@@ -115,20 +114,20 @@ func TestLevelsClippingAndFlags(t *testing.T) {
 		map[string]float64{"alice": 60000, "bob": 300}, true)
 	sum := a.summary(true)
 	alice, bob, carol := part(t, sum, "alice"), part(t, sum, "bob"), part(t, sum, "carol")
-	if alice["clippedFrames"].(int) < 95 || alice["peakDbfs"].(float64) < -0.1 || alice["level"] != "high" {
+	if alice.ClippedFrames < 95 || alice.PeakDbfs < -0.1 || alice.Level != "high" {
 		t.Errorf("clipped speaker: %v", alice)
 	}
-	if bob["level"] != "low" || bob["clippedFrames"] != 0 {
+	if bob.Level != "low" || bob.ClippedFrames != 0 {
 		t.Errorf("quiet speaker: %v", bob)
 	}
-	if carol["level"] != "silent" || carol["talkMs"] != int64(0) || carol["turns"] != 0 {
+	if carol.Level != "silent" || carol.TalkMs != int64(0) || carol.Turns != 0 {
 		t.Errorf("silent participant: %v", carol)
 	}
 	// ACS said silent throughout: every frame VAD heard speech in disagrees.
-	if n := alice["vadSpeechAcsSilentFrames"].(int); n < 99 || n > 101 {
+	if n := alice.VadSpeechAcsSilentFrames; n < 99 || n > 101 {
 		t.Errorf("VAD speech flagged silent by ACS: %d frames, want 100", n)
 	}
-	within(t, "overtalk", sum["overtalkMs"], 2*time.Second)
+	within(t, "overtalk", sum.OvertalkMs, 2*time.Second)
 }
 
 // A live summary counts the open segment up to now; missing frames are
@@ -149,9 +148,9 @@ func TestLiveAndGaps(t *testing.T) {
 	live := part(t, a.summary(false), "x")
 	// 100-800 ms and 1200-2000 ms talking; the 400 ms hole is longer than
 	// the hangover, so two turns; the second still open, counted to now.
-	within(t, "live talk", live["talkMs"], 1500*time.Millisecond)
-	if live["turns"] != 2 {
-		t.Errorf("live turns %v", live["turns"])
+	within(t, "live talk", live.TalkMs, 1500*time.Millisecond)
+	if live.Turns != 2 {
+		t.Errorf("live turns %v", live.Turns)
 	}
 }
 
@@ -172,7 +171,7 @@ func TestWildTimestampStretchesNothing(t *testing.T) {
 			SampleRate: 16000, Channels: 1, Encoding: codec.EncodingPCM16, Data: tone(i, 8000, 300)})
 	}
 	sum := a.summary(true)
-	if d := sum["durationMs"].(int64); d < 2900 || d > 3100 {
+	if d := sum.DurationMs; d < 2900 || d > 3100 {
 		t.Errorf("a 3 s call with wild timestamps lasts %d ms", d)
 	}
 }

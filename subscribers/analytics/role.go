@@ -16,7 +16,7 @@ import (
 )
 
 // RoleName is the analytics role: its consumers, metrics and event source.
-const RoleName = "analytics"
+const RoleName = codec.SourceAnalytics
 
 // Config is the analytics settings.
 type Config struct {
@@ -123,26 +123,34 @@ func (c *callAnalysis) Handle(ctx context.Context, d subscribers.Delivery, out *
 	for c.next <= c.an.max-c.an.min+1 {
 		c.next += every
 	}
-	return c.publish(ctx, out, "progress", c.an.summary(false), d.Replay)
+	if d.Replay {
+		return nil // the previous owner published it: do not summarise for nothing
+	}
+	sum := c.an.summary(false)
+	return c.publish(ctx, out, codec.EventProgress, &sum, false)
 }
 
 func (c *callAnalysis) End(ctx context.Context, reason string, out *subscribers.Output) error {
-	data := c.an.summary(true)
-	data["reason"] = reason
-	if err := c.publish(ctx, out, "summary", data, false); err != nil {
+	sum := c.an.summary(true)
+	sum.Reason = reason
+	if err := c.publish(ctx, out, codec.EventSummary, &sum, false); err != nil {
 		return err
 	}
-	c.count(data)
+	c.count(&sum)
 	return nil
 }
 
 // publish emits the event and keeps the summary as the call's latest; a
 // replay does neither (the previous owner did).
-func (c *callAnalysis) publish(ctx context.Context, out *subscribers.Output, typ string, data map[string]any, replay bool) error {
+func (c *callAnalysis) publish(ctx context.Context, out *subscribers.Output, typ string, sum *codec.Analysis, replay bool) error {
 	if replay {
 		return nil
 	}
-	ev := codec.Event{Type: typ, Data: data, At: c.an.clock.Time(c.an.max)}
+	ev, err := codec.NewEvent(typ, sum)
+	if err != nil {
+		return subscribers.Permanent(err)
+	}
+	ev.At = c.an.clock.Time(c.an.max)
 	if err := out.Emit(ctx, ev); err != nil {
 		return err
 	}
@@ -158,16 +166,15 @@ func (c *callAnalysis) publish(ctx context.Context, out *subscribers.Output, typ
 }
 
 // count adds a finished call to the aggregate metrics.
-func (c *callAnalysis) count(data map[string]any) {
-	sec := func(v any) float64 { return float64(v.(int64)) / 1000 }
-	for _, p := range data["participants"].([]any) {
-		m := p.(map[string]any)
-		c.a.seconds.WithLabelValues("talk").Add(sec(m["talkMs"]))
-		c.a.seconds.WithLabelValues("silence").Add(sec(m["silenceMs"]))
+func (c *callAnalysis) count(sum *codec.Analysis) {
+	sec := func(ms int64) float64 { return float64(ms) / 1000 }
+	for _, p := range sum.Participants {
+		c.a.seconds.WithLabelValues("talk").Add(sec(p.TalkMs))
+		c.a.seconds.WithLabelValues("silence").Add(sec(p.SilenceMs))
 	}
-	c.a.seconds.WithLabelValues("overtalk").Add(sec(data["overtalkMs"]))
-	c.a.seconds.WithLabelValues("dead_air").Add(sec(data["deadAirMs"]))
-	c.a.seconds.WithLabelValues("call").Add(sec(data["durationMs"]))
+	c.a.seconds.WithLabelValues("overtalk").Add(sec(sum.OvertalkMs))
+	c.a.seconds.WithLabelValues("dead_air").Add(sec(sum.DeadAirMs))
+	c.a.seconds.WithLabelValues("call").Add(sec(sum.DurationMs))
 }
 
 func (c *callAnalysis) Close() error {

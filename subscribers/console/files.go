@@ -27,18 +27,12 @@ func (c *Console) serveRecording(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "no recording of this call", http.StatusNotFound)
 		return
 	}
-	files, _ := v.Recording["files"].([]any)
-	i := slices.IndexFunc(files, func(f any) bool {
-		m, _ := f.(map[string]any)
-		return m != nil && m["name"] == name
-	})
+	i := slices.IndexFunc(v.Recording.Files, func(f codec.RecordingFile) bool { return f.Name == name })
 	if i < 0 {
 		http.Error(w, "no such file", http.StatusNotFound)
 		return
 	}
-	f := files[i].(map[string]any)
-	rel, _ := f["path"].(string)
-	obj, _ := f["object"].(string)
+	rel, obj := v.Recording.Files[i].Path, v.Recording.Files[i].Object
 	w.Header().Set("Content-Type", "audio/wav")
 	if r.URL.Query().Has("download") {
 		w.Header().Set("Content-Disposition", `attachment; filename="`+string(v.Token)+"-"+name+`"`)

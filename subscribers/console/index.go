@@ -39,8 +39,8 @@ type CallView struct {
 	FramesPerSec float64           `json:"framesPerSec"`
 	Drops        uint64            `json:"drops"`
 	Hits         int               `json:"hits"`
-	Analytics    map[string]any    `json:"analytics,omitempty"`
-	Recording    map[string]any    `json:"recording,omitempty"`
+	Analytics    *codec.Analysis   `json:"analytics,omitempty"`
+	Recording    *codec.Recording  `json:"recording,omitempty"`
 }
 
 type callEntry struct {
@@ -137,7 +137,9 @@ func (x *index) run(ctx context.Context, js jetstream.JetStream, ref broker.Stre
 			continue
 		}
 		if m, err := subscribers.Decode(x.subj, msg.Subject(), msg.Data()); err == nil {
-			x.apply(m, md.Timestamp)
+			if err := x.apply(m, md.Timestamp); err != nil {
+				log.Debug("console: event not understood", "subject", msg.Subject(), "err", err)
+			}
 		} else {
 			log.Debug("console: undecodable message skipped", "subject", msg.Subject(), "err", err)
 		}
@@ -153,8 +155,10 @@ func (x *index) setReady() {
 	x.mu.Unlock()
 }
 
-// apply adds one lifecycle message or event to the list.
-func (x *index) apply(m subscribers.Message, stored time.Time) {
+// apply adds one lifecycle message or event to the list; an event whose
+// data is not what its source documents is an error (the call is listed
+// without it).
+func (x *index) apply(m subscribers.Message, stored time.Time) (bad error) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	tok := m.Info.CallToken
@@ -207,26 +211,31 @@ func (x *index) apply(m subscribers.Message, stored time.Time) {
 		}
 	case *codec.Event:
 		switch m.Info.Source {
-		case "analytics":
-			v.Analytics = p.Data
-			if ps, ok := p.Data["participants"].([]any); ok {
-				for _, pp := range ps {
-					if pm, ok := pp.(map[string]any); ok {
-						if id, ok := pm["participant"].(string); ok {
-							e.parts[id] = true
-						}
-					}
-				}
+		case codec.SourceAnalytics:
+			var an codec.Analysis
+			if err := codec.DecodeEventData(p.Data, &an); err != nil {
+				bad = fmt.Errorf("analytics event: %w", err)
+				break
 			}
-		case "recording":
-			v.Recording = p.Data
-		case "moderation":
-			if p.Type == "hit" {
+			v.Analytics = &an
+			for _, pa := range an.Participants {
+				e.parts[pa.Participant] = true
+			}
+		case codec.SourceRecording:
+			var rec codec.Recording
+			if err := codec.DecodeEventData(p.Data, &rec); err != nil {
+				bad = fmt.Errorf("recording event: %w", err)
+				break
+			}
+			v.Recording = &rec
+		case codec.SourceModeration:
+			if p.Type == codec.EventHit {
 				v.Hits++
 			}
 		}
 	}
 	x.version++
+	return bad
 }
 
 // seen records a participant whose audio the live rates saw.

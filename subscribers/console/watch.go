@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
-	"reflect"
 	"slices"
 	"sync"
 	"time"
@@ -254,13 +253,13 @@ func (w *watcher) apply(msg jetstream.Msg) {
 			}
 		}
 	case *codec.Event:
-		if p.Source == "moderation" && p.Type == "hit" {
-			h := Hit{Participant: p.Participant, Evidence: p.Data["evidence"], AtMs: w.ms(p.At)}
-			h.Rule, _ = p.Data["rule"].(string)
-			h.Kind, _ = p.Data["kind"].(string)
-			if ms, ok := toInt(p.Data["callTimeMs"]); ok {
-				h.AtMs = ms
+		if p.Source == codec.SourceModeration && p.Type == codec.EventHit {
+			var hit codec.Hit
+			if err := codec.DecodeEventData(p.Data, &hit); err != nil {
+				w.c.log.Debug("console: moderation hit not understood", "call", p.Call, "err", err)
+				break
 			}
+			h := Hit{Participant: p.Participant, Rule: hit.Rule, Kind: hit.Kind, Evidence: hit.Evidence, AtMs: hit.CallTimeMs}
 			w.hits = keepLast(append(w.hits, h), keepHits)
 			w.newHits = keepLast(append(w.newHits, h), keepHits)
 		}
@@ -386,20 +385,6 @@ func keepLast[T any](s []T, n int) []T {
 		return append(s[:0], s[len(s)-n:]...)
 	}
 	return s
-}
-
-// toInt reads a number from an event's data: msgpack gives whichever
-// integer type fits the value.
-func toInt(v any) (int64, bool) {
-	switch rv := reflect.ValueOf(v); {
-	case rv.CanInt():
-		return rv.Int(), true
-	case rv.CanUint():
-		return int64(rv.Uint()), true
-	case rv.CanFloat():
-		return int64(rv.Float()), true
-	}
-	return 0, false
 }
 
 // serveCallFeed streams a call's page as Server-Sent Events.

@@ -27,7 +27,7 @@ import (
 )
 
 // RoleName is the moderator's role: its consumers, metrics and event source.
-const RoleName = "moderation"
+const RoleName = codec.SourceModeration
 
 // Config is the moderator's settings.
 type Config struct {
@@ -373,9 +373,12 @@ func (c *callModerator) hit(ctx context.Context, out *subscribers.Output, r *Rul
 	if replay {
 		return nil
 	}
-	err := out.Emit(ctx, codec.Event{Type: "hit", Participant: participant, At: at, Data: map[string]any{
-		"rule": r.Name, "kind": r.Kind, "action": r.Action, "callTimeMs": now, "evidence": evidence}})
+	ev, err := codec.NewEvent(codec.EventHit, &codec.Hit{Rule: r.Name, Kind: r.Kind, Action: r.Action, CallTimeMs: now, Evidence: evidence})
 	if err != nil {
+		return subscribers.Permanent(err)
+	}
+	ev.Participant, ev.At = participant, at
+	if err := out.Emit(ctx, ev); err != nil {
 		return err
 	}
 	c.m.hits.WithLabelValues(r.Kind).Inc()

@@ -22,7 +22,7 @@ import (
 )
 
 // RoleName is the recorder's role: its consumers, metrics and event source.
-const RoleName = "recording"
+const RoleName = codec.SourceRecording
 
 // Config is the recorder's settings.
 type Config struct {
@@ -233,10 +233,10 @@ func (c *callRecorder) outbound(o *codec.Outbound, stored time.Time) error {
 }
 
 func (c *callRecorder) End(ctx context.Context, reason string, out *subscribers.Output) error {
-	data := map[string]any{"reason": reason, "files": []any{}}
+	rec := codec.Recording{Reason: reason, Files: []codec.RecordingFile{}}
 	if c.spool == nil || c.spool.Frames() == 0 {
 		c.r.recordings.WithLabelValues("empty").Inc()
-		return out.Emit(ctx, codec.Event{Type: "recording", Data: data})
+		return emit(ctx, out, &rec)
 	}
 	dir := c.r.Dir(c.call.Token)
 	if c.r.cfg.Store == "object" {
@@ -251,17 +251,15 @@ func (c *callRecorder) End(ctx context.Context, reason string, out *subscribers.
 	if err != nil {
 		return fsError(err)
 	}
-	files := make([]any, 0, len(res.Files))
 	for _, f := range res.Files {
-		m := map[string]any{"name": f.Name, "participant": f.Participant, "mix": f.Mix, "outbound": f.Outbound, "bytes": f.Bytes,
-			"sha256": f.SHA256, "durationMs": f.Duration.Milliseconds(), "frames": f.Frames,
-			"duplicates": f.Duplicates, "gaps": f.Gaps, "cut": f.Cut, "path": "", "object": ""}
+		rf := codec.RecordingFile{Name: f.Name, Participant: f.Participant, Mix: f.Mix, Outbound: f.Outbound, Bytes: f.Bytes,
+			SHA256: f.SHA256, DurationMs: f.Duration.Milliseconds(), Frames: f.Frames, Duplicates: f.Duplicates, Gaps: f.Gaps, Cut: f.Cut}
 		if f.Cut > 0 && !f.Mix {
 			c.r.cut.Add(float64(f.Cut))
 			c.r.log.Warn("recording cut at AUDIOFAN_RECORDING_MAX_DURATION", "call", c.call.ID, "file", f.Name, "frames", f.Cut)
 		}
 		if c.r.cfg.Store != "object" {
-			m["path"] = path.Join("recordings", string(c.call.Token), f.Name) // under AUDIOFAN_DATA_DIR
+			rf.Path = path.Join("recordings", string(c.call.Token), f.Name) // under AUDIOFAN_DATA_DIR
 			c.r.bytes.Add(float64(f.Bytes))
 		}
 		if c.r.store != nil {
@@ -269,18 +267,24 @@ func (c *callRecorder) End(ctx context.Context, reason string, out *subscribers.
 			if err := c.r.upload(ctx, name, f.Path); err != nil {
 				return err
 			}
-			m["object"] = c.r.cfg.Bucket + "/" + name
+			rf.Object = c.r.cfg.Bucket + "/" + name
 			c.r.bytes.Add(float64(f.Bytes))
 		}
-		files = append(files, m)
+		rec.Files = append(rec.Files, rf)
 	}
-	data["files"] = files
-	data["sampleRate"] = res.SampleRate
-	data["start"] = res.Start
-	data["durationMs"] = res.Duration.Milliseconds()
+	rec.SampleRate, rec.Start, rec.DurationMs = res.SampleRate, res.Start, res.Duration.Milliseconds()
 	c.r.recordings.WithLabelValues("written").Inc()
 	c.r.log.Debug("call recorded", "call", c.call.ID, "files", len(res.Files), "duration", res.Duration, "dir", dir)
-	return out.Emit(ctx, codec.Event{Type: "recording", Data: data})
+	return emit(ctx, out, &rec)
+}
+
+// emit publishes a recording event.
+func emit(ctx context.Context, out *subscribers.Output, rec *codec.Recording) error {
+	ev, err := codec.NewEvent(codec.EventRecording, rec)
+	if err != nil {
+		return subscribers.Permanent(err)
+	}
+	return out.Emit(ctx, ev)
 }
 
 func (r *Recorder) upload(ctx context.Context, name, path string) error {
