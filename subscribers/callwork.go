@@ -223,7 +223,7 @@ func (c *callWork) start(ctx context.Context) string {
 			g.log.Error("cannot start call; its messages are skipped", "call", c.info.ID, "err", err)
 			return ResultFailed
 		}
-		g.warn("cannot start call; retrying", "call", c.info.ID, "attempt", attempt, "err", err)
+		g.warnings.Warn("cannot start call; retrying", "call", c.info.ID, "attempt", attempt, "err", err)
 		if errors.Is(err, ErrUnavailable) {
 			c.setUnavailable(true)
 		}
@@ -260,7 +260,7 @@ func (c *callWork) apply(ctx context.Context, it *item) error {
 	m, err := Decode(g.subj, it.subject, it.data)
 	if err != nil {
 		g.m.messages.WithLabelValues(OutcomeTerminated).Inc()
-		g.warn("undecodable message skipped", "call", c.info.ID, "subject", it.subject, "seq", it.seq, "err", err)
+		g.warnings.Warn("undecodable message skipped", "call", c.info.ID, "subject", it.subject, "seq", it.seq, "err", err)
 		return nil
 	}
 	if lc, ok := m.Payload.(*codec.Lifecycle); ok {
@@ -279,7 +279,7 @@ func (c *callWork) apply(ctx context.Context, it *item) error {
 	case OutcomeGaveUp:
 		g.log.Error("message still failing after every retry; skipped", "call", c.info.ID, "subject", it.subject, "seq", it.seq, "err", cause)
 	case OutcomeTerminated:
-		g.warn("message failed for good; skipped", "call", c.info.ID, "subject", it.subject, "seq", it.seq, "err", cause)
+		g.warnings.Warn("message failed for good; skipped", "call", c.info.ID, "subject", it.subject, "seq", it.seq, "err", cause)
 	}
 	return err
 }
@@ -325,9 +325,9 @@ func (c *callWork) retry(ctx context.Context, d *Delivery, reason string) (outco
 		g.m.messages.WithLabelValues(OutcomeRetried).Inc()
 		if unavailable {
 			c.setUnavailable(true)
-			g.warn("waiting on an unavailable resource; not ready", "call", c.info.ID, "err", err)
+			g.warnings.Warn("waiting on an unavailable resource; not ready", "call", c.info.ID, "err", err)
 		} else {
-			g.warn("handler failed; retrying", "call", c.info.ID, "attempt", attempt, "err", err)
+			g.warnings.Warn("handler failed; retrying", "call", c.info.ID, "attempt", attempt, "err", err)
 		}
 		sleep(ctx, c.backoff(attempt))
 	}

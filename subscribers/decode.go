@@ -1,6 +1,3 @@
-// Package subscribers holds what every consumer of the bus shares: how a
-// message is recognised and decoded from its subject and payload. Roles live
-// in the packages below it and use only this package, broker and codec.
 package subscribers
 
 import (

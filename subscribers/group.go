@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/audiofan/audiofan/broker"
+	"github.com/audiofan/audiofan/broker/warn"
 )
 
 // GroupConfig tunes how a role's replicas share calls. Every replica of a
@@ -109,7 +110,7 @@ type Group struct {
 	m      *groupMetrics
 	id     string
 
-	warnings warnLimiter
+	warnings *warn.Limiter
 
 	legacyUntil atomic.Int64 // unix nanoseconds: the upgrade from the per-call design is under way until then
 
@@ -139,6 +140,9 @@ func NewGroup(cfg GroupConfig, role Role, ref broker.StreamRef, nc *nats.Conn, j
 	}
 	g := &Group{cfg: cfg, role: role, ref: ref, subj: ref.Subjects(), nc: nc, js: js, m: m,
 		log: log.With("role", role.Name), id: cmp.Or(cfg.ReplicaID, nuid.Next()), ends: make(chan struct{}, 4*runtime.GOMAXPROCS(0))}
+	// One warning a second, with a count of those held back: a flood of bad
+	// messages must not flood the log.
+	g.warnings = warn.New(g.log, 1, 1, nil)
 	sum := func(f func(p *partition) float64) func() float64 {
 		return func() float64 {
 			g.mu.Lock()
@@ -469,29 +473,4 @@ func newGroupMetrics(role string, reg prometheus.Registerer) (*groupMetrics, err
 		m.calls.WithLabelValues(r)
 	}
 	return m, nil
-}
-
-// warnLimiter keeps a flood of bad messages from flooding the log: one
-// warning a second, with a count of those held back.
-type warnLimiter struct {
-	mu         sync.Mutex
-	last       time.Time
-	suppressed int
-}
-
-func (g *Group) warn(msg string, args ...any) {
-	l := &g.warnings
-	l.mu.Lock()
-	if time.Since(l.last) < time.Second {
-		l.suppressed++
-		l.mu.Unlock()
-		return
-	}
-	n := l.suppressed
-	l.last, l.suppressed = time.Now(), 0
-	l.mu.Unlock()
-	if n > 0 {
-		args = append(args, "suppressed", n)
-	}
-	g.log.Warn(msg, args...)
 }

@@ -246,7 +246,7 @@ func (p *partition) deliver(ctx context.Context, msg jetstream.Msg) error {
 			// waits in the stream with the rest, and the next delivery (or
 			// its redelivery) reads again, on the same subscription.
 			p.needFill = true
-			p.g.warn("reading a gap from the stream failed; reading again at the next delivery", "partition", p.n, "err", err)
+			p.g.warnings.Warn("reading a gap from the stream failed; reading again at the next delivery", "partition", p.n, "err", err)
 			return nil
 		}
 		p.needFill = false
@@ -279,14 +279,14 @@ func (p *partition) route(ctx context.Context, it item) {
 		if _, ended := p.ended[tok]; ended {
 			it.markDone()
 			p.g.m.messages.WithLabelValues(OutcomeLate).Inc()
-			p.g.warn("message of a call already finished here dropped", "call", tok, "subject", it.subject, "seq", it.seq)
+			p.g.warnings.Warn("message of a call already finished here dropped", "call", tok, "subject", it.subject, "seq", it.seq)
 			return
 		}
 		id, err := codec.DecodeToken(tok)
 		if !ok || err != nil {
 			it.markDone()
 			p.g.m.messages.WithLabelValues(OutcomeTerminated).Inc()
-			p.g.warn("message outside the scheme skipped", "subject", it.subject, "seq", it.seq)
+			p.g.warnings.Warn("message outside the scheme skipped", "subject", it.subject, "seq", it.seq)
 			return
 		}
 		c = p.startCall(CallInfo{ID: id, Token: tok}, it.seq)
@@ -656,7 +656,7 @@ func (p *partition) flush(ctx context.Context, confirm bool) {
 		ck.Ended = append(ck.Ended, ckEnded{Token: tok, At: at})
 	}
 	if err := writeCheckpoint(ctx, p.g.kv, p.n, &ck); err != nil {
-		p.g.warn("checkpoint not written; acknowledgements wait", "partition", p.n, "err", err)
+		p.g.warnings.Warn("checkpoint not written; acknowledgements wait", "partition", p.n, "err", err)
 		return
 	}
 	p.written, p.wroteAt, p.dirty = p.floor, time.Now(), false

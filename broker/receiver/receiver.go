@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/audiofan/audiofan/broker"
+	"github.com/audiofan/audiofan/broker/warn"
 	"github.com/audiofan/audiofan/codec"
 )
 
@@ -93,7 +94,7 @@ type Receiver struct {
 	nc     *nats.Conn
 	js     jetstream.JetStream
 	log    *slog.Logger
-	warn   *warnLimiter
+	warn   *warn.Limiter
 	auth   *authenticator // set by Serve, before the listener is served
 	m      *metrics
 	root   http.Handler // set by Mount, before Serve
@@ -120,7 +121,7 @@ func New(cfg Config, sc broker.StreamConfig, nc *nats.Conn, js jetstream.JetStre
 		calls:   map[codec.Token]*socket{},
 	}
 	r.m = newMetrics(reg, func() float64 { return float64(r.open.Load()) })
-	r.warn = newWarnLimiter(log, 5, 20, r.m.logSuppressed)
+	r.warn = warn.New(log, 5, 20, r.m.logSuppressed)
 	r.bufs.New = func() any { b := make([]byte, 0, 2048); return &b }
 	r.perIP = newIPLimiter(cfg.UpgradeRate, cfg.UpgradeBurst)
 	r.upgrader = websocket.Upgrader{
@@ -164,7 +165,7 @@ func (r *Receiver) serveReady(w http.ResponseWriter, req *http.Request) {
 		http.Error(w, err.Error(), http.StatusServiceUnavailable)
 		return
 	}
-	_, _ = w.Write([]byte("ok\n"))
+	_, _ = w.Write([]byte("ready\n")) // as every role's /readyz answers
 }
 
 // Ready reports why the receiver should get no new calls, or nil.

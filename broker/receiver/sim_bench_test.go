@@ -14,7 +14,7 @@ import (
 
 	"github.com/audiofan/audiofan/broker"
 	"github.com/audiofan/audiofan/broker/natstest"
-	"github.com/audiofan/audiofan/subscribers/sim"
+	"github.com/audiofan/audiofan/cmd/audiofan/sim"
 )
 
 // BenchmarkRealtimeStreams finds the largest number of real-time participant

@@ -21,17 +21,16 @@ var layers = map[string][]string{
 	"codec":                   {},
 	"broker":                  {"codec"},
 	"broker/embedded":         {},
-	"broker/receiver":         {"broker", "codec"},
+	"broker/warn":             {},
+	"broker/receiver":         {"broker", "broker/warn", "codec"},
 	"broker/natstest":         {"broker", "broker/embedded", "broker/receiver"},
 	"subscribers/speech":      {},
-	"subscribers":             {"broker", "codec"},
+	"subscribers":             {"broker", "broker/warn", "codec"},
 	"subscribers/conformance": {"subscribers", "broker", "broker/natstest", "codec"},
 	"subscribers/recording":   {"subscribers", "subscribers/speech", "broker", "codec"},
 	"subscribers/analytics":   {"subscribers", "subscribers/speech", "broker", "codec"},
 	"subscribers/moderation":  {"subscribers", "subscribers/speech", "broker", "codec"},
 	"subscribers/console":     {"subscribers", "subscribers/speech", "broker", "codec"},
-	"subscribers/tap":         {"subscribers", "broker", "codec"},
-	"subscribers/sim":         {"subscribers/speech", "broker", "codec"},
 }
 
 // busReaders read the bus and nothing else: they must not link the NATS

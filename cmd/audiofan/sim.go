@@ -13,7 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/audiofan/audiofan/broker"
-	"github.com/audiofan/audiofan/subscribers/sim"
+	"github.com/audiofan/audiofan/cmd/audiofan/sim"
 )
 
 // SimSettings are the settings of `audiofan sim`: flags for the simulation,

@@ -9,7 +9,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/audiofan/audiofan/broker"
-	"github.com/audiofan/audiofan/subscribers/tap"
+	"github.com/audiofan/audiofan/cmd/audiofan/tap"
 )
 
 type tapSettings struct {

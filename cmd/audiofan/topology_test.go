@@ -21,11 +21,11 @@ import (
 
 	"github.com/audiofan/audiofan/broker"
 	"github.com/audiofan/audiofan/broker/natstest"
+	"github.com/audiofan/audiofan/cmd/audiofan/sim"
 	"github.com/audiofan/audiofan/codec"
 	"github.com/audiofan/audiofan/subscribers"
 	"github.com/audiofan/audiofan/subscribers/conformance"
 	"github.com/audiofan/audiofan/subscribers/recording"
-	"github.com/audiofan/audiofan/subscribers/sim"
 )
 
 // proc is a process of the topology: a NATS node or an audiofan role.

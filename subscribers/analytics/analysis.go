@@ -14,9 +14,6 @@ import (
 	"github.com/audiofan/audiofan/subscribers/speech"
 )
 
-// slotDur is ACS's frame length: the call's time grid.
-const slotDur = speech.SlotDur
-
 // Speech levels (dBFS, RMS over a participant's speech) a listener finds
 // comfortable; outside them a line is reported too quiet or too loud.
 const (
@@ -50,7 +47,7 @@ type talker struct {
 }
 
 func newAnalysis(deadAir time.Duration) *analysis {
-	return &analysis{deadAir: int64(deadAir / slotDur), parts: map[string]*talker{}}
+	return &analysis{deadAir: int64(deadAir / speech.SlotDur), parts: map[string]*talker{}}
 }
 
 // add takes one frame.
@@ -84,7 +81,7 @@ func (a *analysis) add(f *codec.Frame) {
 }
 
 // ms turns slots into milliseconds.
-func ms(slots int64) int64 { return slots * int64(slotDur/time.Millisecond) }
+func ms(slots int64) int64 { return slots * int64(speech.SlotDur/time.Millisecond) }
 
 // summary is the figures as an event's data. final closes every open
 // segment (the call is over); otherwise open segments count up to now.

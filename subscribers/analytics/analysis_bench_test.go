@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/audiofan/audiofan/codec"
+	"github.com/audiofan/audiofan/subscribers/speech"
 )
 
 // BenchmarkAnalysis is the analysis alone, without the bus: 100 streams of
@@ -21,7 +22,7 @@ func BenchmarkAnalysis(b *testing.B) {
 			if (i/100)%4 == p%4 {
 				data = voice
 			}
-			frames = append(frames, codec.Frame{Participant: string(rune('A' + p)), Timestamp: t0.Add(time.Duration(i) * slotDur),
+			frames = append(frames, codec.Frame{Participant: string(rune('A' + p)), Timestamp: t0.Add(time.Duration(i) * speech.SlotDur),
 				Channels: 1, Encoding: codec.EncodingPCM16, Data: data})
 		}
 	}

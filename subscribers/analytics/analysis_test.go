@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/audiofan/audiofan/codec"
+	"github.com/audiofan/audiofan/subscribers/speech"
 )
 
 var t0 = time.Date(2026, 11, 25, 9, 0, 0, 0, time.UTC)
@@ -28,8 +29,8 @@ type spurt struct{ from, to time.Duration } // [from, to)
 // delivers them; each participant talks in its spurts.
 func script(a *analysis, dur time.Duration, parts map[string][]spurt, amp map[string]float64, silentFlag bool) {
 	names := []string{"alice", "bob", "carol"}
-	for i := 0; time.Duration(i)*slotDur < dur; i++ {
-		at := time.Duration(i) * slotDur
+	for i := 0; time.Duration(i)*speech.SlotDur < dur; i++ {
+		at := time.Duration(i) * speech.SlotDur
 		for p, name := range names {
 			spurts, ok := parts[name]
 			if !ok {
@@ -63,7 +64,7 @@ func part(t *testing.T, s codec.Analysis, name string) codec.ParticipantAnalysis
 // within checks a duration in ms against the truth, to one frame.
 func within(t *testing.T, what string, g int64, want time.Duration) {
 	t.Helper()
-	if d := time.Duration(g)*time.Millisecond - want; d.Abs() > slotDur {
+	if d := time.Duration(g)*time.Millisecond - want; d.Abs() > speech.SlotDur {
 		t.Errorf("%s = %d ms, want %v (±20 ms)", what, g, want)
 	}
 }
@@ -142,7 +143,7 @@ func TestLiveAndGaps(t *testing.T) {
 		if i < 5 {
 			amp = 0 // the line's quiet before the first word: its floor
 		}
-		a.add(&codec.Frame{Participant: "x", Timestamp: t0.Add(time.Duration(i) * slotDur), Channels: 1,
+		a.add(&codec.Frame{Participant: "x", Timestamp: t0.Add(time.Duration(i) * speech.SlotDur), Channels: 1,
 			Encoding: codec.EncodingPCM16, Data: tone(i, amp, 300)})
 	}
 	live := part(t, a.summary(false), "x")
@@ -159,7 +160,7 @@ func TestLiveAndGaps(t *testing.T) {
 func TestWildTimestampStretchesNothing(t *testing.T) {
 	a := newAnalysis(2 * time.Second)
 	for i := range 150 {
-		ts := t0.Add(time.Duration(i) * slotDur)
+		ts := t0.Add(time.Duration(i) * speech.SlotDur)
 		recv := ts.Add(time.Second)
 		switch i {
 		case 40:

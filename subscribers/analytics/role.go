@@ -13,6 +13,7 @@ import (
 	"github.com/audiofan/audiofan/broker"
 	"github.com/audiofan/audiofan/codec"
 	"github.com/audiofan/audiofan/subscribers"
+	"github.com/audiofan/audiofan/subscribers/speech"
 )
 
 // RoleName is the analytics role: its consumers, metrics and event source.
@@ -30,9 +31,9 @@ type Config struct {
 // Validate checks the settings.
 func (c Config) Validate() error {
 	switch {
-	case c.Interval < 0 || (c.Interval > 0 && c.Interval < slotDur):
+	case c.Interval < 0 || (c.Interval > 0 && c.Interval < speech.SlotDur):
 		return fmt.Errorf("AUDIOFAN_ANALYTICS_INTERVAL %s: want 0 or at least 20ms", c.Interval)
-	case c.DeadAir < slotDur:
+	case c.DeadAir < speech.SlotDur:
 		return fmt.Errorf("AUDIOFAN_ANALYTICS_DEAD_AIR %s: want at least 20ms", c.DeadAir)
 	case c.Bucket == "":
 		return errors.New("AUDIOFAN_ANALYTICS_BUCKET is empty")
@@ -111,7 +112,7 @@ func (c *callAnalysis) Handle(ctx context.Context, d subscribers.Delivery, out *
 	if c.a.cfg.Interval == 0 {
 		return nil
 	}
-	every := int64(c.a.cfg.Interval / slotDur)
+	every := int64(c.a.cfg.Interval / speech.SlotDur)
 	if c.next == 0 {
 		c.next = every
 	}

@@ -334,6 +334,9 @@ func TestCallFeedShared(t *testing.T) {
 	if w, _ := console.Feeds(e.c); w != 1 {
 		t.Fatalf("%d watchers for 10 pages of one call", w)
 	}
+	// The watcher makes its consumer once its first page is open; the
+	// pages share it.
+	conformance.WaitFor(t, "the call's consumer", func() bool { return consumers() >= 2 })
 	if n := consumers(); n != 2 { // the call list's and the call's
 		t.Fatalf("%d consumers on the stream with 10 pages open, want 2", n)
 	}

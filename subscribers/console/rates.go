@@ -45,7 +45,7 @@ func (r *rates) acquire() error {
 	if r.refs > 1 {
 		return nil
 	}
-	sub, err := r.c.d.NC.Subscribe(r.c.subj.Prefix+".*.audio.*", r.frame)
+	sub, err := r.c.d.NC.Subscribe(r.c.subj.Audio("*", "*"), r.frame)
 	if err != nil {
 		r.refs--
 		return err

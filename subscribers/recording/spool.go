@@ -29,9 +29,6 @@ import (
 	"github.com/audiofan/audiofan/subscribers/speech"
 )
 
-// frameDur is ACS's frame length: the timeline's grid.
-const frameDur = 20 * time.Millisecond
-
 // ErrFormat is returned for a frame whose format the call cannot take: not
 // 16-bit mono PCM, or another sample rate than the call's first frame.
 var ErrFormat = errors.New("frame format")
@@ -169,7 +166,7 @@ func (s *Spool) AddOutbound(at time.Time, rate int, pcm []byte) (time.Time, erro
 		if err := s.Add(&f); err != nil {
 			return at, err
 		}
-		at = at.Add(frameDur)
+		at = at.Add(speech.SlotDur)
 	}
 	return at, nil
 }
@@ -288,7 +285,7 @@ func (s *Spool) Render(ctx context.Context, dir string) (*Result, error) {
 	slotBytes := int64(s.rate / 50 * 2)
 	maxSlots := int64(math.MaxInt64)
 	if s.MaxDuration > 0 {
-		maxSlots = int64(s.MaxDuration / frameDur)
+		maxSlots = int64(s.MaxDuration / speech.SlotDur)
 	}
 	layouts := make([]layout, len(ids))
 	mixLen := int64(0)
@@ -435,7 +432,7 @@ func (s *Spool) layout(p *part, start, slotBytes, maxSlots int64) layout {
 	minSlot, last := int64(math.MaxInt64), int64(-1)
 	for i, e := range es {
 		l.place[i] = -1
-		natural := (e.at - start + int64(frameDur/2)) / int64(frameDur)
+		natural := (e.at - start + int64(speech.SlotDur/2)) / int64(speech.SlotDur)
 		slot := max(natural, last+1) // jitter put two frames in one slot: keep both
 		if slot >= maxSlots {
 			l.cut++

@@ -5,10 +5,9 @@ import (
 	"math"
 	"math/rand/v2"
 	"time"
-)
 
-// frameDur is ACS's frame length.
-const frameDur = 20 * time.Millisecond
+	"github.com/audiofan/audiofan/subscribers/speech"
+)
 
 // spurt is a stretch of time in which one participant talks.
 type spurt struct{ start, end time.Duration }
@@ -87,7 +86,7 @@ func newVoice(index, rate int, spurts []spurt) *voice {
 // multiply: the simulator must be far cheaper than what it loads.
 func (v *voice) frame(pcm []byte, t time.Duration) bool {
 	n := len(pcm) / 2
-	on0, on1 := talking(v.spurts, t), talking(v.spurts, t+frameDur)
+	on0, on1 := talking(v.spurts, t), talking(v.spurts, t+speech.SlotDur)
 	if !on0 && !on1 {
 		clear(pcm)
 		return true
@@ -99,7 +98,7 @@ func (v *voice) frame(pcm []byte, t time.Duration) bool {
 		return 9000 * (0.25 + 0.75*math.Abs(math.Sin(2*math.Pi*4.5*ts)))
 	}
 	t0 := t.Seconds()
-	a0, a1 := env(t0, on0), env(t0+frameDur.Seconds(), on1)
+	a0, a1 := env(t0, on0), env(t0+speech.SlotDur.Seconds(), on1)
 	step := v.pitch * (1 + 0.02*math.Sin(2*math.Pi*5*t0)) * tableSize / float64(v.rate)
 	for i := 0; i < n; i++ {
 		amp := a0 + (a1-a0)*float64(i)/float64(n)

@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/audiofan/audiofan/broker"
+	"github.com/audiofan/audiofan/subscribers/speech"
 )
 
 // ErrNothingConnected means not one socket was accepted: the receiver is
@@ -152,7 +153,7 @@ func (r *runner) build() error {
 				c.streams = append(c.streams, &stream{participant: participantID(i, p), voice: newVoice(p, cfg.Rate, c.spurts[p])})
 			}
 		}
-		c.frames = int(cfg.Duration / frameDur)
+		c.frames = int(cfg.Duration / speech.SlotDur)
 		if cfg.Duration == 0 {
 			for _, s := range c.streams {
 				c.frames = max(c.frames, s.wav.frames(size))

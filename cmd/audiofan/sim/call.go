@@ -18,6 +18,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/audiofan/audiofan/codec"
+	"github.com/audiofan/audiofan/subscribers/speech"
 )
 
 // stream is one participant stream of a call (or the mixed one).
@@ -254,7 +255,7 @@ func (r *runner) media(ctx context.Context, c *call) error {
 	start := time.Now()
 	tones := "0123456789*#"
 	for k := 0; k < c.frames; k++ {
-		at := time.Duration(k) * frameDur
+		at := time.Duration(k) * speech.SlotDur
 		if !r.waitUntil(ctx, start, at) {
 			return nil
 		}
@@ -348,7 +349,7 @@ func (r *runner) transcription(ctx context.Context, c *call) error {
 	sort.SliceStable(events, func(i, j int) bool { return events[i].at < events[j].at })
 	start := time.Now()
 	for _, e := range events {
-		if e.at >= time.Duration(c.frames)*frameDur {
+		if e.at >= time.Duration(c.frames)*speech.SlotDur {
 			break
 		}
 		if !r.waitUntil(ctx, start, e.at) {
