@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/audiofan/audiofan/broker"
+	"github.com/audiofan/audiofan/broker/httpserve"
 	"github.com/audiofan/audiofan/broker/warn"
 	"github.com/audiofan/audiofan/codec"
 )
@@ -54,7 +55,7 @@ func (c *Config) Validate() error {
 	if err != nil {
 		return fmt.Errorf("AUDIOFAN_HTTP_ADDR %q: %w", c.HTTPAddr, err)
 	}
-	if err := c.Auth.validate(isLoopback(host), c.HTTPAddr); err != nil {
+	if err := c.Auth.validate(httpserve.Loopback(host), c.HTTPAddr); err != nil {
 		return err
 	}
 	if err := c.TLS.validate(); err != nil {
@@ -76,14 +77,6 @@ func checkMaxPayload(limit broker.ByteSize, maxPayload int64) error {
 		return fmt.Errorf("AUDIOFAN_MAX_MESSAGE_BYTES %d is over the NATS server's max_payload %d (raise max_payload or lower the limit): %w", limit, maxPayload, ErrTooLarge)
 	}
 	return nil
-}
-
-func isLoopback(host string) bool {
-	if host == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
 }
 
 // Receiver accepts ACS WebSocket connections and publishes what they carry.
@@ -147,8 +140,7 @@ func (r *Receiver) Handler(metricsHandler http.Handler) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /ws", r.serveWS)
 	mux.HandleFunc("GET /ws/{secret}", r.serveWS)
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
-	mux.HandleFunc("GET /readyz", r.serveReady)
+	httpserve.Probes(mux, r.Ready)
 	mux.Handle("GET /metrics", metricsHandler)
 	if r.root != nil {
 		mux.Handle("/", r.root)
@@ -158,14 +150,6 @@ func (r *Receiver) Handler(metricsHandler http.Handler) http.Handler {
 		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
 	}
 	return mux
-}
-
-func (r *Receiver) serveReady(w http.ResponseWriter, req *http.Request) {
-	if err := r.Ready(req.Context()); err != nil {
-		http.Error(w, err.Error(), http.StatusServiceUnavailable)
-		return
-	}
-	_, _ = w.Write([]byte("ready\n")) // as every role's /readyz answers
 }
 
 // Ready reports why the receiver should get no new calls, or nil.

@@ -15,7 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/audiofan/audiofan/broker"
-	"github.com/audiofan/audiofan/subscribers"
+	"github.com/audiofan/audiofan/broker/httpserve"
 	"github.com/audiofan/audiofan/subscribers/analytics"
 	"github.com/audiofan/audiofan/subscribers/console"
 	"github.com/audiofan/audiofan/subscribers/moderation"
@@ -56,7 +56,7 @@ var consoleRole = role{
 			return fmt.Errorf("listen %s: %w", s.HTTPAddr, err)
 		}
 		log.Info("console listening", "url", "http://"+ln.Addr().String()+"/")
-		return subscribers.ServeHealth(ctx, ln, c.Ready, promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}), c.Handler())
+		return httpserve.Serve(ctx, ln, c.Ready, promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}), c.Handler())
 	},
 }
 

@@ -22,7 +22,8 @@ var layers = map[string][]string{
 	"broker":                  {"codec"},
 	"broker/embedded":         {},
 	"broker/warn":             {},
-	"broker/receiver":         {"broker", "broker/warn", "codec"},
+	"broker/httpserve":        {},
+	"broker/receiver":         {"broker", "broker/httpserve", "broker/warn", "codec"},
 	"broker/natstest":         {"broker", "broker/embedded", "broker/receiver"},
 	"subscribers/speech":      {},
 	"subscribers":             {"broker", "broker/warn", "codec"},
@@ -30,14 +31,14 @@ var layers = map[string][]string{
 	"subscribers/recording":   {"subscribers", "subscribers/speech", "broker", "codec"},
 	"subscribers/analytics":   {"subscribers", "subscribers/speech", "broker", "codec"},
 	"subscribers/moderation":  {"subscribers", "subscribers/speech", "broker", "codec"},
-	"subscribers/console":     {"subscribers", "subscribers/speech", "broker", "codec"},
+	"subscribers/console":     {"subscribers", "subscribers/speech", "broker", "broker/httpserve", "codec"},
 }
 
 // busReaders read the bus and nothing else: they must not link the NATS
 // server, the WebSocket or JWT libraries, or the profiler (what the
 // receiver and serve need), so a role's binary and its attack surface stay
 // what it uses.
-var busReaders = []string{"broker", "subscribers", "subscribers/recording", "subscribers/analytics", "subscribers/moderation", "subscribers/speech"}
+var busReaders = []string{"broker", "broker/httpserve", "broker/warn", "subscribers", "subscribers/recording", "subscribers/analytics", "subscribers/moderation", "subscribers/speech"}
 
 var heavy = []string{"github.com/nats-io/nats-server/", "github.com/gorilla/websocket", "github.com/golang-jwt/", "github.com/nats-io/jwt/",
 	"github.com/MicahParks/", "net/http/pprof"}

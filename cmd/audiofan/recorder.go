@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/audiofan/audiofan/broker"
+	"github.com/audiofan/audiofan/broker/httpserve"
 	"github.com/audiofan/audiofan/subscribers"
 	"github.com/audiofan/audiofan/subscribers/console"
 	"github.com/audiofan/audiofan/subscribers/recording"
@@ -117,7 +118,7 @@ func runSubscriber(ctx context.Context, s SubscriberSettings, dataDir string, lo
 		return fmt.Errorf("listen %s: %w", s.HTTPAddr, err)
 	}
 	log.Info("health and metrics", "addr", ln.Addr().String(), "console", root != nil)
-	return subscribers.ServeHealth(ctx, ln, g.Ready, promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}), root)
+	return httpserve.Serve(ctx, ln, g.Ready, promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}), root)
 }
 
 // startGroup connects and starts a role's Group; stop waits for it to hand

@@ -20,7 +20,6 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
-	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -31,6 +30,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/audiofan/audiofan/broker"
+	"github.com/audiofan/audiofan/broker/httpserve"
 	"github.com/audiofan/audiofan/codec"
 )
 
@@ -75,40 +75,12 @@ func (c Config) Enabled(addr string) (bool, error) {
 	switch {
 	case c.Mode == "off":
 		return false, nil
-	case c.protected() || loopback(addr):
+	case c.protected() || httpserve.Loopback(addr):
 		return true, nil
 	case c.Mode == "on":
 		return false, ErrUnprotected
 	}
 	return false, nil
-}
-
-func loopback(addr string) bool {
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		host = addr
-	}
-	if host == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
-}
-
-// loopbackHost reports whether a request's Host (with or without a port)
-// names the loopback interface: localhost or a loopback address, not a
-// name that merely resolves to one.
-func loopbackHost(host string) bool {
-	if h, _, err := net.SplitHostPort(host); err == nil {
-		host = h
-	} else if strings.HasPrefix(host, "[") && strings.HasSuffix(host, "]") {
-		host = host[1 : len(host)-1]
-	}
-	if strings.EqualFold(host, "localhost") {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
 }
 
 // Deps are what the console reads from.
@@ -245,7 +217,7 @@ const tokenCookie = "audiofan_console"
 func (c *Console) authorize(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !c.cfg.protected() {
-			if !loopbackHost(r.Host) {
+			if !httpserve.Loopback(r.Host) {
 				c.m.authFailed.Inc()
 				http.Error(w, "the console without a credential answers only to localhost, 127.0.0.1 or [::1]", http.StatusForbidden)
 				return

@@ -244,8 +244,8 @@ func TestRenderSilentAndAgain(t *testing.T) {
 	}
 }
 
-func TestAppendWAVHeader(t *testing.T) {
-	b := AppendWAV(nil, 16000, []byte{1, 2, 3, 4})
+func TestWAVHeader(t *testing.T) {
+	b := append(wavHeader(16000, 4), 1, 2, 3, 4)
 	if len(b) != 48 || string(b[0:4]) != "RIFF" || string(b[8:16]) != "WAVEfmt " || string(b[36:40]) != "data" ||
 		binary.LittleEndian.Uint32(b[24:]) != 16000 || binary.LittleEndian.Uint32(b[40:]) != 4 || !bytes.Equal(b[44:], []byte{1, 2, 3, 4}) {
 		t.Errorf("header % x", b[:44])

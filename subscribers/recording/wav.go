@@ -5,12 +5,6 @@ import (
 	"math"
 )
 
-// AppendWAV appends a WAV file of 16-bit mono PCM at rate to dst: the
-// canonical 44-byte RIFF header, then the samples.
-func AppendWAV(dst []byte, rate int, pcm []byte) []byte {
-	return append(append(dst, wavHeader(rate, int64(len(pcm)))...), pcm...)
-}
-
 // maxRIFFData is the most PCM a RIFF file's 32-bit sizes can describe.
 const maxRIFFData = math.MaxUint32 - 36
 
