@@ -74,6 +74,7 @@ func TestBadSettingsExit(t *testing.T) {
 		"AUDIOFAN_STREAM_MAX_BYTES=lots":      "AUDIOFAN_STREAM_MAX_BYTES",
 		"AUDIOFAN_AUTH=secret":                "AUDIOFAN_AUTH_SECRET",
 		"AUDIOFAN_SUBJECT_PREFIX=calls.audio": "one subject token",
+		"AUDIOFAN_MODERATION_RELOAD=0s":       "AUDIOFAN_MODERATION_RELOAD", // serve checked every role's settings but the moderator's
 	} {
 		k, v, _ := strings.Cut(env, "=")
 		t.Run(k, func(t *testing.T) {

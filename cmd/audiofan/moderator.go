@@ -21,6 +21,13 @@ type ModeratorSettings struct {
 	Moderation moderation.Config
 }
 
+func (s *ModeratorSettings) validate() error {
+	if err := s.SubscriberSettings.validate(); err != nil {
+		return err
+	}
+	return s.Moderation.Validate()
+}
+
 var moderatorRole = role{
 	service: true,
 	name:    "moderator",

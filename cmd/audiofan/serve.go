@@ -97,6 +97,9 @@ func (s *ServeSettings) validate() error {
 	if err := s.Analytics.Validate(); err != nil {
 		return err
 	}
+	if err := s.Moderation.Validate(); err != nil {
+		return err
+	}
 	return s.Recording.Validate()
 }
 
@@ -161,14 +164,19 @@ var serveRole = role{
 				stop()
 			}
 		}()
-		for name, build := range map[string]roleFactory{
-			"recorder": func(ctx context.Context, js jetstream.JetStream, reg prometheus.Registerer) (subscribers.Role, func(), error) {
+		// In a fixed order, the one the subcommands are listed in, so a
+		// start-up that fails does so the same way every time.
+		for _, r := range []struct {
+			name  string
+			build roleFactory
+		}{
+			{"recorder", func(ctx context.Context, js jetstream.JetStream, reg prometheus.Registerer) (subscribers.Role, func(), error) {
 				return newRecorder(ctx, s.Recording, s.DataDir, js, reg, log)
-			},
-			"analytics": analyticsFactory(s.Analytics, log),
-			"moderator": moderatorFactory(subCtx, s.Moderation, s.Stream.Subjects(), log),
+			}},
+			{"analytics", analyticsFactory(s.Analytics, log)},
+			{"moderator", moderatorFactory(subCtx, s.Moderation, s.Stream.Subjects(), log)},
 		} {
-			_, stop, err := startGroup(subCtx, url, nopts, s.Stream.StreamRef, s.Group, "audiofan serve "+name, reg, log, build)
+			_, stop, err := startGroup(subCtx, url, nopts, s.Stream.StreamRef, s.Group, "audiofan serve "+r.name, reg, log, r.build)
 			if err != nil {
 				return err
 			}

@@ -35,6 +35,14 @@ type Config struct {
 	Reload time.Duration `env:"AUDIOFAN_MODERATION_RELOAD" envDefault:"2s" help:"how often the rules file is checked for changes"`
 }
 
+// Validate checks the settings.
+func (c Config) Validate() error {
+	if c.Reload <= 0 {
+		return errors.New("AUDIOFAN_MODERATION_RELOAD must be positive")
+	}
+	return nil
+}
+
 // Moderator is the role.
 type Moderator struct {
 	cfg   Config
@@ -53,8 +61,8 @@ type Moderator struct {
 // New loads the rules (a bad file is an error here: there are no old rules
 // to keep) and prepares the role; metrics register on reg.
 func New(cfg Config, subj broker.Subjects, js jetstream.JetStream, reg prometheus.Registerer, log *slog.Logger) (*Moderator, error) {
-	if cfg.Reload <= 0 {
-		return nil, errors.New("AUDIOFAN_MODERATION_RELOAD must be positive")
+	if err := cfg.Validate(); err != nil {
+		return nil, err
 	}
 	m := &Moderator{cfg: cfg, js: js, subj: subj, log: log.With("role", RoleName),
 		hits: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "audiofan_moderation_hits_total",
