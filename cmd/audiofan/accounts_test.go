@@ -328,7 +328,7 @@ func drainViolations(ch chan error) {
 func checkLongRecording(t *testing.T, rjs, tjs jetstream.JetStream, sc broker.StreamConfig, dataDir, bucket, rolePW string,
 	conn func(user, pw string) (*nats.Conn, jetstream.JetStream, chan error)) {
 	t.Helper()
-	const id, frames = "long-call", 4000
+	const id, frames = "long:call+1", 4000 // escaped in subjects, folders and object names
 	tok := codec.EncodeToken(id)
 	subj := sc.Subjects()
 	t0 := time.Date(2026, 12, 2, 9, 0, 0, 0, time.UTC)

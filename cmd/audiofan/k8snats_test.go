@@ -144,8 +144,9 @@ func kubernetesNATS(t *testing.T) *server.Options {
 		t.Fatal(err)
 	}
 	t.Setenv("POD_NAME", "nats-0")
+	users := accountUsers(t)
 	for user, key := range passwordKeys(t) {
-		t.Setenv(accountUsers(t)[user], "k8s-"+key+"-pw")
+		t.Setenv(users[user], "k8s-"+key+"-pw")
 	}
 	opts, err := server.ProcessConfigFile(filepath.Join(dir, "nats.conf"))
 	if err != nil {
