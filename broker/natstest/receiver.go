@@ -23,10 +23,17 @@ import (
 func Defaults[T any](t testing.TB) T {
 	t.Helper()
 	var v T
-	if err := env.ParseWithOptions(&v, env.Options{Environment: map[string]string{}}); err != nil {
+	Fill(t, &v)
+	return v
+}
+
+// Fill sets the settings struct ptr points to to its defaults, whatever the
+// environment holds: for settings known only as an interface.
+func Fill(t testing.TB, ptr any) {
+	t.Helper()
+	if err := env.ParseWithOptions(ptr, env.Options{Environment: map[string]string{}}); err != nil {
 		t.Fatal(err)
 	}
-	return v
 }
 
 // Logger discards logs unless AUDIOFAN_TEST_LOG is set.

@@ -104,8 +104,6 @@ func checkAccounts(t *testing.T, opts *server.Options, receiverPW, rolePW string
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	gc := conformance.Config(t)
-	rc := natstest.Defaults[recording.Config](t)
-	rc.Store = "both"
 	dataDir := t.TempDir()
 	var stops []func()
 	defer func() {
@@ -114,28 +112,26 @@ func checkAccounts(t *testing.T, opts *server.Options, receiverPW, rolePW string
 			stop()
 		}
 	}()
-	for _, r := range []struct {
-		user  string
-		build roleFactory
-	}{
-		{"recorder", func(ctx context.Context, js jetstream.JetStream, reg prometheus.Registerer) (subscribers.Role, func(), error) {
-			return newRecorder(ctx, rc, dataDir, js, reg, log)
-		}},
-		{"analytics", analyticsFactory(natstest.Defaults[analytics.Config](t), log)},
-		{"moderator", moderatorFactory(ctx, natstest.Defaults[moderation.Config](t), sc.Subjects(), log)},
-	} {
-		g, stop, err := startGroup(ctx, url(r.user, rolePW), NATSSettings{}, sc.StreamRef, gc, "accounts "+r.user, prometheus.NewRegistry(), log, r.build)
+	bucket := ""
+	for _, c := range components {
+		own := c.Settings()
+		natstest.Fill(t, own)
+		if rc, ok := own.(*recording.Config); ok {
+			rc.Store = "both"
+			bucket = rc.Bucket
+		}
+		g, stop, err := startGroup(ctx, url(c.Command, rolePW), NATSSettings{}, sc.StreamRef, gc, "accounts "+c.Command, prometheus.NewRegistry(), log, c, own, dataDir)
 		if err != nil {
-			t.Fatalf("%s: %v", r.user, err)
+			t.Fatalf("%s: %v", c.Command, err)
 		}
 		stops = append(stops, stop)
-		conformance.WaitFor(t, r.user+" ready", func() bool { return g.Ready() == nil })
+		conformance.WaitFor(t, c.Command+" ready", func() bool { return g.Ready() == nil })
 	}
 
 	// The console reads as the tools user.
 	tnc, tjs, tviol := conn("tools", rolePW)
 	c, err := console.New(natstest.Defaults[console.Config](t), console.Deps{NC: tnc, JS: tjs, Stream: sc.StreamRef, DataDir: dataDir,
-		Roles: []string{"recording", "analytics", "moderation"}, Reg: prometheus.NewRegistry(), Log: log})
+		Roles: roleNames(), Reg: prometheus.NewRegistry(), Log: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -168,7 +164,7 @@ func checkAccounts(t *testing.T, opts *server.Options, receiverPW, rolePW string
 	if ev := conformance.Events(t, tjs, sc.StreamRef, "accounts-call", "analytics"); len(ev) == 0 {
 		t.Error("no analytics events")
 	}
-	checkLongRecording(t, rjs, tjs, sc, dataDir, rc.Bucket, rolePW, conn)
+	checkLongRecording(t, rjs, tjs, sc, dataDir, bucket, rolePW, conn)
 
 	conformance.WaitFor(t, "the console lists the call with its recording", func() bool {
 		resp, err := http.Get(web.URL + "/api/calls")

@@ -16,10 +16,7 @@ import (
 
 	"github.com/audiofan/audiofan/broker"
 	"github.com/audiofan/audiofan/broker/httpserve"
-	"github.com/audiofan/audiofan/subscribers/analytics"
 	"github.com/audiofan/audiofan/subscribers/console"
-	"github.com/audiofan/audiofan/subscribers/moderation"
-	"github.com/audiofan/audiofan/subscribers/recording"
 )
 
 // ConsoleSettings are the settings of `audiofan console`.
@@ -28,7 +25,7 @@ type ConsoleSettings struct {
 	DataDir string `env:"AUDIOFAN_DATA_DIR" envDefault:"./data" help:"where the recorders write (recordings/), to play them from disk; else the Object Store"`
 }
 
-var consoleRole = role{
+var consoleCommand = command{
 	service: true,
 	name:    "console",
 	summary: "serve the live web console (calls, meters, transcripts, listening in, recordings, bus health)",
@@ -74,7 +71,7 @@ func startConsole(ctx context.Context, url string, nopts NATSSettings, ref broke
 		return nil, nil, err
 	}
 	c, err := console.New(cfg, console.Deps{NC: nc, JS: js, Stream: ref, DataDir: dataDir, Reg: reg, Log: log,
-		Roles: []string{recording.RoleName, analytics.RoleName, moderation.RoleName}})
+		Roles: roleNames()})
 	if err != nil {
 		nc.Close()
 		return nil, nil, err

@@ -43,7 +43,7 @@ const repo = "../.."
 // roleSettings lists the environment settings of a subcommand.
 func roleSettings(t *testing.T, name string) map[string]bool {
 	t.Helper()
-	for _, r := range roles {
+	for _, r := range commands() {
 		if r.name == name {
 			out := map[string]bool{}
 			for _, s := range settingsOf(r.config()) {
@@ -197,8 +197,11 @@ func TestComposeStack(t *testing.T) {
 	// The accounts file is what `audiofan nats-accounts` prints for the
 	// default settings: regenerated, never edited by hand.
 	var want bytes.Buffer
-	na := natstest.Defaults[natsAccountsSettings](t)
-	if err := writeNATSAccounts(&want, na); err != nil {
+	na := natsAccountsCommand.config().(*natsAccountsSettings)
+	for _, p := range partsOf(na) {
+		natstest.Fill(t, p)
+	}
+	if err := writeNATSAccounts(&want, *na); err != nil {
 		t.Fatal(err)
 	}
 	got, err := os.ReadFile(filepath.Join(repo, "deploy/nats/accounts.conf"))

@@ -15,9 +15,9 @@ type HealthSettings struct {
 	HTTPAddr string `env:"AUDIOFAN_HTTP_ADDR" envDefault:"127.0.0.1:8080" help:"the listener of the process to check"`
 }
 
-// healthRole lets a container image without a shell or curl check its own
+// healthCommand lets a container image without a shell or curl check its own
 // process (Docker's HEALTHCHECK, an exec probe).
-var healthRole = role{
+var healthCommand = command{
 	name:    "health",
 	summary: "exit 0 if the audiofan process on AUDIOFAN_HTTP_ADDR is ready (/readyz), 1 if not: for container health checks",
 	config:  func() any { return &HealthSettings{} },

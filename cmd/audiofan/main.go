@@ -17,9 +17,9 @@ import (
 	"syscall"
 )
 
-// role is one subcommand: its settings (a struct read from the environment)
+// command is one subcommand: its settings (a struct read from the environment)
 // and what it runs.
-type role struct {
+type command struct {
 	name    string
 	summary string
 	// config returns a fresh settings struct for help and parsing.
@@ -32,7 +32,15 @@ type role struct {
 	service bool
 }
 
-var roles = []role{serveRole, receiverRole, recorderRole, analyticsRole, moderatorRole, consoleRole, tapRole, simRole, healthRole, natsAccountsRole}
+// commands are the subcommands, in the order help lists them: one per
+// component after the receiver.
+func commands() []command {
+	out := []command{serveCommand, receiverCommand}
+	for _, c := range components {
+		out = append(out, componentCommand(c))
+	}
+	return append(out, consoleCommand, tapCommand, simCommand, healthCommand, natsAccountsCommand)
+}
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
@@ -40,8 +48,13 @@ func main() {
 
 func usage(w io.Writer) {
 	fmt.Fprintf(w, "audiofan: Azure Communication Services audio fan-out over NATS JetStream\n\nUsage: audiofan <command> [flags]\n\nCommands:\n")
-	for _, r := range roles {
-		fmt.Fprintf(w, "  %-10s %s\n", r.name, r.summary)
+	width := 0
+	cmds := commands()
+	for _, r := range cmds {
+		width = max(width, len(r.name))
+	}
+	for _, r := range cmds {
+		fmt.Fprintf(w, "  %-*s  %s\n", width, r.name, r.summary)
 	}
 	fmt.Fprintf(w, "\nSettings come from the environment; `audiofan <command> --help` lists each with its default.\n")
 }
@@ -54,10 +67,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		return 0
 	}
-	var r *role
-	for i := range roles {
-		if roles[i].name == args[0] {
-			r = &roles[i]
+	var r *command
+	cmds := commands()
+	for i := range cmds {
+		if cmds[i].name == args[0] {
+			r = &cmds[i]
 		}
 	}
 	if r == nil {

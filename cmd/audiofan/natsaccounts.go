@@ -10,17 +10,22 @@ import (
 
 	"github.com/audiofan/audiofan/broker"
 	"github.com/audiofan/audiofan/subscribers"
-	"github.com/audiofan/audiofan/subscribers/analytics"
-	"github.com/audiofan/audiofan/subscribers/moderation"
-	"github.com/audiofan/audiofan/subscribers/recording"
 )
 
 // natsAccountsSettings are what the NATS users' permissions depend on.
 type natsAccountsSettings struct {
-	Stream          broker.StreamRef
-	Partitions      int    `env:"AUDIOFAN_PARTITIONS" envDefault:"32" help:"partitions of the stream (the receivers' setting): each role's consumers are named by them"`
-	RecordingBucket string `env:"AUDIOFAN_RECORDING_BUCKET" envDefault:"recordings" help:"the recorder's Object Store bucket"`
-	AnalyticsBucket string `env:"AUDIOFAN_ANALYTICS_BUCKET" envDefault:"call-analytics" help:"analytics' KV bucket"`
+	Stream     broker.StreamRef
+	Partitions int `env:"AUDIOFAN_PARTITIONS" envDefault:"32" help:"partitions of the stream (the receivers' setting): each role's consumers are named by them"`
+	// own are the components' own settings (their buckets), in their order.
+	own []subscribers.Settings
+}
+
+func (s *natsAccountsSettings) parts() []any {
+	out := make([]any, len(s.own))
+	for i, o := range s.own {
+		out[i] = o
+	}
+	return out
 }
 
 func (s *natsAccountsSettings) validate() error {
@@ -30,10 +35,10 @@ func (s *natsAccountsSettings) validate() error {
 	return s.Stream.Validate()
 }
 
-var natsAccountsRole = role{
+var natsAccountsCommand = command{
 	name:    "nats-accounts",
 	summary: "print the NATS accounts and permissions of every part (deploy/nats/accounts.conf) for these settings",
-	config:  func() any { return &natsAccountsSettings{} },
+	config:  func() any { return &natsAccountsSettings{own: ownSettings()} },
 	run: func(_ context.Context, cfg any, _ *slog.Logger, stdout io.Writer) error {
 		return writeNATSAccounts(stdout, *cfg.(*natsAccountsSettings))
 	},
@@ -51,9 +56,10 @@ type natsUser struct {
 // (<role>-p<n>), so the other roles' can be denied by name, the one thing
 // the per-call design's names made impossible.
 func writeNATSAccounts(w io.Writer, s natsAccountsSettings) error {
+	if len(s.own) != len(components) {
+		return fmt.Errorf("nats-accounts: settings for %d roles, want %d", len(s.own), len(components))
+	}
 	stream, prefix := s.Stream.Name, s.Stream.Prefix
-	roles := []struct{ user, role string }{
-		{"recorder", recording.RoleName}, {"analytics", analytics.RoleName}, {"moderator", moderation.RoleName}}
 	// Nobody but the receiver may change the stream, and nobody may
 	// administer JetStream.
 	admin := []string{
@@ -89,39 +95,37 @@ func writeNATSAccounts(w io.Writer, s natsAccountsSettings) error {
 		Allow: []string{prefix + ".>", "$JS.API.INFO", "$JS.API.STREAM.INFO." + stream, "$JS.API.STREAM.CREATE." + stream,
 			"$JS.API.STREAM.UPDATE." + stream},
 		Subscribe: []string{"_INBOX.>", prefix + ".*.outbound"}})
-	for _, r := range roles {
-		members := subscribers.MembersSubject(stream, r.role)
-		u := natsUser{Name: r.user, Password: "$NATS_ROLE_PASSWORD",
-			Allow: []string{prefix + ".*.events." + r.role, "$JS.API.>", "$JS.FC.>", members,
-				"$KV." + subscribers.StateBucket(stream, r.role) + ".>"},
+	for i, r := range components {
+		members := subscribers.MembersSubject(stream, r.Role)
+		u := natsUser{Name: r.Command, Password: "$NATS_ROLE_PASSWORD",
+			Allow: []string{prefix + ".*.events." + r.Role, "$JS.API.>", "$JS.FC.>", members,
+				"$KV." + subscribers.StateBucket(stream, r.Role) + ".>"},
 			Deny:      append([]string{}, admin...),
 			Subscribe: []string{"_INBOX.>", members}}
-		u.Allow = append(u.Allow, acks(r.role)...)
-		switch r.role {
-		case recording.RoleName:
-			u.Allow = append(u.Allow, "$O."+s.RecordingBucket+".>")
-		case analytics.RoleName:
-			u.Allow = append(u.Allow, "$KV."+s.AnalyticsBucket+".>")
-		case moderation.RoleName:
-			u.Allow = append(u.Allow, prefix+".*.outbound")
-		}
-		for _, o := range roles {
-			if o.role != r.role {
-				u.Deny = append(u.Deny, consumers(o.role)...)
+		u.Allow = append(u.Allow, acks(r.Role)...)
+		u.Allow = append(u.Allow, r.Publishes(s.own[i], s.Stream.Subjects())...)
+		for _, o := range components {
+			if o.Role != r.Role {
+				u.Deny = append(u.Deny, consumers(o.Role)...)
 			}
 		}
 		users = append(users, u)
 	}
 	tools := natsUser{Name: "tools", Password: "$NATS_ROLE_PASSWORD", Allow: []string{"$JS.API.>", "$JS.FC.>"},
 		Deny: append([]string{}, admin...), Subscribe: []string{"_INBOX.>", prefix + ".>"}}
-	for _, r := range roles {
-		tools.Deny = append(tools.Deny, consumers(r.role)...)
+	for _, r := range components {
+		tools.Deny = append(tools.Deny, consumers(r.Role)...)
 	}
 	users = append(users, tools)
+	var commands []string
+	for _, c := range components {
+		commands = append(commands, c.Command)
+	}
 	return accountsTemplate.Execute(w, struct {
 		Settings natsAccountsSettings
+		Roles    string
 		Users    []natsUser
-	}{s, users})
+	}{s, strings.Join(commands, ", "), users})
 }
 
 var accountsTemplate = template.Must(template.New("accounts").Funcs(template.FuncMap{
@@ -138,8 +142,8 @@ var accountsTemplate = template.Must(template.New("accounts").Funcs(template.Fun
 #
 # Who may do what.
 # - receiver: publishes under the prefix and provisions the stream, nothing else.
-# - recorder, analytics, moderator: publish their own events (the moderator also outbound audio),
-#   their replicas' heartbeats, their own partition checkpoints and buckets, and use the JetStream
+# - {{.Roles}}: publish their own events, their replicas' heartbeats, their own
+#   partition checkpoints and buckets (the moderator also outbound audio), and use the JetStream
 #   API for their consumers. None may create, change, purge or delete the stream, nor use or
 #   acknowledge another role's partition consumers (<role>-p<n>): those are denied by name.
 # - tools (sim, tap, the console): read the bus, may not change the stream or touch a role's

@@ -21,10 +21,7 @@ import (
 	"github.com/audiofan/audiofan/broker/natstest"
 	"github.com/audiofan/audiofan/codec"
 	"github.com/audiofan/audiofan/subscribers"
-	"github.com/audiofan/audiofan/subscribers/analytics"
 	"github.com/audiofan/audiofan/subscribers/conformance"
-	"github.com/audiofan/audiofan/subscribers/moderation"
-	"github.com/audiofan/audiofan/subscribers/recording"
 )
 
 // BenchmarkManyCalls measures what the subscriber roles cost the NATS server
@@ -85,16 +82,13 @@ func BenchmarkManyCalls(b *testing.B) {
 		regs := map[string]*prometheus.Registry{}
 		var stops []func()
 		gc := natstest.Defaults[subscribers.GroupConfig](b)
-		for name, build := range map[string]roleFactory{
-			"recording": func(ctx context.Context, js jetstream.JetStream, reg prometheus.Registerer) (subscribers.Role, func(), error) {
-				return newRecorder(ctx, natstest.Defaults[recording.Config](b), b.TempDir(), js, reg, log)
-			},
-			"analytics":  analyticsFactory(natstest.Defaults[analytics.Config](b), log),
-			"moderation": moderatorFactory(ctx, natstest.Defaults[moderation.Config](b), sc.Subjects(), log),
-		} {
+		for _, c := range components {
+			name := c.Role
+			own := c.Settings()
+			natstest.Fill(b, own)
 			reg := prometheus.NewRegistry()
 			regs[name] = reg
-			g, stop, err := startGroup(ctx, ns.url, NATSSettings{}, sc.StreamRef, gc, "bench "+name, reg, log, build)
+			g, stop, err := startGroup(ctx, ns.url, NATSSettings{}, sc.StreamRef, gc, "bench "+name, reg, log, c, own, b.TempDir())
 			if err != nil {
 				b.Fatal(err)
 			}

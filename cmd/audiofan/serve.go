@@ -13,7 +13,6 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -22,10 +21,7 @@ import (
 	"github.com/audiofan/audiofan/broker/embedded"
 	"github.com/audiofan/audiofan/broker/receiver"
 	"github.com/audiofan/audiofan/subscribers"
-	"github.com/audiofan/audiofan/subscribers/analytics"
 	"github.com/audiofan/audiofan/subscribers/console"
-	"github.com/audiofan/audiofan/subscribers/moderation"
-	"github.com/audiofan/audiofan/subscribers/recording"
 )
 
 // NATSSettings are shared by every role that connects to NATS.
@@ -76,34 +72,33 @@ func (s *ReceiverSettings) validate() error {
 	return s.Receiver.Validate()
 }
 
-// ServeSettings add the embedded server to the receiver's.
+// ServeSettings add the embedded server and every subscriber role to the
+// receiver's.
 type ServeSettings struct {
 	ReceiverSettings
-	DataDir    string `env:"AUDIOFAN_DATA_DIR" envDefault:"./data" help:"embedded JetStream store (jetstream/) and recordings (recordings/)"`
-	Embedded   embedded.Config
-	Group      subscribers.GroupConfig
-	Recording  recording.Config
-	Analytics  analytics.Config
-	Moderation moderation.Config
+	DataDir  string `env:"AUDIOFAN_DATA_DIR" envDefault:"./data" help:"embedded JetStream store (jetstream/) and recordings (recordings/)"`
+	Embedded embedded.Config
+	Group    subscribers.GroupConfig
+	// own are the components' own settings, in their order.
+	own []subscribers.Settings
+}
+
+func (s *ServeSettings) parts() []any {
+	out := make([]any, len(s.own))
+	for i, o := range s.own {
+		out[i] = o
+	}
+	return out
 }
 
 func (s *ServeSettings) validate() error {
 	if err := s.ReceiverSettings.validate(); err != nil {
 		return err
 	}
-	if err := s.Group.Validate(); err != nil {
-		return err
-	}
-	if err := s.Analytics.Validate(); err != nil {
-		return err
-	}
-	if err := s.Moderation.Validate(); err != nil {
-		return err
-	}
-	return s.Recording.Validate()
+	return s.Group.Validate()
 }
 
-var receiverRole = role{
+var receiverCommand = command{
 	service: true,
 	name:    "receiver",
 	summary: "accept ACS WebSocket streams and publish them to JetStream at NATS_URL",
@@ -125,11 +120,11 @@ var receiverRole = role{
 	},
 }
 
-var serveRole = role{
+var serveCommand = command{
 	service: true,
 	name:    "serve",
 	summary: "run everything in one process, on an embedded NATS server unless NATS_URL is set",
-	config:  func() any { return &ServeSettings{} },
+	config:  func() any { return &ServeSettings{own: ownSettings()} },
 	run: func(ctx context.Context, cfg any, log *slog.Logger, _ io.Writer) error {
 		s := cfg.(*ServeSettings)
 		url := s.NATS.URL
@@ -164,19 +159,10 @@ var serveRole = role{
 				stop()
 			}
 		}()
-		// In a fixed order, the one the subcommands are listed in, so a
-		// start-up that fails does so the same way every time.
-		for _, r := range []struct {
-			name  string
-			build roleFactory
-		}{
-			{"recorder", func(ctx context.Context, js jetstream.JetStream, reg prometheus.Registerer) (subscribers.Role, func(), error) {
-				return newRecorder(ctx, s.Recording, s.DataDir, js, reg, log)
-			}},
-			{"analytics", analyticsFactory(s.Analytics, log)},
-			{"moderator", moderatorFactory(subCtx, s.Moderation, s.Stream.Subjects(), log)},
-		} {
-			_, stop, err := startGroup(subCtx, url, nopts, s.Stream.StreamRef, s.Group, "audiofan serve "+r.name, reg, log, r.build)
+		// In components' order, so a start-up that fails does so the same
+		// way every time.
+		for i, c := range components {
+			_, stop, err := startGroup(subCtx, url, nopts, s.Stream.StreamRef, s.Group, "audiofan serve "+c.Role, reg, log, c, s.own[i], s.DataDir)
 			if err != nil {
 				return err
 			}

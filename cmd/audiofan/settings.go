@@ -16,9 +16,25 @@ type setting struct {
 	field, name, def, help string
 }
 
+// composite settings are a command's own struct and more: the roles' own
+// settings, each its own struct, which the command cannot name as fields
+// because the list of roles is data (components). They are parsed,
+// validated and listed like fields.
+type composite interface{ parts() []any }
+
+// partsOf are cfg and its parts.
+func partsOf(cfg any) []any {
+	out := []any{cfg}
+	if c, ok := cfg.(composite); ok {
+		out = append(out, c.parts()...)
+	}
+	return out
+}
+
 // settingsOf lists the environment settings of cfg (a pointer to a settings
-// struct) from the same struct tags the parser reads, so help and error
-// messages cannot drift from the code.
+// struct, and its parts) from the same struct tags the parser reads, so help
+// and error messages cannot drift from the code. A variable read by two
+// parts is listed once, as the first names it.
 func settingsOf(cfg any) []setting {
 	var out []setting
 	seen := map[string]bool{}
@@ -41,13 +57,37 @@ func settingsOf(cfg any) []setting {
 			out = append(out, setting{field: f.Name, name: name, def: f.Tag.Get("envDefault"), help: f.Tag.Get("help")})
 		}
 	}
-	walk(reflect.TypeOf(cfg).Elem())
+	for _, p := range partsOf(cfg) {
+		walk(reflect.TypeOf(p).Elem())
+	}
 	return out
 }
 
-// parseSettings fills cfg from the environment and validates it. Errors name
-// the variable, not the Go field.
+// parseSettings fills cfg and its parts from the environment and validates
+// them. Errors name the variable, not the Go field.
 func parseSettings(cfg any) error {
+	parts := partsOf(cfg)
+	for _, p := range parts {
+		if err := parseOne(p); err != nil {
+			return err
+		}
+	}
+	for _, p := range parts {
+		var err error
+		switch v := p.(type) {
+		case interface{ validate() error }:
+			err = v.validate()
+		case interface{ Validate() error }:
+			err = v.Validate()
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func parseOne(cfg any) error {
 	if err := env.Parse(cfg); err != nil {
 		var agg env.AggregateError
 		if !errors.As(err, &agg) {
@@ -67,9 +107,6 @@ func parseSettings(cfg any) error {
 			msgs = append(msgs, e.Error())
 		}
 		return fmt.Errorf("settings: %s", strings.Join(msgs, "; "))
-	}
-	if v, ok := cfg.(interface{ validate() error }); ok {
-		return v.validate()
 	}
 	return nil
 }

@@ -43,7 +43,7 @@ func (s *SimSettings) validate() error {
 // errFailed makes the process exit non-zero after the summary said why.
 var errFailed = errors.New("simulation failed")
 
-var simRole = role{
+var simCommand = command{
 	name:    "sim",
 	summary: "a fake ACS: stream calls into a receiver (and, with --verify, check what the bus stored)",
 	config: func() any {

@@ -29,7 +29,7 @@ func (s *tapSettings) validate() error {
 	return s.Stream.Validate()
 }
 
-var tapRole = role{
+var tapCommand = command{
 	name:    "tap",
 	summary: "print what flows on the bus, decoded, one JSON object a line",
 	config:  func() any { return &tapSettings{} },

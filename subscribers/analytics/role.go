@@ -185,3 +185,21 @@ func (c *callAnalysis) Close() error {
 	}
 	return nil
 }
+
+// Component is analytics as the binary runs it.
+var Component = subscribers.Component{
+	Role:     RoleName,
+	Command:  "analytics",
+	Summary:  "talk time, levels, overtalk and dead air of every call, live and at its end, one replica of many",
+	Settings: func() subscribers.Settings { return &Config{} },
+	Start: func(ctx context.Context, s subscribers.Settings, env subscribers.Env) (subscribers.Role, func(), error) {
+		a, err := New(ctx, *s.(*Config), env.JS, env.Reg, env.Log)
+		if err != nil {
+			return subscribers.Role{}, nil, err
+		}
+		return a.Role(), func() {}, nil
+	},
+	Publishes: func(s subscribers.Settings, _ broker.Subjects) []string {
+		return []string{"$KV." + s.(*Config).Bucket + ".>"}
+	},
+}

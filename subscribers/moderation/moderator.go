@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"os"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -421,4 +422,27 @@ func round1(v float64) float64 {
 		return -float64(int64(-v*10+0.5)) / 10
 	}
 	return float64(int64(v*10+0.5)) / 10
+}
+
+// Component is the moderator as the binary runs it: its rules file is
+// watched while it runs.
+var Component = subscribers.Component{
+	Role:     RoleName,
+	Command:  "moderator",
+	Summary:  "rules on every call's audio and transcripts that raise events and speak into the call, one replica of many",
+	Settings: func() subscribers.Settings { return &Config{} },
+	Start: func(ctx context.Context, s subscribers.Settings, env subscribers.Env) (subscribers.Role, func(), error) {
+		m, err := New(*s.(*Config), env.Subjects, env.JS, env.Reg, env.Log)
+		if err != nil {
+			return subscribers.Role{}, nil, err
+		}
+		rs := m.Rules()
+		env.Log.Info("moderation rules", "source", rs.Source, "rules", len(rs.List))
+		var wg sync.WaitGroup
+		wg.Go(func() { m.Watch(ctx) })
+		return m.Role(), wg.Wait, nil
+	},
+	Publishes: func(_ subscribers.Settings, subj broker.Subjects) []string {
+		return []string{subj.Outbound("*")}
+	},
 }

@@ -335,3 +335,26 @@ func cleanSpools(root string, age time.Duration, log *slog.Logger) {
 		}
 	}
 }
+
+// Component is the recorder as the binary runs it.
+var Component = subscribers.Component{
+	Role:     RoleName,
+	Command:  "recorder",
+	Summary:  "record every call into WAV files (a participant each and a mix), one replica of many",
+	DataDir:  true,
+	Settings: func() subscribers.Settings { return &Config{} },
+	Start: func(ctx context.Context, s subscribers.Settings, env subscribers.Env) (subscribers.Role, func(), error) {
+		r, err := New(ctx, *s.(*Config), env.DataDir, env.JS, env.Reg, env.Log)
+		if err != nil {
+			return subscribers.Role{}, nil, err
+		}
+		return r.Role(), func() {
+			if err := r.Close(); err != nil {
+				env.Log.Warn("recorder spool", "err", err)
+			}
+		}, nil
+	},
+	Publishes: func(s subscribers.Settings, _ broker.Subjects) []string {
+		return []string{"$O." + s.(*Config).Bucket + ".>"}
+	},
+}
