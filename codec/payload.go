@@ -2,6 +2,7 @@ package codec
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math"
 	"time"
@@ -44,6 +45,18 @@ type Frame struct {
 	Silent     bool      `msgpack:"silent" json:"silent"`
 	Data       []byte    `msgpack:"data" json:"data"`
 }
+
+// Word is one recognised word of a transcript, with times in 100 ns ticks
+// (Duration -1 when unknown).
+type Word struct {
+	Text     string `msgpack:"text" json:"text"`
+	Offset   int64  `msgpack:"offset" json:"offset"`
+	Duration int64  `msgpack:"duration" json:"duration"`
+}
+
+// ErrMalformed marks a payload that is not one well-formed MessagePack value
+// of its type: a consumer refuses it for good rather than retry.
+var ErrMalformed = errors.New("malformed payload")
 
 // Transcript is one TranscriptionData result on calls.<call>.transcript.<participant>.
 type Transcript struct {

@@ -125,3 +125,12 @@ func FuzzUnmarshalFrame(f *testing.F) {
 		}
 	})
 }
+
+// pcmOf returns n bytes of distinct, recognisable PCM.
+func pcmOf(n int) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(i*7 + 3)
+	}
+	return b
+}

@@ -21,6 +21,7 @@ import (
 	"github.com/audiofan/audiofan/broker/natstest"
 	"github.com/audiofan/audiofan/broker/receiver"
 	"github.com/audiofan/audiofan/codec"
+	"github.com/audiofan/audiofan/codec/acs"
 )
 
 // goodCall streams frames on a call of its own while an attack runs, and
@@ -163,7 +164,7 @@ func TestMessageFlood(t *testing.T) {
 	const floodFrames = 5000
 	f := dialACS(t, h.wsURL("?callId=flood"), nil)
 	f.audioMetadata("s", 16000)
-	msg := codec.AppendACSAudioData(nil, time.Now(), "p", frameOf(1, 0, 640), false)
+	msg := acs.AppendAudioData(nil, time.Now(), "p", frameOf(1, 0, 640), false)
 	for i := 0; i < floodFrames; i++ {
 		f.sendRaw(string(msg))
 	}

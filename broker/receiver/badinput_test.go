@@ -57,21 +57,21 @@ func TestBadInput(t *testing.T) {
 	// Each of these closes its own socket with the code the protocol calls for.
 	for _, tc := range []struct {
 		name string
-		send func(a *acs)
+		send func(a *fakeACS)
 		code int
 	}{
-		{"sample rate", func(a *acs) { a.audioMetadata("s", 8000) }, websocket.CloseUnsupportedData},
-		{"encoding", func(a *acs) {
+		{"sample rate", func(a *fakeACS) { a.audioMetadata("s", 8000) }, websocket.CloseUnsupportedData},
+		{"encoding", func(a *fakeACS) {
 			a.sendRaw(`{"kind":"AudioMetadata","audioMetadata":{"subscriptionId":"s","encoding":"OPUS","sampleRate":16000,"channels":1}}`)
 		}, websocket.CloseUnsupportedData},
-		{"too large", func(a *acs) { a.audioMetadata("s", 16000); a.trySend(strings.Repeat("x", 70<<10)) }, websocket.CloseMessageTooBig},
-		{"flood", func(a *acs) {
+		{"too large", func(a *fakeACS) { a.audioMetadata("s", 16000); a.trySend(strings.Repeat("x", 70<<10)) }, websocket.CloseMessageTooBig},
+		{"flood", func(a *fakeACS) {
 			a.audioMetadata("s", 16000)
 			for i := 0; i < 11; i++ {
 				a.trySend("garbage")
 			}
 		}, websocket.ClosePolicyViolation},
-		{"no call id", func(a *acs) {
+		{"no call id", func(a *fakeACS) {
 			a.sendRaw(`{"kind":"AudioMetadata","audioMetadata":{"encoding":"PCM","sampleRate":16000,"channels":1}}`)
 		}, websocket.ClosePolicyViolation},
 	} {

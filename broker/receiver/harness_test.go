@@ -190,13 +190,13 @@ func (h *harness) readAll() []stored {
 	return out
 }
 
-// acs is a test client that speaks to the receiver as ACS does.
-type acs struct {
+// fakeACS is a test client that speaks to the receiver as ACS does.
+type fakeACS struct {
 	t *testing.T
 	c *websocket.Conn
 }
 
-func dialACS(t *testing.T, url string, header http.Header) *acs {
+func dialACS(t *testing.T, url string, header http.Header) *fakeACS {
 	t.Helper()
 	c, resp, err := websocket.DefaultDialer.Dial(url, header)
 	if err != nil {
@@ -206,10 +206,10 @@ func dialACS(t *testing.T, url string, header http.Header) *acs {
 		}
 		t.Fatalf("dial %s: %v (HTTP %d)", url, err, status)
 	}
-	return &acs{t: t, c: c}
+	return &fakeACS{t: t, c: c}
 }
 
-func (a *acs) sendRaw(msg string) {
+func (a *fakeACS) sendRaw(msg string) {
 	a.t.Helper()
 	if err := a.c.WriteMessage(websocket.TextMessage, []byte(msg)); err != nil {
 		a.t.Fatalf("send: %v", err)
@@ -218,11 +218,11 @@ func (a *acs) sendRaw(msg string) {
 
 // trySend writes a message the receiver may answer by closing the socket
 // before it has all been written: the close is what the test checks.
-func (a *acs) trySend(msg string) {
+func (a *fakeACS) trySend(msg string) {
 	_ = a.c.WriteMessage(websocket.TextMessage, []byte(msg))
 }
 
-func (a *acs) send(v any) {
+func (a *fakeACS) send(v any) {
 	a.t.Helper()
 	b, err := json.Marshal(v)
 	if err != nil {
@@ -231,12 +231,12 @@ func (a *acs) send(v any) {
 	a.sendRaw(string(b))
 }
 
-func (a *acs) audioMetadata(subscriptionID string, rate int) {
+func (a *fakeACS) audioMetadata(subscriptionID string, rate int) {
 	a.send(map[string]any{"kind": "AudioMetadata", "audioMetadata": map[string]any{
 		"subscriptionId": subscriptionID, "encoding": "PCM", "sampleRate": rate, "channels": 1, "length": rate / 50 * 2}})
 }
 
-func (a *acs) audio(ts time.Time, participant string, pcm []byte, silent bool) {
+func (a *fakeACS) audio(ts time.Time, participant string, pcm []byte, silent bool) {
 	body := map[string]any{"timestamp": ts.UTC().Format("2006-01-02T15:04:05.000Z"), "data": base64.StdEncoding.EncodeToString(pcm), "silent": silent}
 	if participant != "" {
 		body["participantRawID"] = participant
@@ -245,13 +245,13 @@ func (a *acs) audio(ts time.Time, participant string, pcm []byte, silent bool) {
 }
 
 // close says goodbye as ACS does and waits for the receiver to close too.
-func (a *acs) close() {
+func (a *fakeACS) close() {
 	_ = a.c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(time.Second))
 	a.waitClosed()
 }
 
 // waitClosed reads until the receiver closes the socket and returns its close code.
-func (a *acs) waitClosed() int {
+func (a *fakeACS) waitClosed() int {
 	_ = a.c.SetReadDeadline(time.Now().Add(30 * time.Second))
 	for {
 		if _, _, err := a.c.ReadMessage(); err != nil {

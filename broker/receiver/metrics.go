@@ -4,7 +4,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/audiofan/audiofan/broker"
-	"github.com/audiofan/audiofan/codec"
+	"github.com/audiofan/audiofan/codec/acs"
 )
 
 // Reasons label why an inbound message was refused. The set is fixed so the
@@ -50,11 +50,11 @@ type metrics struct {
 	// Resolved once: WithLabelValues hashes its labels on every call, and
 	// these two count every frame.
 	storedBy   map[string]prometheus.Counter
-	messagesBy map[codec.Kind]prometheus.Counter
+	messagesBy map[acs.Kind]prometheus.Counter
 }
 
 // message counts one inbound message of kind k.
-func (m *metrics) message(k codec.Kind) {
+func (m *metrics) message(k acs.Kind) {
 	if c, ok := m.messagesBy[k]; ok {
 		c.Inc()
 		return
@@ -105,9 +105,9 @@ func newMetrics(reg prometheus.Registerer, open func() float64) *metrics {
 	for _, k := range []string{broker.KindAudio, broker.KindTranscript, broker.KindDtmf, broker.KindLifecycle} {
 		m.storedBy[k] = m.stored.WithLabelValues(k)
 	}
-	m.messagesBy = map[codec.Kind]prometheus.Counter{}
-	for _, k := range []codec.Kind{codec.KindUnknown, codec.KindAudioMetadata, codec.KindAudioData, codec.KindDtmfData,
-		codec.KindTranscriptionMetadata, codec.KindTranscriptionData} {
+	m.messagesBy = map[acs.Kind]prometheus.Counter{}
+	for _, k := range []acs.Kind{acs.KindUnknown, acs.KindAudioMetadata, acs.KindAudioData, acs.KindDtmfData,
+		acs.KindTranscriptionMetadata, acs.KindTranscriptionData} {
 		m.messagesBy[k] = m.messages.WithLabelValues(k.String())
 	}
 	return m

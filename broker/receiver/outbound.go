@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/audiofan/audiofan/codec"
+	"github.com/audiofan/audiofan/codec/acs"
 )
 
 // Outbound relaying: anyone may speak into a call by publishing Outbound on
@@ -153,7 +154,7 @@ func (s *socket) stopAudio() {
 		return
 	}
 	s.r.m.outbound.WithLabelValues(outStopped).Inc()
-	s.writeText([]byte(codec.OutboundStopAudio))
+	s.writeText([]byte(acs.StopAudioMessage))
 }
 
 // pace sends queued chunks, keeping ACS at most outboundLead ahead of real
@@ -182,7 +183,7 @@ func (s *socket) pace() {
 		if ahead := until.Sub(now); ahead > outboundLead {
 			time.Sleep(ahead - outboundLead)
 		}
-		buf = codec.AppendOutboundAudio(buf[:0], pcm)
+		buf = acs.AppendOutboundAudio(buf[:0], pcm)
 		// Checked and written under the write lock: a stop that comes
 		// after the check writes StopAudio after this chunk, never before
 		// it (ACS would go on playing the chunk).

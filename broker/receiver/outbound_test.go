@@ -8,11 +8,12 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/audiofan/audiofan/codec"
+	"github.com/audiofan/audiofan/codec/acs"
 )
 
 // outboundCall opens a media socket for call and waits until its start is
 // stored (the receiver then holds the call).
-func (h *harness) outboundCall(t *testing.T, call string) *acs {
+func (h *harness) outboundCall(t *testing.T, call string) *fakeACS {
 	c := dialACS(t, h.wsURL("?callId="+call), nil)
 	c.audioMetadata("s", 16000)
 	waitFor(t, "started", func() bool { return len(h.readAll()) > 0 })
@@ -31,13 +32,13 @@ func (h *harness) speak(t *testing.T, call string, out codec.Outbound) {
 }
 
 // next reads the next outbound message ACS would get, or false on timeout.
-func (a *acs) next(timeout time.Duration) (codec.OutboundACS, bool) {
+func (a *fakeACS) next(timeout time.Duration) (acs.Outbound, bool) {
 	_ = a.c.SetReadDeadline(time.Now().Add(timeout))
 	_, msg, err := a.c.ReadMessage()
 	if err != nil {
-		return codec.OutboundACS{}, false
+		return acs.Outbound{}, false
 	}
-	out, err := codec.ParseOutboundACS(msg)
+	out, err := acs.ParseOutbound(msg)
 	if err != nil {
 		a.t.Fatalf("receiver sent %q: %v", msg, err)
 	}
@@ -54,7 +55,7 @@ func TestOutboundRelayedPaced(t *testing.T) {
 	chunks := 0
 	for len(got) < len(pcm) {
 		out, ok := c.next(5 * time.Second)
-		if !ok || out.Kind != codec.OutboundKindAudio {
+		if !ok || out.Kind != acs.OutboundAudioData {
 			t.Fatalf("after %d bytes: %+v %v", len(got), out, ok)
 		}
 		if len(out.PCM) != 3200 {
@@ -81,7 +82,7 @@ func TestOutboundStop(t *testing.T) {
 	h := newHarness(t, nil)
 	c := h.outboundCall(t, "barge")
 	h.speak(t, "barge", codec.Outbound{V: 1, Kind: codec.OutboundKindAudio, Data: frameOf(1, 0, 3*32000)})
-	if out, ok := c.next(5 * time.Second); !ok || out.Kind != codec.OutboundKindAudio {
+	if out, ok := c.next(5 * time.Second); !ok || out.Kind != acs.OutboundAudioData {
 		t.Fatalf("first chunk: %+v %v", out, ok)
 	}
 	h.speak(t, "barge", codec.Outbound{V: 1, Kind: codec.OutboundKindStop})
@@ -90,7 +91,7 @@ func TestOutboundStop(t *testing.T) {
 		if !ok {
 			t.Fatal("no StopAudio")
 		}
-		if out.Kind == codec.OutboundKindStop {
+		if out.Kind == acs.OutboundStopAudio {
 			break
 		}
 	}
@@ -131,7 +132,7 @@ func TestOutboundQueueBound(t *testing.T) {
 		return h.counter("audiofan_receiver_outbound_total", "result", "relayed") == 1 &&
 			h.counter("audiofan_receiver_outbound_total", "result", "queue_full") == 1
 	})
-	if out, ok := c.next(5 * time.Second); !ok || out.Kind != codec.OutboundKindAudio {
+	if out, ok := c.next(5 * time.Second); !ok || out.Kind != acs.OutboundAudioData {
 		t.Errorf("the queued audio does not play: %+v %v", out, ok)
 	}
 	_ = c.c.Close()

@@ -18,6 +18,7 @@ import (
 
 	"github.com/audiofan/audiofan/broker"
 	"github.com/audiofan/audiofan/codec"
+	"github.com/audiofan/audiofan/codec/acs"
 )
 
 // maxIDLen bounds call and participant ids: long enough for every shape ACS
@@ -50,7 +51,7 @@ type socket struct {
 	sampleRate int
 	channels   int
 
-	parser codec.Parser
+	parser acs.Parser
 	parts  map[string]*participant
 	pipe   pipeline
 
@@ -93,7 +94,7 @@ func (s *socket) logger() *slog.Logger {
 }
 
 // inbounds lends parse results to sockets for one message at a time.
-var inbounds = sync.Pool{New: func() any { return new(codec.Inbound) }}
+var inbounds = sync.Pool{New: func() any { return new(acs.Inbound) }}
 
 // newConnID returns 16 random bytes in hex: unique across restarts, so a
 // Nats-Msg-Id is never reused by accident.
@@ -263,11 +264,11 @@ func parseReason(err error) string {
 	switch {
 	case errors.Is(err, codec.ErrMalformed):
 		return reasonJSON
-	case errors.Is(err, codec.ErrBase64):
+	case errors.Is(err, acs.ErrBase64):
 		return reasonBase64
-	case errors.Is(err, codec.ErrPCMLength):
+	case errors.Is(err, acs.ErrPCMLength):
 		return reasonPCMLength
-	case errors.Is(err, codec.ErrTimestamp):
+	case errors.Is(err, acs.ErrTimestamp):
 		return reasonTimestamp
 	}
 	return reasonFieldType
@@ -275,22 +276,22 @@ func parseReason(err error) string {
 
 func (s *socket) handle(ctx context.Context, msg []byte, now time.Time) error {
 	r := s.r
-	in := inbounds.Get().(*codec.Inbound)
+	in := inbounds.Get().(*acs.Inbound)
 	defer inbounds.Put(in)
 	if err := s.parser.Parse(msg, in); err != nil {
 		return s.invalid(parseReason(err), err)
 	}
 	r.m.message(in.Kind)
 	switch in.Kind {
-	case codec.KindAudioData:
+	case acs.KindAudioData:
 		return s.audio(ctx, &in.AudioData, now)
-	case codec.KindAudioMetadata:
+	case acs.KindAudioMetadata:
 		return s.audioMetadata(ctx, &in.AudioMetadata, now)
-	case codec.KindTranscriptionMetadata:
+	case acs.KindTranscriptionMetadata:
 		return s.transcriptionMetadata(ctx, &in.TranscriptionMetadata, now)
-	case codec.KindTranscriptionData:
+	case acs.KindTranscriptionData:
 		return s.transcript(ctx, &in.TranscriptionData, now)
-	case codec.KindDtmfData:
+	case acs.KindDtmfData:
 		return s.dtmf(ctx, &in.Dtmf, now)
 	}
 	s.logger().Debug("ignoring unknown ACS message kind", "kind", in.KindName)
@@ -316,7 +317,7 @@ func (s *socket) setCall(id string) error {
 	return nil
 }
 
-func (s *socket) audioMetadata(ctx context.Context, md *codec.AudioMetadata, now time.Time) error {
+func (s *socket) audioMetadata(ctx context.Context, md *acs.AudioMetadata, now time.Time) error {
 	var reason, text string
 	switch {
 	case !strings.EqualFold(md.Encoding, "PCM"):
@@ -353,7 +354,7 @@ func (s *socket) audioMetadata(ctx context.Context, md *codec.AudioMetadata, now
 	return nil
 }
 
-func (s *socket) transcriptionMetadata(ctx context.Context, md *codec.TranscriptionMetadata, now time.Time) error {
+func (s *socket) transcriptionMetadata(ctx context.Context, md *acs.TranscriptionMetadata, now time.Time) error {
 	if s.started {
 		if s.stream != codec.StreamTranscription {
 			return s.invalid(reasonFieldType, errors.New("transcription metadata on an audio socket"))
@@ -458,7 +459,7 @@ func (s *socket) participant(raw []byte) (*participant, error) {
 	return p, nil
 }
 
-func (s *socket) audio(ctx context.Context, a *codec.AudioData, now time.Time) error {
+func (s *socket) audio(ctx context.Context, a *acs.AudioData, now time.Time) error {
 	if s.stream != codec.StreamAudio {
 		return s.invalid(reasonNoMetadata, errors.New("AudioData before AudioMetadata"))
 	}
@@ -497,7 +498,7 @@ func (s *socket) needCall(kind string) error {
 	return nil
 }
 
-func (s *socket) transcript(ctx context.Context, t *codec.TranscriptionData, now time.Time) error {
+func (s *socket) transcript(ctx context.Context, t *acs.TranscriptionData, now time.Time) error {
 	if err := s.needCall("TranscriptionData"); err != nil {
 		return err
 	}
@@ -505,7 +506,7 @@ func (s *socket) transcript(ctx context.Context, t *codec.TranscriptionData, now
 		return s.invalid(reasonBadID, fmt.Errorf("participant id of %d bytes, %d as a token", len(t.Participant), codec.TokenLen(t.Participant)))
 	}
 	data, err := codec.Marshal(&codec.Transcript{V: codec.Version, Call: s.call, Participant: t.Participant, Text: t.Text, Format: t.Format,
-		Confidence: t.Confidence, Offset: t.Offset, Duration: t.Duration, Words: nonNilWords(t.Words), Final: t.Final, Sentiment: t.Sentiment,
+		Confidence: t.Confidence, Offset: t.Offset, Duration: t.Duration, Words: words(t.Words), Final: t.Final, Sentiment: t.Sentiment,
 		Language: t.Language, ReceivedAt: now})
 	if err != nil {
 		return err
@@ -513,14 +514,17 @@ func (s *socket) transcript(ctx context.Context, t *codec.TranscriptionData, now
 	return s.publish(ctx, s.r.subj.Transcript(s.callTok, codec.EncodeToken(t.Participant)), broker.KindTranscript, data, nil, now, false)
 }
 
-func nonNilWords(w []codec.Word) []codec.Word {
-	if w == nil {
-		return []codec.Word{}
+// words copies ACS's words into the payload's (an empty list, never nil:
+// the payload's words key is always a list).
+func words(ws []acs.Word) []codec.Word {
+	out := make([]codec.Word, len(ws))
+	for i, w := range ws {
+		out[i] = codec.Word{Text: w.Text, Offset: w.Offset, Duration: w.Duration}
 	}
-	return w
+	return out
 }
 
-func (s *socket) dtmf(ctx context.Context, d *codec.DtmfData, now time.Time) error {
+func (s *socket) dtmf(ctx context.Context, d *acs.DtmfData, now time.Time) error {
 	if err := s.needCall("DtmfData"); err != nil {
 		return err
 	}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/audiofan/audiofan/broker"
 	"github.com/audiofan/audiofan/codec"
+	"github.com/audiofan/audiofan/codec/acs"
 )
 
 // okPublisher stores nothing and acknowledges everything at once.
@@ -72,15 +73,15 @@ func serverConn(t testing.TB) *websocket.Conn {
 // arbitrary sequences of messages, separated by 0xFF in the input. Nothing
 // may panic, and what the socket holds must stay consistent and bounded.
 func FuzzSocketMessages(f *testing.F) {
-	meta := string(codec.AppendACSAudioMetadata(nil, "sub", 16000))
+	meta := string(acs.AppendAudioMetadata(nil, "sub", 16000))
 	audioOf := func(part string) string {
-		return string(codec.AppendACSAudioData(nil, time.Unix(1741944413, 0), part, make([]byte, 640), false))
+		return string(acs.AppendAudioData(nil, time.Unix(1741944413, 0), part, make([]byte, 640), false))
 	}
-	audio := string(codec.AppendACSAudioData(nil, time.Unix(1741944413, 0), "4:+1", make([]byte, 640), false))
+	audio := string(acs.AppendAudioData(nil, time.Unix(1741944413, 0), "4:+1", make([]byte, 640), false))
 	for _, seq := range [][]string{
 		{meta, audio, audio},
 		{audio, meta, audio, `{"kind":"DtmfData","dtmfData":{"data":"3"}}`},
-		{`{"kind":"TranscriptionMetadata","transcriptionMetadata":{"callConnectionId":"c"}}`, string(codec.ACSTranscriptionData(codec.TranscriptionData{Text: "hi", Duration: -1}))},
+		{`{"kind":"TranscriptionMetadata","transcriptionMetadata":{"callConnectionId":"c"}}`, string(acs.EncodeTranscriptionData(acs.TranscriptionData{Text: "hi", Duration: -1}))},
 		{meta, `{"kind":"AudioMetadata","audioMetadata":{"encoding":"PCM","sampleRate":24000,"channels":1}}`, audio},
 		{`{"kind":"AudioData"`, "garbage", meta},
 		// A fifth participant past MaxParticipants (4), an id that triples
@@ -88,7 +89,7 @@ func FuzzSocketMessages(f *testing.F) {
 		// empty words encode past the pipeline's max payload.
 		{meta, audioOf("a"), audioOf("b"), audioOf("c"), audioOf("d"), audioOf("e"), audio},
 		{meta, audioOf(strings.Repeat(":", 100)), audio},
-		{meta, string(codec.AppendACSAudioData(nil, time.Unix(1641944413, 0), "4:+1", make([]byte, 640), false)), audio},
+		{meta, string(acs.AppendAudioData(nil, time.Unix(1641944413, 0), "4:+1", make([]byte, 640), false)), audio},
 		{meta, `{"kind":"TranscriptionData","transcriptionData":{"text":"x","words":[` + strings.Repeat(`{},`, 30000) + `{}],"resultStatus":"Final"}}`, audio},
 	} {
 		f.Add([]byte(strings.Join(seq, "\xff")))

@@ -26,7 +26,7 @@ func TestTLSListener(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := &acs{t: t, c: c}
+	a := &fakeACS{t: t, c: c}
 	a.audioMetadata("s", 16000)
 	for i := 0; i < 10; i++ {
 		a.audio(time.Now(), "p", frameOf(0, i, 640), false)

@@ -19,11 +19,12 @@ const module = "github.com/audiofan/audiofan/"
 // nothing of ours). A package missing here fails the test: place it.
 var layers = map[string][]string{
 	"codec":                   {},
+	"codec/acs":               {},
 	"broker":                  {"codec"},
 	"broker/embedded":         {},
 	"broker/warn":             {},
 	"broker/httpserve":        {},
-	"broker/receiver":         {"broker", "broker/httpserve", "broker/warn", "codec"},
+	"broker/receiver":         {"broker", "broker/httpserve", "broker/warn", "codec", "codec/acs"},
 	"broker/natstest":         {"broker", "broker/embedded", "broker/receiver"},
 	"subscribers/speech":      {},
 	"subscribers":             {"broker", "broker/warn", "codec"},

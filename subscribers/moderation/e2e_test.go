@@ -17,6 +17,7 @@ import (
 
 	"github.com/audiofan/audiofan/broker/natstest"
 	"github.com/audiofan/audiofan/codec"
+	"github.com/audiofan/audiofan/codec/acs"
 	"github.com/audiofan/audiofan/subscribers"
 	"github.com/audiofan/audiofan/subscribers/conformance"
 	"github.com/audiofan/audiofan/subscribers/moderation"
@@ -66,11 +67,11 @@ func TestCardNumberAndShoutingEndToEnd(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	send(text, codec.ACSTranscriptionMetadata("sub-t", id, "corr", "en-US"))
-	send(text, codec.ACSTranscriptionData(codec.TranscriptionData{Text: "My card number is 4111 1111 1111 1111.",
+	send(text, acs.EncodeTranscriptionMetadata("sub-t", id, "corr", "en-US"))
+	send(text, acs.EncodeTranscriptionData(acs.TranscriptionData{Text: "My card number is 4111 1111 1111 1111.",
 		Format: "display", Confidence: 0.93, Offset: 5_000_000, Duration: 30_000_000, Participant: caller, Final: true}))
 
-	send(audio, codec.AppendACSAudioMetadata(nil, "sub-a", 16000))
+	send(audio, acs.AppendAudioMetadata(nil, "sub-a", 16000))
 	t0 := time.Now().UTC()
 	var buf []byte
 	for i := range 150 { // 3 s, loud (about -7 dBFS), a breath every second
@@ -80,7 +81,7 @@ func TestCardNumberAndShoutingEndToEnd(t *testing.T) {
 				binary.LittleEndian.PutUint16(pcm[2*s:], uint16(int16(20000*math.Sin(2*math.Pi*220*float64(i*320+s)/16000))))
 			}
 		}
-		buf = codec.AppendACSAudioData(buf[:0], t0.Add(time.Duration(i)*20*time.Millisecond), caller, pcm, false)
+		buf = acs.AppendAudioData(buf[:0], t0.Add(time.Duration(i)*20*time.Millisecond), caller, pcm, false)
 		send(audio, buf)
 	}
 
@@ -92,7 +93,7 @@ func TestCardNumberAndShoutingEndToEnd(t *testing.T) {
 		if err != nil {
 			t.Fatalf("after %d bytes of outbound audio: %v", len(got), err)
 		}
-		o, err := codec.ParseOutboundACS(msg)
+		o, err := acs.ParseOutbound(msg)
 		if err != nil || o.Kind != codec.OutboundKindAudio {
 			t.Fatalf("outbound %q: %v", msg, err)
 		}

@@ -25,6 +25,7 @@ import (
 	"github.com/audiofan/audiofan/broker"
 	"github.com/audiofan/audiofan/broker/natstest"
 	"github.com/audiofan/audiofan/codec"
+	"github.com/audiofan/audiofan/codec/acs"
 	"github.com/audiofan/audiofan/subscribers"
 	"github.com/audiofan/audiofan/subscribers/conformance"
 	"github.com/audiofan/audiofan/subscribers/recording"
@@ -191,7 +192,7 @@ func (c *acsCall) stream(t *testing.T, addr string, pause func(i int)) {
 		return
 	}
 	defer ws.Close()
-	if err := ws.WriteMessage(websocket.TextMessage, codec.AppendACSAudioMetadata(nil, "sub-"+c.id, 16000)); err != nil {
+	if err := ws.WriteMessage(websocket.TextMessage, acs.AppendAudioMetadata(nil, "sub-"+c.id, 16000)); err != nil {
 		t.Error(err)
 		return
 	}
@@ -204,7 +205,7 @@ func (c *acsCall) stream(t *testing.T, addr string, pause func(i int)) {
 			if c.skip(p, i) {
 				continue
 			}
-			buf = codec.AppendACSAudioData(buf[:0], t0.Add(time.Duration(i)*20*time.Millisecond), part, pcmOf(p, i), false)
+			buf = acs.AppendAudioData(buf[:0], t0.Add(time.Duration(i)*20*time.Millisecond), part, pcmOf(p, i), false)
 			if err := ws.WriteMessage(websocket.TextMessage, buf); err != nil {
 				t.Error(err)
 				return

@@ -17,7 +17,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
-	"github.com/audiofan/audiofan/codec"
+	"github.com/audiofan/audiofan/codec/acs"
 	"github.com/audiofan/audiofan/subscribers/speech"
 )
 
@@ -149,8 +149,8 @@ func (c *call) readBack(ws *websocket.Conn, done chan<- struct{}) {
 		if err != nil {
 			return
 		}
-		if out, err := codec.ParseOutboundACS(msg); err == nil {
-			if out.Kind == codec.OutboundKindStop {
+		if out, err := acs.ParseOutbound(msg); err == nil {
+			if out.Kind == acs.OutboundStopAudio {
 				c.outStop.Add(1)
 			} else {
 				c.outAudio.Add(1)
@@ -237,7 +237,7 @@ func (r *runner) media(ctx context.Context, c *call) error {
 		return err
 	}
 	defer sock.close()
-	if err := sock.send(c, codec.AppendACSAudioMetadata(nil, "sub-"+c.id, r.cfg.Rate)); err != nil {
+	if err := sock.send(c, acs.AppendAudioMetadata(nil, "sub-"+c.id, r.cfg.Rate)); err != nil {
 		return err
 	}
 	c.sockets.Add(1)
@@ -262,7 +262,7 @@ func (r *runner) media(ctx context.Context, c *call) error {
 		for _, s := range c.streams {
 			silent := r.render(c, s, pcm, voices, k, at)
 			// The capture timestamp is the send time: the verifier's latency.
-			buf = codec.AppendACSAudioData(buf[:0], time.Now(), s.participant, pcm, silent)
+			buf = acs.AppendAudioData(buf[:0], time.Now(), s.participant, pcm, silent)
 			if err := sock.send(c, buf); err != nil {
 				return err
 			}
@@ -270,7 +270,7 @@ func (r *runner) media(ctx context.Context, c *call) error {
 			r.framesSent.Add(1)
 		}
 		if r.cfg.DTMF && k > 0 && k%250 == 0 {
-			buf = codec.AppendACSDtmf(buf[:0], time.Now(), c.streams[0].participant, string(tones[(k/250)%len(tones)]))
+			buf = acs.AppendDtmf(buf[:0], time.Now(), c.streams[0].participant, string(tones[(k/250)%len(tones)]))
 			if err := sock.send(c, buf); err != nil {
 				return err
 			}
@@ -311,7 +311,7 @@ func (r *runner) transcription(ctx context.Context, c *call) error {
 		return err
 	}
 	defer sock.close()
-	if err := sock.send(c, codec.ACSTranscriptionMetadata("tsub-"+c.id, c.id, c.correlation, "en-US")); err != nil {
+	if err := sock.send(c, acs.EncodeTranscriptionMetadata("tsub-"+c.id, c.id, c.correlation, "en-US")); err != nil {
 		return err
 	}
 	c.sockets.Add(1)
@@ -331,16 +331,16 @@ func (r *runner) transcription(ctx context.Context, c *call) error {
 			for at := sp.start + 500*time.Millisecond; at <= sp.end; at += 500 * time.Millisecond {
 				n++
 				final := at+500*time.Millisecond > sp.end
-				var ws []codec.Word
+				var ws []acs.Word
 				for w := 0; w < n && w < len(words); w++ {
 					off := int64(sp.start/100) + int64(w)*4_000_000
-					ws = append(ws, codec.Word{Text: words[(si+w)%len(words)], Offset: off, Duration: 3_500_000})
+					ws = append(ws, acs.Word{Text: words[(si+w)%len(words)], Offset: off, Duration: 3_500_000})
 				}
 				text := make([]string, len(ws))
 				for i, w := range ws {
 					text[i] = w.Text
 				}
-				events = append(events, event{at, codec.ACSTranscriptionData(codec.TranscriptionData{
+				events = append(events, event{at, acs.EncodeTranscriptionData(acs.TranscriptionData{
 					Text: strings.Join(text, " "), Format: "display", Confidence: 0.9, Offset: int64(sp.start / 100),
 					Duration: int64((at - sp.start) / 100), Words: ws, Participant: part, Final: final})})
 			}

@@ -1,4 +1,4 @@
-package codec
+package acs
 
 import (
 	"bytes"
@@ -207,9 +207,9 @@ func FuzzParseTimestamp(f *testing.F) {
 
 func FuzzParseOutboundACS(f *testing.F) {
 	f.Add([]byte(AppendOutboundAudio(nil, pcmOf(8))))
-	f.Add([]byte(OutboundStopAudio))
+	f.Add([]byte(StopAudioMessage))
 	f.Fuzz(func(t *testing.T, msg []byte) {
-		_, _ = ParseOutboundACS(msg)
+		_, _ = ParseOutbound(msg)
 	})
 }
 
@@ -221,14 +221,14 @@ func TestOutboundACSForms(t *testing.T) {
 		`{"kind":"audioData","audioData":{"data":"` + b64 + `","isSilent":false},"stopAudio":{}}`,
 		`{"Kind":"AudioData","AudioData":{"Data":"` + b64 + `"},"StopAudio":null}`,
 	} {
-		got, err := ParseOutboundACS([]byte(msg))
-		if err != nil || got.Kind != OutboundKindAudio || !bytes.Equal(got.PCM, pcm) {
-			t.Errorf("ParseOutboundACS(%s) = %+v, %v", msg, got, err)
+		got, err := ParseOutbound([]byte(msg))
+		if err != nil || got.Kind != OutboundAudioData || !bytes.Equal(got.PCM, pcm) {
+			t.Errorf("ParseOutbound(%s) = %+v, %v", msg, got, err)
 		}
 	}
-	for _, msg := range []string{OutboundStopAudio, `{"Kind":"StopAudio","AudioData":null,"StopAudio":{}}`} {
-		if got, err := ParseOutboundACS([]byte(msg)); err != nil || got.Kind != OutboundKindStop {
-			t.Errorf("ParseOutboundACS(%s) = %+v, %v", msg, got, err)
+	for _, msg := range []string{StopAudioMessage, `{"Kind":"StopAudio","AudioData":null,"StopAudio":{}}`} {
+		if got, err := ParseOutbound([]byte(msg)); err != nil || got.Kind != OutboundStopAudio {
+			t.Errorf("ParseOutbound(%s) = %+v, %v", msg, got, err)
 		}
 	}
 }

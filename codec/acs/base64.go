@@ -1,4 +1,4 @@
-package codec
+package acs
 
 import "encoding/base64"
 

@@ -1,4 +1,4 @@
-package codec
+package acs
 
 import (
 	"bytes"
@@ -110,9 +110,9 @@ type TranscriptionData struct {
 // Word is one recognised word of a transcript, with times in 100 ns ticks
 // (Duration -1 when unknown).
 type Word struct {
-	Text     string `msgpack:"text" json:"text"`
-	Offset   int64  `msgpack:"offset" json:"offset"`
-	Duration int64  `msgpack:"duration" json:"duration"`
+	Text     string
+	Offset   int64
+	Duration int64
 }
 
 // Inbound is the result of parsing one ACS message; Kind says which field is set.

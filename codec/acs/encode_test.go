@@ -1,4 +1,4 @@
-package codec
+package acs
 
 import (
 	"bytes"
@@ -18,29 +18,29 @@ func TestACSEncodersParse(t *testing.T) {
 		}
 	}
 
-	parse(AppendACSAudioMetadata(nil, "sub-1", 24000))
+	parse(AppendAudioMetadata(nil, "sub-1", 24000))
 	if in.Kind != KindAudioMetadata || in.AudioMetadata != (AudioMetadata{"sub-1", "PCM", 24000, 1, 960}) {
 		t.Errorf("metadata %+v", in.AudioMetadata)
 	}
 	for _, part := range []string{"", "4:+14255550123", "odd \"id\"\n\x01é"} {
 		pcm := pcmOf(640)
-		parse(AppendACSAudioData(nil, ts, part, pcm, true))
+		parse(AppendAudioData(nil, ts, part, pcm, true))
 		a := in.AudioData
 		if in.Kind != KindAudioData || !a.Timestamp.Equal(ts) || string(a.Participant) != part || !bytes.Equal(a.PCM, pcm) || !a.Silent {
 			t.Errorf("audio for %q: %+v", part, a)
 		}
 	}
-	parse(AppendACSDtmf(nil, ts, "4:+1", "#"))
+	parse(AppendDtmf(nil, ts, "4:+1", "#"))
 	if in.Kind != KindDtmfData || in.Dtmf.Tone != "#" || in.Dtmf.Participant != "4:+1" || !in.Dtmf.Timestamp.Equal(ts) {
 		t.Errorf("dtmf %+v", in.Dtmf)
 	}
-	parse(ACSTranscriptionMetadata("s", "call", "corr", "en-US"))
+	parse(EncodeTranscriptionMetadata("s", "call", "corr", "en-US"))
 	if in.TranscriptionMetadata.CallConnectionID != "call" || in.TranscriptionMetadata.CorrelationID != "corr" {
 		t.Errorf("transcription metadata %+v", in.TranscriptionMetadata)
 	}
 	td := TranscriptionData{Text: "hi there", Format: "display", Confidence: 0.5, Offset: 1234567890123456789, Duration: -1,
 		Words: []Word{{"hi", 1234567890123456789, 100}, {"there", 1234567890123456889, -1}}, Participant: "8:acs:x", Final: true}
-	parse(ACSTranscriptionData(td))
+	parse(EncodeTranscriptionData(td))
 	if !reflect.DeepEqual(in.TranscriptionData, td) {
 		t.Errorf("transcription\n got %+v\nwant %+v", in.TranscriptionData, td)
 	}

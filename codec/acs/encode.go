@@ -1,4 +1,4 @@
-package codec
+package acs
 
 import (
 	"encoding/base64"
@@ -15,8 +15,8 @@ import (
 // fractional digits, and the finer time lets a simulator measure latency).
 const ACSTimestampLayout = "2006-01-02T15:04:05.000000Z"
 
-// AppendACSAudioMetadata appends an AudioMetadata message for 16-bit mono PCM.
-func AppendACSAudioMetadata(dst []byte, subscriptionID string, sampleRate int) []byte {
+// AppendAudioMetadata appends an AudioMetadata message for 16-bit mono PCM.
+func AppendAudioMetadata(dst []byte, subscriptionID string, sampleRate int) []byte {
 	dst = append(dst, `{"kind":"AudioMetadata","audioMetadata":{"subscriptionId":`...)
 	dst = appendJSONString(dst, subscriptionID)
 	dst = append(dst, `,"encoding":"PCM","sampleRate":`...)
@@ -26,9 +26,9 @@ func AppendACSAudioMetadata(dst []byte, subscriptionID string, sampleRate int) [
 	return append(dst, `}}`...)
 }
 
-// AppendACSAudioData appends an AudioData message. An empty participant
+// AppendAudioData appends an AudioData message. An empty participant
 // leaves participantRawID out, as ACS does for mixed audio.
-func AppendACSAudioData(dst []byte, ts time.Time, participant string, pcm []byte, silent bool) []byte {
+func AppendAudioData(dst []byte, ts time.Time, participant string, pcm []byte, silent bool) []byte {
 	dst = append(dst, `{"kind":"AudioData","audioData":{"timestamp":"`...)
 	dst = ts.UTC().AppendFormat(dst, ACSTimestampLayout)
 	dst = append(dst, '"')
@@ -43,8 +43,8 @@ func AppendACSAudioData(dst []byte, ts time.Time, participant string, pcm []byte
 	return append(dst, `}}`...)
 }
 
-// AppendACSDtmf appends a DtmfData message.
-func AppendACSDtmf(dst []byte, ts time.Time, participant, tone string) []byte {
+// AppendDtmf appends a DtmfData message.
+func AppendDtmf(dst []byte, ts time.Time, participant, tone string) []byte {
 	dst = append(dst, `{"kind":"DtmfData","dtmfData":{"data":`...)
 	dst = appendJSONString(dst, tone)
 	dst = append(dst, `,"timestamp":"`...)
@@ -57,16 +57,16 @@ func AppendACSDtmf(dst []byte, ts time.Time, participant, tone string) []byte {
 	return append(dst, `}}`...)
 }
 
-// ACSTranscriptionMetadata returns the first message of a transcription socket.
-func ACSTranscriptionMetadata(subscriptionID, callConnectionID, correlationID, locale string) []byte {
+// EncodeTranscriptionMetadata returns the first message of a transcription socket.
+func EncodeTranscriptionMetadata(subscriptionID, callConnectionID, correlationID, locale string) []byte {
 	b, _ := json.Marshal(map[string]any{"kind": "TranscriptionMetadata", "transcriptionMetadata": map[string]any{
 		"subscriptionId": subscriptionID, "locale": locale, "callConnectionId": callConnectionID, "correlationId": correlationID}})
 	return b
 }
 
-// ACSTranscriptionData returns a TranscriptionData message; a negative
+// EncodeTranscriptionData returns a TranscriptionData message; a negative
 // duration (call or word) is left out, as early services did.
-func ACSTranscriptionData(t TranscriptionData) []byte {
+func EncodeTranscriptionData(t TranscriptionData) []byte {
 	words := make([]map[string]any, len(t.Words))
 	for i, w := range t.Words {
 		words[i] = map[string]any{"text": w.Text, "offset": w.Offset}

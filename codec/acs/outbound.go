@@ -1,4 +1,4 @@
-package codec
+package acs
 
 import (
 	"encoding/base64"
@@ -20,21 +20,27 @@ func AppendOutboundAudio(dst, pcm []byte) []byte {
 	return append(dst, `"}}`...)
 }
 
-// OutboundStopAudio is the JSON message that drops audio ACS has queued for
-// playing (barge-in).
-const OutboundStopAudio = `{"kind":"StopAudio","stopAudio":{}}`
+// The kinds of outbound message, as ACS names them.
+const (
+	OutboundAudioData = "AudioData" // play audio into the call
+	OutboundStopAudio = "StopAudio" // drop what is queued for playing
+)
 
-// OutboundACS is an outbound message as ACS would read it.
-type OutboundACS struct {
-	// Kind is OutboundKindAudio or OutboundKindStop.
+// StopAudioMessage is the JSON message that drops audio ACS has queued for
+// playing (barge-in).
+const StopAudioMessage = `{"kind":"StopAudio","stopAudio":{}}`
+
+// Outbound is an outbound message as ACS would read it.
+type Outbound struct {
+	// Kind is OutboundAudioData or OutboundStopAudio.
 	Kind string
 	PCM  []byte
 }
 
-// ParseOutboundACS reads an outbound message in any of the casings the
+// ParseOutbound reads an outbound message in any of the casings the
 // official helpers emit (JS: kind "audioData" with a spurious "stopAudio":{};
 // .NET and Python: "Kind"/"AudioData"/"Data"). It is what a fake ACS needs.
-func ParseOutboundACS(msg []byte) (OutboundACS, error) {
+func ParseOutbound(msg []byte) (Outbound, error) {
 	var env struct {
 		Kind      string `json:"kind"`
 		AudioData *struct {
@@ -42,20 +48,20 @@ func ParseOutboundACS(msg []byte) (OutboundACS, error) {
 		} `json:"audioData"`
 	}
 	if err := json.Unmarshal(msg, &env); err != nil {
-		return OutboundACS{}, fmt.Errorf("%w: outbound: %v", ErrMalformed, err)
+		return Outbound{}, fmt.Errorf("%w: outbound: %v", ErrMalformed, err)
 	}
 	switch {
 	case strings.EqualFold(env.Kind, "AudioData"):
 		if env.AudioData == nil {
-			return OutboundACS{}, fmt.Errorf("%w: outbound audioData missing", ErrFieldType)
+			return Outbound{}, fmt.Errorf("%w: outbound audioData missing", ErrFieldType)
 		}
 		pcm, err := base64.StdEncoding.DecodeString(env.AudioData.Data)
 		if err != nil {
-			return OutboundACS{}, fmt.Errorf("%w: outbound: %v", ErrBase64, err)
+			return Outbound{}, fmt.Errorf("%w: outbound: %v", ErrBase64, err)
 		}
-		return OutboundACS{Kind: OutboundKindAudio, PCM: pcm}, nil
+		return Outbound{Kind: OutboundAudioData, PCM: pcm}, nil
 	case strings.EqualFold(env.Kind, "StopAudio"):
-		return OutboundACS{Kind: OutboundKindStop}, nil
+		return Outbound{Kind: OutboundStopAudio}, nil
 	}
-	return OutboundACS{}, fmt.Errorf("%w: outbound kind %q", ErrFieldType, env.Kind)
+	return Outbound{}, fmt.Errorf("%w: outbound kind %q", ErrFieldType, env.Kind)
 }
