@@ -51,7 +51,7 @@ func (s Subjects) StoredCall(callTok codec.Token) string { return s.Stored(callT
 
 // StoredKind matches the stored messages of one kind of one call.
 // Lifecycle and outbound subjects have no fourth token; the others have one.
-func (s Subjects) StoredKind(callTok codec.Token, kind string) string {
+func (s Subjects) StoredKind(callTok codec.Token, kind Kind) string {
 	return kindFilter(s.Stored(callTok), kind)
 }
 
@@ -62,8 +62,14 @@ func (s Subjects) StoredKind(callTok codec.Token, kind string) string {
 // with 1,500 calls open, in a profile).
 func (s Subjects) PartitionAll(p int) string { return s.Prefix + "." + strconv.Itoa(p) + ".>" }
 
+// AnyCall matches the published subjects of one kind of every call: what
+// a core NATS subscriber (the receivers' relay of outbound audio) listens to.
+func (s Subjects) AnyCall(kind Kind) string {
+	return kindFilter(s.Prefix+".*", kind)
+}
+
 // AllKind matches the stored messages of one kind of every call.
-func (s Subjects) AllKind(kind string) string {
+func (s Subjects) AllKind(kind Kind) string {
 	return kindFilter(s.Prefix+".*.*", kind)
 }
 
@@ -76,16 +82,16 @@ func (s Subjects) LegacyCall(callTok codec.Token) string {
 
 // LegacyKind matches one kind of one call as a stream made before
 // partitioning stored it: the published subject itself.
-func (s Subjects) LegacyKind(callTok codec.Token, kind string) string {
+func (s Subjects) LegacyKind(callTok codec.Token, kind Kind) string {
 	return kindFilter(s.Prefix+"."+string(callTok), kind)
 }
 
-func kindFilter(base, kind string) string {
+func kindFilter(base string, kind Kind) string {
 	switch kind {
 	case KindLifecycle, KindOutbound:
-		return base + "." + kind
+		return base + "." + string(kind)
 	}
-	return base + "." + kind + ".*"
+	return base + "." + string(kind) + ".*"
 }
 
 // ParseStored reads a subject as the stream stores it: partitioned
@@ -112,7 +118,7 @@ func (s Subjects) ParseStored(subject string) (SubjectInfo, error) {
 
 // CallTokenKind returns the call token and the kind of a stored subject,
 // without decoding or allocating.
-func (s Subjects) CallTokenKind(stored string) (tok codec.Token, kind string, ok bool) {
+func (s Subjects) CallTokenKind(stored string) (tok codec.Token, kind Kind, ok bool) {
 	rest, ok := strings.CutPrefix(stored, s.Prefix+".")
 	if !ok {
 		return "", "", false
@@ -126,8 +132,8 @@ func (s Subjects) CallTokenKind(stored string) (tok codec.Token, kind string, ok
 	if !ok || t == "" {
 		return "", "", false
 	}
-	kind, _, _ = strings.Cut(rest, ".")
-	return codec.Token(t), kind, kind != ""
+	k, _, _ := strings.Cut(rest, ".")
+	return codec.Token(t), Kind(k), k != ""
 }
 
 // transform is the stream's subject transform for p partitions.

@@ -8,14 +8,19 @@ import (
 	"github.com/audiofan/audiofan/codec"
 )
 
-// Subject kinds: the third token of every subject.
+// Kind is a subject's kind: the token after the call's, which says what its
+// messages are. (Not an ACS message's kind, acs.Kind, nor an outbound
+// payload's, codec.OutboundKind, nor a moderation rule's.)
+type Kind string
+
+// The subject kinds.
 const (
-	KindLifecycle  = "lifecycle"
-	KindAudio      = "audio"
-	KindTranscript = "transcript"
-	KindDtmf       = "dtmf"
-	KindEvents     = "events"
-	KindOutbound   = "outbound"
+	KindLifecycle  Kind = "lifecycle"
+	KindAudio      Kind = "audio"
+	KindTranscript Kind = "transcript"
+	KindDtmf       Kind = "dtmf"
+	KindEvents     Kind = "events"
+	KindOutbound   Kind = "outbound"
 )
 
 // ErrNotOurSubject is returned by Subjects.Parse for a subject outside the scheme.
@@ -33,32 +38,32 @@ type Subjects struct {
 
 // Audio is the subject of a participant's frames; the tokens are already encoded.
 func (s Subjects) Audio(callTok, partTok codec.Token) string {
-	return s.Prefix + "." + string(callTok) + "." + KindAudio + "." + string(partTok)
+	return s.Prefix + "." + string(callTok) + "." + string(KindAudio) + "." + string(partTok)
 }
 
 // Transcript is the subject of a participant's transcripts.
 func (s Subjects) Transcript(callTok, partTok codec.Token) string {
-	return s.Prefix + "." + string(callTok) + "." + KindTranscript + "." + string(partTok)
+	return s.Prefix + "." + string(callTok) + "." + string(KindTranscript) + "." + string(partTok)
 }
 
 // Dtmf is the subject of a participant's DTMF tones.
 func (s Subjects) Dtmf(callTok, partTok codec.Token) string {
-	return s.Prefix + "." + string(callTok) + "." + KindDtmf + "." + string(partTok)
+	return s.Prefix + "." + string(callTok) + "." + string(KindDtmf) + "." + string(partTok)
 }
 
 // Lifecycle is the subject of a call's started/ended messages.
 func (s Subjects) Lifecycle(callTok codec.Token) string {
-	return s.Prefix + "." + string(callTok) + "." + KindLifecycle
+	return s.Prefix + "." + string(callTok) + "." + string(KindLifecycle)
 }
 
 // Events is the subject a subscriber role reports on.
 func (s Subjects) Events(callTok codec.Token, source string) string {
-	return s.Prefix + "." + string(callTok) + "." + KindEvents + "." + source
+	return s.Prefix + "." + string(callTok) + "." + string(KindEvents) + "." + source
 }
 
 // Outbound is the subject that speaks into a call.
 func (s Subjects) Outbound(callTok codec.Token) string {
-	return s.Prefix + "." + string(callTok) + "." + KindOutbound
+	return s.Prefix + "." + string(callTok) + "." + string(KindOutbound)
 }
 
 // All matches every subject of the scheme: what the stream stores.
@@ -69,7 +74,7 @@ func (s Subjects) All() string { return s.Prefix + ".>" }
 type SubjectInfo struct {
 	Call        string // the raw id
 	CallToken   codec.Token
-	Kind        string
+	Kind        Kind
 	Participant string // the raw id; "" with ParticipantToken MixedToken
 	// ParticipantToken is set for audio, transcript and DTMF subjects.
 	ParticipantToken codec.Token
@@ -100,7 +105,7 @@ func parseRest(subject, rest string) (SubjectInfo, error) {
 	if err != nil {
 		return SubjectInfo{}, fmt.Errorf("subject %q: call: %w", subject, err)
 	}
-	info := SubjectInfo{Call: call, CallToken: codec.Token(toks[0]), Kind: toks[1]}
+	info := SubjectInfo{Call: call, CallToken: codec.Token(toks[0]), Kind: Kind(toks[1])}
 	switch info.Kind {
 	case KindLifecycle, KindOutbound:
 		if len(toks) != 2 {

@@ -25,8 +25,6 @@ const (
 	LifecycleEnded      = "ended"
 	StreamAudio         = "audio"
 	StreamTranscription = "transcription"
-	OutboundKindAudio   = "audio"
-	OutboundKindStop    = "stop"
 )
 
 // Frame is one AudioData frame on calls.<call>.audio.<participant>.
@@ -120,10 +118,20 @@ type Event struct {
 // Outbound asks the receiver holding a call's socket to play audio into the
 // call or to stop what is playing (calls.<call>.outbound).
 type Outbound struct {
-	V    int    `msgpack:"v" json:"v"`
-	Kind string `msgpack:"kind" json:"kind"`
-	Data []byte `msgpack:"data" json:"data"`
+	V    int          `msgpack:"v" json:"v"`
+	Kind OutboundKind `msgpack:"kind" json:"kind"`
+	Data []byte       `msgpack:"data" json:"data"`
 }
+
+// OutboundKind says what an Outbound message asks of the call: play its
+// audio (OutboundKindAudio) or drop what is queued (OutboundKindStop).
+type OutboundKind string
+
+// The outbound kinds.
+const (
+	OutboundKindAudio OutboundKind = "audio"
+	OutboundKindStop  OutboundKind = "stop"
+)
 
 // Marshal encodes a payload as MessagePack. Frames take the hand-written
 // AppendFrame path; every other payload goes through msgpack/v5.

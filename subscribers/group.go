@@ -383,7 +383,7 @@ func legacyCallDescription(role string) string { return "audiofan " + role + " o
 // across the upgrade are read whole; then the old consumers are removed.
 func (g *Group) detectUpgrade(ctx context.Context) {
 	c, err := g.stream.Consumer(ctx, g.role.Name)
-	if err != nil || c.CachedInfo().Config.FilterSubject != g.ref.Prefix+".*."+broker.KindLifecycle {
+	if err != nil || c.CachedInfo().Config.FilterSubject != g.ref.Subjects().AnyCall(broker.KindLifecycle) {
 		return
 	}
 	until := time.Now().Add(g.cfg.IdleTimeout + g.cfg.Lease)
@@ -397,7 +397,7 @@ func (g *Group) inLegacyWindow() bool {
 }
 
 // reads says whether the role reads messages of kind (lifecycle: always).
-func (g *Group) reads(kind string) bool {
+func (g *Group) reads(kind broker.Kind) bool {
 	return kind == broker.KindLifecycle || slices.Contains(g.role.Kinds, kind)
 }
 

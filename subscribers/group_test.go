@@ -32,7 +32,7 @@ type digest struct {
 func (d *digest) Handle(ctx context.Context, m subscribers.Delivery, out *subscribers.Output) error {
 	h := sha256.New()
 	h.Write(d.sum)
-	h.Write([]byte(m.Info.Call + "\x00" + m.Info.Kind + "\x00" + m.Info.Participant)) // not the subject: its stored form changed with partitions
+	h.Write([]byte(m.Info.Call + "\x00" + string(m.Info.Kind) + "\x00" + m.Info.Participant)) // not the subject: its stored form changed with partitions
 	if f, ok := m.Payload.(*codec.Frame); ok {
 		h.Write(f.Data)
 	}
@@ -50,7 +50,7 @@ func (d *digest) End(ctx context.Context, reason string, out *subscribers.Output
 func (d *digest) Close() error { return nil }
 
 func digestRole() subscribers.Role {
-	return subscribers.Role{Name: "digest", Kinds: []string{broker.KindAudio, broker.KindTranscript},
+	return subscribers.Role{Name: "digest", Kinds: []broker.Kind{broker.KindAudio, broker.KindTranscript},
 		NewCall: func(context.Context, subscribers.CallInfo) (subscribers.CallHandler, error) { return &digest{}, nil }}
 }
 

@@ -22,7 +22,7 @@ type Role struct {
 	Name string
 	// Kinds are the message kinds the role reads (broker.KindAudio, ...).
 	// Lifecycle messages are always read: they say when a call is over.
-	Kinds []string
+	Kinds []broker.Kind
 	// NewCall starts the state of one call on this replica. It is called
 	// when the replica is given the call: at its start, or on a takeover,
 	// when the messages already handled elsewhere are replayed first.

@@ -26,7 +26,7 @@ type probe struct {
 }
 
 func (p *probe) role(name string) subscribers.Role {
-	return subscribers.Role{Name: name, Kinds: []string{broker.KindAudio},
+	return subscribers.Role{Name: name, Kinds: []broker.Kind{broker.KindAudio},
 		NewCall: func(_ context.Context, c subscribers.CallInfo) (subscribers.CallHandler, error) {
 			p.mu.Lock()
 			if _, ok := p.first[c.ID]; !ok {

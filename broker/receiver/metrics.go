@@ -49,7 +49,7 @@ type metrics struct {
 
 	// Resolved once: WithLabelValues hashes its labels on every call, and
 	// these two count every frame.
-	storedBy   map[string]prometheus.Counter
+	storedBy   map[broker.Kind]prometheus.Counter
 	messagesBy map[acs.Kind]prometheus.Counter
 }
 
@@ -101,9 +101,9 @@ func newMetrics(reg prometheus.Registerer, open func() float64) *metrics {
 	for _, r := range []string{dropBackpressure, dropPublishFailed, dropRejected, dropTooLarge} {
 		m.dropped.WithLabelValues(r)
 	}
-	m.storedBy = map[string]prometheus.Counter{}
-	for _, k := range []string{broker.KindAudio, broker.KindTranscript, broker.KindDtmf, broker.KindLifecycle} {
-		m.storedBy[k] = m.stored.WithLabelValues(k)
+	m.storedBy = map[broker.Kind]prometheus.Counter{}
+	for _, k := range []broker.Kind{broker.KindAudio, broker.KindTranscript, broker.KindDtmf, broker.KindLifecycle} {
+		m.storedBy[k] = m.stored.WithLabelValues(string(k))
 	}
 	m.messagesBy = map[acs.Kind]prometheus.Counter{}
 	for _, k := range []acs.Kind{acs.KindUnknown, acs.KindAudioMetadata, acs.KindAudioData, acs.KindDtmfData,

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/audiofan/audiofan/broker"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -67,7 +68,7 @@ func wireSize(msg *nats.Msg) int64 {
 type pending struct {
 	fut      jetstream.PubAckFuture
 	msg      *nats.Msg
-	kind     string
+	kind     broker.Kind
 	part     *participant // audio only: whose frame count to bump
 	received time.Time
 	sent     time.Time // zero: never sent
@@ -122,7 +123,7 @@ type pipeline struct {
 // pipelineEvents hears what the pipeline does not handle itself: it is the
 // socket, which knows how to say it in the log.
 type pipelineEvents interface {
-	notStored(kind string, err error)
+	notStored(kind broker.Kind, err error)
 	shedding(on bool)
 }
 
@@ -170,7 +171,7 @@ func recycle(m *nats.Msg) {
 // on. When the window is full it waits for room: up to cfg.Block for audio
 // frames (then the socket sheds audio, see shedding), up to the retry
 // deadline for anything else.
-func (p *pipeline) publish(ctx context.Context, msg *nats.Msg, kind string, part *participant, received time.Time, droppable bool) error {
+func (p *pipeline) publish(ctx context.Context, msg *nats.Msg, kind broker.Kind, part *participant, received time.Time, droppable bool) error {
 	p.reap(ctx)
 	if err := p.tooLarge(msg); err != nil {
 		return err
@@ -421,7 +422,7 @@ func (p *pipeline) flush(ctx context.Context) {
 // stored, so that nothing is left in flight after it; if JetStream does not
 // answer in time it joins the queue like any message (same Nats-Msg-Id), and
 // the socket goes on reading.
-func (p *pipeline) publishAwait(ctx context.Context, subject, kind string, data []byte, received time.Time) error {
+func (p *pipeline) publishAwait(ctx context.Context, subject string, kind broker.Kind, data []byte, received time.Time) error {
 	p.reap(ctx)
 	msg := p.newMsg(subject)
 	msg.Data = append(msg.Data, data...)

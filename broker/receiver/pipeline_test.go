@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/audiofan/audiofan/broker"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -81,8 +82,8 @@ func (s *flakyStream) setDown(down bool) {
 
 type quietEvents struct{ lost int }
 
-func (e *quietEvents) notStored(string, error) { e.lost++ }
-func (e *quietEvents) shedding(bool)           {}
+func (e *quietEvents) notStored(broker.Kind, error) { e.lost++ }
+func (e *quietEvents) shedding(bool)                {}
 
 // A leader election in the middle of a socket's stream: whatever was refused
 // is sent again, and the stream stores every message once and in the order

@@ -288,7 +288,7 @@ func (r *Receiver) Serve(ctx context.Context, ln net.Listener, metricsHandler ht
 		return fmt.Errorf("auth: %w", err)
 	}
 	r.auth = auth
-	sub, err := r.nc.Subscribe(r.subj.Prefix+".*."+broker.KindOutbound, r.relayOutbound)
+	sub, err := r.nc.Subscribe(r.subj.AnyCall(broker.KindOutbound), r.relayOutbound)
 	if err != nil {
 		_ = ln.Close()
 		return fmt.Errorf("subscribe to outbound audio: %w", err)

@@ -70,7 +70,7 @@ type socket struct {
 var errTooManyParticipants = errors.New("too many participants")
 
 // notStored reports a message given up for good (the pipeline counted it).
-func (s *socket) notStored(kind string, err error) {
+func (s *socket) notStored(kind broker.Kind, err error) {
 	s.r.warn.Warn("message not stored", "kind", kind, "conn", s.id, "call", s.call, "err", err)
 }
 
@@ -262,7 +262,7 @@ func (s *socket) invalid(reason string, err error) error {
 
 func parseReason(err error) string {
 	switch {
-	case errors.Is(err, codec.ErrMalformed):
+	case errors.Is(err, acs.ErrMalformed):
 		return reasonJSON
 	case errors.Is(err, acs.ErrBase64):
 		return reasonBase64
@@ -415,13 +415,13 @@ func (s *socket) publishLifecycle(ctx context.Context, lc codec.Lifecycle, now t
 }
 
 // publish hands a message to the pipeline and accounts for a drop.
-func (s *socket) publish(ctx context.Context, subject, kind string, data []byte, part *participant, now time.Time, droppable bool) error {
+func (s *socket) publish(ctx context.Context, subject string, kind broker.Kind, data []byte, part *participant, now time.Time, droppable bool) error {
 	msg := s.pipe.newMsg(subject)
 	msg.Data = append(msg.Data, data...)
 	return s.publishMsg(ctx, msg, kind, part, now, droppable)
 }
 
-func (s *socket) publishMsg(ctx context.Context, msg *nats.Msg, kind string, part *participant, now time.Time, droppable bool) error {
+func (s *socket) publishMsg(ctx context.Context, msg *nats.Msg, kind broker.Kind, part *participant, now time.Time, droppable bool) error {
 	err := s.pipe.publish(ctx, msg, kind, part, now, droppable)
 	if errors.Is(err, ErrTooLarge) {
 		// Counted by the pipeline. The socket goes on: it is this message

@@ -49,7 +49,7 @@ func (f *framesRole) component() subscribers.Component {
 			f.mu.Lock()
 			f.started = s.(*framesSettings)
 			f.mu.Unlock()
-			return subscribers.Role{Name: "frames", Kinds: []string{broker.KindAudio},
+			return subscribers.Role{Name: "frames", Kinds: []broker.Kind{broker.KindAudio},
 				NewCall: func(_ context.Context, c subscribers.CallInfo) (subscribers.CallHandler, error) {
 					return &framesCall{f: f, call: c.ID}, nil
 				}}, func() {}, nil

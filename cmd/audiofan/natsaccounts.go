@@ -94,7 +94,7 @@ func writeNATSAccounts(w io.Writer, s natsAccountsSettings) error {
 	users = append(users, natsUser{Name: "receiver", Password: "$NATS_RECEIVER_PASSWORD",
 		Allow: []string{prefix + ".>", "$JS.API.INFO", "$JS.API.STREAM.INFO." + stream, "$JS.API.STREAM.CREATE." + stream,
 			"$JS.API.STREAM.UPDATE." + stream},
-		Subscribe: []string{"_INBOX.>", prefix + ".*.outbound"}})
+		Subscribe: []string{"_INBOX.>", s.Stream.Subjects().AnyCall(broker.KindOutbound)}})
 	for i, r := range components {
 		members := subscribers.MembersSubject(stream, r.Role)
 		u := natsUser{Name: r.Command, Password: "$NATS_ROLE_PASSWORD",

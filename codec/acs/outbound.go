@@ -20,10 +20,13 @@ func AppendOutboundAudio(dst, pcm []byte) []byte {
 	return append(dst, `"}}`...)
 }
 
-// The kinds of outbound message, as ACS names them.
+// OutboundKind is the kind of an outbound message, as ACS names it.
+type OutboundKind string
+
+// The outbound kinds.
 const (
-	OutboundAudioData = "AudioData" // play audio into the call
-	OutboundStopAudio = "StopAudio" // drop what is queued for playing
+	OutboundAudioData OutboundKind = "AudioData" // play audio into the call
+	OutboundStopAudio OutboundKind = "StopAudio" // drop what is queued for playing
 )
 
 // StopAudioMessage is the JSON message that drops audio ACS has queued for
@@ -32,8 +35,7 @@ const StopAudioMessage = `{"kind":"StopAudio","stopAudio":{}}`
 
 // Outbound is an outbound message as ACS would read it.
 type Outbound struct {
-	// Kind is OutboundAudioData or OutboundStopAudio.
-	Kind string
+	Kind OutboundKind
 	PCM  []byte
 }
 

@@ -85,7 +85,7 @@ func New(ctx context.Context, cfg Config, js jetstream.JetStream, reg prometheus
 
 // Role is analytics as the subscriber framework runs it.
 func (a *Analytics) Role() subscribers.Role {
-	return subscribers.Role{Name: RoleName, Kinds: []string{broker.KindAudio},
+	return subscribers.Role{Name: RoleName, Kinds: []broker.Kind{broker.KindAudio},
 		NewCall: func(_ context.Context, c subscribers.CallInfo) (subscribers.CallHandler, error) {
 			a.inProgress.Inc()
 			return &callAnalysis{a: a, call: c, an: newAnalysis(a.cfg.DeadAir)}, nil

@@ -567,7 +567,7 @@ func Events(t testing.TB, js jetstream.JetStream, ref broker.StreamRef, callID, 
 	tok := codec.EncodeToken(callID)
 	filter := subj.StoredKind(tok, broker.KindEvents)
 	if source != "" {
-		filter = subj.Stored(tok) + "." + broker.KindEvents + "." + source
+		filter = subj.Stored(tok) + "." + string(broker.KindEvents) + "." + source
 	}
 	oc, err := js.OrderedConsumer(context.Background(), ref.Name, jetstream.OrderedConsumerConfig{FilterSubjects: []string{filter},
 		InactiveThreshold: time.Second}) // tests poll: let the server forget each soon

@@ -94,7 +94,7 @@ func TestCardNumberAndShoutingEndToEnd(t *testing.T) {
 			t.Fatalf("after %d bytes of outbound audio: %v", len(got), err)
 		}
 		o, err := acs.ParseOutbound(msg)
-		if err != nil || o.Kind != codec.OutboundKindAudio {
+		if err != nil || o.Kind != acs.OutboundAudioData {
 			t.Fatalf("outbound %q: %v", msg, err)
 		}
 		got = append(got, o.PCM...)

@@ -81,7 +81,7 @@ func New(cfg Config, subj broker.Subjects, js jetstream.JetStream, reg prometheu
 		}
 	}
 	for k := range kindFields {
-		m.hits.WithLabelValues(k)
+		m.hits.WithLabelValues(string(k))
 	}
 	m.actions.WithLabelValues(ActionPlay)
 	m.actions.WithLabelValues(ActionStop)
@@ -150,7 +150,7 @@ func (m *Moderator) Watch(ctx context.Context) {
 
 // Role is the moderator as the subscriber framework runs it.
 func (m *Moderator) Role() subscribers.Role {
-	return subscribers.Role{Name: RoleName, Kinds: []string{broker.KindAudio, broker.KindTranscript},
+	return subscribers.Role{Name: RoleName, Kinds: []broker.Kind{broker.KindAudio, broker.KindTranscript},
 		NewCall: func(_ context.Context, c subscribers.CallInfo) (subscribers.CallHandler, error) {
 			return &callModerator{m: m, call: c, rate: 16000, parts: map[string]*listener{},
 				last: map[string]int64{}, deadDone: map[string]bool{}}, nil
@@ -183,7 +183,10 @@ type listener struct {
 
 // ruleKey names an audio rule's state: a reloaded rule of the same name but
 // another kind starts afresh.
-type ruleKey struct{ name, kind string }
+type ruleKey struct {
+	name string
+	kind RuleKind
+}
 
 // ruleState is an audio rule's state for one participant.
 type ruleState struct {
@@ -382,7 +385,7 @@ func (c *callModerator) hit(ctx context.Context, out *subscribers.Output, r *Rul
 	if replay {
 		return nil
 	}
-	ev, err := codec.NewEvent(codec.EventHit, &codec.Hit{Rule: r.Name, Kind: r.Kind, Action: r.Action, CallTimeMs: now, Evidence: evidence})
+	ev, err := codec.NewEvent(codec.EventHit, &codec.Hit{Rule: r.Name, Kind: string(r.Kind), Action: r.Action, CallTimeMs: now, Evidence: evidence})
 	if err != nil {
 		return subscribers.Permanent(err)
 	}
@@ -390,7 +393,7 @@ func (c *callModerator) hit(ctx context.Context, out *subscribers.Output, r *Rul
 	if err := out.Emit(ctx, ev); err != nil {
 		return err
 	}
-	c.m.hits.WithLabelValues(r.Kind).Inc()
+	c.m.hits.WithLabelValues(string(r.Kind)).Inc()
 	var o *codec.Outbound
 	switch r.Action {
 	case ActionPlay:
@@ -443,6 +446,6 @@ var Component = subscribers.Component{
 		return m.Role(), wg.Wait, nil
 	},
 	Publishes: func(_ subscribers.Settings, subj broker.Subjects) []string {
-		return []string{subj.Outbound("*")}
+		return []string{subj.AnyCall(broker.KindOutbound)}
 	},
 }

@@ -17,9 +17,13 @@ import (
 //go:embed default.yaml
 var defaultRules []byte
 
+// RuleKind is what a rule watches for, the rules file's kind key, and a
+// hit's kind on the bus. (Not a subject's kind, broker.Kind.)
+type RuleKind string
+
 // Kinds of rules.
 const (
-	KindShouting   = "shouting"
+	KindShouting   RuleKind = "shouting"
 	KindClipping   = "clipping"
 	KindDeadAir    = "dead_air"
 	KindDominating = "dominating"
@@ -41,7 +45,7 @@ var ErrRules = errors.New("rules")
 // Rule is one rule of the file.
 type Rule struct {
 	Name     string
-	Kind     string
+	Kind     RuleKind
 	Action   string
 	Cooldown time.Duration
 	Line     int // in the file, for messages
@@ -75,7 +79,7 @@ type Rules struct {
 }
 
 // fields each kind allows, besides name, kind, action, prompt and cooldown.
-var kindFields = map[string][]string{
+var kindFields = map[RuleKind][]string{
 	KindShouting:   {"level", "for"},
 	KindClipping:   {"ratio", "for"},
 	KindDeadAir:    {"for"},
@@ -181,9 +185,11 @@ func parseRule(n *yaml.Node, fail func(int, string, ...any) error) (*Rule, error
 		*dst = d
 		return nil
 	}
-	if err := errors.Join(str("name", &r.Name), str("kind", &r.Kind), str("action", &r.Action)); err != nil {
+	var kind string
+	if err := errors.Join(str("name", &r.Name), str("kind", &kind), str("action", &r.Action)); err != nil {
 		return nil, err
 	}
+	r.Kind = RuleKind(kind)
 	if r.Name == "" {
 		return nil, fail(n.Line, "a rule needs a name")
 	}
@@ -262,7 +268,7 @@ func parseRule(n *yaml.Node, fail func(int, string, ...any) error) (*Rule, error
 func kindList() string {
 	var ks []string
 	for k := range kindFields {
-		ks = append(ks, k)
+		ks = append(ks, string(k))
 	}
 	slices.Sort(ks)
 	return strings.Join(ks, ", ")

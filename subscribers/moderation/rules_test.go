@@ -17,7 +17,7 @@ func TestDefaultRules(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	kinds := map[string]bool{}
+	kinds := map[RuleKind]bool{}
 	for _, r := range rs.List {
 		kinds[r.Kind] = true
 	}

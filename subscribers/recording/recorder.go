@@ -112,7 +112,7 @@ func (r *Recorder) Close() error { return os.RemoveAll(r.spool) }
 
 // Role is the recorder as the subscriber framework runs it.
 func (r *Recorder) Role() subscribers.Role {
-	return subscribers.Role{Name: RoleName, Kinds: []string{broker.KindAudio, broker.KindOutbound},
+	return subscribers.Role{Name: RoleName, Kinds: []broker.Kind{broker.KindAudio, broker.KindOutbound},
 		NewCall: func(_ context.Context, c subscribers.CallInfo) (subscribers.CallHandler, error) {
 			return &callRecorder{r: r, call: c}, nil
 		}}

@@ -90,7 +90,7 @@ func Run(ctx context.Context, js jetstream.JetStream, sc broker.StreamRef, cfg C
 		case err != nil:
 			line.Error = err.Error()
 		default:
-			line.Kind, line.Payload = m.Info.Kind, m.Payload
+			line.Kind, line.Payload = string(m.Info.Kind), m.Payload
 			if f, ok := m.Payload.(*codec.Frame); ok {
 				fj := frameJSON{Frame: f, DataLen: len(f.Data)}
 				if cfg.Data {
