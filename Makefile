@@ -70,7 +70,7 @@ fmt-check:
 
 ## bench: codec, receiver and subscriber benchmarks, each beside its baseline
 bench:
-	$(GO) test -run=NONE -bench=. -benchmem -benchtime=$(BENCHTIME) -count=3 ./codec ./subscribers/moderation
+	$(GO) test -run=NONE -bench=. -benchmem -benchtime=$(BENCHTIME) -count=3 ./codec/... ./subscribers/moderation
 	$(GO) test -run=NONE -bench=. -benchmem -benchtime=3x -count=3 ./subscribers/recording ./subscribers/analytics
 	$(GO) test -run=NONE -bench=. -benchtime=40x -count=3 ./subscribers/console
 	$(GO) test -run=NONE -bench=. -benchmem -benchtime=1x -count=3 -timeout 30m ./broker/receiver
@@ -80,7 +80,10 @@ bench:
 ## fuzz: each fuzz target for FUZZTIME, a time or a count such as 10000x (CI: 10000x each); crashers land in
 ## testdata/fuzz and are committed as regression cases
 fuzz:
-	for t in FuzzParse FuzzParseTimestamp FuzzDecodeBase64 FuzzToken FuzzParseOutboundACS FuzzUnmarshalFrame; do \
+	for t in FuzzParse FuzzParseTimestamp FuzzDecodeBase64 FuzzParseOutbound; do \
+		$(GO) test -run=NONE -fuzz="^$$t\$$" -fuzztime=$(FUZZTIME) ./codec/acs || exit 1; \
+	done
+	for t in FuzzToken FuzzUnmarshalFrame; do \
 		$(GO) test -run=NONE -fuzz="^$$t\$$" -fuzztime=$(FUZZTIME) ./codec || exit 1; \
 	done
 	$(GO) test -run=NONE -fuzz='^FuzzSocketMessages$$' -fuzztime=$(FUZZTIME) ./broker/receiver

@@ -86,11 +86,7 @@ func writeCheckpoint(ctx context.Context, kv jetstream.KeyValue, p int, ck *chec
 // the call's partition says (within about a second of the call's end): for
 // tests and tools that wait for a role's output.
 func Finished(ctx context.Context, js jetstream.JetStream, ref broker.StreamRef, role string, callTok codec.Token) (bool, error) {
-	s, err := js.Stream(ctx, ref.Name)
-	if err != nil {
-		return false, err
-	}
-	subj, err := broker.SubjectsOf(ref, s.CachedInfo().Config)
+	_, subj, err := broker.OpenStream(ctx, js, ref)
 	if err != nil {
 		return false, err
 	}

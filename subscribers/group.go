@@ -278,18 +278,9 @@ func (g *Group) Run(ctx context.Context) error {
 // setup reads the stream's partitioning and puts the role's consumers and
 // state bucket in place.
 func (g *Group) setup(ctx context.Context) error {
-	s, err := g.js.Stream(ctx, g.ref.Name)
-	if errors.Is(err, jetstream.ErrStreamNotFound) {
-		return fmt.Errorf("stream %s: %w", g.ref.Name, broker.ErrNotReady)
-	}
+	s, subj, err := broker.OpenStream(ctx, g.js, g.ref)
 	if err != nil {
 		return err
-	}
-	subj, err := broker.SubjectsOf(g.ref, s.CachedInfo().Config)
-	if err != nil {
-		// A stream of an older audiofan: its receivers partition it when
-		// they are upgraded.
-		return fmt.Errorf("%w: %w", err, broker.ErrNotReady)
 	}
 	g.stream, g.subj = s, subj
 	// The checkpoints are as safe as the calls: as many replicas. Read

@@ -205,7 +205,7 @@ func FuzzParseTimestamp(f *testing.F) {
 	})
 }
 
-func FuzzParseOutboundACS(f *testing.F) {
+func FuzzParseOutbound(f *testing.F) {
 	f.Add([]byte(AppendOutboundAudio(nil, pcmOf(8))))
 	f.Add([]byte(StopAudioMessage))
 	f.Fuzz(func(t *testing.T, msg []byte) {

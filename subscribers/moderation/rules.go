@@ -24,12 +24,12 @@ type RuleKind string
 // Kinds of rules.
 const (
 	KindShouting   RuleKind = "shouting"
-	KindClipping   = "clipping"
-	KindDeadAir    = "dead_air"
-	KindDominating = "dominating"
-	KindKeywords   = "keywords"
-	KindRegex      = "regex"
-	KindSensitive  = "sensitive"
+	KindClipping            = "clipping"
+	KindDeadAir             = "dead_air"
+	KindDominating          = "dominating"
+	KindKeywords            = "keywords"
+	KindRegex               = "regex"
+	KindSensitive           = "sensitive"
 )
 
 // Actions a rule takes on a hit, besides the event.

@@ -102,7 +102,7 @@ type verifier struct {
 }
 
 func startVerifier(ctx context.Context, js jetstream.JetStream, sc broker.StreamRef, prefix string) (*verifier, error) {
-	subj, err := broker.ReadSubjects(ctx, js, sc)
+	stream, subj, err := broker.OpenStream(ctx, js, sc)
 	if err != nil {
 		return nil, fmt.Errorf("verify: %w", err)
 	}
@@ -110,10 +110,6 @@ func startVerifier(ctx context.Context, js jetstream.JetStream, sc broker.Stream
 		transcripts: map[string]uint64{}, dtmf: map[string]uint64{}}
 	// Start after what the stream holds now, not at "new": the consumer
 	// may be created (on a busy cluster) after the first frames are stored.
-	stream, err := js.Stream(ctx, sc.Name)
-	if err != nil {
-		return nil, fmt.Errorf("verify: stream %s: %w", sc.Name, err)
-	}
 	cons, err := js.OrderedConsumer(ctx, sc.Name, jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{sc.Subjects().All()}, DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
 		OptStartSeq: stream.CachedInfo().State.LastSeq + 1})
