@@ -47,6 +47,10 @@ type StreamConfig struct {
 	// calls in progress to other partitions (see the README's upgrade notes).
 	Partitions   int `env:"AUDIOFAN_PARTITIONS" envDefault:"32" help:"partitions the stream spreads calls over (its subject transform); each subscriber role has one consumer per partition, and at most this many busy replicas"`
 	MaxConsumers int `env:"AUDIOFAN_STREAM_MAX_CONSUMERS" envDefault:"1000" help:"consumers the stream allows: the roles' partitions x roles, plus the console's and tools' short-lived readers"`
+	// Batched asks for allow_batched, for receivers that publish in fast
+	// batches (their AUDIOFAN_PUBLISH_MODE). Provisioning never turns it
+	// off: another receiver may be batching.
+	Batched bool `env:"-"`
 }
 
 // Validate checks the settings before anything connects.
@@ -103,12 +107,13 @@ func (c StreamConfig) jetstream() jetstream.StreamConfig {
 		Retention:        jetstream.LimitsPolicy,
 		// Old calls make way for live ones: refusing new audio when full would
 		// lose the calls people are on right now.
-		Discard:    jetstream.DiscardOld,
-		MaxAge:     c.MaxAge,
-		MaxBytes:   maxBytes,
-		Duplicates: c.Duplicates,
-		Replicas:   c.Replicas,
-		Storage:    storage,
+		Discard:           jetstream.DiscardOld,
+		MaxAge:            c.MaxAge,
+		MaxBytes:          maxBytes,
+		Duplicates:        c.Duplicates,
+		Replicas:          c.Replicas,
+		Storage:           storage,
+		AllowBatchPublish: c.Batched,
 	}
 }
 
@@ -208,7 +213,8 @@ func overlay(cur, want jetstream.StreamConfig) (jetstream.StreamConfig, bool) {
 		cur.Retention == want.Retention && cur.Discard == want.Discard && cur.MaxAge == want.MaxAge &&
 		cur.MaxBytes == want.MaxBytes && cur.Duplicates == want.Duplicates && cur.Replicas == want.Replicas &&
 		cur.Storage == want.Storage && cur.MaxConsumers == want.MaxConsumers &&
-		reflect.DeepEqual(cur.SubjectTransform, want.SubjectTransform)
+		reflect.DeepEqual(cur.SubjectTransform, want.SubjectTransform) && (cur.AllowBatchPublish || !want.AllowBatchPublish)
+	cur.AllowBatchPublish = cur.AllowBatchPublish || want.AllowBatchPublish
 	cur.SubjectTransform, cur.MaxConsumers = want.SubjectTransform, want.MaxConsumers
 	cur.Description, cur.Subjects, cur.Retention, cur.Discard = want.Description, want.Subjects, want.Retention, want.Discard
 	cur.MaxAge, cur.MaxBytes, cur.Duplicates, cur.Replicas, cur.Storage = want.MaxAge, want.MaxBytes, want.Duplicates, want.Replicas, want.Storage

@@ -87,7 +87,13 @@ func StartReceiverStream(t testing.TB, ns *Server, sc broker.StreamConfig, modif
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if _, err := broker.EnsureStream(ctx, r.JS, r.Stream, Logger()); err != nil {
+	sc.Batched = r.Config.Publish.Mode != receiver.ModeAsync
+	r.Stream = sc
+	st, err := broker.EnsureStream(ctx, r.JS, r.Stream, Logger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Config.Publish.Resolve(st.CachedInfo().Config); err != nil {
 		t.Fatal(err)
 	}
 	r.Reg = prometheus.NewRegistry()

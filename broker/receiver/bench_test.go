@@ -88,17 +88,21 @@ const (
 // embedded JetStream (file storage, every ack awaited) two ways in one run:
 // a plain async JetStream publisher of ready-made msgpack frames (the
 // baseline: no WebSocket, no parsing, no encoding), and the receiver fed by
-// concurrent WebSocket clients. Both publish the same subjects with the same
-// Nats-Msg-Id headers. The ratio is the figure to watch.
+// concurrent WebSocket clients, publishing async and in fast batches
+// (AUDIOFAN_PUBLISH_MODE). All publish the same subjects with the same
+// Nats-Msg-Id headers. The ratios are the figures to watch.
 func BenchmarkReceiverVsPlainPublisher(b *testing.B) {
-	var plain, recv float64
+	var plain, recv, batch float64
 	for b.Loop() {
 		plain = benchPlainPublisher(b)
-		recv = benchReceiver(b)
+		recv = benchReceiver(b, receiver.ModeAsync)
+		batch = benchReceiver(b, receiver.ModeBatch)
 	}
 	b.ReportMetric(plain, "plain-frames/s")
 	b.ReportMetric(recv, "receiver-frames/s")
 	b.ReportMetric(recv/plain, "receiver/plain")
+	b.ReportMetric(batch, "receiver-batch-frames/s")
+	b.ReportMetric(batch/plain, "receiver-batch/plain")
 }
 
 func benchPlainPublisher(b *testing.B) float64 {
@@ -155,8 +159,8 @@ func benchPlainPublisher(b *testing.B) float64 {
 	return float64(len(msgs)) / time.Since(start).Seconds()
 }
 
-func benchReceiver(b *testing.B) float64 {
-	h := newHarness(b, nil)
+func benchReceiver(b *testing.B, mode string) float64 {
+	h := newHarness(b, func(c *receiver.Config) { c.Publish.Mode = mode })
 	defer h.stop()
 	streams := make([][]byte, benchClients)
 	for c := range streams {

@@ -46,6 +46,7 @@ type metrics struct {
 	logSuppressed prometheus.Counter
 	authFailures  *prometheus.CounterVec
 	outbound      *prometheus.CounterVec
+	batches       *prometheus.CounterVec
 
 	// Resolved once: WithLabelValues hashes its labels on every call, and
 	// these two count every frame.
@@ -91,15 +92,20 @@ func newMetrics(reg prometheus.Registerer, open func() float64) *metrics {
 	}
 	m.outbound = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "audiofan_receiver_outbound_total",
 		Help: "Outbound messages (calls.<call>.outbound) by result: relayed, stop, not_here (no media socket of the call on this receiver), invalid, queue_full, write_failed."}, []string{"result"})
+	m.batches = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "audiofan_receiver_fast_batches_total",
+		Help: "Fast batches ended (AUDIOFAN_PUBLISH_MODE=batch), by how: committed (all stored), gap (the server missed a message), error, timeout (no acknowledgement in time); all but committed send their unacknowledged messages again."}, []string{"result"})
 	connsOpen := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "audiofan_receiver_connections_open",
 		Help: "ACS WebSocket connections open now (those being upgraded included)."}, open)
-	reg.MustRegister(connsOpen, m.conns, m.closes, m.messages, m.invalid, m.dropped, m.stored, m.retries, m.ackLatency, m.inflight, m.draining, m.noMetadata, m.logSuppressed, m.authFailures, m.outbound)
+	reg.MustRegister(connsOpen, m.conns, m.closes, m.messages, m.invalid, m.dropped, m.stored, m.retries, m.ackLatency, m.inflight, m.draining, m.noMetadata, m.logSuppressed, m.authFailures, m.outbound, m.batches)
 	for _, r := range []string{reasonJSON, reasonFieldType, reasonBase64, reasonPCMLength, reasonTimestamp, reasonNoMetadata, reasonSampleRate,
 		reasonChannels, reasonEncoding, reasonTooLarge, reasonBadID, reasonParticipants, reasonFlood, reasonFrameType} {
 		m.invalid.WithLabelValues(r)
 	}
 	for _, r := range []string{dropBackpressure, dropPublishFailed, dropRejected, dropTooLarge} {
 		m.dropped.WithLabelValues(r)
+	}
+	for _, r := range []string{batchCommitted, batchGap, batchError, batchTimeout} {
+		m.batches.WithLabelValues(r)
 	}
 	m.storedBy = map[broker.Kind]prometheus.Counter{}
 	for _, k := range []broker.Kind{broker.KindAudio, broker.KindTranscript, broker.KindDtmf, broker.KindLifecycle} {

@@ -22,12 +22,42 @@ type PublishConfig struct {
 	AckTimeout time.Duration `env:"AUDIOFAN_PUBLISH_ACK_TIMEOUT" envDefault:"5s" help:"how long to wait for JetStream's acknowledgement before sending again"`
 	RetryFor   time.Duration `env:"AUDIOFAN_PUBLISH_RETRY_FOR" envDefault:"30s" help:"how long a message is sent again (same Nats-Msg-Id) before it is dropped (counted)"`
 	Block      time.Duration `env:"AUDIOFAN_PUBLISH_BLOCK" envDefault:"500ms" help:"how long a socket waits for room in a full window before it sheds audio until half the window is free"`
+	Mode       string        `env:"AUDIOFAN_PUBLISH_MODE" envDefault:"async" help:"async: each message acknowledged on its own; batch: the receiver's messages go in fast batches (ADR-50: nats-server 2.14+, the stream gets allow_batched), acknowledged every so many, for far less publishing CPU; auto: batch when the server supports it, else async"`
 }
+
+// Publish modes.
+const (
+	ModeAsync = "async"
+	ModeBatch = "batch"
+	ModeAuto  = "auto"
+)
 
 // Validate checks the settings.
 func (c PublishConfig) Validate() error {
 	if c.Window < 1 || c.MaxPending < 1 || c.AckTimeout <= 0 || c.RetryFor < 0 || c.Block < 0 {
 		return errors.New("AUDIOFAN_PUBLISH_WINDOW, _MAX_PENDING and _ACK_TIMEOUT must be positive, _RETRY_FOR and _BLOCK not negative")
+	}
+	switch c.Mode {
+	case ModeAsync, ModeBatch, ModeAuto:
+	default:
+		return fmt.Errorf("AUDIOFAN_PUBLISH_MODE %q: want async, batch or auto", c.Mode)
+	}
+	return nil
+}
+
+// Resolve settles Mode against the stream as provisioned (with
+// broker.StreamConfig.Batched set unless Mode is async): batch where the
+// stream allows fast batches; for auto, async where it does not (a server
+// older than 2.14 drops allow_batched); for batch, an error.
+func (c *PublishConfig) Resolve(stream jetstream.StreamConfig) error {
+	switch {
+	case c.Mode == ModeAsync:
+	case stream.AllowBatchPublish:
+		c.Mode = ModeBatch
+	case c.Mode == ModeBatch:
+		return fmt.Errorf("AUDIOFAN_PUBLISH_MODE=batch: stream %s does not allow fast batches (allow_batched: nats-server 2.14 or later, and AUDIOFAN_STREAM_PROVISION=true or an operator to set it)", stream.Name)
+	default:
+		c.Mode = ModeAsync
 	}
 	return nil
 }
@@ -163,7 +193,7 @@ func recycle(m *nats.Msg) {
 	if cap(m.Data) > maxPooledPayload {
 		m.Data = nil
 	}
-	m.Subject = ""
+	m.Subject, m.Reply = "", ""
 	msgPool.Put(m)
 }
 

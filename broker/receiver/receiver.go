@@ -86,11 +86,14 @@ type Receiver struct {
 	stream string
 	nc     *nats.Conn
 	js     jetstream.JetStream
-	log    *slog.Logger
-	warn   *warn.Limiter
-	auth   *authenticator // set by Serve, before the listener is served
-	m      *metrics
-	root   http.Handler // set by Mount, before Serve
+	// pub is what the sockets publish through: js, or a batcher over it
+	// (set by Serve).
+	pub  publisher
+	log  *slog.Logger
+	warn *warn.Limiter
+	auth *authenticator // set by Serve, before the listener is served
+	m    *metrics
+	root http.Handler // set by Mount, before Serve
 
 	upgrader websocket.Upgrader
 	bufs     sync.Pool
@@ -109,7 +112,7 @@ type Receiver struct {
 // caller owns and drains) into the stream of sc. Metrics register on reg.
 func New(cfg Config, sc broker.StreamConfig, nc *nats.Conn, js jetstream.JetStream, reg prometheus.Registerer, log *slog.Logger) *Receiver {
 	r := &Receiver{
-		cfg: cfg, subj: sc.Subjects(), stream: sc.Name, nc: nc, js: js, log: log,
+		cfg: cfg, subj: sc.Subjects(), stream: sc.Name, nc: nc, js: js, pub: js, log: log,
 		sockets: map[*socket]struct{}{},
 		calls:   map[codec.Token]*socket{},
 	}
@@ -226,7 +229,7 @@ func (r *Receiver) serveWS(w http.ResponseWriter, req *http.Request) {
 	conn.SetReadLimit(int64(r.cfg.MaxMessageBytes))
 
 	s := &socket{r: r, conn: conn, id: newConnID(), remote: req.RemoteAddr, correlationID: req.Header.Get("x-ms-call-correlation-id")}
-	s.pipe = pipeline{js: r.js, cfg: r.cfg.Publish, m: r.m, connID: s.id, events: s, maxPayload: r.nc.MaxPayload()}
+	s.pipe = pipeline{js: r.pub, cfg: r.cfg.Publish, m: r.m, connID: s.id, events: s, maxPayload: r.nc.MaxPayload()}
 	if call != "" {
 		s.call, s.callTok, s.callFromURL = call, codec.EncodeToken(call), true
 	}
@@ -294,6 +297,16 @@ func (r *Receiver) Serve(ctx context.Context, ln net.Listener, metricsHandler ht
 		return fmt.Errorf("subscribe to outbound audio: %w", err)
 	}
 	defer func() { _ = sub.Unsubscribe() }()
+	if r.cfg.Publish.Mode == ModeBatch {
+		b, err := newBatcher(r.nc, r.js, r.cfg.Publish, r.log, func(reason string) { r.m.batches.WithLabelValues(reason).Inc() })
+		if err != nil {
+			_ = ln.Close()
+			return err
+		}
+		// After the drain: every socket has flushed by then.
+		defer b.close()
+		r.pub = b
+	}
 	if r.cfg.TLS.enabled() {
 		// TLS ends here: sockets read through tls.Conn rather than lazyConn,
 		// so they hold more memory than behind a TLS-terminating balancer.

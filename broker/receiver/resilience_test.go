@@ -17,9 +17,16 @@ import (
 // again on the same store: nothing acknowledged is lost, nothing is stored
 // twice, and the frames sent during the outage are stored once it is back.
 func TestNATSRestart(t *testing.T) {
+	for _, mode := range []string{receiver.ModeAsync, receiver.ModeBatch} {
+		t.Run(mode, func(t *testing.T) { testNATSRestart(t, mode) })
+	}
+}
+
+func testNATSRestart(t *testing.T, mode string) {
 	h := newHarness(t, func(c *receiver.Config) {
 		c.Publish.AckTimeout = 500 * time.Millisecond
 		c.Publish.RetryFor = 30 * time.Second
+		c.Publish.Mode = mode
 	})
 	const total = 400
 	t0 := time.Now()
@@ -80,6 +87,13 @@ func TestNATSRestart(t *testing.T) {
 	}
 	if h.counter("audiofan_receiver_publish_retries_total") == 0 {
 		t.Error("the outage caused no retries: the test did not test what it should")
+	}
+	if mode == receiver.ModeBatch {
+		failed := h.counter("audiofan_receiver_fast_batches_total", "result", "gap") + h.counter("audiofan_receiver_fast_batches_total", "result", "error") +
+			h.counter("audiofan_receiver_fast_batches_total", "result", "timeout")
+		if failed == 0 || h.counter("audiofan_receiver_fast_batches_total", "result", "committed") == 0 {
+			t.Errorf("batches: %v failed, %v committed: want both", failed, h.counter("audiofan_receiver_fast_batches_total", "result", "committed"))
+		}
 	}
 }
 

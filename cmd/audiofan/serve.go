@@ -190,17 +190,27 @@ func runReceiver(ctx context.Context, s *ReceiverSettings, url string, nopts NAT
 	if err != nil {
 		return err
 	}
+	sc := s.Stream
+	sc.Batched = s.Receiver.Publish.Mode != receiver.ModeAsync
 	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	stream, err := broker.EnsureStream(sctx, js, s.Stream, log)
+	stream, err := broker.EnsureStream(sctx, js, sc, log)
 	cancel()
 	if err != nil {
 		return err
 	}
 	info := stream.CachedInfo()
+	rc := s.Receiver
+	asked := rc.Publish.Mode
+	if err := rc.Publish.Resolve(info.Config); err != nil {
+		return err
+	}
+	if asked != rc.Publish.Mode {
+		log.Info("publishing", "mode", rc.Publish.Mode, "asked", asked)
+	}
 	log.Info("stream ready", "stream", info.Config.Name, "subjects", info.Config.Subjects, "max_age", info.Config.MaxAge,
-		"max_bytes", info.Config.MaxBytes, "replicas", info.Config.Replicas)
+		"max_bytes", info.Config.MaxBytes, "replicas", info.Config.Replicas, "publish", rc.Publish.Mode)
 
-	r := receiver.New(s.Receiver, s.Stream, nc, js, reg, log.With("component", "receiver"))
+	r := receiver.New(rc, s.Stream, nc, js, reg, log.With("component", "receiver"))
 	if root != nil {
 		r.Mount(root)
 	}

@@ -1,0 +1,90 @@
+package receiver
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"io"
+	"log/slog"
+
+	"github.com/audiofan/audiofan/broker"
+	"github.com/audiofan/audiofan/broker/embedded"
+	"github.com/caarlos0/env/v11"
+)
+
+// The batcher alone, flooded by 20 publishers at once with more than its
+// window: every message is stored once and acknowledged, none fails, and
+// the batches end committed.
+func TestBatcherFlood(t *testing.T) {
+	ns, err := embedded.Start(embedded.Config{Listen: "127.0.0.1:0", StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Shutdown()
+	nc, _ := nats.Connect(ns.ClientURL())
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	var sc broker.StreamConfig
+	var pc PublishConfig
+	_ = env.ParseWithOptions(&sc, env.Options{Environment: map[string]string{}})
+	_ = env.ParseWithOptions(&pc, env.Options{Environment: map[string]string{}})
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	sc.Batched = true
+	if _, err := broker.EnsureStream(context.Background(), js, sc, log); err != nil {
+		t.Fatal(err)
+	}
+	ended := map[string]int{}
+	var mu sync.Mutex
+	b, err := newBatcher(nc, js, pc, log, func(r string) { mu.Lock(); ended[r]++; mu.Unlock() })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.close()
+	pc.MaxPending = 4096 // fewer than the publishers send: they wait for room
+	data := make([]byte, 700)
+	var wg sync.WaitGroup
+	var okN, errN int
+	for g := range 20 {
+		wg.Go(func() {
+			var futs []jetstream.PubAckFuture
+			for i := range 1000 {
+				m := nats.NewMsg(fmt.Sprintf("calls.c%d.audio.p", g))
+				m.Header.Set("Nats-Msg-Id", fmt.Sprintf("%d/%d", g, i))
+				m.Data = data
+				for {
+					f, err := b.PublishMsgAsync(m)
+					if err != nil {
+						time.Sleep(time.Millisecond)
+						continue
+					}
+					futs = append(futs, f)
+					break
+				}
+			}
+			for _, f := range futs {
+				select {
+				case <-f.Ok():
+					mu.Lock()
+					okN++
+					mu.Unlock()
+				case <-f.Err():
+					mu.Lock()
+					errN++
+					mu.Unlock()
+				}
+			}
+		})
+	}
+	wg.Wait()
+	s, _ := js.Stream(context.Background(), sc.Name)
+	info, _ := s.Info(context.Background())
+	if okN != 20000 || errN != 0 || info.State.Msgs != 20000 || ended[batchCommitted] == 0 || len(ended) != 1 {
+		t.Errorf("acknowledged %d, failed %d, stored %d, batches ended %v", okN, errN, info.State.Msgs, ended)
+	}
+}

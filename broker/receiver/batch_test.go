@@ -1,0 +1,94 @@
+package receiver_test
+
+import (
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/audiofan/audiofan/broker/receiver"
+	"github.com/audiofan/audiofan/codec"
+)
+
+// In batch mode every frame of many sockets, sent as fast as they go, is
+// stored once, in each participant's order, through fast batches that the
+// stream was made to allow; the ended messages count them.
+func TestFastBatchPublishing(t *testing.T) {
+	h := newHarness(t, func(c *receiver.Config) { c.Publish.Mode = receiver.ModeAuto })
+	if h.Config.Publish.Mode != receiver.ModeBatch {
+		t.Fatalf("auto against nats-server 2.14+ resolved to %q", h.Config.Publish.Mode)
+	}
+	const sockets, perPart = 8, 300
+	parts := []string{"8:acs:a", "4:+14255550123"}
+	t0 := time.Now()
+	var wg sync.WaitGroup
+	for s := range sockets {
+		c := dialACS(t, h.wsURL(fmt.Sprintf("?callId=8:acs:batch+%d", s)), nil)
+		c.audioMetadata("s", 16000)
+		wg.Go(func() {
+			for i := range perPart {
+				for p, part := range parts {
+					c.audio(t0.Add(time.Duration(i)*20*time.Millisecond), part, frameOf(p, i, 640), false)
+				}
+			}
+			c.close()
+		})
+	}
+	wg.Wait()
+	msgs := h.readStream(sockets)
+	last := map[string]uint64{}
+	seen := map[string]bool{}
+	for _, m := range msgs {
+		f, ok := m.payload.(*codec.Frame)
+		if !ok {
+			continue
+		}
+		key := f.Call + "/" + f.Participant
+		if seen[fmt.Sprint(key, f.Seq)] {
+			t.Fatalf("%s frame %d stored twice", key, f.Seq)
+		}
+		seen[fmt.Sprint(key, f.Seq)] = true
+		if f.Seq <= last[key] {
+			t.Fatalf("%s: frame %d stored after %d", key, f.Seq, last[key])
+		}
+		last[key] = f.Seq
+	}
+	if n := frames(msgs); n != sockets*perPart*len(parts) {
+		t.Errorf("%d frames stored, want %d", n, sockets*perPart*len(parts))
+	}
+	if h.counter("audiofan_receiver_fast_batches_total", "result", "committed") == 0 {
+		t.Error("no fast batch committed: the frames did not go in batches")
+	}
+	if d := h.counter("audiofan_receiver_dropped_total", "reason", "publish_failed"); d != 0 {
+		t.Errorf("%v dropped", d)
+	}
+	s, err := h.js.Stream(t.Context(), h.sc.Name)
+	if err != nil || !s.CachedInfo().Config.AllowBatchPublish {
+		t.Errorf("the stream does not allow batches: %v", err)
+	}
+}
+
+// auto falls back to async against a stream without allow_batched (a server
+// older than 2.14 drops it); batch refuses to start.
+func TestPublishModeResolve(t *testing.T) {
+	for _, tc := range []struct {
+		mode    string
+		allowed bool
+		want    string
+		err     bool
+	}{
+		{receiver.ModeAuto, true, receiver.ModeBatch, false},
+		{receiver.ModeAuto, false, receiver.ModeAsync, false},
+		{receiver.ModeBatch, true, receiver.ModeBatch, false},
+		{receiver.ModeBatch, false, "", true},
+		{receiver.ModeAsync, true, receiver.ModeAsync, false},
+	} {
+		c := receiver.PublishConfig{Mode: tc.mode}
+		err := c.Resolve(jetstream.StreamConfig{Name: "CALLS", AllowBatchPublish: tc.allowed})
+		if (err != nil) != tc.err || !tc.err && c.Mode != tc.want {
+			t.Errorf("%s, allowed %v: %q, %v", tc.mode, tc.allowed, c.Mode, err)
+		}
+	}
+}
