@@ -75,7 +75,7 @@ bench:
 	$(GO) test -run=NONE -bench=. -benchtime=40x -count=3 ./subscribers/console
 	$(GO) test -run=NONE -bench=. -benchmem -benchtime=1x -count=3 -timeout 30m ./broker/receiver
 	$(GO) test -run=NONE -bench='CallStartRate|Takeover' -benchtime=1x -count=3 -timeout 20m ./subscribers
-	$(GO) test -run=NONE -bench='ManyCalls|ClusterCalls|BusCostPerFrame' -benchtime=1x -count=1 -timeout 20m ./cmd/audiofan
+	$(GO) test -run=NONE -bench='ManyCalls|ClusterCalls|BusCostPerFrame|BusReadCost' -benchtime=1x -count=1 -timeout 20m ./cmd/audiofan
 
 ## fuzz: each fuzz target for FUZZTIME, a time or a count such as 10000x (CI: 10000x each); crashers land in
 ## testdata/fuzz and are committed as regression cases
