@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"sync"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -61,13 +60,8 @@ var consoleCommand = command{
 // it and closes the connection.
 func startConsole(ctx context.Context, url string, nopts NATSSettings, ref broker.StreamRef, cfg console.Config, dataDir string,
 	reg prometheus.Registerer, log *slog.Logger) (*console.Console, func(), error) {
-	nc, err := connect(url, nopts, "audiofan console", log)
+	nc, js, err := connectJS(url, nopts, "audiofan console", log)
 	if err != nil {
-		return nil, nil, err
-	}
-	js, err := jetstream.New(nc)
-	if err != nil {
-		nc.Close()
 		return nil, nil, err
 	}
 	c, err := console.New(cfg, console.Deps{NC: nc, JS: js, Stream: ref, DataDir: dataDir, Reg: reg, Log: log,

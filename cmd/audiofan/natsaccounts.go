@@ -20,13 +20,7 @@ type natsAccountsSettings struct {
 	own []subscribers.Settings
 }
 
-func (s *natsAccountsSettings) parts() []any {
-	out := make([]any, len(s.own))
-	for i, o := range s.own {
-		out[i] = o
-	}
-	return out
-}
+func (s *natsAccountsSettings) parts() []any { return asParts(s.own) }
 
 func (s *natsAccountsSettings) validate() error {
 	if s.Partitions < 1 || s.Partitions > broker.MaxPartitions {

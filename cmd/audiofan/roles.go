@@ -9,7 +9,6 @@ import (
 	"os"
 	"sync"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -30,6 +29,15 @@ var components = []subscribers.Component{
 	recording.Component,
 	analytics.Component,
 	moderation.Component,
+}
+
+// asParts lists the components' own settings as a command's parts.
+func asParts(own []subscribers.Settings) []any {
+	out := make([]any, len(own))
+	for i, o := range own {
+		out[i] = o
+	}
+	return out
 }
 
 // roleNames are the components' role names.
@@ -163,13 +171,8 @@ func runSubscriber(ctx context.Context, s SubscriberSettings, dataDir string, lo
 // stops the role and closes the connection.
 func startGroup(ctx context.Context, url string, nopts NATSSettings, ref broker.StreamRef, gc subscribers.GroupConfig,
 	name string, reg prometheus.Registerer, log *slog.Logger, c subscribers.Component, own subscribers.Settings, dataDir string) (*subscribers.Group, func(), error) {
-	nc, err := connect(url, nopts, name, log)
+	nc, js, err := connectJS(url, nopts, name, log)
 	if err != nil {
-		return nil, nil, err
-	}
-	js, err := jetstream.New(nc)
-	if err != nil {
-		nc.Close()
 		return nil, nil, err
 	}
 	role, cleanup, err := c.Start(ctx, own, subscribers.Env{JS: js, Subjects: ref.Subjects(), DataDir: dataDir, Reg: reg, Log: log})

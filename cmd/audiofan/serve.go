@@ -13,6 +13,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -83,13 +84,7 @@ type ServeSettings struct {
 	own []subscribers.Settings
 }
 
-func (s *ServeSettings) parts() []any {
-	out := make([]any, len(s.own))
-	for i, o := range s.own {
-		out[i] = o
-	}
-	return out
-}
+func (s *ServeSettings) parts() []any { return asParts(s.own) }
 
 func (s *ServeSettings) validate() error {
 	if err := s.ReceiverSettings.validate(); err != nil {
@@ -262,6 +257,20 @@ func connect(url string, s NATSSettings, name string, log *slog.Logger) (*nats.C
 		return nil, fmt.Errorf("connect to NATS at %s: %w", url, err)
 	}
 	return nc, nil
+}
+
+// connectJS is connect, with a JetStream context on the connection.
+func connectJS(url string, s NATSSettings, name string, log *slog.Logger) (*nats.Conn, jetstream.JetStream, error) {
+	nc, err := connect(url, s, name, log)
+	if err != nil {
+		return nil, nil, err
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, nil, fmt.Errorf("jetstream: %w", err)
+	}
+	return nc, js, nil
 }
 
 // drainConn drains nc (letting buffered publishes out) and waits for it to close.
