@@ -82,10 +82,10 @@ const (
 // it may lower it when other batches share the stream.
 const batchFlow = 100
 
-// lingerFor is the pause in sending after which a batch with messages
-// awaiting their acknowledgement is committed, to get one: the tail of a
-// burst. Under load the flow acks come first and nothing is committed:
-// a commit holds new messages back until it is answered.
+// lingerFor is the pause in sending, and in acknowledgements, after which a
+// batch with messages awaiting their acknowledgement is committed, to get
+// one: the tail of a burst. While flow acks come, nothing is committed: a
+// commit holds new messages back until it is answered.
 const lingerFor = 5 * time.Millisecond
 
 // tailWait commits a batch whose oldest message has waited this long with no
@@ -403,7 +403,7 @@ func (b *batcher) tick() {
 				switch {
 				case len(c.pending) > 0 && now.Sub(c.moved) > b.timeout && now.Sub(c.pending[0].sent) > b.timeout:
 					b.endLocked(c, c.acked, batchTimeout, fmt.Errorf("%w: %w", errBatchEnded, jetstream.ErrAsyncPublishTimeout))
-				case b.closing == nil && len(c.pending) > 0 && (now.Sub(c.last) >= lingerFor ||
+				case b.closing == nil && len(c.pending) > 0 && (now.Sub(c.last) >= lingerFor && now.Sub(c.moved) >= lingerFor ||
 					now.Sub(c.pending[0].sent) >= tailWait && now.Sub(c.moved) >= tailWait),
 					b.closing == nil && len(c.pending) == 0 && now.Sub(c.last) >= idleClose:
 					b.commitLocked(c, now)
