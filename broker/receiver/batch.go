@@ -117,7 +117,8 @@ type batch struct {
 	subject string        // of the last message: the commit goes there
 	last    time.Time     // the last send
 	moved   time.Time     // the start, or the last acknowledgement
-	commit  time.Time     // when the commit was sent
+	commit  time.Time     // when the commit was sent, or the gap reported
+	gap     bool          // the server reported a gap: it ends the batch
 }
 
 // batchAwait is one message's jetstream.PubAckFuture.
@@ -282,7 +283,13 @@ func (b *batcher) reply(m *nats.Msg) {
 	case "ack":
 		b.ackLocked(c, r.Seq)
 	case "gap":
-		b.endLocked(c, c.acked, batchGap, fmt.Errorf("%w: message %d of the batch did not reach the server", errBatchEnded, r.LastSeq))
+		// The server ends the batch and, once what it got is written,
+		// says how much that was: wait for it, sending nothing more in
+		// this batch (new messages are held meanwhile).
+		c.gap = true
+		if b.cur == c {
+			b.cur, b.closing, c.commit = nil, c, time.Now()
+		}
 	case "err":
 		b.endLocked(c, c.acked, batchError, fmt.Errorf("%w: %w", errBatchEnded, r.Error))
 	default: // the final acknowledgement
@@ -291,7 +298,7 @@ func (b *batcher) reply(m *nats.Msg) {
 			return
 		}
 		reason := batchCommitted
-		if c.commit.IsZero() {
+		if c.gap || c.commit.IsZero() {
 			reason = batchGap // the server ended it: a gap it reported, or will
 		}
 		b.endLocked(c, max(c.acked, r.Count), reason, fmt.Errorf("%w: the server stored %d of its messages", errBatchEnded, r.Count))

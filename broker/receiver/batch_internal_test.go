@@ -88,3 +88,79 @@ func TestBatcherFlood(t *testing.T) {
 		t.Errorf("acknowledged %d, failed %d, stored %d, batches ended %v", okN, errN, info.State.Msgs, ended)
 	}
 }
+
+// A message the server never got (its batch sequence skipped, as when it is
+// lost on the way) makes the next one a gap: the batch ends, what came
+// before it is stored and acknowledged, and the message after the gap fails
+// with an error the pipeline sends again, not one it drops.
+func TestBatcherGap(t *testing.T) {
+	ns, err := embedded.Start(embedded.Config{Listen: "127.0.0.1:0", StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Shutdown()
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	var sc broker.StreamConfig
+	var pc PublishConfig
+	_ = env.ParseWithOptions(&sc, env.Options{Environment: map[string]string{}})
+	_ = env.ParseWithOptions(&pc, env.Options{Environment: map[string]string{}})
+	sc.Batched = true
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if _, err := broker.EnsureStream(context.Background(), js, sc, log); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	ended := map[string]int{}
+	b, err := newBatcher(nc, js, pc, log, func(r string) { mu.Lock(); ended[r]++; mu.Unlock() })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.close()
+	send := func(i int) jetstream.PubAckFuture {
+		m := nats.NewMsg("calls.c.audio.p")
+		m.Header.Set(jetstream.MsgIDHeader, fmt.Sprint("gap/", i))
+		m.Data = []byte{byte(i)}
+		f, err := b.PublishMsgAsync(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	var before []jetstream.PubAckFuture
+	for i := range 3 {
+		before = append(before, send(i))
+	}
+	b.mu.Lock()
+	b.cur.seq++ // a message lost on its way
+	b.mu.Unlock()
+	after := send(3)
+	for i, f := range before {
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			t.Errorf("message %d before the gap: %v", i, err)
+		case <-time.After(5 * time.Second):
+			t.Fatalf("message %d before the gap: no answer", i)
+		}
+	}
+	select {
+	case <-after.Ok():
+		t.Error("the message after the gap was acknowledged")
+	case err := <-after.Err():
+		if !retryable(err) {
+			t.Errorf("the message after the gap failed with %v, which the pipeline would drop", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the message after the gap: no answer")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if ended[batchGap] != 1 {
+		t.Errorf("batches ended %v, want one gap", ended)
+	}
+}

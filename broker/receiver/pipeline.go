@@ -486,7 +486,8 @@ func retryable(err error) bool {
 		// 503 is "JetStream not available" (no leader, restarting).
 		return apiErr.Code == 503 || apiErr.Code == 0
 	}
-	return errors.Is(err, jetstream.ErrAsyncPublishTimeout) ||
+	return errors.Is(err, errBatchEnded) || // its batch ended first: sent again in the next
+		errors.Is(err, jetstream.ErrAsyncPublishTimeout) ||
 		errors.Is(err, context.DeadlineExceeded) ||
 		errors.Is(err, nats.ErrTimeout) ||
 		errors.Is(err, nats.ErrNoResponders) ||
