@@ -18,27 +18,44 @@ import (
 	"github.com/caarlos0/env/v11"
 )
 
-// The batcher alone, flooded by 20 publishers at once with more than its
-// window: every message is stored once and acknowledged, none fails, and
-// the batches end committed.
-func TestBatcherFlood(t *testing.T) {
+// batchStream starts an embedded server (natstest would import this
+// package) with the stream allowing fast batches, and connects to it.
+func batchStream(t *testing.T) (*nats.Conn, jetstream.JetStream, PublishConfig, *slog.Logger) {
+	t.Helper()
 	ns, err := embedded.Start(embedded.Config{Listen: "127.0.0.1:0", StoreDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ns.Shutdown()
-	nc, _ := nats.Connect(ns.ClientURL())
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	t.Cleanup(ns.Shutdown)
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
 	var sc broker.StreamConfig
 	var pc PublishConfig
-	_ = env.ParseWithOptions(&sc, env.Options{Environment: map[string]string{}})
-	_ = env.ParseWithOptions(&pc, env.Options{Environment: map[string]string{}})
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	for _, v := range []any{&sc, &pc} {
+		if err := env.ParseWithOptions(v, env.Options{Environment: map[string]string{}}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	sc.Batched = true
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	if _, err := broker.EnsureStream(context.Background(), js, sc, log); err != nil {
 		t.Fatal(err)
 	}
+	return nc, js, pc, log
+}
+
+// The batcher alone, flooded by 20 publishers at once with more than its
+// window: every message is stored once and acknowledged, none fails, and
+// the batches end committed.
+func TestBatcherFlood(t *testing.T) {
+	nc, js, pc, log := batchStream(t)
 	ended := map[string]int{}
 	var mu sync.Mutex
 	b, err := newBatcher(nc, js, pc, log, func(r string) { mu.Lock(); ended[r]++; mu.Unlock() })
@@ -82,8 +99,14 @@ func TestBatcherFlood(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	s, _ := js.Stream(context.Background(), sc.Name)
-	info, _ := s.Info(context.Background())
+	s, err := js.Stream(context.Background(), "CALLS")
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
 	if okN != 20000 || errN != 0 || info.State.Msgs != 20000 || ended[batchCommitted] == 0 || len(ended) != 1 {
 		t.Errorf("acknowledged %d, failed %d, stored %d, batches ended %v", okN, errN, info.State.Msgs, ended)
 	}
@@ -94,26 +117,7 @@ func TestBatcherFlood(t *testing.T) {
 // before it is stored and acknowledged, and the message after the gap fails
 // with an error the pipeline sends again, not one it drops.
 func TestBatcherGap(t *testing.T) {
-	ns, err := embedded.Start(embedded.Config{Listen: "127.0.0.1:0", StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Shutdown()
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
-	var sc broker.StreamConfig
-	var pc PublishConfig
-	_ = env.ParseWithOptions(&sc, env.Options{Environment: map[string]string{}})
-	_ = env.ParseWithOptions(&pc, env.Options{Environment: map[string]string{}})
-	sc.Batched = true
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	if _, err := broker.EnsureStream(context.Background(), js, sc, log); err != nil {
-		t.Fatal(err)
-	}
+	nc, js, pc, log := batchStream(t)
 	var mu sync.Mutex
 	ended := map[string]int{}
 	b, err := newBatcher(nc, js, pc, log, func(r string) { mu.Lock(); ended[r]++; mu.Unlock() })

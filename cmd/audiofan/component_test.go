@@ -9,7 +9,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -177,15 +176,5 @@ func TestAddingARole(t *testing.T) {
 		return slices.ContainsFunc(h.Roles, func(r console.RoleHealth) bool { return r.Role == "frames" && r.Partitions > 0 })
 	})
 
-	if err := syscall.Kill(syscall.Getpid(), syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case code := <-done:
-		if code != 0 {
-			t.Errorf("serve exit %d:\n%s", code, serveErr.String())
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("serve did not stop on SIGTERM")
-	}
+	stopServe(t, done, &serveErr)
 }

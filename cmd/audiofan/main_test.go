@@ -220,19 +220,26 @@ func TestServeAndTap(t *testing.T) {
 		return err == nil && codec.Unmarshal(e.Value(), &ev) == nil && ev.Type == "summary" && ev.Data["durationMs"] == int64(100)
 	})
 
+	stopServe(t, done, &serveErr)
+	if !strings.Contains(serveErr.String(), "embedded NATS stopped") {
+		t.Errorf("serve log lacks a clean stop:\n%s", serveErr.String())
+	}
+}
+
+// stopServe sends this process SIGTERM and waits for `serve`, running in
+// it, to exit 0 (done gets its exit code; log is its stderr).
+func stopServe(t *testing.T, done <-chan int, log *syncBuffer) {
+	t.Helper()
 	if err := syscall.Kill(syscall.Getpid(), syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	select {
 	case code := <-done:
 		if code != 0 {
-			t.Errorf("serve exit %d:\n%s", code, serveErr.String())
+			t.Errorf("serve exit %d:\n%s", code, log.String())
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("serve did not stop on SIGTERM")
-	}
-	if !strings.Contains(serveErr.String(), "embedded NATS stopped") {
-		t.Errorf("serve log lacks a clean stop:\n%s", serveErr.String())
 	}
 }
 
