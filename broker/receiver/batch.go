@@ -85,13 +85,16 @@ const batchFlow = 100
 // lingerFor is the pause in sending, and in acknowledgements, after which a
 // batch with messages awaiting their acknowledgement is committed, to get
 // one: the tail of a burst. While flow acks come, nothing is committed: a
-// commit holds new messages back until it is answered.
-const lingerFor = 5 * time.Millisecond
+// commit holds new messages back until it is answered, which delays their
+// storing, while a late acknowledgement delays nothing but the socket's
+// window. So it is long enough that a receiver descheduled for a moment
+// does not commit.
+const lingerFor = 25 * time.Millisecond
 
 // tailWait commits a batch whose oldest message has waited this long with no
 // acknowledgement meanwhile, though messages still trickle in: too few for a
 // flow ack (a quiet receiver).
-const tailWait = 40 * time.Millisecond
+const tailWait = 100 * time.Millisecond
 
 // idleClose ends an open batch with nothing in flight: the server abandons a
 // batch silent for 10 s, with an advisory, and keeps it counted until then.
