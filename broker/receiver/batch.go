@@ -108,6 +108,10 @@ const (
 	batchTimeout   = "timeout"   // no acknowledgement in time
 )
 
+// storedAck is what every acknowledged message's future gets: the pipeline
+// reads only that it came, so one value serves all (no allocation a frame).
+var storedAck = &jetstream.PubAck{}
+
 // errBatchEnded fails the messages a batch did not store: they are sent
 // again, like those of an async publish that timed out.
 var errBatchEnded = errors.New("fast batch ended before the message was acknowledged")
@@ -319,7 +323,7 @@ func (b *batcher) ackLocked(c *batch, seq uint64) {
 		if a.seq > seq {
 			break
 		}
-		a.ok <- &jetstream.PubAck{}
+		a.ok <- storedAck
 		n++
 	}
 	b.settledLocked(n)
