@@ -40,6 +40,7 @@ type Component struct {
 	// Publishes lists what the role publishes beyond every role's own
 	// (its events, heartbeats, checkpoints, consumers and acks), as NATS
 	// subjects for its user's permissions: its buckets, outbound audio.
+	// Nil: nothing more.
 	Publishes func(s Settings, subj broker.Subjects) []string
 }
 

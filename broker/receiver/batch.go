@@ -59,7 +59,7 @@ type batcher struct {
 	room    chan struct{} // closed when messages settle: there may be room
 	inbox   string
 	log     *slog.Logger
-	ended   func(reason string)
+	ended   func(reason string, err error) // each batch, as it ends
 
 	mu      sync.Mutex
 	sub     *nats.Subscription
@@ -100,7 +100,7 @@ const tailWait = 100 * time.Millisecond
 // batch silent for 10 s, with an advisory, and keeps it counted until then.
 const idleClose = 2 * time.Second
 
-// Reasons a batch ended, the label of audiofan_receiver_batches_total.
+// Reasons a batch ended, the label of audiofan_receiver_fast_batches_total.
 const (
 	batchCommitted = "committed" // ended by us, everything acknowledged
 	batchGap       = "gap"       // the server missed a message
@@ -118,6 +118,7 @@ var errBatchEnded = errors.New("fast batch ended before the message was acknowle
 
 type batch struct {
 	id      string
+	prefix  string        // of its messages' reply subjects: <inbox>.<id>.<flow>.fail.
 	seq     uint64        // the last one sent
 	acked   uint64        // covered by acknowledgements
 	pending []*batchAwait // sent, after acked, ascending
@@ -143,7 +144,7 @@ func (a *batchAwait) Msg() *nats.Msg               { return a.msg }
 
 // newBatcher subscribes to the batches' acknowledgements on nc. direct
 // publishes what is not batched (PublishMsg). close stops it.
-func newBatcher(nc *nats.Conn, direct publisher, cfg PublishConfig, log *slog.Logger, ended func(string)) (*batcher, error) {
+func newBatcher(nc *nats.Conn, direct publisher, cfg PublishConfig, log *slog.Logger, ended func(reason string, err error)) (*batcher, error) {
 	b := &batcher{nc: nc, direct: direct, timeout: cfg.AckTimeout, max: cfg.MaxPending, stall: cfg.Block, room: make(chan struct{}), log: log, ended: ended,
 		inbox: nc.NewInbox(), stop: make(chan struct{}), done: make(chan struct{})}
 	sub, err := nc.Subscribe(b.inbox+".>", b.reply)
@@ -164,7 +165,7 @@ func (b *batcher) close() {
 	_ = b.sub.Unsubscribe()
 	for _, c := range []*batch{b.cur, b.closing} {
 		if c != nil {
-			b.failLocked(c, 0, nats.ErrConnectionClosed)
+			b.failLocked(c, nats.ErrConnectionClosed)
 		}
 	}
 	for _, a := range b.held {
@@ -218,7 +219,8 @@ func (b *batcher) sendLocked(a *batchAwait) error {
 	now := time.Now()
 	c := b.cur
 	if c == nil {
-		c = &batch{id: nuid.Next(), moved: now}
+		id := nuid.Next()
+		c = &batch{id: id, prefix: b.inbox + "." + id + "." + strconv.Itoa(batchFlow) + ".fail.", moved: now}
 	}
 	op := opAppend
 	if c.seq == 0 {
@@ -240,10 +242,7 @@ func (b *batcher) sendLocked(a *batchAwait) error {
 // reads the batch from it, and answers on it.
 func (b *batcher) replySubject(c *batch, seq uint64, op int) string {
 	var buf [128]byte
-	r := append(buf[:0], b.inbox...)
-	r = append(r, '.')
-	r = append(r, c.id...)
-	r = append(r, "."+strconv.Itoa(batchFlow)+".fail."...)
+	r := append(buf[:0], c.prefix...)
 	r = strconv.AppendUint(r, seq, 10)
 	r = append(r, '.')
 	r = strconv.AppendInt(r, int64(op), 10)
@@ -265,7 +264,9 @@ type batchReply struct {
 
 // reply handles the server's answers.
 func (b *batcher) reply(m *nats.Msg) {
-	rest, ok := strings.CutPrefix(m.Subject, b.inbox+".")
+	rest, ok := strings.CutPrefix(m.Subject, b.inbox)
+	rest, ok2 := strings.CutPrefix(rest, ".")
+	ok = ok && ok2
 	if !ok {
 		return
 	}
@@ -344,7 +345,7 @@ func (b *batcher) settledLocked(n int) {
 func (b *batcher) endLocked(c *batch, stored uint64, reason string, err error) {
 	b.ackLocked(c, stored)
 	failed := len(c.pending) > 0
-	b.failLocked(c, stored, err)
+	b.failLocked(c, err)
 	if failed {
 		// What waits behind a failed message fails too, unsent: sent now,
 		// it would be stored ahead of the failed one's second try.
@@ -354,10 +355,10 @@ func (b *batcher) endLocked(c *batch, stored uint64, reason string, err error) {
 		b.settledLocked(len(b.held))
 		b.held = nil
 	}
-	if reason != batchCommitted || failed {
-		b.log.Debug("fast batch ended", "reason", reason, "messages", c.seq, "stored", stored, "err", err)
+	if !failed {
+		err = nil
 	}
-	b.ended(reason)
+	b.ended(reason, err)
 	if b.cur == c {
 		b.cur = nil
 	}
@@ -369,7 +370,7 @@ func (b *batcher) endLocked(c *batch, stored uint64, reason string, err error) {
 	}
 }
 
-func (b *batcher) failLocked(c *batch, _ uint64, err error) {
+func (b *batcher) failLocked(c *batch, err error) {
 	for _, a := range c.pending {
 		a.err <- err
 	}

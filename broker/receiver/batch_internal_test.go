@@ -59,7 +59,7 @@ func TestBatcherFlood(t *testing.T) {
 	nc, js, pc, log := batchStream(t)
 	ended := map[string]int{}
 	var mu sync.Mutex
-	b, err := newBatcher(nc, js, pc, log, func(r string) { mu.Lock(); ended[r]++; mu.Unlock() })
+	b, err := newBatcher(nc, js, pc, log, func(r string, _ error) { mu.Lock(); ended[r]++; mu.Unlock() })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -124,7 +124,7 @@ func TestBatcherGap(t *testing.T) {
 	nc, js, pc, log := batchStream(t)
 	var mu sync.Mutex
 	ended := map[string]int{}
-	b, err := newBatcher(nc, js, pc, log, func(r string) { mu.Lock(); ended[r]++; mu.Unlock() })
+	b, err := newBatcher(nc, js, pc, log, func(r string, _ error) { mu.Lock(); ended[r]++; mu.Unlock() })
 	if err != nil {
 		t.Fatal(err)
 	}

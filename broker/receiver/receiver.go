@@ -298,7 +298,12 @@ func (r *Receiver) Serve(ctx context.Context, ln net.Listener, metricsHandler ht
 	}
 	defer func() { _ = sub.Unsubscribe() }()
 	if r.cfg.Publish.Mode == ModeBatch {
-		b, err := newBatcher(r.nc, r.js, r.cfg.Publish, r.log, func(reason string) { r.m.batches.WithLabelValues(reason).Inc() })
+		b, err := newBatcher(r.nc, r.js, r.cfg.Publish, r.log, func(reason string, err error) {
+			r.m.batches.WithLabelValues(reason).Inc()
+			if err != nil {
+				r.warn.Warn("fast batch ended before all its messages were stored: they are sent again", "reason", reason, "err", err)
+			}
+		})
 		if err != nil {
 			_ = ln.Close()
 			return err

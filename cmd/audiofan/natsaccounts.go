@@ -97,7 +97,9 @@ func writeNATSAccounts(w io.Writer, s natsAccountsSettings) error {
 			Deny:      append([]string{}, admin...),
 			Subscribe: []string{"_INBOX.>", members}}
 		u.Allow = append(u.Allow, acks(r.Role)...)
-		u.Allow = append(u.Allow, r.Publishes(s.own[i], s.Stream.Subjects())...)
+		if r.Publishes != nil {
+			u.Allow = append(u.Allow, r.Publishes(s.own[i], s.Stream.Subjects())...)
+		}
 		for _, o := range components {
 			if o.Role != r.Role {
 				u.Deny = append(u.Deny, consumers(o.Role)...)
