@@ -16,6 +16,10 @@ const (
 	EventProgress  = "progress"  // analytics while the call goes on
 	EventSummary   = "summary"   // analytics once the call is over
 	EventHit       = "hit"       // a moderation rule that hit
+	// EventParked: a role stopped working on a call that kept failing; its
+	// messages wait on the bus and the call is re-driven from there (data:
+	// reason, error, applied: the stream sequence applied up to).
+	EventParked = "parked"
 )
 
 // Recording is the data of a recording event: the files a call was

@@ -34,6 +34,16 @@ type ckCall struct {
 	Token  codec.Token `json:"t"`
 	First  uint64      `json:"f"`           // stream sequence of its first message in the partition
 	Legacy bool        `json:"l,omitempty"` // it began before the stream was partitioned
+	Parked *ckParked   `json:"p,omitempty"` // parked: re-driven from the bus, not replayed to the floor
+}
+
+// ckParked is a parked call's state: everything of it up to Applied was
+// applied before it parked.
+type ckParked struct {
+	Applied uint64    `json:"a"`
+	Since   time.Time `json:"s"`
+	Reason  string    `json:"r"`
+	Tries   int       `json:"n"`
 }
 
 type ckEnded struct {

@@ -28,12 +28,16 @@ import (
 type GroupConfig struct {
 	Lease       time.Duration `env:"AUDIOFAN_LEASE" envDefault:"10s" help:"how long the partitions of a replica that stopped answering (killed, cut off) wait before another replica takes them over"`
 	IdleTimeout time.Duration `env:"AUDIOFAN_CALL_IDLE_TIMEOUT" envDefault:"2m" help:"a call with no message for this long is finished as idle (its ended message may never come: its receiver died)"`
-	Retries     int           `env:"AUDIOFAN_HANDLER_RETRIES" envDefault:"5" help:"attempts at a message that keeps failing before it is skipped (outages of disk or store are retried until they end)"`
+	Retries     int           `env:"AUDIOFAN_HANDLER_RETRIES" envDefault:"5" help:"attempts at a message (or a call's end) that keeps failing before the call is parked (outages of disk or store: see AUDIOFAN_PARK_AFTER)"`
 	Backoff     time.Duration `env:"AUDIOFAN_RETRY_BACKOFF" envDefault:"100ms" help:"wait before the first retry of a failed message; it doubles with each retry, up to 50 times this"`
 	Start       string        `env:"AUDIOFAN_CONSUMER_START" envDefault:"all" help:"where a role's partition consumers start when first created: all (every call still in the stream) or new"`
 	Checkpoint  time.Duration `env:"AUDIOFAN_CHECKPOINT_INTERVAL" envDefault:"1s" help:"how often a busy partition's owner checkpoints and acknowledges: a new owner replays at most about this much more; shorter costs the server more writes"`
 	ReplicaID   string        `env:"AUDIOFAN_REPLICA_ID" help:"this replica's name among the role's replicas (empty: a random one each start); unique per replica. A stable one (the pod's name) gives a restarted replica its partitions back"`
 	DoneTTL     time.Duration `env:"AUDIOFAN_DONE_TTL" envDefault:"10m" help:"how long a finished call is remembered, so a late message (a socket reconnecting after the call ended) does not start it again"`
+	// Parking: see park.go.
+	ParkAfter      time.Duration `env:"AUDIOFAN_PARK_AFTER" envDefault:"30s" help:"how long a call waits out an unavailable resource (disk, store, bus) in place before it is parked; a call whose failures fill its partition's window parks at once"`
+	RedriveBackoff time.Duration `env:"AUDIOFAN_REDRIVE_BACKOFF" envDefault:"5s" help:"wait before a parked call is re-driven from the bus; it doubles with each parking, up to 5m. A success of the role after failures, or 'audiofan redrive', re-drives every parked call at once"`
+	MaxAckPending  int           `env:"AUDIOFAN_PARTITION_MAX_ACK_PENDING" envDefault:"4096" help:"messages of one partition delivered to its replica and not yet acknowledged (the server's window, and what the replica may hold in memory for it); a call holding half of it with its failures is parked"`
 }
 
 // Validate checks the settings.
@@ -51,27 +55,42 @@ func (c GroupConfig) Validate() error {
 		return fmt.Errorf("AUDIOFAN_REPLICA_ID %q: no white space", c.ReplicaID)
 	case c.DoneTTL < time.Minute:
 		return fmt.Errorf("AUDIOFAN_DONE_TTL %s: want at least 1m", c.DoneTTL)
+	case c.ParkAfter < 0:
+		return fmt.Errorf("AUDIOFAN_PARK_AFTER %s: want 0 (park at the first outage) or more", c.ParkAfter)
+	case c.RedriveBackoff < 10*time.Millisecond:
+		return fmt.Errorf("AUDIOFAN_REDRIVE_BACKOFF %s: want at least 10ms", c.RedriveBackoff)
+	case c.MaxAckPending < 64 || c.MaxAckPending > 1<<20:
+		return fmt.Errorf("AUDIOFAN_PARTITION_MAX_ACK_PENDING %d: want 64 to 1048576", c.MaxAckPending)
 	}
 	return nil
 }
 
-// Outcomes of one message, the label of audiofan_subscriber_messages_total.
+// Outcome is what became of one message: the label of
+// audiofan_subscriber_messages_total.
+type Outcome string
+
+// Outcomes of one message.
 const (
-	OutcomeHandled    = "handled"
-	OutcomeReplayed   = "replayed"   // applied again after a takeover, output dropped
-	OutcomeRetried    = "retried"    // failed; tried again
-	OutcomeTerminated = "terminated" // undecodable, or a Permanent error
-	OutcomeGaveUp     = "gave_up"    // still failing after every retry: skipped
-	OutcomeLate       = "late"       // of a call already finished here: dropped
+	OutcomeHandled    Outcome = "handled"
+	OutcomeReplayed   Outcome = "replayed"   // applied again after a takeover or a re-drive, output dropped
+	OutcomeRetried    Outcome = "retried"    // failed; tried again
+	OutcomeTerminated Outcome = "terminated" // undecodable, or a Permanent error
+	OutcomeParked     Outcome = "parked"     // of a parked call: left on the bus for its re-drive
+	OutcomeLate       Outcome = "late"       // of a call already finished here: dropped
 )
 
-// Results of a call on a replica, the label of audiofan_subscriber_calls_total.
+// Result is how a call left a replica: the label of
+// audiofan_subscriber_calls_total.
+type Result string
+
+// Results of a call on a replica.
 const (
-	ResultEnded     = "ended"     // finished after its ended messages
-	ResultIdle      = "idle"      // finished after the idle timeout
-	ResultFailed    = "failed"    // End kept failing (or the call could not start): finished without output
-	ResultReleased  = "released"  // its partition handed to another replica
-	ResultElsewhere = "elsewhere" // another replica had finished it, or took its partition
+	ResultEnded     Result = "ended"     // finished after its ended messages
+	ResultIdle      Result = "idle"      // finished after the idle timeout
+	ResultFailed    Result = "failed"    // End failed for good, or the call could not start: finished without output
+	ResultParked    Result = "parked"    // kept failing: parked, to be re-driven from the bus
+	ResultReleased  Result = "released"  // its partition handed to another replica
+	ResultElsewhere Result = "elsewhere" // another replica had finished it, or took its partition
 )
 
 var roleName = regexp.MustCompile(`^[A-Za-z0-9-]+$`)
@@ -117,8 +136,16 @@ type Group struct {
 	// ends bounds the calls finishing at once: End is a role's heaviest
 	// step (files rendered, events and buckets written), and a burst of
 	// calls ending together would otherwise run them all at once and make
-	// each one's writes time out.
+	// each one's writes time out. A slot is held for one attempt, never
+	// across a retry's wait.
 	ends chan struct{}
+	// readers bounds the calls reading their history from the stream at
+	// once (takeovers, re-drives).
+	readers chan struct{}
+	parking parkRule
+	// repairs counts the successes after failures: a partition that sees
+	// it move re-drives its parked calls (what failed may work again).
+	repairs atomic.Uint64
 
 	mu      sync.Mutex
 	parts   []*partition
@@ -139,7 +166,8 @@ func NewGroup(cfg GroupConfig, role Role, ref broker.StreamRef, nc *nats.Conn, j
 		return nil, err
 	}
 	g := &Group{cfg: cfg, role: role, ref: ref, subj: ref.Subjects(), nc: nc, js: js, m: m,
-		log: log.With("role", role.Name), id: cmp.Or(cfg.ReplicaID, nuid.Next()), ends: make(chan struct{}, 4*runtime.GOMAXPROCS(0))}
+		log: log.With("role", role.Name), id: cmp.Or(cfg.ReplicaID, nuid.Next()), ends: make(chan struct{}, 4*runtime.GOMAXPROCS(0)),
+		readers: make(chan struct{}, historyReaders), parking: parkRule{retries: cfg.Retries, after: cfg.ParkAfter}}
 	// One warning a second, with a count of those held back: a flood of bad
 	// messages must not flood the log.
 	g.warnings = warn.New(g.log, 1, 1, nil)
@@ -160,6 +188,9 @@ func NewGroup(cfg GroupConfig, role Role, ref broker.StreamRef, nc *nats.Conn, j
 	for _, c := range []prometheus.Collector{
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "audiofan_subscriber_calls_owned",
 			Help: "Calls this replica is working on.", ConstLabels: l}, sum(func(p *partition) float64 { return float64(p.ncalls.Load()) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "audiofan_subscriber_calls_parked",
+			Help: "Calls parked on this replica's partitions: they kept failing, their messages wait on the bus, and they are re-driven from there.", ConstLabels: l},
+			sum(func(p *partition) float64 { return float64(p.nparked.Load()) })),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "audiofan_subscriber_lag_messages",
 			Help: "Messages of the partitions this replica owns stored but not yet delivered to it.", ConstLabels: l},
 			sum(func(p *partition) float64 { return float64(p.pending.Load()) })),
@@ -417,26 +448,31 @@ func sleep(ctx context.Context, d time.Duration) {
 	}
 }
 
+// repaired notes a success after failures.
+func (g *Group) repaired() { g.repairs.Add(1) }
+
 type groupMetrics struct {
-	messages   *prometheus.CounterVec
-	handled    prometheus.Counter // messages' outcomes counted per message, resolved once
-	replayed   prometheus.Counter
-	calls      *prometheus.CounterVec
-	handle     prometheus.Observer
-	takeovers  prometheus.Counter
-	partitions prometheus.Gauge
-	assigned   prometheus.Gauge
-	reads      prometheus.Counter
+	redrives    prometheus.Counter
+	historyLost prometheus.Counter
+	messages    *prometheus.CounterVec
+	handled     prometheus.Counter // messages' outcomes counted per message, resolved once
+	replayed    prometheus.Counter
+	calls       *prometheus.CounterVec
+	handle      prometheus.Observer
+	takeovers   prometheus.Counter
+	partitions  prometheus.Gauge
+	assigned    prometheus.Gauge
+	reads       prometheus.Counter
 }
 
 func newGroupMetrics(role string, reg prometheus.Registerer) (*groupMetrics, error) {
 	l := prometheus.Labels{"role": role}
 	m := &groupMetrics{
 		messages: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "audiofan_subscriber_messages_total",
-			Help:        "Messages of calls applied by a role, by outcome: handled, replayed, retried, terminated, gave_up, late.",
+			Help:        "Messages of calls applied by a role, by outcome: handled, replayed, retried, terminated, parked, late.",
 			ConstLabels: l}, []string{"outcome"}),
 		calls: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "audiofan_subscriber_calls_total",
-			Help:        "Calls this replica stopped working on, by result: ended, idle, failed, released, elsewhere.",
+			Help:        "Calls this replica stopped working on, by result: ended, idle, failed, parked, released, elsewhere.",
 			ConstLabels: l}, []string{"result"}),
 		partitions: prometheus.NewGauge(prometheus.GaugeOpts{Name: "audiofan_subscriber_partitions_owned",
 			Help: "Partitions this replica holds the pin of and works on (an assigned partition is taken at its first message).", ConstLabels: l}),
@@ -444,6 +480,10 @@ func newGroupMetrics(role string, reg prometheus.Registerer) (*groupMetrics, err
 			Help: "Times a partition was read from the stream because deliveries were missing (lost in a reconnect, redelivered, or held by a previous owner).", ConstLabels: l}),
 		assigned: prometheus.NewGauge(prometheus.GaugeOpts{Name: "audiofan_subscriber_partitions_assigned",
 			Help: "Partitions the replicas' shared assignment gives this replica, which it pulls.", ConstLabels: l}),
+		redrives: prometheus.NewCounter(prometheus.CounterOpts{Name: "audiofan_subscriber_redrives_total",
+			Help: "Parked calls re-driven from the bus.", ConstLabels: l}),
+		historyLost: prometheus.NewCounter(prometheus.CounterOpts{Name: "audiofan_subscriber_history_lost_total",
+			Help: "Calls read back from the stream (a takeover, a re-drive) whose start the stream no longer held (its retention removed it): rebuilt from what was left.", ConstLabels: l}),
 		takeovers: prometheus.NewCounter(prometheus.CounterOpts{Name: "audiofan_subscriber_takeovers_total",
 			Help: "Calls this replica took over from another that had part of them (it replayed them from their start).", ConstLabels: l}),
 	}
@@ -451,17 +491,17 @@ func newGroupMetrics(role string, reg prometheus.Registerer) (*groupMetrics, err
 		Help: "Time a role's handler takes for one message.", ConstLabels: l,
 		Buckets: prometheus.ExponentialBuckets(0.00001, 4, 10)})
 	m.handle = h
-	for _, c := range []prometheus.Collector{m.messages, m.calls, m.partitions, m.assigned, m.reads, m.takeovers, h} {
+	for _, c := range []prometheus.Collector{m.messages, m.calls, m.partitions, m.assigned, m.reads, m.takeovers, m.redrives, m.historyLost, h} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("%s metrics: %w", role, err)
 		}
 	}
-	for _, o := range []string{OutcomeHandled, OutcomeReplayed, OutcomeRetried, OutcomeTerminated, OutcomeGaveUp, OutcomeLate} {
-		m.messages.WithLabelValues(o)
+	for _, o := range []Outcome{OutcomeHandled, OutcomeReplayed, OutcomeRetried, OutcomeTerminated, OutcomeParked, OutcomeLate} {
+		m.messages.WithLabelValues(string(o))
 	}
-	m.handled, m.replayed = m.messages.WithLabelValues(OutcomeHandled), m.messages.WithLabelValues(OutcomeReplayed)
-	for _, r := range []string{ResultEnded, ResultIdle, ResultFailed, ResultReleased, ResultElsewhere} {
-		m.calls.WithLabelValues(r)
+	m.handled, m.replayed = m.messages.WithLabelValues(string(OutcomeHandled)), m.messages.WithLabelValues(string(OutcomeReplayed))
+	for _, r := range []Result{ResultEnded, ResultIdle, ResultFailed, ResultParked, ResultReleased, ResultElsewhere} {
+		m.calls.WithLabelValues(string(r))
 	}
 	return m, nil
 }

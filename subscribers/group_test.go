@@ -379,7 +379,7 @@ func TestPinLapseIsNotATakeover(t *testing.T) {
 	conformance.WaitFor(t, "the call finished", func() bool { return r.summaries("8:acs:lapse") == 1 })
 	for name, label := range map[string]string{
 		"audiofan_subscriber_takeovers_total": "",
-		"audiofan_subscriber_calls_total":     subscribers.ResultElsewhere,
+		"audiofan_subscriber_calls_total":     string(subscribers.ResultElsewhere),
 	} {
 		if got := conformance.Metric(t, reg, name, label); got != 0 {
 			t.Errorf("%s{%s} = %v after a lapsed pin", name, label, got)

@@ -10,29 +10,10 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/audiofan/audiofan/broker"
 	"github.com/audiofan/audiofan/codec"
 )
-
-// partitionMaxAckPending bounds the messages of a partition delivered and
-// not yet acknowledged: what a replica holds in memory for it when one of
-// its calls is stuck on a resource that is down.
-const partitionMaxAckPending = 4096
-
-// historyReaders bounds the calls read back at once when a partition is
-// taken over.
-const historyReaders = 8
-
-// entry is a message of the partition in the order it was delivered, until
-// the acknowledgement floor passes it.
-type entry struct {
-	seq  uint64
-	msg  jetstream.Msg // the partition consumer's delivery; nil when read from the stream
-	done atomic.Bool
-}
 
 // partition is a replica's work on one partition of a role: while the
 // partition consumer's pin is with this replica, it demultiplexes the
@@ -49,31 +30,31 @@ type partition struct {
 	// The run goroutine's own.
 	owned    bool
 	pin      string
-	hw       uint64 // highest stream sequence queued
-	cseq     uint64 // highest consumer delivery sequence seen
-	needFill bool   // read the stream from hw+1 before the next delivery
+	led      ledger
 	replayTo uint64 // messages up to this were applied by the previous owner
-	entries  []*entry
-	floor    uint64
-	ackMsg   jetstream.Msg
-	ackSeq   uint64
-	acked    uint64
-	written  uint64
+	written  uint64 // the floor of the last checkpoint written
 	wroteAt  time.Time
 	dirty    bool
 	calls    map[codec.Token]*callWork
+	parked   map[codec.Token]*parkedCall
 	ended    map[codec.Token]int64
+	repairs  uint64 // the Group's repairs seen: a new one re-drives the parked calls
 	checked  time.Time
 	idleAt   time.Time
 	callCtx  context.Context // the calls' context: canceled when the partition goes
 	ccancel  context.CancelFunc
 	wg       sync.WaitGroup
 
+	// dropDelivery, set by tests, loses the deliveries it says (as a slow
+	// client does).
+	dropDelivery func() bool
+
 	mu   sync.Mutex
 	done []*callWork // calls whose goroutine returned, for run to forget
 
 	pending atomic.Uint64 // messages stored and not yet delivered, as of the last delivery
 	ncalls  atomic.Int64
+	nparked atomic.Int64
 	isOwned atomic.Bool
 }
 
@@ -104,7 +85,7 @@ func (p *partition) consumerConfig() jetstream.ConsumerConfig {
 		// lease: its pin lapses and the server pins a live replica.
 		AckWait:        p.g.cfg.Lease,
 		MaxDeliver:     -1,
-		MaxAckPending:  partitionMaxAckPending,
+		MaxAckPending:  p.g.cfg.MaxAckPending,
 		PriorityPolicy: jetstream.PriorityPolicyPinned,
 		PriorityGroups: []string{ownerGroup},
 		PinnedTTL:      p.g.cfg.Lease,
@@ -190,6 +171,9 @@ func (p *partition) consume(ctx context.Context) error {
 
 // deliver takes one message of the partition consumer.
 func (p *partition) deliver(ctx context.Context, msg jetstream.Msg) error {
+	if p.dropDelivery != nil && p.dropDelivery() {
+		return nil // a test's lost delivery
+	}
 	md, err := msg.Metadata()
 	if err != nil {
 		return nil
@@ -215,54 +199,22 @@ func (p *partition) deliver(ctx context.Context, msg jetstream.Msg) error {
 		}
 		p.pin = pin
 	}
-	seq, cseq := md.Sequence.Stream, md.Sequence.Consumer
-	if seq <= p.hw { // queued already, or applied by the previous owner
-		if cseq != p.cseq+1 {
-			// Deliveries were lost just before this one (a slow client
-			// dropped them): the next new message must not pass them.
-			p.needFill = true
-		}
-		p.cseq = max(p.cseq, cseq)
+	seq := md.Sequence.Stream
+	switch p.led.admit(seq, md.Sequence.Consumer) {
+	case admitHeld:
+		p.led.hold(seq, msg)
 		return nil
-	}
-	if p.needFill || md.NumDelivered > 1 || cseq != p.cseq+1 {
-		// Not the next delivery after the last one: deliveries were lost
-		// on the way (a reconnect dropped what was in flight, a slow client
-		// dropped what it could not hold), this is a redelivery of one of
-		// them, or the previous owner held messages unacknowledged. Read
-		// what the stream holds after hw, so every message missing is
-		// applied in order. After a redelivery, to the stream's current
-		// end: the redeliveries that follow fall behind hw and are skipped
-		// as they come, one read for the lot rather than one each.
-		// Otherwise up to this delivery: reading further would only read
-		// again what the consumer is about to deliver (at a takeover in a
-		// backlog, the whole backlog twice).
-		to := seq - 1
-		if md.NumDelivered > 1 {
-			to = 0
-		}
-		if err := p.fill(ctx, p.hw+1, to); err != nil {
+	case admitAfterRead:
+		if err := p.fill(ctx, p.led.hw+1, seq-1); err != nil {
 			// Not now (a leader moving, a cluster busy): this delivery
 			// waits in the stream with the rest, and the next delivery (or
 			// its redelivery) reads again, on the same subscription.
-			p.needFill = true
+			p.led.readFailed()
 			p.g.warnings.Warn("reading a gap from the stream failed; reading again at the next delivery", "partition", p.n, "err", err)
 			return nil
 		}
-		p.needFill = false
 	}
-	p.cseq = max(p.cseq, cseq)
-	if seq <= p.hw { // read by the fill: its entry may name it for the acknowledgement
-		for i := len(p.entries) - 1; i >= 0 && p.entries[i].seq >= seq; i-- {
-			if p.entries[i].seq == seq && p.entries[i].msg == nil {
-				p.entries[i].msg = msg
-			}
-		}
-		return nil
-	}
-	e := &entry{seq: seq, msg: msg}
-	p.entries = append(p.entries, e)
-	p.hw = seq
+	e := p.led.queue(seq, msg)
 	p.route(ctx, item{subject: msg.Subject(), data: msg.Data(), seq: seq, stored: md.Timestamp, replay: seq <= p.replayTo, e: e})
 	return nil
 }
@@ -274,34 +226,46 @@ func (p *partition) route(ctx context.Context, it item) {
 		it.markDone() // a kind this role does not read
 		return
 	}
+	if _, parked := p.parked[tok]; parked {
+		it.markDone() // it waits on the bus for the call's re-drive
+		p.g.m.messages.WithLabelValues(string(OutcomeParked)).Inc()
+		return
+	}
 	c := p.calls[tok]
 	if c == nil {
 		if _, ended := p.ended[tok]; ended {
 			it.markDone()
-			p.g.m.messages.WithLabelValues(OutcomeLate).Inc()
+			p.g.m.messages.WithLabelValues(string(OutcomeLate)).Inc()
 			p.g.warnings.Warn("message of a call already finished here dropped", "call", tok, "subject", it.subject, "seq", it.seq)
 			return
 		}
 		id, err := codec.DecodeToken(tok)
 		if !ok || err != nil {
 			it.markDone()
-			p.g.m.messages.WithLabelValues(OutcomeTerminated).Inc()
+			p.g.m.messages.WithLabelValues(string(OutcomeTerminated)).Inc()
 			p.g.warnings.Warn("message outside the scheme skipped", "subject", it.subject, "seq", it.seq)
 			return
 		}
-		c = p.startCall(CallInfo{ID: id, Token: tok}, it.seq)
+		c = p.startCall(CallInfo{ID: id, Token: tok}, it.seq, false, nil, nil)
 		if !it.replay && p.g.inLegacyWindow() {
 			p.readLegacy(ctx, c, false)
 		}
 	}
-	if !c.push(it) {
+	if it.e != nil {
+		it.e.call = c
+	}
+	if outcome, ok := c.push(it); !ok {
 		it.markDone()
-		p.g.m.messages.WithLabelValues(OutcomeLate).Inc()
+		p.g.m.messages.WithLabelValues(string(outcome)).Inc()
 	}
 }
 
-func (p *partition) startCall(info CallInfo, first uint64) *callWork {
-	c := newCallWork(p, info, first)
+// startCall starts the work on a call: from its history first when hist is
+// set, re-driving the parked call from when it is set.
+func (p *partition) startCall(info CallInfo, first uint64, legacy bool, hist *history, from *parkedCall) *callWork {
+	c := newCallWork(p.callCtx, p, info, first, legacy, hist)
+	c.from = from
+	c.redriving.Store(from != nil)
 	p.calls[info.Token] = c
 	p.ncalls.Store(int64(len(p.calls)))
 	p.dirty = true
@@ -311,19 +275,21 @@ func (p *partition) startCall(info CallInfo, first uint64) *callWork {
 }
 
 // finished is how a call's goroutine says it is over; run forgets the call.
-func (p *partition) finished(c *callWork, result string) {
+func (p *partition) finished(c *callWork) {
 	p.mu.Lock()
 	p.done = append(p.done, c)
 	p.mu.Unlock()
 }
 
 // reap forgets the calls that finished; those that ended are remembered as
-// ended, so their late messages are dropped.
+// ended, so their late messages are dropped, and those that parked are
+// kept parked, to be re-driven.
 func (p *partition) reap() {
 	p.mu.Lock()
 	done := p.done
 	p.done = nil
 	p.mu.Unlock()
+	now := time.Now()
 	for _, c := range done {
 		if c.result == ResultReleased {
 			continue // the partition is being handed over with it: it stays in the checkpoint
@@ -332,18 +298,79 @@ func (p *partition) reap() {
 			delete(p.calls, c.info.Token)
 			p.dirty = true
 		}
+		if c.result == ResultParked {
+			p.park(c, now)
+			continue
+		}
 		if p.ended != nil {
-			p.ended[c.info.Token] = time.Now().Unix()
+			p.ended[c.info.Token] = now.Unix()
 		}
 	}
 	p.ncalls.Store(int64(len(p.calls)))
+	p.nparked.Store(int64(len(p.parked)))
 }
 
+// park keeps a call that parked, to be re-driven after a backoff; past
+// maxParked the oldest parked call is given up.
+func (p *partition) park(c *callWork, now time.Time) {
+	pc := c.from
+	if pc == nil {
+		pc = &parkedCall{info: c.info, first: c.first, legacy: c.legacy, since: now}
+	}
+	pc.applied = max(pc.applied, c.applied.Load())
+	pc.reason = c.parkReason
+	pc.tries++
+	pc.next = now.Add(redriveDelay(p.g.cfg.RedriveBackoff, pc.tries))
+	p.parked[c.info.Token] = pc
+	if len(p.parked) <= maxParked {
+		return
+	}
+	var oldest *parkedCall
+	for _, q := range p.parked {
+		if oldest == nil || q.since.Before(oldest.since) {
+			oldest = q
+		}
+	}
+	delete(p.parked, oldest.info.Token)
+	p.ended[oldest.info.Token] = now.Unix()
+	p.g.m.calls.WithLabelValues(string(ResultFailed)).Inc()
+	p.g.log.Error("too many calls parked on a partition; the oldest is given up, its output missing", "partition", p.n,
+		"call", oldest.info.ID, "since", oldest.since, "reason", oldest.reason, "limit", maxParked)
+}
+
+// redrive starts the parked calls that are due (all of them when now is
+// set: a repair was seen, or an operator asked), at most redrivesAtOnce on
+// the partition at a time: each reads its call back from the stream.
+func (p *partition) redrive(all bool, inFlight int) {
+	now := time.Now()
+	for tok, pc := range p.parked {
+		if inFlight >= redrivesAtOnce {
+			return
+		}
+		if !all && now.Before(pc.next) {
+			continue
+		}
+		delete(p.parked, tok)
+		inFlight++
+		p.g.m.redrives.Inc()
+		p.log.Info("re-driving a parked call from the bus", "call", pc.info.ID, "parked", now.Sub(pc.since).Round(time.Second),
+			"tries", pc.tries, "applied", pc.applied)
+		p.startCall(pc.info, pc.first, pc.legacy, &history{to: p.led.hw, replayTo: pc.applied}, pc)
+	}
+	p.nparked.Store(int64(len(p.parked)))
+}
+
+// redrivesAtOnce bounds the re-drives in flight on one partition: a
+// partition full of parked calls re-drives them a few at a time.
+const redrivesAtOnce = 2
+
 // takeover makes this replica the partition's owner: from the last
-// checkpoint, each call then in progress is read back from the stream and
-// replayed up to the checkpoint's floor (rebuilding its state; what it emits
-// is dropped, as it was emitted before), and the next delivery reads from
-// the floor on.
+// checkpoint, each call then in progress is started again, reading its
+// messages back from the stream up to the checkpoint's floor (rebuilding
+// its state; what it emits is dropped, as it was emitted before) before
+// what comes after; the calls parked stay parked; and the next delivery
+// reads from the floor on. The reads are the calls' own, so the partition
+// takes deliveries at once.
 func (p *partition) takeover(ctx context.Context, pin string) error {
 	start := time.Now()
 	ck, err := readCheckpoint(ctx, p.g.kv, p.n)
@@ -356,7 +383,7 @@ func (p *partition) takeover(ctx context.Context, pin string) error {
 	}
 	cctx, cancel := context.WithCancel(context.Background())
 	p.callCtx, p.ccancel = cctx, cancel
-	p.calls, p.ended = map[codec.Token]*callWork{}, map[codec.Token]int64{}
+	p.calls, p.ended, p.parked = map[codec.Token]*callWork{}, map[codec.Token]int64{}, map[codec.Token]*parkedCall{}
 	cutoff := time.Now().Add(-p.g.cfg.DoneTTL).Unix()
 	for _, e := range ck.Ended {
 		if e.At >= cutoff {
@@ -368,223 +395,63 @@ func (p *partition) takeover(ctx context.Context, pin string) error {
 	// checkpoint was lost: then what lies below it was applied, and is
 	// replayed from the stream's start.
 	p.replayTo = max(floor, info.AckFloor.Stream)
-	var calls []*callWork
+	p.owned, p.pin = true, pin
+	p.isOwned.Store(true)
+	p.led.reset(floor)
+	p.written = floor
 	for _, cc := range ck.Calls {
 		id, err := codec.DecodeToken(cc.Token)
 		if err != nil {
 			continue
 		}
-		c := p.startCall(CallInfo{ID: id, Token: cc.Token}, cc.First)
-		c.legacy = cc.Legacy
-		calls = append(calls, c)
+		if cc.Parked != nil {
+			p.parked[cc.Token] = parkedFrom(cc, id, start, p.g.cfg.RedriveBackoff)
+			continue
+		}
+		p.startCall(CallInfo{ID: id, Token: cc.Token}, cc.First, cc.Legacy, &history{to: floor, replayTo: floor}, nil)
 	}
-	if err := p.readHistory(ctx, calls, floor); err != nil {
-		p.drop()
-		return err
-	}
-	p.owned, p.pin = true, pin
-	p.isOwned.Store(true)
-	p.hw, p.floor, p.written, p.acked, p.ackSeq = floor, floor, floor, floor, floor
+	p.nparked.Store(int64(len(p.parked)))
 	// dirty: the first housekeeping writes the checkpoint, which tells a
 	// previous owner that lost its pin that the partition is taken.
-	p.entries, p.ackMsg, p.needFill, p.dirty = nil, nil, true, true
-	p.cseq, p.checked, p.wroteAt, p.idleAt = 0, time.Now(), time.Time{}, time.Now()
+	p.dirty = true
+	p.checked, p.wroteAt, p.idleAt = time.Now(), time.Time{}, time.Now()
+	p.repairs = p.g.repairs.Load()
 	p.g.m.partitions.Inc()
 	p.log.Info("partition taken", "calls", len(ck.Calls), "from", floor, "previous", ck.Owner, "acked", info.AckFloor.Stream,
 		"took", time.Since(start).Round(time.Millisecond))
 	return nil
 }
 
-// readHistory replays the calls' messages up to floor, as a new owner
-// rebuilds them: those stored before partitioning first, for a call that
-// began then. Each call is read by an ordered consumer of its own, filtered
-// to the call alone (historyReaders at once): one filter is what the server
-// reads cheaply, and the read takes the call's messages only.
-func (p *partition) readHistory(ctx context.Context, calls []*callWork, floor uint64) error {
-	work := make(chan *callWork)
-	errs := make(chan error, historyReaders)
-	var wg sync.WaitGroup
-	for range min(historyReaders, len(calls)) {
-		wg.Go(func() {
-			for c := range work {
-				if err := p.readCall(ctx, c, floor); err != nil {
-					select {
-					case errs <- err:
-					default:
-					}
-				}
-			}
-		})
-	}
-	for _, c := range calls {
-		work <- c
-	}
-	close(work)
-	wg.Wait()
-	select {
-	case err := <-errs:
-		return err
-	default:
-		return nil
-	}
-}
-
-// readCall replays one call up to floor.
-func (p *partition) readCall(ctx context.Context, c *callWork, floor uint64) error {
-	push := func(it item) {
-		if _, kind, ok := p.g.subj.CallTokenKind(it.subject); ok && p.g.reads(kind) {
-			c.push(it)
-		}
-	}
-	if c.legacy {
-		if err := p.read(ctx, []string{p.g.subj.LegacyCall(c.info.Token)}, 1, 0, true, p.legacyPush(c)); err != nil {
-			return err
-		}
-	}
-	return p.read(ctx, []string{p.g.subj.StoredCall(c.info.Token)}, max(c.first, 1), floor, true, push)
-}
-
-// readLegacy reads, during the upgrade from the per-call design, the
-// messages a call had before the stream partitioned calls, if any: they
-// come before all of its partitioned ones.
-func (p *partition) readLegacy(ctx context.Context, c *callWork, replay bool) {
-	_, err := p.g.stream.GetLastMsgForSubject(ctx, p.g.subj.LegacyKind(c.info.Token, broker.KindLifecycle))
-	if err != nil {
-		if !errors.Is(err, jetstream.ErrMsgNotFound) {
-			p.log.Warn("legacy lookup", "call", c.info.ID, "err", err)
-		}
-		return
-	}
-	c.legacy = true
-	if err := p.read(ctx, []string{p.g.subj.LegacyCall(c.info.Token)}, 1, 0, replay, p.legacyPush(c)); err != nil {
-		p.log.Warn("legacy read", "call", c.info.ID, "err", err)
-	}
-}
-
-// legacyPush queues, of what a read of the call's unpartitioned subjects
-// brings, the messages that really are the call's and of a kind the role
-// reads (the filter also matches a partition whose number is the token).
-func (p *partition) legacyPush(c *callWork) func(item) {
-	return func(it item) {
-		if info, err := p.g.subj.ParseStored(it.subject); err == nil && !info.Partitioned && info.Call == c.info.ID && p.g.reads(info.Kind) {
-			c.push(it)
-		}
-	}
-}
-
-// fill queues the partition's messages stored from sequence from up to to
-// (0: the stream's current end), read from the stream: those the consumer
-// delivered elsewhere, lost on the way, or has yet to deliver again.
-func (p *partition) fill(ctx context.Context, from, to uint64) error {
-	if to > 0 && to < from {
-		return nil
-	}
-	p.log.Debug("reading the partition from the stream", "from", from, "to", to)
-	p.g.m.reads.Inc()
-	return p.read(ctx, p.filters, from, to, false, func(it item) {
-		e := &entry{seq: it.seq}
-		p.entries = append(p.entries, e)
-		p.hw = it.seq
-		it.e = e
-		it.replay = it.seq <= p.replayTo
-		p.route(ctx, it)
-	})
-}
-
-// read feeds fn the stored messages matching filters from sequence from up
-// to to (0: to the stream's end), with an ordered consumer, deleted after.
-func (p *partition) read(ctx context.Context, filters []string, from, to uint64, replay bool, fn func(item)) error {
-	// MaxResetAttempts: nats.go recreates an ordered consumer whose
-	// deliveries stop, by default forever and deaf to ctx; a connection
-	// closed under it (the replica stopping) would hang the read for good.
-	oc, err := p.g.stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: filters,
-		DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: from, InactiveThreshold: readInactive,
-		MaxResetAttempts: readAttempts})
-	if err != nil {
-		return fmt.Errorf("read partition %d from %d: %w", p.n, from, err)
-	}
-	defer func() {
-		// Ordered consumers count against the stream's MaxConsumers until
-		// they expire: a takeover must not leave hundreds behind.
-		dctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		_ = p.g.stream.DeleteConsumer(dctx, oc.CachedInfo().Name)
-	}()
-	// Every read has a message to stop at (the call's first one, the
-	// delivery that made the partition fill the gap before it, a legacy
-	// message looked up first), so a batch that brings nothing before the
-	// last matching message (NumPending 0) is the stream or its new
-	// consumer not answering yet (a leader moving): wait and ask again,
-	// never take it for the end.
-	for empty := 0; ; {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		batch, err := oc.Fetch(256, jetstream.FetchMaxWait(readWait))
-		if err != nil {
-			return fmt.Errorf("read partition %d from %d: %w", p.n, from, err)
-		}
-		n := 0
-		for msg := range batch.Messages() {
-			n++
-			md, err := msg.Metadata()
-			if err != nil {
-				continue
-			}
-			if to > 0 && md.Sequence.Stream > to {
-				return nil
-			}
-			fn(item{subject: msg.Subject(), data: msg.Data(), seq: md.Sequence.Stream, stored: md.Timestamp, replay: replay})
-			if md.NumPending == 0 {
-				return nil // the last message stored that matches
-			}
-		}
-		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
-			return fmt.Errorf("read partition %d from %d: %w", p.n, from, err)
-		}
-		if n > 0 {
-			empty = 0
-			continue
-		}
-		if empty++; empty >= readAttempts {
-			return fmt.Errorf("read partition %d from %d to %d: %w", p.n, from, to, errReadStalled)
-		}
-	}
-}
-
-// readWait bounds one batch of a read; readAttempts empty batches in a row
-// fail it (the caller tries again later).
-const (
-	readWait     = 2 * time.Second
-	readAttempts = 5
-)
-
-// errReadStalled: the stream gave nothing where messages must be.
-var errReadStalled = errors.New("stream read stalled")
-
-// readInactive is how long the server keeps a reader's ordered consumer
-// that its client forgot (nats.go's default is five minutes).
-const readInactive = 10 * time.Second
-
-// housekeep advances the acknowledgement floor, checkpoints, ends idle calls
-// and checks the pin.
+// housekeep advances the acknowledgement floor, checkpoints, parks a call
+// whose failures hold the partition, re-drives the parked calls due, ends
+// idle calls and checks the pin.
 func (p *partition) housekeep(ctx context.Context) {
 	if !p.owned {
 		p.adoptOrphan(ctx)
 		return
 	}
 	p.reap()
-	p.advance()
-	if (p.floor > p.written || p.dirty) && time.Since(p.wroteAt) >= p.g.cfg.Checkpoint {
+	p.led.advance()
+	p.relieve()
+	if (p.led.floor > p.written || p.dirty || p.hasAck()) && time.Since(p.wroteAt) >= p.g.cfg.Checkpoint {
 		p.flush(ctx, false)
 	}
 	if time.Since(p.idleAt) >= time.Second {
 		p.idleAt = time.Now()
 		limit := time.Now().Add(-p.g.cfg.IdleTimeout).UnixNano()
+		redriving := 0
 		for _, c := range p.calls {
 			if c.active.Load() < limit {
 				c.endIdle()
 			}
+			if c.redriving.Load() {
+				redriving++
+			}
+		}
+		if len(p.parked) > 0 {
+			repairs := p.g.repairs.Load()
+			p.redrive(repairs != p.repairs, redriving)
+			p.repairs = repairs
 		}
 	}
 	if len(p.calls) > 0 && time.Since(p.checked) >= p.g.cfg.Lease/2 {
@@ -594,6 +461,31 @@ func (p *partition) housekeep(ctx context.Context) {
 			p.drop()
 		}
 	}
+}
+
+// relieve parks the call that holds the floor when the messages waiting
+// behind it near the consumer's window (past it, the server delivers
+// nothing more and every call of the partition stops): if that call is
+// failing, or stuck in one attempt for a lease, it parks now rather than
+// after its retries, so its neighbours flow on.
+func (p *partition) relieve() {
+	if p.led.outstanding() < p.g.cfg.MaxAckPending/2 {
+		return
+	}
+	e := p.led.head()
+	if e == nil || e.call == nil {
+		return
+	}
+	if e.call.holding(time.Now().Add(-p.g.cfg.Lease).UnixNano()) {
+		e.call.requestPark("its failures held the partition's window")
+	}
+}
+
+// hasAck reports whether a delivery waits to acknowledge what is
+// checkpointed already (a redelivery of something applied).
+func (p *partition) hasAck() bool {
+	m, _ := p.led.toAck(p.written)
+	return m != nil
 }
 
 // adoptOrphan takes the partition over without waiting for a delivery when
@@ -621,31 +513,46 @@ func (p *partition) adoptOrphan(ctx context.Context) {
 	}
 }
 
-// advance moves the floor over the messages applied, in order.
-func (p *partition) advance() {
-	i := 0
-	for ; i < len(p.entries) && p.entries[i].done.Load(); i++ {
-		e := p.entries[i]
-		p.floor = e.seq
-		if e.msg != nil {
-			p.ackMsg, p.ackSeq = e.msg, e.seq
+// flush writes the checkpoint (when there is anything new), then
+// acknowledges up to it (waiting for the server's word when confirm is
+// set): the acknowledgement floor never passes the checkpoint's.
+func (p *partition) flush(ctx context.Context, confirm bool) {
+	if p.led.floor > p.written || p.dirty {
+		if !p.checkpoint(ctx) {
+			return
 		}
 	}
-	if i > 0 {
-		clear(p.entries[:i])
-		p.entries = p.entries[i:]
+	m, seq := p.led.toAck(p.written)
+	if m == nil {
+		return
+	}
+	var err error
+	if confirm {
+		err = m.DoubleAck(ctx)
+	} else {
+		err = m.Ack()
+	}
+	if err == nil {
+		p.led.acknowledged(seq)
 	}
 }
 
-// flush writes the checkpoint, then acknowledges up to it (waiting for the
-// server's word when confirm is set): the acknowledgement floor never
-// passes the checkpoint's.
-func (p *partition) flush(ctx context.Context, confirm bool) {
-	ck := checkpoint{Floor: p.floor, Owner: p.g.id, At: time.Now().UTC(), Calls: []ckCall{}, Ended: []ckEnded{}}
+// checkpoint writes the partition's checkpoint: its floor, the calls in
+// progress then (those re-driven and still reading their history, as the
+// parked calls they were), the calls parked, and those ended lately.
+func (p *partition) checkpoint(ctx context.Context) bool {
+	floor := p.led.floor
+	ck := checkpoint{Floor: floor, Owner: p.g.id, At: time.Now().UTC(), Calls: []ckCall{}, Ended: []ckEnded{}}
 	for tok, c := range p.calls {
-		if c.first <= p.floor {
+		switch {
+		case c.from != nil && c.redriving.Load():
+			ck.Calls = append(ck.Calls, c.from.checkpointed())
+		case c.first <= floor:
 			ck.Calls = append(ck.Calls, ckCall{Token: tok, First: c.first, Legacy: c.legacy})
 		}
+	}
+	for _, pc := range p.parked {
+		ck.Calls = append(ck.Calls, pc.checkpointed())
 	}
 	cutoff := time.Now().Add(-p.g.cfg.DoneTTL).Unix()
 	for tok, at := range p.ended {
@@ -657,21 +564,10 @@ func (p *partition) flush(ctx context.Context, confirm bool) {
 	}
 	if err := writeCheckpoint(ctx, p.g.kv, p.n, &ck); err != nil {
 		p.g.warnings.Warn("checkpoint not written; acknowledgements wait", "partition", p.n, "err", err)
-		return
+		return false
 	}
-	p.written, p.wroteAt, p.dirty = p.floor, time.Now(), false
-	if p.ackMsg == nil || p.ackSeq <= p.acked {
-		return
-	}
-	var err error
-	if confirm {
-		err = p.ackMsg.DoubleAck(ctx)
-	} else {
-		err = p.ackMsg.Ack()
-	}
-	if err == nil {
-		p.acked = p.ackSeq
-	}
+	p.written, p.wroteAt, p.dirty = floor, time.Now(), false
+	return true
 }
 
 // stillPinned asks the server whether the pin is still this replica's. A
@@ -721,8 +617,10 @@ func (p *partition) drop() {
 	p.mu.Lock()
 	p.done = nil
 	p.mu.Unlock()
-	p.owned, p.calls, p.entries, p.ackMsg, p.ccancel = false, nil, nil, nil, nil
+	p.owned, p.calls, p.parked, p.ccancel = false, nil, nil, nil
+	p.led.reset(0)
 	p.ncalls.Store(0)
+	p.nparked.Store(0)
 	if p.isOwned.Swap(false) {
 		p.g.m.partitions.Dec()
 	}
@@ -739,7 +637,7 @@ func (p *partition) release() {
 	p.ccancel()
 	p.wg.Wait()
 	p.reap()
-	p.advance()
+	p.led.advance()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	p.flush(ctx, true)

@@ -118,6 +118,7 @@ type Output struct {
 	role   string
 	call   CallInfo
 	seq    uint64 // of the message being handled; 0 while the call ends
+	key    string // names the step in the events' ids when it is not a message's nor End
 	n      int
 	replay bool
 }
@@ -126,7 +127,7 @@ type Output struct {
 // the events it emits are counted from 1 again, so a retry emits the same
 // ids as the attempt that failed.
 func (o *Output) reset(seq uint64, replay bool) {
-	o.seq, o.n, o.replay = seq, 0, replay
+	o.seq, o.n, o.replay, o.key = seq, 0, replay, ""
 }
 
 // Emit publishes ev on calls.<call>.events.<ev.Source> (the role's name when
@@ -153,9 +154,13 @@ func (o *Output) Emit(ctx context.Context, ev codec.Event) error {
 	}
 	subject := o.subj.Events(o.call.Token, ev.Source)
 	msg := &nats.Msg{Subject: subject, Data: data, Header: nats.Header{}}
-	key := "end"
-	if o.seq > 0 {
+	key := o.key
+	switch {
+	case key != "":
+	case o.seq > 0:
 		key = strconv.FormatUint(o.seq, 10)
+	default:
+		key = "end"
 	}
 	msg.Header.Set(jetstream.MsgIDHeader, fmt.Sprintf("%s/%s/%s/%d", o.role, o.call.Token, key, o.n))
 	if _, err := o.js.PublishMsg(ctx, msg); err != nil {

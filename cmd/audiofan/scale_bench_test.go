@@ -355,7 +355,7 @@ func BenchmarkClusterCalls(b *testing.B) {
 
 		// Call starts: 500 a second.
 		const starts, rate = 2000, 500
-		ended0 := sum("audiofan_subscriber_calls_total", subscribers.ResultEnded)
+		ended0 := sum("audiofan_subscriber_calls_total", string(subscribers.ResultEnded))
 		tick := time.NewTicker(10 * time.Millisecond)
 		for n := 0; n < starts; {
 			<-tick.C
@@ -373,9 +373,9 @@ func BenchmarkClusterCalls(b *testing.B) {
 		<-js.PublishAsyncComplete()
 		last := time.Now()
 		deadline := last.Add(3 * time.Minute)
-		for sum("audiofan_subscriber_calls_total", subscribers.ResultEnded)-ended0 < 3*starts {
+		for sum("audiofan_subscriber_calls_total", string(subscribers.ResultEnded))-ended0 < 3*starts {
 			if time.Now().After(deadline) {
-				b.Fatalf("the roles finished %v of %d call starts", sum("audiofan_subscriber_calls_total", subscribers.ResultEnded)-ended0, 3*starts)
+				b.Fatalf("the roles finished %v of %d call starts", sum("audiofan_subscriber_calls_total", string(subscribers.ResultEnded))-ended0, 3*starts)
 			}
 			time.Sleep(50 * time.Millisecond)
 		}

@@ -130,7 +130,7 @@ func runRole(b *testing.B, ns *natstest.Server, ref broker.StreamRef, calls int,
 			}
 			for _, m := range mf.GetMetric() {
 				for _, l := range m.GetLabel() {
-					if l.GetName() == "result" && l.GetValue() == subscribers.ResultEnded && m.GetCounter().GetValue() == float64(calls) {
+					if l.GetName() == "result" && l.GetValue() == string(subscribers.ResultEnded) && m.GetCounter().GetValue() == float64(calls) {
 						return role.Name
 					}
 				}

@@ -605,8 +605,10 @@ func waitChan(t *testing.T, ch chan struct{}, what string) {
 }
 
 // Metric sums the counters and gauges called name that g gathers, over the
-// series with a label of value label (every series when label is empty).
-func Metric(t testing.TB, g prometheus.Gatherer, name, label string) float64 {
+// series with a label of value label (every series when label is empty):
+// a plain string, or one of the typed label values (subscribers.Outcome,
+// subscribers.Result).
+func Metric[L ~string](t testing.TB, g prometheus.Gatherer, name string, label L) float64 {
 	t.Helper()
 	mfs, err := g.Gather()
 	if err != nil {
@@ -620,7 +622,7 @@ func Metric(t testing.TB, g prometheus.Gatherer, name, label string) float64 {
 		for _, m := range mf.GetMetric() {
 			match := label == ""
 			for _, l := range m.GetLabel() {
-				match = match || l.GetValue() == label
+				match = match || l.GetValue() == string(label)
 			}
 			if match {
 				v += m.GetCounter().GetValue() + m.GetGauge().GetValue()

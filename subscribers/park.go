@@ -1,0 +1,82 @@
+package subscribers
+
+import (
+	"time"
+
+	"github.com/audiofan/audiofan/codec"
+)
+
+// Parking: a call whose handling keeps failing is not retried in place
+// forever, holding its partition's floor (and with it the server's window
+// of unacknowledged messages, so its neighbours' audio would stop) nor one
+// of the role's End slots. After bounded retries it is parked: its messages
+// are passed over as they come (they stay on the bus), the floor moves on,
+// and the call is kept in the checkpoint with how far it was applied. Later
+// (a backoff, a success of the role after failures, or `audiofan redrive`)
+// it is re-driven: a new handler reads the call back from the bus, replays
+// what was applied before (output dropped, as at a takeover) and applies
+// the rest live. Dead-letter queues do the same for a poison message; a call
+// is the unit here because its state needs every message in order.
+
+// parkRule says when a failing call stops being retried in place.
+type parkRule struct {
+	retries int           // attempts at a failure that is not an outage
+	after   time.Duration // how long an outage (ErrUnavailable) is waited out in place
+}
+
+// park reports whether a call that has just failed its attempt-th try at
+// one step (failing for failingFor, unavailable when the failure is an
+// outage) should be parked.
+func (r parkRule) park(attempt int, unavailable bool, failingFor time.Duration) bool {
+	if unavailable {
+		return failingFor >= r.after
+	}
+	return attempt >= r.retries
+}
+
+// redriveDelay is how long a call parked for the tries-th time waits
+// before it is re-driven: base doubling, up to maxRedriveDelay.
+func redriveDelay(base time.Duration, tries int) time.Duration {
+	return min(base<<min(max(tries-1, 0), 16), maxRedriveDelay)
+}
+
+// maxRedriveDelay bounds the wait between re-drives of a parked call: a
+// fault repaired is noticed within it even when nothing else succeeds.
+const maxRedriveDelay = 5 * time.Minute
+
+// maxParked bounds the calls a partition keeps parked (each is a line of
+// its checkpoint); past it the oldest is given up, logged and counted.
+const maxParked = 500
+
+// parkedCall is a call parked on this partition.
+type parkedCall struct {
+	info    CallInfo
+	first   uint64 // stream sequence of its first message in the partition
+	legacy  bool
+	applied uint64 // every message of it up to this was applied (its output emitted)
+	since   time.Time
+	reason  string
+	tries   int // times parked
+	next    time.Time
+}
+
+func (pc *parkedCall) checkpointed() ckCall {
+	return ckCall{Token: pc.info.Token, First: pc.first, Legacy: pc.legacy,
+		Parked: &ckParked{Applied: pc.applied, Since: pc.since, Reason: pc.reason, Tries: pc.tries}}
+}
+
+// parkedFrom rebuilds a parked call from its checkpoint line.
+func parkedFrom(cc ckCall, id string, now time.Time, base time.Duration) *parkedCall {
+	return &parkedCall{info: CallInfo{ID: id, Token: cc.Token}, first: cc.First, legacy: cc.Legacy,
+		applied: cc.Parked.Applied, since: cc.Parked.Since, reason: cc.Parked.Reason, tries: cc.Parked.Tries,
+		next: now.Add(base)}
+}
+
+// parkedEvent is the data of the event a call parking emits.
+func parkedEvent(reason string, cause error, applied uint64) codec.Event {
+	data := map[string]any{"reason": reason, "applied": applied}
+	if cause != nil {
+		data["error"] = cause.Error()
+	}
+	return codec.Event{Type: codec.EventParked, Data: data}
+}

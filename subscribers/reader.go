@@ -1,0 +1,181 @@
+package subscribers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/audiofan/audiofan/broker"
+)
+
+// Reads of the stream itself, besides the partition consumer: a call's
+// history (at a takeover, a re-drive) and the gaps the consumer left.
+
+// historyReaders bounds the calls of a role read back from the stream at
+// once, on this replica (takeovers and re-drives alike): each holds an
+// ordered consumer on the stream while its call replays.
+const historyReaders = 8
+
+// readCall feeds fn the call's messages from its first (or after the last
+// applied, when read again) up to its history's end, those up to the
+// history's replayTo as a replay; the messages stored before the stream
+// was partitioned first, for a call that began then. One filter, the call
+// alone: what the server reads cheaply. fn returning false stops the read.
+func (p *partition) readCall(ctx context.Context, c *callWork, fn func(item) bool) error {
+	h := c.hist
+	if c.legacy && c.last < c.first {
+		replay := h.replayTo > 0
+		err := p.read(ctx, []string{p.g.subj.LegacyCall(c.info.Token)}, 1, 0, func(it item) bool {
+			if info, err := p.g.subj.ParseStored(it.subject); err == nil && !info.Partitioned && info.Call == c.info.ID && p.g.reads(info.Kind) {
+				it.replay = replay
+				return fn(it)
+			}
+			return true
+		})
+		if err != nil {
+			return err
+		}
+	}
+	from := max(c.first, c.last+1, 1)
+	if from > h.to {
+		return nil
+	}
+	first := true
+	return p.read(ctx, []string{p.g.subj.StoredCall(c.info.Token)}, from, h.to, func(it item) bool {
+		if first && from == c.first && it.seq > c.first {
+			// The stream no longer holds the call's start (its retention
+			// removed it): the call goes on from what is left, and says so.
+			p.g.m.historyLost.Inc()
+			p.g.warnings.Warn("a call's start is gone from the stream (retention); it is rebuilt from what is left",
+				"call", c.info.ID, "first", c.first, "from", it.seq)
+		}
+		first = false
+		if _, kind, ok := p.g.subj.CallTokenKind(it.subject); !ok || !p.g.reads(kind) {
+			return true
+		}
+		it.replay = it.seq <= h.replayTo
+		return fn(it)
+	})
+}
+
+// readLegacy reads, during the upgrade from the per-call design, the
+// messages a call had before the stream partitioned calls, if any: they
+// come before all of its partitioned ones.
+func (p *partition) readLegacy(ctx context.Context, c *callWork, replay bool) {
+	_, err := p.g.stream.GetLastMsgForSubject(ctx, p.g.subj.LegacyKind(c.info.Token, broker.KindLifecycle))
+	if err != nil {
+		if !errors.Is(err, jetstream.ErrMsgNotFound) {
+			p.log.Warn("legacy lookup", "call", c.info.ID, "err", err)
+		}
+		return
+	}
+	c.legacy = true
+	if err := p.read(ctx, []string{p.g.subj.LegacyCall(c.info.Token)}, 1, 0, func(it item) bool {
+		if info, err := p.g.subj.ParseStored(it.subject); err == nil && !info.Partitioned && info.Call == c.info.ID && p.g.reads(info.Kind) {
+			it.replay = replay
+			c.push(it)
+		}
+		return true
+	}); err != nil {
+		p.log.Warn("legacy read", "call", c.info.ID, "err", err)
+	}
+}
+
+// fill queues the partition's messages stored from sequence from up to to,
+// read from the stream: those the consumer delivered elsewhere (a previous
+// owner), or lost on the way.
+func (p *partition) fill(ctx context.Context, from, to uint64) error {
+	if to < from {
+		return nil
+	}
+	p.log.Debug("reading the partition from the stream", "from", from, "to", to)
+	p.g.m.reads.Inc()
+	return p.read(ctx, p.filters, from, to, func(it item) bool {
+		it.e = p.led.queue(it.seq, nil)
+		it.replay = it.seq <= p.replayTo
+		p.route(ctx, it)
+		return true
+	})
+}
+
+// read feeds fn the stored messages matching filters from sequence from up
+// to to (0: to the stream's end), with an ordered consumer, deleted after;
+// fn returning false ends the read.
+func (p *partition) read(ctx context.Context, filters []string, from, to uint64, fn func(item) bool) error {
+	// MaxResetAttempts: nats.go recreates an ordered consumer whose
+	// deliveries stop, by default forever and deaf to ctx; a connection
+	// closed under it (the replica stopping) would hang the read for good.
+	oc, err := p.g.stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: filters,
+		DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: from, InactiveThreshold: readInactive,
+		MaxResetAttempts: readAttempts})
+	if err != nil {
+		return fmt.Errorf("read partition %d from %d: %w", p.n, from, err)
+	}
+	defer func() {
+		// Ordered consumers count against the stream's MaxConsumers until
+		// they expire: a takeover must not leave hundreds behind.
+		dctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = p.g.stream.DeleteConsumer(dctx, oc.CachedInfo().Name)
+	}()
+	// Every read has a message to stop at (the call's first one, the
+	// delivery that made the partition fill the gap before it, a legacy
+	// message looked up first), so a batch that brings nothing before the
+	// last matching message (NumPending 0) is the stream or its new
+	// consumer not answering yet (a leader moving): wait and ask again,
+	// never take it for the end.
+	for empty := 0; ; {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		batch, err := oc.Fetch(256, jetstream.FetchMaxWait(readWait))
+		if err != nil {
+			return fmt.Errorf("read partition %d from %d: %w", p.n, from, err)
+		}
+		n := 0
+		for msg := range batch.Messages() {
+			n++
+			md, err := msg.Metadata()
+			if err != nil {
+				continue
+			}
+			if to > 0 && md.Sequence.Stream > to {
+				return nil
+			}
+			if !fn(item{subject: msg.Subject(), data: msg.Data(), seq: md.Sequence.Stream, stored: md.Timestamp}) {
+				return nil
+			}
+			if md.NumPending == 0 {
+				return nil // the last message stored that matches
+			}
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
+			return fmt.Errorf("read partition %d from %d: %w", p.n, from, err)
+		}
+		if n > 0 {
+			empty = 0
+			continue
+		}
+		if empty++; empty >= readAttempts {
+			return fmt.Errorf("read partition %d from %d to %d: %w", p.n, from, to, errReadStalled)
+		}
+	}
+}
+
+// readWait bounds one batch of a read; readAttempts empty batches in a row
+// fail it (the caller tries again later).
+const (
+	readWait     = 2 * time.Second
+	readAttempts = 5
+)
+
+// errReadStalled: the stream gave nothing where messages must be.
+var errReadStalled = errors.New("stream read stalled")
+
+// readInactive is how long the server keeps a reader's ordered consumer
+// that its client forgot (nats.go's default is five minutes).
+const readInactive = 10 * time.Second
