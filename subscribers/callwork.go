@@ -427,9 +427,17 @@ func (c *callWork) retry(ctx context.Context, d *Delivery, reason string) (outco
 		seq = d.Seq
 	}
 	var since time.Time
+	handled := false
 	for attempt := 1; ; attempt++ {
-		c.out.reset(seq, replay)
-		err := c.attempt(d, reason)
+		var err error
+		if !handled {
+			c.out.reset(seq, replay)
+			err = c.attempt(d, reason)
+			handled = err == nil
+		}
+		if handled {
+			err = c.out.flush(c.pctx) // what the step emitted; only that is tried again
+		}
 		if err == nil {
 			c.setUnavailable(false)
 			if c.failing.Swap(0) != 0 {
@@ -523,7 +531,11 @@ func (c *callWork) announcePark() {
 	}
 	c.out.reset(0, false)
 	c.out.key = fmt.Sprintf("parked-%d", tries)
-	if err := c.out.Emit(ctx, parkedEvent(reason, c.parkCause, c.applied.Load())); err != nil {
+	err := c.out.Emit(ctx, parkedEvent(reason, c.parkCause, c.applied.Load()))
+	if err == nil {
+		err = c.out.flush(ctx)
+	}
+	if err != nil {
 		g.log.Debug("parked event not published", "call", c.info.ID, "err", err)
 	}
 }

@@ -34,6 +34,13 @@ const (
 	// (deliveries lost on the way, or held by a previous owner): read the
 	// stream from hw+1 up to it first, then queue it.
 	admitAfterRead
+	// admitAfterReadAll: a redelivery past hw: its first delivery went
+	// elsewhere (a previous owner, or lost), and so may have any of the
+	// partition's messages after it, whose redeliveries come one by one as
+	// their acknowledgement waits run out, new messages in between. Read
+	// the stream to its current end: the delivery, and those redeliveries,
+	// are then held.
+	admitAfterReadAll
 	// admitHeld: queued already (a redelivery, or read from the stream):
 	// it only serves to acknowledge.
 	admitHeld
@@ -47,11 +54,13 @@ const (
 // says.
 //
 // The gap rule: the server numbers every delivery, redeliveries included,
-// with the next consumer sequence (nats-server's deliverMsg). So a delivery
-// whose consumer sequence follows the last one seen proves that nothing was
-// lost between them; any other (or the first after a takeover) may have
-// messages of the partition before it that this replica never got, and the
-// stream is read for them. A redelivery of what is queued already only
+// with the next consumer sequence (nats-server's deliverMsg). So a new
+// message whose consumer sequence follows the last one seen proves that
+// nothing was lost between them; any other (or the first after a takeover)
+// may have messages of the partition before it that this replica never
+// got, and the stream is read up to it. A redelivery of a message not
+// queued yet proves less: what was delivered with it went elsewhere too, so
+// the stream is read to its end. A redelivery of what is queued already only
 // acknowledges: with AckAll, the highest one at or below the floor
 // acknowledges everything the server still waits for, so a replica that
 // fell behind past the acknowledgement wait (frozen, starved) gets the
@@ -75,8 +84,8 @@ func (l *ledger) reset(floor uint64) {
 }
 
 // admit classes the delivery of stream sequence seq with consumer sequence
-// cseq.
-func (l *ledger) admit(seq, cseq uint64) admission {
+// cseq; redelivered: the server delivered it before.
+func (l *ledger) admit(seq, cseq uint64, redelivered bool) admission {
 	gap := l.needRead || cseq != l.cseq+1
 	l.cseq = max(l.cseq, cseq)
 	switch {
@@ -85,6 +94,8 @@ func (l *ledger) admit(seq, cseq uint64) admission {
 			l.needRead = true // deliveries were lost before this one: the next new one must not pass them
 		}
 		return admitHeld
+	case redelivered:
+		return admitAfterReadAll
 	case gap:
 		return admitAfterRead
 	}

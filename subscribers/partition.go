@@ -200,17 +200,25 @@ func (p *partition) deliver(ctx context.Context, msg jetstream.Msg) error {
 		p.pin = pin
 	}
 	seq := md.Sequence.Stream
-	switch p.led.admit(seq, md.Sequence.Consumer) {
+	to := seq - 1
+	switch p.led.admit(seq, md.Sequence.Consumer, md.NumDelivered > 1) {
 	case admitHeld:
 		p.led.hold(seq, msg)
 		return nil
+	case admitAfterReadAll:
+		to = 0
+		fallthrough
 	case admitAfterRead:
-		if err := p.fill(ctx, p.led.hw+1, seq-1); err != nil {
+		if err := p.fill(ctx, p.led.hw+1, to); err != nil {
 			// Not now (a leader moving, a cluster busy): this delivery
 			// waits in the stream with the rest, and the next delivery (or
 			// its redelivery) reads again, on the same subscription.
 			p.led.readFailed()
 			p.g.warnings.Warn("reading a gap from the stream failed; reading again at the next delivery", "partition", p.n, "err", err)
+			return nil
+		}
+		if seq <= p.led.hw { // read to the end: it was queued by the read
+			p.led.hold(seq, msg)
 			return nil
 		}
 	}

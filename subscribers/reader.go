@@ -85,11 +85,11 @@ func (p *partition) readLegacy(ctx context.Context, c *callWork, replay bool) {
 	}
 }
 
-// fill queues the partition's messages stored from sequence from up to to,
-// read from the stream: those the consumer delivered elsewhere (a previous
-// owner), or lost on the way.
+// fill queues the partition's messages stored from sequence from up to to
+// (0: the stream's current end), read from the stream: those the consumer
+// delivered elsewhere (a previous owner), or lost on the way.
 func (p *partition) fill(ctx context.Context, from, to uint64) error {
-	if to < from {
+	if to > 0 && to < from {
 		return nil
 	}
 	p.log.Debug("reading the partition from the stream", "from", from, "to", to)

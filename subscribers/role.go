@@ -112,28 +112,39 @@ var ErrPanic = errors.New("handler panicked")
 // again after a crash) is stored once. Handlers must therefore emit the same
 // events, in the same order, for the same messages: derive them from the
 // messages (capture times, not the clock).
+//
+// The events of one step (a message handled, the call's End) are published
+// once the handler has returned from it without error, in the order
+// emitted; a publish that fails is retried alone, with the same ids, without
+// running the handler again: a handler's state moves once per message, so a
+// refused publish can neither skip an event nor apply a message twice.
 type Output struct {
-	js     jetstream.JetStream
-	subj   broker.Subjects
-	role   string
-	call   CallInfo
-	seq    uint64 // of the message being handled; 0 while the call ends
-	key    string // names the step in the events' ids when it is not a message's nor End
-	n      int
-	replay bool
+	js      jetstream.JetStream
+	subj    broker.Subjects
+	role    string
+	call    CallInfo
+	seq     uint64 // of the message being handled; 0 while the call ends
+	key     string // names the step in the events' ids when it is not a message's nor End
+	n       int
+	replay  bool
+	pending []*nats.Msg // emitted by this step, not yet stored
 }
 
 // reset readies the output for one attempt at a message (seq 0: at End):
 // the events it emits are counted from 1 again, so a retry emits the same
-// ids as the attempt that failed.
+// ids as the attempt that failed, and what a failed attempt emitted is
+// dropped.
 func (o *Output) reset(seq uint64, replay bool) {
 	o.seq, o.n, o.replay, o.key = seq, 0, replay, ""
+	clear(o.pending)
+	o.pending = o.pending[:0]
 }
 
-// Emit publishes ev on calls.<call>.events.<ev.Source> (the role's name when
-// Source is empty) and waits for the stream to store it. During a replay it
-// does nothing.
-func (o *Output) Emit(ctx context.Context, ev codec.Event) error {
+// Emit queues ev for calls.<call>.events.<ev.Source> (the role's name when
+// Source is empty); it is published, and waited for, when the handler
+// returns from this step without error. During a replay it does nothing.
+// It fails only when ev cannot be encoded.
+func (o *Output) Emit(_ context.Context, ev codec.Event) error {
 	if o.replay {
 		return nil
 	}
@@ -152,8 +163,7 @@ func (o *Output) Emit(ctx context.Context, ev codec.Event) error {
 	if err != nil {
 		return Permanent(fmt.Errorf("encode %s event: %w", ev.Type, err))
 	}
-	subject := o.subj.Events(o.call.Token, ev.Source)
-	msg := &nats.Msg{Subject: subject, Data: data, Header: nats.Header{}}
+	msg := &nats.Msg{Subject: o.subj.Events(o.call.Token, ev.Source), Data: data, Header: nats.Header{}}
 	key := o.key
 	switch {
 	case key != "":
@@ -163,15 +173,26 @@ func (o *Output) Emit(ctx context.Context, ev codec.Event) error {
 		key = "end"
 	}
 	msg.Header.Set(jetstream.MsgIDHeader, fmt.Sprintf("%s/%s/%s/%d", o.role, o.call.Token, key, o.n))
-	if _, err := o.js.PublishMsg(ctx, msg); err != nil {
-		if broker.Transient(err) {
-			// The stream did not answer in time (a burst of calls ending at
-			// once, a leader moving): the bus is unavailable, not the event
-			// wrong. Retried until it answers, rather than given up after a
-			// few tries and the call's output lost.
-			return fmt.Errorf("%w: publish %s: %w", ErrUnavailable, subject, err)
+	o.pending = append(o.pending, msg)
+	return nil
+}
+
+// flush publishes the step's events in order, each once the one before is
+// stored; a failure leaves the rest queued for the next flush.
+func (o *Output) flush(ctx context.Context) error {
+	for len(o.pending) > 0 {
+		msg := o.pending[0]
+		if _, err := o.js.PublishMsg(ctx, msg); err != nil {
+			if broker.Transient(err) {
+				// The stream did not answer in time (a burst of calls ending
+				// at once, a leader moving): the bus is unavailable, not the
+				// event wrong. Waited out like any outage.
+				return fmt.Errorf("%w: publish %s: %w", ErrUnavailable, msg.Subject, err)
+			}
+			return fmt.Errorf("publish %s: %w", msg.Subject, err)
 		}
-		return fmt.Errorf("publish %s: %w", subject, err)
+		o.pending[0] = nil
+		o.pending = o.pending[1:]
 	}
 	return nil
 }

@@ -96,7 +96,8 @@ type callAnalysis struct {
 	a      *Analytics
 	call   subscribers.CallInfo
 	an     *analysis
-	next   int64 // call time (slots) of the next live event
+	added  uint64 // stream sequence of the last frame added: a retried message is not added twice
+	next   int64  // call time (slots) of the next live event
 	closed bool
 }
 
@@ -108,7 +109,12 @@ func (c *callAnalysis) Handle(ctx context.Context, d subscribers.Delivery, out *
 	if f.Channels != 1 || f.Encoding != codec.EncodingPCM16 || len(f.Data)%2 != 0 {
 		return subscribers.Permanent(fmt.Errorf("frame format: %d channels, %q, %d bytes", f.Channels, f.Encoding, len(f.Data)))
 	}
-	c.an.add(f)
+	// A failed publish below is retried with this same message: the frame
+	// is added once, and the event stays due until it is published.
+	if d.Seq != c.added {
+		c.an.add(f)
+		c.added = d.Seq
+	}
 	if c.a.cfg.Interval == 0 {
 		return nil
 	}
@@ -121,14 +127,16 @@ func (c *callAnalysis) Handle(ctx context.Context, d subscribers.Delivery, out *
 	}
 	// The event's time is the call time it covers, not the clock: the same
 	// messages give the same events on any replica.
+	if !d.Replay { // on a replay the previous owner published it: do not summarise for nothing
+		sum := c.an.summary(false)
+		if err := c.publish(ctx, out, codec.EventProgress, &sum, false); err != nil {
+			return err
+		}
+	}
 	for c.next <= c.an.max-c.an.min+1 {
 		c.next += every
 	}
-	if d.Replay {
-		return nil // the previous owner published it: do not summarise for nothing
-	}
-	sum := c.an.summary(false)
-	return c.publish(ctx, out, codec.EventProgress, &sum, false)
+	return nil
 }
 
 func (c *callAnalysis) End(ctx context.Context, reason string, out *subscribers.Output) error {

@@ -119,7 +119,7 @@ func Run(t *testing.T, spec Spec) {
 		t.Helper()
 		events, result := baseline(t)
 		b.waitDone(t, call)
-		if got := b.events(t, call); !reflect.DeepEqual(got, events) {
+		if got := roleEvents(b.events(t, call)); !reflect.DeepEqual(got, events) {
 			t.Errorf("events differ from an undisturbed run:\n got  %d: %v\n want %d: %v", len(got), got, len(events), events)
 		}
 		if got := spec.Result(t, b.shared, b.js, call); !reflect.DeepEqual(got, result) {
@@ -242,6 +242,26 @@ func Run(t *testing.T, spec Spec) {
 		b.publishCall(t, stuck, nil, len(sm)/2, len(sm))
 		check(t, b, call)
 	})
+	for _, mode := range []failure{failHandleOutage, failHandleError, failEndOutage} {
+		t.Run("a failing call is parked and re-driven whole: "+mode.String(), func(t *testing.T) {
+			parkAndRedrive(t, newBus(t, spec), mode, check)
+		})
+	}
+	t.Run("event publishes refused once", func(t *testing.T) {
+		// The stream refuses the first publish of every event: each is
+		// published again, alone, and the output is unchanged (the handler
+		// is not run twice for it, nor an event skipped).
+		b := newBus(t, spec)
+		var refused atomic.Int64
+		b.start(t, replicaOpts{js: func(js jetstream.JetStream) jetstream.JetStream {
+			return &refuseOnce{JetStream: js, seen: map[string]bool{}, refused: &refused}
+		}})
+		call := b.publish(t, nil)
+		check(t, b, call)
+		if refused.Load() == 0 {
+			t.Fatal("no publish was refused: the role emitted nothing to test with")
+		}
+	})
 	t.Run("takeover after a crash", func(t *testing.T) {
 		// A replica dies mid-call without a word (its connection cut), holding
 		// messages delivered but not applied; after the lease another replica
@@ -298,6 +318,141 @@ func partitionMoves(t *testing.T, b *bus, check func(*testing.T, *bus, subscribe
 	if v := Metric(t, nb.reg, "audiofan_subscriber_takeovers_total", ""); v != 1 {
 		t.Errorf("takeovers on the replica the partition moved to = %v, want 1", v)
 	}
+}
+
+// failure is how the call under test fails in parkAndRedrive.
+type failure int
+
+const (
+	failHandleOutage failure = iota // Handle: ErrUnavailable (a disk gone), waited out until the window fills
+	failHandleError                 // Handle: a plain error, parked after its retries
+	failEndOutage                   // End: ErrUnavailable (the folder cannot be made), its neighbours behind it
+)
+
+func (f failure) String() string {
+	return [...]string{"a handler outage", "a handler error", "an outage at the end"}[f]
+}
+
+// parkAndRedrive: the call under test fails (as mode says) while broken,
+// on a replica whose partition window is small; a neighbour call of the
+// same partition is finished all the same, the failing call is parked
+// (with an event), and once repaired it is re-driven from the bus and its
+// output is that of an undisturbed run.
+func parkAndRedrive(t *testing.T, b *bus, mode failure, check func(*testing.T, *bus, subscribers.CallInfo)) {
+	parts := StreamSubjects(t, b.js, b.ref)
+	p := parts.Partition(codec.EncodeToken(CallID))
+	neighbour := ""
+	for i := 0; neighbour == ""; i++ {
+		if id := fmt.Sprintf("4:+1425555%04d", i); parts.Partition(codec.EncodeToken(id)) == p {
+			neighbour = id
+		}
+	}
+	var broken atomic.Bool
+	broken.Store(true)
+	r := b.start(t, replicaOpts{
+		cfg: func(c *subscribers.GroupConfig) {
+			c.MaxAckPending = 64
+			c.ParkAfter = time.Minute // an outage parks only because it holds the window
+			c.RedriveBackoff = 50 * time.Millisecond
+		},
+		wrap: func(c subscribers.CallInfo, h subscribers.CallHandler) subscribers.CallHandler {
+			if c.ID == CallID {
+				return &failing{CallHandler: h, mode: mode, broken: &broken, after: 60}
+			}
+			return h
+		},
+	})
+	call := b.publish(t, nil)
+	nb := b.publishCall(t, neighbour, nil, 0, len(b.spec.Call(neighbour)))
+	b.waitDone(t, nb)
+	WaitFor(t, "the failing call parked", func() bool {
+		return Metric(t, r.reg, "audiofan_subscriber_calls_total", subscribers.ResultParked) >= 1
+	})
+	if done, err := subscribers.Finished(context.Background(), b.js, b.ref, b.spec.NewRole(t, b.shared, b.nc, b.js).Name, call.Token); err != nil || done {
+		t.Fatalf("the failing call finished while broken (%v)", err)
+	}
+	broken.Store(false)
+	check(t, b, call)
+	parked := 0
+	for _, ev := range b.events(t, call) {
+		if ev.Type == codec.EventParked {
+			parked++
+		}
+	}
+	if parked == 0 {
+		t.Error("no parked event for the call")
+	}
+	if v := Metric(t, r.reg, "audiofan_subscriber_redrives_total", ""); v < 1 {
+		t.Errorf("re-drives = %v", v)
+	}
+	if v := Metric(t, r.reg, "audiofan_subscriber_calls_parked", ""); v != 0 {
+		t.Errorf("%v calls still parked after the repair", v)
+	}
+}
+
+// failing fails the call while broken: Handle after the first after
+// messages, or End.
+type failing struct {
+	subscribers.CallHandler
+	mode   failure
+	broken *atomic.Bool
+	after  int
+	n      int
+}
+
+var errDiskGone = fmt.Errorf("%w: conformance: the disk is gone", subscribers.ErrUnavailable)
+
+func (f *failing) Handle(ctx context.Context, d subscribers.Delivery, out *subscribers.Output) error {
+	if f.n >= f.after && f.broken.Load() {
+		switch f.mode {
+		case failHandleOutage:
+			return errDiskGone
+		case failHandleError:
+			return fmt.Errorf("conformance: message %d fails while broken", d.Seq)
+		}
+	}
+	f.n++
+	return f.CallHandler.Handle(ctx, d, out)
+}
+
+func (f *failing) End(ctx context.Context, reason string, out *subscribers.Output) error {
+	if f.mode == failEndOutage && f.broken.Load() {
+		return errDiskGone
+	}
+	return f.CallHandler.End(ctx, reason, out)
+}
+
+// refuseOnce refuses the first publish of each message id.
+type refuseOnce struct {
+	jetstream.JetStream
+	mu      sync.Mutex
+	seen    map[string]bool
+	refused *atomic.Int64
+}
+
+func (r *refuseOnce) PublishMsg(ctx context.Context, m *nats.Msg, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
+	id := m.Header.Get(jetstream.MsgIDHeader)
+	r.mu.Lock()
+	first := !r.seen[id]
+	r.seen[id] = true
+	r.mu.Unlock()
+	if first {
+		r.refused.Add(1)
+		return nil, fmt.Errorf("conformance: the first publish of %s is refused", id)
+	}
+	return r.JetStream.PublishMsg(ctx, m, opts...)
+}
+
+// roleEvents leaves out of a call's events those of the engine (a call
+// parking), which an undisturbed run does not have.
+func roleEvents(evs []codec.Event) []codec.Event {
+	out := evs[:0:0]
+	for _, ev := range evs {
+		if ev.Type != codec.EventParked {
+			out = append(out, ev)
+		}
+	}
+	return out
 }
 
 // slowAfter applies messages at a live-like pace after the first after of
@@ -442,6 +597,24 @@ func (b *bus) replica(t *testing.T, wrap func(subscribers.CallHandler) subscribe
 // handlers wrap wraps.
 func (b *bus) replicaCalled(t *testing.T, id string, wrap func(subscribers.CallInfo, subscribers.CallHandler) subscribers.CallHandler) *replica {
 	t.Helper()
+	return b.start(t, replicaOpts{id: id, wrap: wrap})
+}
+
+// replicaOpts are how a test's replica differs from the others.
+type replicaOpts struct {
+	id   string                                                                      // its name; random when empty
+	wrap func(subscribers.CallInfo, subscribers.CallHandler) subscribers.CallHandler // wraps each call handler
+	cfg  func(*subscribers.GroupConfig)                                              // changes its settings
+	js   func(jetstream.JetStream) jetstream.JetStream                               // what its Group publishes through
+}
+
+func (b *bus) start(t *testing.T, o replicaOpts) *replica {
+	t.Helper()
+	wrap := o.wrap
+	if wrap == nil {
+		wrap = func(_ subscribers.CallInfo, h subscribers.CallHandler) subscribers.CallHandler { return h }
+	}
+	id := o.id
 	nc, err := nats.Connect(b.ns.URL())
 	if err != nil {
 		t.Fatal(err)
@@ -462,7 +635,14 @@ func (b *bus) replicaCalled(t *testing.T, id string, wrap func(subscribers.CallI
 	r := &replica{nc: nc, reg: prometheus.NewRegistry(), done: make(chan error, 1)}
 	cfg := Config(t)
 	cfg.ReplicaID = id
-	g, err := subscribers.NewGroup(cfg, role, b.ref, nc, js, r.reg, natstest.Logger())
+	if o.cfg != nil {
+		o.cfg(&cfg)
+	}
+	gjs := js
+	if o.js != nil {
+		gjs = o.js(js)
+	}
+	g, err := subscribers.NewGroup(cfg, role, b.ref, nc, gjs, r.reg, natstest.Logger())
 	if err != nil {
 		t.Fatal(err)
 	}
