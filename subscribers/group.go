@@ -151,6 +151,10 @@ type Group struct {
 	parts   []*partition
 	ready   bool
 	unavail atomic.Int64
+
+	// dropDelivery, set by tests before Run, loses the deliveries it says
+	// on every partition.
+	dropDelivery func() bool
 }
 
 // NewGroup prepares a role's replica; Run starts it. Metrics register on reg.
@@ -232,7 +236,7 @@ func (g *Group) Run(ctx context.Context) error {
 		return err
 	}
 	mctx, stopMembers := context.WithCancel(ctx)
-	mem := newMembers(MembersSubject(g.ref.Name, g.role.Name), g.id, g.cfg.Lease)
+	mem := newMembers(MembersSubject(g.ref.Name, g.role.Name), g.id, g.cfg.Lease, g.repaired)
 	membersDone := make(chan error, 1)
 	go func() { membersDone <- mem.run(mctx, g.nc) }()
 	g.mu.Lock()
@@ -330,6 +334,7 @@ func (g *Group) setup(ctx context.Context) error {
 		parts := make([]*partition, subj.Partitions)
 		for n := range parts {
 			parts[n] = newPartition(g, n)
+			parts[n].dropDelivery = g.dropDelivery
 		}
 		g.mu.Lock()
 		g.parts = parts

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/binary"
+	"fmt"
 	"hash/fnv"
 	"slices"
 	"strings"
@@ -20,7 +21,8 @@ import (
 // "down <id>", so the others take its partitions at once instead of after a
 // lease. Every replica computes the same assignment from the same members;
 // while views differ for a moment, the partition consumers' pins still keep a
-// partition with one replica at a time.
+// partition with one replica at a time. "redrive" on the same subject (from
+// `audiofan redrive`) has every replica re-drive its parked calls now.
 
 // MembersSubject is the core NATS subject a role's replicas announce
 // themselves on (outside the stream's prefix: nothing stores it).
@@ -30,20 +32,27 @@ type members struct {
 	subject string
 	self    string
 	lease   time.Duration
+	redrive func() // an operator asked for the parked calls to be re-driven
 
 	mu      sync.Mutex
 	seen    map[string]time.Time // replica id → when last heard (this host's clock)
 	changed chan struct{}        // a member came or went
 }
 
-func newMembers(subject, self string, lease time.Duration) *members {
-	return &members{subject: subject, self: self, lease: lease, seen: map[string]time.Time{self: time.Now()},
+func newMembers(subject, self string, lease time.Duration, redrive func()) *members {
+	return &members{subject: subject, self: self, lease: lease, redrive: redrive, seen: map[string]time.Time{self: time.Now()},
 		changed: make(chan struct{}, 1)}
 }
 
 // run announces this replica until ctx ends, then says it is going.
 func (m *members) run(ctx context.Context, nc *nats.Conn) error {
 	sub, err := nc.Subscribe(m.subject, func(msg *nats.Msg) {
+		if string(msg.Data) == redriveRequest {
+			if m.redrive != nil {
+				m.redrive()
+			}
+			return
+		}
 		state, id, ok := strings.Cut(string(msg.Data), " ")
 		if !ok || id == "" || id == m.self {
 			return
@@ -93,6 +102,21 @@ func (m *members) run(ctx context.Context, nc *nats.Conn) error {
 			m.signal()
 		}
 	}
+}
+
+// redriveRequest is the word on a role's members subject that re-drives
+// its parked calls.
+const redriveRequest = "redrive"
+
+// AskRedrive asks every replica of role on stream to re-drive its parked
+// calls now (after a repair), instead of at their next backoff. It needs the
+// right to publish the role's members subject, which the role's own NATS
+// user has.
+func AskRedrive(nc *nats.Conn, stream, role string) error {
+	if err := nc.Publish(MembersSubject(stream, role), []byte(redriveRequest)); err != nil {
+		return fmt.Errorf("ask %s to re-drive: %w", role, err)
+	}
+	return nc.Flush()
 }
 
 func (m *members) signal() {
