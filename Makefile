@@ -43,9 +43,10 @@ config-tools:
 		$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq haproxy docker-compose >/dev/null; }
 
 ## test-cluster: the distributed topology as processes on loopback (3 NATS nodes, receivers, every role), with a NATS
-## node and a recorder killed mid-call (part of `make test`)
+## node and a recorder killed mid-call; then roles as processes with a recorder frozen mid-call and a call whose
+## recording cannot be written until repaired (part of `make test`)
 test-cluster:
-	AUDIOFAN_TOPOLOGY=1 $(GO) test -race -count=1 -run '^TestTopology$$' -v -timeout 10m ./cmd/audiofan
+	AUDIOFAN_TOPOLOGY=1 $(GO) test -race -count=1 -run '^(TestTopology|TestRoleOutage)$$' -v -timeout 10m ./cmd/audiofan
 
 ## test-browser: the web console driven in headless Chromium (Debian's, installed when missing); its screenshots go
 ## to artifacts/ (part of `make test`)
@@ -75,7 +76,7 @@ bench:
 	$(GO) test -run=NONE -bench=. -benchtime=40x -count=3 ./subscribers/console
 	$(GO) test -run=NONE -bench=. -benchmem -benchtime=1x -count=3 -timeout 30m ./broker/receiver
 	$(GO) test -run=NONE -bench='CallStartRate|Takeover' -benchtime=1x -count=3 -timeout 20m ./subscribers
-	$(GO) test -run=NONE -bench='ManyCalls|ClusterCalls|BusCostPerFrame|BusReadCost' -benchtime=1x -count=1 -timeout 20m ./cmd/audiofan
+	$(GO) test -run=NONE -bench='ManyCalls|ClusterCalls|BusCostPerFrame|BusReadCost|RoleOutage' -benchtime=1x -count=1 -timeout 20m ./cmd/audiofan
 
 ## fuzz: each fuzz target for FUZZTIME, a time or a count such as 10000x (CI: 10000x each); crashers land in
 ## testdata/fuzz and are committed as regression cases

@@ -394,7 +394,7 @@ func BenchmarkClusterCalls(b *testing.B) {
 
 // scrape reads one metric from a Prometheus endpoint, summed over series
 // with a label of value label (all when empty).
-func scrape(b *testing.B, url, name, label string) float64 {
+func scrape(_ testing.TB, url, name, label string) float64 {
 	resp, err := http.Get(url)
 	if err != nil {
 		return 0
