@@ -20,6 +20,12 @@ const (
 	// messages wait on the bus and the call is re-driven from there (data:
 	// reason, error, applied: the stream sequence applied up to).
 	EventParked = "parked"
+	// EventPartial: a role rebuilt a call (a takeover, a re-drive) from the
+	// stream after its retention had removed the call's start; its output
+	// misses that span (data: reason, firstSeq and resumedSeq, the stream
+	// sequences of the call's first message and of the first one left,
+	// missingFrom and missingTo, when they were stored).
+	EventPartial = "partial"
 )
 
 // Recording is the data of a recording event: the files a call was

@@ -17,10 +17,8 @@ import (
 // of the call's own, so a call that is slow or keeps failing never holds up
 // the other calls of its partition.
 type callWork struct {
-	p      *partition
-	info   CallInfo
-	first  uint64 // stream sequence of its first message in the partition
-	legacy bool   // it began before the stream was partitioned
+	p *partition
+	callOrigin
 	// hist, when set, is read from the stream before the queue: at a
 	// takeover or a re-drive, the messages that came before this handler.
 	hist *history
@@ -59,6 +57,20 @@ type callWork struct {
 	parkCause  error
 }
 
+// callOrigin is where a call begins in its partition: what a checkpoint
+// keeps of a call in progress or parked.
+type callOrigin struct {
+	info    CallInfo
+	first   uint64    // stream sequence of its first message in the partition
+	firstAt time.Time // when the stream stored it
+	legacy  bool      // it began before the stream was partitioned
+}
+
+// checkpointed is the origin as a checkpoint line.
+func (o callOrigin) checkpointed() ckCall {
+	return ckCall{Token: o.info.Token, First: o.first, FirstAt: o.firstAt, Legacy: o.legacy}
+}
+
 // history is what a call's goroutine reads from the stream before its
 // queue: its messages from its first up to to, those up to replayTo as a
 // replay (applied before, by another replica or an earlier handler).
@@ -84,10 +96,10 @@ func (it *item) markDone() {
 
 // newCallWork prepares the work on a call; ctx is the calls' context of
 // its partition, and run must be given the same.
-func newCallWork(ctx context.Context, p *partition, info CallInfo, first uint64, legacy bool, hist *history) *callWork {
+func newCallWork(ctx context.Context, p *partition, o callOrigin, hist *history) *callWork {
 	g := p.g
-	c := &callWork{p: p, info: info, first: first, legacy: legacy, hist: hist, wake: make(chan struct{}, 1), conns: map[string]bool{},
-		out: Output{js: g.js, subj: g.subj, role: g.role.Name, call: info}}
+	c := &callWork{p: p, callOrigin: o, hist: hist, wake: make(chan struct{}, 1), conns: map[string]bool{},
+		out: Output{js: g.js, subj: g.subj, role: g.role.Name, call: o.info}}
 	c.pctx, c.pcancel = context.WithCancel(ctx)
 	c.active.Store(time.Now().UnixNano())
 	if hist != nil {
@@ -224,6 +236,7 @@ func (c *callWork) readHistory(ctx context.Context) Result {
 	}
 	var result Result
 	apply := func(it item) bool {
+		c.active.Store(time.Now().UnixNano()) // a long replay is not idleness
 		if r := c.handle(ctx, &it); r != "" {
 			result = r
 			return false
@@ -537,6 +550,33 @@ func (c *callWork) announcePark() {
 	}
 	if err != nil {
 		g.log.Debug("parked event not published", "call", c.info.ID, "err", err)
+	}
+}
+
+// lostStart says that the stream no longer holds the call's start (its
+// retention removed it before a takeover or a re-drive read the call
+// back): the call is rebuilt from what is left, the first message left
+// being it, and says so with a metric, a warning and a partial event naming
+// the span missing (best effort, like a parked event).
+func (c *callWork) lostStart(ctx context.Context, it item) {
+	g := c.p.g
+	g.m.historyLost.Inc()
+	g.warnings.Warn("a call's start is gone from the stream (retention); it is rebuilt from what is left",
+		"call", c.info.ID, "first", c.first, "from", it.seq, "missingFrom", c.firstAt, "missingTo", it.stored)
+	data := map[string]any{"reason": "retention", "firstSeq": c.first, "resumedSeq": it.seq, "missingTo": it.stored}
+	if !c.firstAt.IsZero() {
+		data["missingFrom"] = c.firstAt
+	}
+	c.out.reset(0, false)
+	c.out.key = "partial"
+	ectx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	err := c.out.Emit(ectx, codec.Event{Type: codec.EventPartial, Data: data})
+	if err == nil {
+		err = c.out.flush(ectx)
+	}
+	if err != nil {
+		g.log.Debug("partial event not published", "call", c.info.ID, "err", err)
 	}
 }
 

@@ -31,10 +31,16 @@ type checkpoint struct {
 }
 
 type ckCall struct {
-	Token  codec.Token `json:"t"`
-	First  uint64      `json:"f"`           // stream sequence of its first message in the partition
-	Legacy bool        `json:"l,omitempty"` // it began before the stream was partitioned
-	Parked *ckParked   `json:"p,omitempty"` // parked: re-driven from the bus, not replayed to the floor
+	Token   codec.Token `json:"t"`
+	First   uint64      `json:"f"`           // stream sequence of its first message in the partition
+	FirstAt time.Time   `json:"fa,omitzero"` // when the stream stored it: where a call whose start is lost was missing from
+	Legacy  bool        `json:"l,omitempty"` // it began before the stream was partitioned
+	Parked  *ckParked   `json:"p,omitempty"` // parked: re-driven from the bus, not replayed to the floor
+}
+
+// origin is the checkpointed call's origin; id is its decoded token.
+func (cc ckCall) origin(id string) callOrigin {
+	return callOrigin{info: CallInfo{ID: id, Token: cc.Token}, first: cc.First, firstAt: cc.FirstAt, legacy: cc.Legacy}
 }
 
 // ckParked is a parked call's state: everything of it up to Applied was

@@ -473,3 +473,65 @@ func TestCatchUpAfterLostDeliveries(t *testing.T) {
 		t.Error("no gap was read: the test lost nothing that mattered")
 	}
 }
+
+// A takeover whose call's start the stream's retention has removed is
+// never silent: the call is rebuilt from what is left and finished, a
+// partial event names the span missing, and the metric counts it.
+func TestLostStartIsNotSilent(t *testing.T) {
+	r := newGroupRig(t)
+	const id = "4:+14255550188"
+	msgs := conformance.Default(id)
+	start := func() (*prometheus.Registry, func()) {
+		nc, err := nats.Connect(r.ns.URL())
+		if err != nil {
+			t.Fatal(err)
+		}
+		js, _ := jetstream.New(nc)
+		reg := prometheus.NewRegistry()
+		g, err := subscribers.NewGroup(conformance.Config(t), digestRole(), r.ref, nc, js, reg, natstest.Logger())
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { defer close(done); _ = g.Run(ctx) }()
+		t.Cleanup(func() { cancel(); <-done; nc.Close() })
+		conformance.WaitFor(t, "the replica ready", func() bool { return g.Ready() == nil })
+		return reg, func() { nc.Close(); cancel(); <-done } // a kill -9, as the bus sees it
+	}
+	a, crash := start()
+	r.publish(msgs[:len(msgs)/2])
+	conformance.WaitFor(t, "half the call applied", func() bool {
+		return conformance.Metric(t, a, "audiofan_subscriber_messages_total", subscribers.OutcomeHandled) >= float64(len(msgs)/2)
+	})
+	time.Sleep(300 * time.Millisecond) // checkpointed, the call in progress
+	crash()
+	ctx := context.Background()
+	stream, err := r.js.Stream(ctx, r.ref.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := stream.CachedInfo().State.FirstSeq
+	if err := stream.Purge(ctx, jetstream.WithPurgeSequence(first+50)); err != nil { // retention, removing the call's start
+		t.Fatal(err)
+	}
+	b, _ := start()
+	r.publish(msgs[len(msgs)/2:])
+	conformance.WaitFor(t, "the call finished", func() bool { return r.summaries(id) == 1 })
+	var partial []codec.Event
+	for _, ev := range conformance.Events(t, r.js, r.ref, id, "digest") {
+		if ev.Type == codec.EventPartial {
+			partial = append(partial, ev)
+		}
+	}
+	if len(partial) != 1 {
+		t.Fatalf("%d partial events, want 1", len(partial))
+	}
+	d := partial[0].Data
+	if fmt.Sprint(d["firstSeq"]) != fmt.Sprint(first) || fmt.Sprint(d["resumedSeq"]) != fmt.Sprint(first+50) || d["missingFrom"] == nil || d["missingTo"] == nil {
+		t.Errorf("partial event %v: want the span from %d to %d", d, first, first+50)
+	}
+	if v := conformance.Metric(t, b, "audiofan_subscriber_history_lost_total", ""); v != 1 {
+		t.Errorf("history_lost_total = %v, want 1", v)
+	}
+}

@@ -50,9 +50,7 @@ const maxParked = 500
 
 // parkedCall is a call parked on this partition.
 type parkedCall struct {
-	info    CallInfo
-	first   uint64 // stream sequence of its first message in the partition
-	legacy  bool
+	callOrigin
 	applied uint64 // every message of it up to this was applied (its output emitted)
 	since   time.Time
 	reason  string
@@ -61,14 +59,14 @@ type parkedCall struct {
 }
 
 func (pc *parkedCall) checkpointed() ckCall {
-	return ckCall{Token: pc.info.Token, First: pc.first, Legacy: pc.legacy,
-		Parked: &ckParked{Applied: pc.applied, Since: pc.since, Reason: pc.reason, Tries: pc.tries}}
+	cc := pc.callOrigin.checkpointed()
+	cc.Parked = &ckParked{Applied: pc.applied, Since: pc.since, Reason: pc.reason, Tries: pc.tries}
+	return cc
 }
 
 // parkedFrom rebuilds a parked call from its checkpoint line.
 func parkedFrom(cc ckCall, id string, now time.Time, base time.Duration) *parkedCall {
-	return &parkedCall{info: CallInfo{ID: id, Token: cc.Token}, first: cc.First, legacy: cc.Legacy,
-		applied: cc.Parked.Applied, since: cc.Parked.Since, reason: cc.Parked.Reason, tries: cc.Parked.Tries,
+	return &parkedCall{callOrigin: cc.origin(id), applied: cc.Parked.Applied, since: cc.Parked.Since, reason: cc.Parked.Reason, tries: cc.Parked.Tries,
 		next: now.Add(base)}
 }
 

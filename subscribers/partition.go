@@ -254,7 +254,7 @@ func (p *partition) route(ctx context.Context, it item) {
 			p.g.warnings.Warn("message outside the scheme skipped", "subject", it.subject, "seq", it.seq)
 			return
 		}
-		c = p.startCall(CallInfo{ID: id, Token: tok}, it.seq, false, nil, nil)
+		c = p.startCall(callOrigin{info: CallInfo{ID: id, Token: tok}, first: it.seq, firstAt: it.stored}, nil, nil)
 		if !it.replay && p.g.inLegacyWindow() {
 			p.readLegacy(ctx, c, false)
 		}
@@ -270,11 +270,11 @@ func (p *partition) route(ctx context.Context, it item) {
 
 // startCall starts the work on a call: from its history first when hist is
 // set, re-driving the parked call from when it is set.
-func (p *partition) startCall(info CallInfo, first uint64, legacy bool, hist *history, from *parkedCall) *callWork {
-	c := newCallWork(p.callCtx, p, info, first, legacy, hist)
+func (p *partition) startCall(o callOrigin, hist *history, from *parkedCall) *callWork {
+	c := newCallWork(p.callCtx, p, o, hist)
 	c.from = from
 	c.redriving.Store(from != nil)
-	p.calls[info.Token] = c
+	p.calls[o.info.Token] = c
 	p.ncalls.Store(int64(len(p.calls)))
 	p.dirty = true
 	cctx := p.callCtx
@@ -323,7 +323,7 @@ func (p *partition) reap() {
 func (p *partition) park(c *callWork, now time.Time) {
 	pc := c.from
 	if pc == nil {
-		pc = &parkedCall{info: c.info, first: c.first, legacy: c.legacy, since: now}
+		pc = &parkedCall{callOrigin: c.callOrigin, since: now}
 	}
 	pc.applied = max(pc.applied, c.applied.Load())
 	pc.reason = c.parkReason
@@ -363,7 +363,7 @@ func (p *partition) redrive(all bool, inFlight int) {
 		p.g.m.redrives.Inc()
 		p.log.Info("re-driving a parked call from the bus", "call", pc.info.ID, "parked", now.Sub(pc.since).Round(time.Second),
 			"tries", pc.tries, "applied", pc.applied)
-		p.startCall(pc.info, pc.first, pc.legacy, &history{to: p.led.hw, replayTo: pc.applied}, pc)
+		p.startCall(pc.callOrigin, &history{to: p.led.hw, replayTo: pc.applied}, pc)
 	}
 	p.nparked.Store(int64(len(p.parked)))
 }
@@ -416,7 +416,7 @@ func (p *partition) takeover(ctx context.Context, pin string) error {
 			p.parked[cc.Token] = parkedFrom(cc, id, start, p.g.cfg.RedriveBackoff)
 			continue
 		}
-		p.startCall(CallInfo{ID: id, Token: cc.Token}, cc.First, cc.Legacy, &history{to: floor, replayTo: floor}, nil)
+		p.startCall(cc.origin(id), &history{to: floor, replayTo: floor}, nil)
 	}
 	p.nparked.Store(int64(len(p.parked)))
 	// dirty: the first housekeeping writes the checkpoint, which tells a
@@ -551,12 +551,12 @@ func (p *partition) flush(ctx context.Context, confirm bool) {
 func (p *partition) checkpoint(ctx context.Context) bool {
 	floor := p.led.floor
 	ck := checkpoint{Floor: floor, Owner: p.g.id, At: time.Now().UTC(), Calls: []ckCall{}, Ended: []ckEnded{}}
-	for tok, c := range p.calls {
+	for _, c := range p.calls {
 		switch {
 		case c.from != nil && c.redriving.Load():
 			ck.Calls = append(ck.Calls, c.from.checkpointed())
 		case c.first <= floor:
-			ck.Calls = append(ck.Calls, ckCall{Token: tok, First: c.first, Legacy: c.legacy})
+			ck.Calls = append(ck.Calls, c.callOrigin.checkpointed())
 		}
 	}
 	for _, pc := range p.parked {

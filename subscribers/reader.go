@@ -47,11 +47,7 @@ func (p *partition) readCall(ctx context.Context, c *callWork, fn func(item) boo
 	first := true
 	return p.read(ctx, []string{p.g.subj.StoredCall(c.info.Token)}, from, h.to, func(it item) bool {
 		if first && from == c.first && it.seq > c.first {
-			// The stream no longer holds the call's start (its retention
-			// removed it): the call goes on from what is left, and says so.
-			p.g.m.historyLost.Inc()
-			p.g.warnings.Warn("a call's start is gone from the stream (retention); it is rebuilt from what is left",
-				"call", c.info.ID, "first", c.first, "from", it.seq)
+			c.lostStart(ctx, it) // the stream's retention removed the call's start
 		}
 		first = false
 		if _, kind, ok := p.g.subj.CallTokenKind(it.subject); !ok || !p.g.reads(kind) {
