@@ -581,17 +581,7 @@ func (c *callWork) lostStart(ctx context.Context, it item) {
 }
 
 // complete reports whether every socket of the call that started has ended.
-func (c *callWork) complete() bool {
-	if len(c.conns) == 0 {
-		return false
-	}
-	for _, ended := range c.conns {
-		if !ended {
-			return false
-		}
-	}
-	return true
-}
+func (c *callWork) complete() bool { return allEnded(c.conns) }
 
 func (c *callWork) setUnavailable(on bool) {
 	if on == c.unavail {

@@ -24,20 +24,29 @@ import (
 // taking turns); each run is a fresh replica of the role consuming them all
 // until every call is finished. Beside it, in the same run, the baseline: a
 // plain ordered consumer that only reads and decodes the same frames.
-// Reported: frames/s, frames per CPU-second (the NATS server, in this
-// process, included), how many times faster than the streams are produced
-// live (x-realtime), and the ratio to the plain consumer.
+// Beside it too, the same role applied straight from one ordered consumer
+// in one goroutine (subscribers.Direct: no partitions, checkpoints or
+// acknowledgements): what the role's own work costs. Reported: frames/s,
+// frames per CPU-second (the NATS server, in this process, included), how
+// many times faster than the streams are produced live (x-realtime), the
+// ratio to the plain consumer, and the ratio to the direct run (x-direct:
+// what the Group keeps of the role's own speed).
 func Throughput(b *testing.B, calls, parts, seconds int, newRole func(b *testing.B, dir string, js jetstream.JetStream, reg prometheus.Registerer) subscribers.Role) {
 	bus := natstest.StartBus(b)
 	ns, js, sc := bus.NS, bus.JS, bus.Stream
 	frames := storeCalls(b, js, sc.Subjects(), calls, parts, seconds)
-	var plain, run, cpu time.Duration
+	var plain, direct, run, cpu time.Duration
 	name := ""
 	for b.Loop() {
 		b.StopTimer()
 		start := time.Now()
 		plainRead(b, js, sc.StreamRef, frames)
 		plain += time.Since(start)
+		start = time.Now()
+		directRun(b, js, sc.StreamRef, calls, func(js jetstream.JetStream, reg prometheus.Registerer) subscribers.Role {
+			return newRole(b, b.TempDir(), js, reg)
+		})
+		direct += time.Since(start)
 		if name != "" { // start the role over: a new consumer, nothing remembered
 			for p := range sc.Partitions {
 				_ = js.DeleteConsumer(context.Background(), sc.Name, subscribers.PartitionConsumer(name, p))
@@ -61,6 +70,19 @@ func Throughput(b *testing.B, calls, parts, seconds int, newRole func(b *testing
 	b.ReportMetric(float64(frames)*n/cpu.Seconds(), "frames/cpu-s")
 	b.ReportMetric(float64(frames)/perRun/float64(calls*parts*50), "x-realtime")
 	b.ReportMetric(plain.Seconds()/run.Seconds(), "x-plain-consumer")
+	b.ReportMetric(direct.Seconds()/run.Seconds(), "x-direct")
+}
+
+// directRun applies the role to every call straight from one ordered
+// consumer (subscribers.Direct): the role's own cost, without the Group.
+func directRun(b *testing.B, js jetstream.JetStream, ref broker.StreamRef, calls int, build func(jetstream.JetStream, prometheus.Registerer) subscribers.Role) {
+	n, err := subscribers.Direct(context.Background(), js, ref, build(js, prometheus.NewRegistry()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	if n != calls {
+		b.Fatalf("the direct run finished %d calls of %d", n, calls)
+	}
 }
 
 // storeCalls publishes the benchmark's calls and returns their frame count.
