@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"runtime"
 	"testing"
 	"time"
 
@@ -73,4 +74,48 @@ func spoolAndRender(b *testing.B, dir string, frames []codec.Frame) {
 	if err := sp.Close(); err != nil {
 		b.Fatal(err)
 	}
+}
+
+// BenchmarkSpoolMemory is the heap a call's spool holds while the call goes
+// on, by its length (two participants): with the index spilling to disk
+// (spilled), and, in the same run, with every entry kept in memory as
+// before (in-memory). Reported in bytes a call; flat means it does not
+// grow with the call's length.
+func BenchmarkSpoolMemory(b *testing.B) {
+	for _, minutes := range []int{1, 10} {
+		for _, mode := range []struct {
+			name    string
+			spillAt int
+		}{{"spilled", 0}, {"in-memory", 1 << 30}} {
+			b.Run(fmt.Sprintf("%dmin/%s", minutes, mode.name), func(b *testing.B) {
+				data := pcm(0, 0, 640)
+				for b.Loop() {
+					sp, err := NewSpool(b.TempDir())
+					if err != nil {
+						b.Fatal(err)
+					}
+					sp.spillAt = mode.spillAt
+					before := heapInUse()
+					for i := range minutes * 60 * 50 {
+						for _, id := range []string{"8:acs:a", "4:+14255550100"} {
+							f := codec.Frame{V: 1, Participant: id, Seq: uint64(i + 1), Timestamp: t0.Add(time.Duration(i) * 20 * time.Millisecond),
+								SampleRate: 16000, Channels: 1, Encoding: codec.EncodingPCM16, Data: data}
+							if err := sp.Add(&f); err != nil {
+								b.Fatal(err)
+							}
+						}
+					}
+					b.ReportMetric(float64(heapInUse()-before), "heap-B/call")
+					sp.Close()
+				}
+			})
+		}
+	}
+}
+
+func heapInUse() int64 {
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return int64(m.HeapInuse)
 }

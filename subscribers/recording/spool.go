@@ -2,8 +2,9 @@
 // participant stream and a mix of the whole call, on the call's timeline
 // (speech.Clock: the sender's timestamps, where they can be believed). It
 // is the recorder role's core. Frames are spooled to disk as they come,
-// with a small index in memory (a few dozen bytes a frame), so a long call
-// costs disk, not memory; the files are written when the call is over. The
+// with their index too past its last couple of thousand entries a
+// participant (spoolindex.go), so a long call costs disk, not memory; the
+// files are written when the call is over. The
 // result depends only on the set of frames, not on their order or how often
 // one came, so replaying a call after a replica died gives the same bytes.
 package recording
@@ -58,11 +59,15 @@ type Spool struct {
 	// bound.
 	MaxDuration time.Duration
 
-	f      *os.File
-	size   int64 // bytes written to the file
-	rate   int
-	parts  map[string]*part
-	outSeq uint64 // frames of outbound audio so far
+	dir     string
+	f       *os.File
+	size    int64    // bytes written to the file
+	idx     *os.File // the index spilled from memory; nil until the first spill
+	idxSize int64
+	spillAt int // entries of a participant kept in memory; 0: spillEntries (tests set it)
+	rate    int
+	parts   map[string]*part
+	outSeq  uint64 // frames of outbound audio so far
 }
 
 // part is one participant's frames: indexed, the last ones still buffered.
@@ -70,7 +75,10 @@ type part struct {
 	es      []entry
 	dups    int // frames stored twice, dropped by Render
 	buf     []byte
-	pending int // index in es of the first frame in buf
+	pending int     // index in es of the first frame in buf
+	spill   bool    // its index goes to disk (not the outbound track's: a stop cuts its tail in memory)
+	chunks  []chunk // its entries in the index file, before es
+	spilled int
 }
 
 // NewSpool starts a spool in a new file under dir.
@@ -82,14 +90,22 @@ func NewSpool(dir string) (*Spool, error) {
 	if err != nil {
 		return nil, fmt.Errorf("spool: %w", err)
 	}
-	return &Spool{f: f, parts: map[string]*part{}}, nil
+	return &Spool{dir: dir, f: f, parts: map[string]*part{}}, nil
 }
 
 // Close removes the spool.
 func (s *Spool) Close() error {
-	err := s.f.Close()
-	if rerr := os.Remove(s.f.Name()); err == nil && !errors.Is(rerr, os.ErrNotExist) {
-		err = rerr
+	files := []*os.File{s.f}
+	if s.idx != nil {
+		files = append(files, s.idx)
+	}
+	var err error
+	for _, f := range files {
+		cerr := f.Close()
+		if rerr := os.Remove(f.Name()); cerr == nil && !errors.Is(rerr, os.ErrNotExist) {
+			cerr = rerr
+		}
+		err = cmp.Or(err, cerr)
 	}
 	return err
 }
@@ -101,7 +117,7 @@ func (s *Spool) Frames() int {
 	n := 0
 	for id, p := range s.parts {
 		if id != outboundKey {
-			n += len(p.es)
+			n += p.spilled + len(p.es)
 		}
 	}
 	return n
@@ -120,12 +136,17 @@ func (s *Spool) Add(f *codec.Frame) error {
 	}
 	p := s.parts[f.Participant]
 	if p == nil {
-		p = &part{buf: make([]byte, 0, partBuffer)}
+		p = &part{buf: make([]byte, 0, partBuffer), spill: f.Participant != outboundKey}
 		s.parts[f.Participant] = p
 	}
 	if len(p.buf)+len(f.Data) > partBuffer {
 		if err := s.flush(p); err != nil {
 			return err
+		}
+		if p.spill && len(p.es) >= cmp.Or(s.spillAt, spillEntries) {
+			if err := s.spill(p); err != nil {
+				return err
+			}
 		}
 	}
 	h := fnv.New64a()
@@ -247,6 +268,9 @@ func (s *Spool) Render(ctx context.Context, dir string) (*Result, error) {
 	for _, p := range s.parts {
 		if err := s.flush(p); err != nil {
 			return nil, fmt.Errorf("spool: %w", err)
+		}
+		if err := s.load(p); err != nil {
+			return nil, err
 		}
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {

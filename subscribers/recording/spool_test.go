@@ -386,3 +386,81 @@ func TestRenderCancelled(t *testing.T) {
 		t.Errorf("%d files left behind", len(entries))
 	}
 }
+
+// A long call's index goes to disk as it comes (a few thousand entries a
+// participant stay in memory, however long the call) and renders to the
+// same bytes as with every entry in memory: shuffled frames, a duplicate,
+// skipped frames, jittered timestamps, outbound audio cut by a stop.
+func TestSpillKeepsTheBytes(t *testing.T) {
+	const n = 3000 // a minute of three participants
+	var frames []codec.Frame
+	for i := range n {
+		at := time.Duration(i)*20*time.Millisecond + time.Duration(i%7)*time.Millisecond
+		for p, id := range []string{"8:acs:a", "4:+14255550100", "8:acs:c"} {
+			if (i+p)%97 == 3 {
+				continue // lost on the way
+			}
+			f := frame("call", id, p, i, at)
+			f.ReceivedAt = f.Timestamp.Add(time.Duration(5+p) * time.Millisecond)
+			frames = append(frames, f)
+		}
+	}
+	frames = append(frames, frames[1234]) // redelivered
+	rand.New(rand.NewPCG(3, 4)).Shuffle(len(frames), func(i, j int) { frames[i], frames[j] = frames[j], frames[i] })
+
+	renderWith := func(spillAt int) (map[string][]byte, int) {
+		dir := t.TempDir()
+		sp, err := NewSpool(filepath.Join(dir, "spool"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sp.Close()
+		sp.spillAt = spillAt
+		most := 0
+		for i := range frames {
+			if err := sp.Add(&frames[i]); err != nil {
+				t.Fatal(err)
+			}
+			if i == len(frames)/2 {
+				if _, err := sp.AddOutbound(t0.Add(10*time.Second), 16000, pcm(9, 0, 64000)); err != nil {
+					t.Fatal(err)
+				}
+				sp.CutOutbound(t0.Add(11 * time.Second))
+			}
+			for id, p := range sp.parts {
+				if id != outboundKey {
+					most = max(most, len(p.es))
+				}
+			}
+		}
+		if got := sp.Frames(); got != len(frames) {
+			t.Fatalf("Frames() = %d, want %d", got, len(frames))
+		}
+		res, err := sp.Render(context.Background(), filepath.Join(dir, "out"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string][]byte{}
+		for _, f := range res.Files {
+			b, err := os.ReadFile(f.Path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out[f.Name] = b
+		}
+		if len(out) != 5 { // three tracks, the outbound track, the mix
+			t.Fatalf("%d files", len(out))
+		}
+		return out, most
+	}
+	want, _ := renderWith(1 << 30)
+	got, most := renderWith(64)
+	for name, w := range want {
+		if !bytes.Equal(got[name], w) {
+			t.Errorf("%s differs when the index spills", name)
+		}
+	}
+	if limit := 64 + partBuffer/640 + 1; most > limit {
+		t.Errorf("%d entries of a participant in memory, want at most %d", most, limit)
+	}
+}
