@@ -194,8 +194,14 @@ func startNATSProcess(b *testing.B, bin string) *natsProcess {
 }
 
 // cpu is the process's user and system time so far.
-func (p *natsProcess) cpu(b *testing.B) time.Duration {
-	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
+func (p *natsProcess) cpu(b *testing.B) time.Duration { return procCPU(b, p.cmd.Process.Pid) }
+
+// rss is the process's resident memory.
+func (p *natsProcess) rss(b *testing.B) int64 { return procRSS(b, p.cmd.Process.Pid) }
+
+// procCPU is a process's user and system time so far.
+func procCPU(b testing.TB, pid int) time.Duration {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -205,9 +211,9 @@ func (p *natsProcess) cpu(b *testing.B) time.Duration {
 	return time.Duration(u+s) * time.Second / 100 // USER_HZ
 }
 
-// rss is the process's resident memory.
-func (p *natsProcess) rss(b *testing.B) int64 {
-	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+// procRSS is a process's resident memory.
+func procRSS(b testing.TB, pid int) int64 {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		b.Fatal(err)
 	}
