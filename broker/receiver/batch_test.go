@@ -97,9 +97,32 @@ func TestPublishModeResolve(t *testing.T) {
 		{receiver.ModeAsync, true, receiver.ModeAsync, false},
 	} {
 		c := receiver.PublishConfig{Mode: tc.mode}
-		err := c.Resolve(jetstream.StreamConfig{Name: "CALLS", AllowBatchPublish: tc.allowed})
+		err := c.Resolve(jetstream.StreamConfig{Name: "CALLS", AllowBatchPublish: tc.allowed, Duplicates: time.Minute})
 		if (err != nil) != tc.err || !tc.err && c.Mode != tc.want {
 			t.Errorf("%s, allowed %v: %q, %v", tc.mode, tc.allowed, c.Mode, err)
+		}
+	}
+}
+
+// A stream that forgets message ids before the receiver stops sending one
+// again would store it twice: refused at start, naming the settings.
+func TestDuplicateWindowCoversResends(t *testing.T) {
+	for _, tc := range []struct {
+		window, retryFor, ackTimeout time.Duration
+		ok                           bool
+	}{
+		{time.Minute, 30 * time.Second, 5 * time.Second, true}, // the defaults
+		{35 * time.Second, 30 * time.Second, 5 * time.Second, true},
+		{30 * time.Second, 30 * time.Second, 5 * time.Second, false},
+		{2 * time.Minute, 2 * time.Minute, time.Second, false},
+	} {
+		c := receiver.PublishConfig{Mode: receiver.ModeAsync, RetryFor: tc.retryFor, AckTimeout: tc.ackTimeout}
+		err := c.Resolve(jetstream.StreamConfig{Name: "CALLS", Duplicates: tc.window})
+		if (err == nil) != tc.ok {
+			t.Errorf("window %s, retry %s + %s: %v", tc.window, tc.retryFor, tc.ackTimeout, err)
+		}
+		if err != nil && !strings.Contains(err.Error(), "AUDIOFAN_STREAM_DUPLICATE_WINDOW") {
+			t.Errorf("the error does not name the setting: %v", err)
 		}
 	}
 }

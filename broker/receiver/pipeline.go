@@ -48,8 +48,16 @@ func (c PublishConfig) Validate() error {
 // Resolve settles Mode against the stream as provisioned (with
 // broker.StreamConfig.Batched set unless Mode is async): batch where the
 // stream allows fast batches; for auto, async where it does not (a server
-// older than 2.14 drops allow_batched); for batch, an error.
+// older than 2.14 drops allow_batched); for batch, an error. A stream whose
+// de-duplication window is shorter than the longest a message may be sent
+// again (RetryFor, then one more AckTimeout) is refused: a message sent
+// again after the window would be stored twice.
 func (c *PublishConfig) Resolve(stream jetstream.StreamConfig) error {
+	if resend := c.RetryFor + c.AckTimeout; stream.Duplicates < resend {
+		return fmt.Errorf("stream %s remembers message ids for %s (AUDIOFAN_STREAM_DUPLICATE_WINDOW), less than a message may be sent again "+
+			"(AUDIOFAN_PUBLISH_RETRY_FOR %s + AUDIOFAN_PUBLISH_ACK_TIMEOUT %s): lengthen the window or shorten the retries",
+			stream.Name, stream.Duplicates, c.RetryFor, c.AckTimeout)
+	}
 	switch {
 	case c.Mode == ModeAsync:
 	case stream.AllowBatchPublish:
