@@ -1,6 +1,7 @@
 package subscribers
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -126,24 +127,24 @@ func (p *partition) consume(ctx context.Context) error {
 	// The server keeps the pin while pulls come within the lease: pull
 	// at least three times a lease.
 	expiry := max(time.Second, p.g.cfg.Lease/3)
-	it, err := p.cons.Messages(jetstream.PullPriorityGroup(ownerGroup), jetstream.PullMaxMessages(512),
-		jetstream.PullExpiry(expiry), jetstream.PullHeartbeat(max(500*time.Millisecond, expiry/4)))
+	// Consume, not Messages: nats.go hands Messages' deliveries over in a
+	// channel as large as a pull, and drops what overflows it (a slow
+	// consumer) when it pulls again after a missed heartbeat or a
+	// reconnect with the last pull's messages still coming; Consume queues
+	// them on the subscription (nats.go's pending limits: 500,000 messages,
+	// 64 MiB, far past the server's window, MaxAckPending). Its callback
+	// queues what comes without bound for this goroutine, so pulls go on,
+	// and the pin stays, while this goroutine is busy taking over.
+	in := &inbox{wake: make(chan struct{}, 1)}
+	cc, err := p.cons.Consume(in.message, jetstream.PullPriorityGroup(ownerGroup), jetstream.PullMaxMessages(512),
+		jetstream.PullExpiry(expiry), jetstream.PullHeartbeat(max(500*time.Millisecond, expiry/4)),
+		jetstream.ConsumeErrHandler(in.failed))
 	if err != nil {
 		return err
 	}
-	// One goroutine waits in Next, without a deadline (nats.go watches the
-	// server's heartbeats only while Next waits), and queues what comes
-	// without bound (the server bounds it: MaxAckPending), so pulls go on,
-	// and the pin stays, while this goroutine is busy taking over.
-	in := &inbox{wake: make(chan struct{}, 1)}
-	stopped := make(chan struct{})
-	go func() {
-		defer close(stopped)
-		in.forward(it)
-	}()
 	defer func() {
-		it.Stop()
-		<-stopped
+		cc.Stop()
+		<-cc.Closed()
 	}()
 	tick := time.NewTicker(min(200*time.Millisecond, p.g.cfg.Checkpoint))
 	defer tick.Stop()
@@ -151,12 +152,14 @@ func (p *partition) consume(ctx context.Context) error {
 		select {
 		case <-in.wake:
 		case <-tick.C:
+		case <-cc.Closed():
+			return cmp.Or(in.terminal(), errConsumeClosed)
 		case <-ctx.Done():
 			return nil
 		}
 		for _, d := range in.take() {
 			if d.err != nil {
-				if errors.Is(d.err, jetstream.ErrMsgIteratorClosed) || errors.Is(d.err, jetstream.ErrConsumerDeleted) {
+				if errors.Is(d.err, jetstream.ErrConsumerDeleted) || errors.Is(d.err, jetstream.ErrConsumerNotFound) {
 					return d.err
 				}
 				continue
@@ -663,29 +666,45 @@ type delivery struct {
 	err error
 }
 
+// errConsumeClosed: the consumer's subscription ended by itself, without a
+// terminal error said (consume starts it again).
+var errConsumeClosed = errors.New("partition consumer closed")
+
 // inbox queues a consumer's deliveries for the partition's goroutine.
 type inbox struct {
 	mu    sync.Mutex
 	queue []delivery
+	last  error // the last error nats.go reported
 	wake  chan struct{}
 }
 
-// forward waits in Next and queues what it gives, until the iterator is
-// closed (the error is queued too).
-func (in *inbox) forward(it jetstream.MessagesContext) {
-	for {
-		msg, err := it.Next()
-		in.mu.Lock()
-		in.queue = append(in.queue, delivery{msg, err})
-		in.mu.Unlock()
-		select {
-		case in.wake <- struct{}{}:
-		default:
-		}
-		if err != nil && (errors.Is(err, jetstream.ErrMsgIteratorClosed) || errors.Is(err, jetstream.ErrConsumerDeleted)) {
-			return
-		}
+// message queues a delivery (nats.go's Consume callback).
+func (in *inbox) message(msg jetstream.Msg) { in.put(delivery{msg: msg}) }
+
+// failed queues an error nats.go reports (a missed heartbeat, the consumer
+// deleted).
+func (in *inbox) failed(_ jetstream.ConsumeContext, err error) {
+	in.mu.Lock()
+	in.last = err
+	in.mu.Unlock()
+	in.put(delivery{err: err})
+}
+
+func (in *inbox) put(d delivery) {
+	in.mu.Lock()
+	in.queue = append(in.queue, d)
+	in.mu.Unlock()
+	select {
+	case in.wake <- struct{}{}:
+	default:
 	}
+}
+
+// terminal is the error that ended the subscription, if nats.go said one.
+func (in *inbox) terminal() error {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return in.last
 }
 
 func (in *inbox) take() []delivery {
