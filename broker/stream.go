@@ -37,8 +37,8 @@ func (c StreamRef) Validate() error {
 // StreamConfig says how the CALLS stream is named and kept.
 type StreamConfig struct {
 	StreamRef
-	MaxAge     time.Duration `env:"AUDIOFAN_STREAM_MAX_AGE" envDefault:"24h" help:"how long messages are kept (0 = no limit)"`
-	MaxBytes   ByteSize      `env:"AUDIOFAN_STREAM_MAX_BYTES" envDefault:"10GiB" help:"stream size limit (-1 = no limit); past it the oldest messages go"`
+	MaxAge   time.Duration `env:"AUDIOFAN_STREAM_MAX_AGE" envDefault:"24h" help:"how long messages are kept (0 = no limit)"`
+	MaxBytes ByteSize      `env:"AUDIOFAN_STREAM_MAX_BYTES" envDefault:"10GiB" help:"stream size limit (-1 = no limit); past it the oldest messages go"`
 	// The window costs the server memory for every message in it (about
 	// 200 bytes of heap each: 120 MB at 100 real-time streams for 2 min); it
 	// must outlast the longest a publisher sends one message again (the

@@ -54,31 +54,7 @@ func (r outageResult) catchUpFactor(o outage) float64 {
 
 func runOutage(t testing.TB, o outage) outageResult {
 	audiofanBin, natsBin := buildBinaries(t)
-	var procs []*proc
-	t.Cleanup(func() {
-		for _, p := range procs {
-			if p.cmd != nil && p.cmd.ProcessState == nil {
-				_ = p.cmd.Process.Signal(syscall.SIGCONT)
-				_ = p.cmd.Process.Kill()
-				<-p.done
-			}
-		}
-		if t.Failed() {
-			for _, p := range procs {
-				out := p.out.String()
-				if len(out) > 3000 {
-					out = out[len(out)-3000:]
-				}
-				t.Logf("--- %s (last lines)\n%s", p.name, out)
-			}
-		}
-	})
-	add := func(p *proc) *proc {
-		p.t = t
-		procs = append(procs, p)
-		p.start()
-		return p
-	}
+	add := startProcs(t)
 	client, monitor := freePort(t), freePort(t)
 	node := add(&proc{name: "nats", bin: natsBin, args: []string{"-a", "127.0.0.1", "-p", port(client), "-js", "-sd", t.TempDir(), "-m", port(monitor)}})
 	node.ready("http://" + monitor + "/healthz")

@@ -47,21 +47,7 @@ type realtimeRun struct {
 // receiver), and measures the processes under test from the end of the
 // calls' ramp to their end.
 func runRealtime(b *testing.B, audiofanBin, natsBin string, whole bool, streams int, dur time.Duration) realtimeRun {
-	var procs []*proc
-	b.Cleanup(func() {
-		for _, p := range procs {
-			if p.cmd.ProcessState == nil {
-				_ = p.cmd.Process.Kill()
-				<-p.done
-			}
-		}
-	})
-	add := func(p *proc) *proc {
-		p.t = b
-		procs = append(procs, p)
-		p.start()
-		return p
-	}
+	add := startProcs(b)
 	httpAddr := freePort(b)
 	var measured []*proc
 	env := []string{"AUDIOFAN_HTTP_ADDR=" + httpAddr, "AUDIOFAN_CONSOLE=off", "AUDIOFAN_LOG_LEVEL=warn", "AUDIOFAN_DATA_DIR=" + b.TempDir()}

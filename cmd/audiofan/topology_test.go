@@ -73,6 +73,43 @@ func (p *proc) wait(timeout time.Duration) (int, error) {
 	}
 }
 
+// startProcs returns how a test starts its processes: each one started, and
+// at the test's end every one still running killed (a frozen one too), its
+// output written to AUDIOFAN_TOPOLOGY_LOGS when that is set, and its last
+// lines logged when the test failed.
+func startProcs(t testing.TB) func(*proc) *proc {
+	var procs []*proc
+	t.Cleanup(func() {
+		for _, p := range procs {
+			if p.cmd != nil && p.cmd.ProcessState == nil {
+				_ = p.cmd.Process.Kill() // SIGKILL ends a stopped process too
+				<-p.done
+			}
+		}
+		if dir := os.Getenv("AUDIOFAN_TOPOLOGY_LOGS"); dir != "" {
+			_ = os.MkdirAll(dir, 0o755)
+			for _, p := range procs {
+				_ = os.WriteFile(filepath.Join(dir, p.name+".log"), []byte(p.out.String()), 0o644)
+			}
+		}
+		if t.Failed() {
+			for _, p := range procs {
+				out := p.out.String()
+				if len(out) > 4000 {
+					out = out[len(out)-4000:]
+				}
+				t.Logf("--- %s (last lines)\n%s", p.name, out)
+			}
+		}
+	})
+	return func(p *proc) *proc {
+		p.t = t
+		procs = append(procs, p)
+		p.start()
+		return p
+	}
+}
+
 // buildBinaries builds audiofan and the NATS server of the module in go.mod.
 func buildBinaries(t testing.TB) (audiofan, natsServer string) {
 	dir := t.TempDir()
@@ -132,36 +169,7 @@ func TestTopology(t *testing.T) {
 	audiofanBin, natsBin := buildBinaries(t)
 	t.Logf("built in %v", time.Since(start).Round(time.Second))
 
-	var procs []*proc
-	t.Cleanup(func() {
-		for _, p := range procs {
-			if p.cmd != nil && p.cmd.ProcessState == nil {
-				_ = p.cmd.Process.Kill()
-				<-p.done
-			}
-		}
-		if dir := os.Getenv("AUDIOFAN_TOPOLOGY_LOGS"); dir != "" {
-			_ = os.MkdirAll(dir, 0o755)
-			for _, p := range procs {
-				_ = os.WriteFile(filepath.Join(dir, p.name+".log"), []byte(p.out.String()), 0o644)
-			}
-		}
-		if t.Failed() {
-			for _, p := range procs {
-				out := p.out.String()
-				if len(out) > 4000 {
-					out = out[len(out)-4000:]
-				}
-				t.Logf("--- %s (last lines)\n%s", p.name, out)
-			}
-		}
-	})
-	add := func(p *proc) *proc {
-		p.t = t
-		procs = append(procs, p)
-		p.start()
-		return p
-	}
+	add := startProcs(t)
 
 	// Three NATS nodes in one cluster.
 	var clientURLs, routes, monitors []string
