@@ -39,7 +39,8 @@ type partition struct {
 	calls    map[codec.Token]*callWork
 	parked   map[codec.Token]*parkedCall
 	ended    map[codec.Token]int64
-	repairs  uint64 // the Group's repairs seen: a new one re-drives the parked calls
+	repairs  uint64    // the Group's repairs seen: a new one re-drives the parked calls
+	repaired time.Time // when a repair last re-drove them
 	checked  time.Time
 	idleAt   time.Time
 	callCtx  context.Context // the calls' context: canceled when the partition goes
@@ -460,9 +461,14 @@ func (p *partition) housekeep(ctx context.Context) {
 			}
 		}
 		if len(p.parked) > 0 {
-			repairs := p.g.repairs.Load()
-			p.redrive(repairs != p.repairs, redriving)
-			p.repairs = repairs
+			// A repair re-drives every parked call, at most once a backoff:
+			// where failures come and go, calls that stay broken are not
+			// read back at each success of another.
+			all := false
+			if repairs := p.g.repairs.Load(); repairs != p.repairs && time.Since(p.repaired) >= p.g.cfg.RedriveBackoff {
+				all, p.repairs, p.repaired = true, repairs, time.Now()
+			}
+			p.redrive(all, redriving)
 		}
 	}
 	if len(p.calls) > 0 && time.Since(p.checked) >= p.g.cfg.Lease/2 {
