@@ -251,7 +251,15 @@ func connect(url string, s NATSSettings, name string, log *slog.Logger) (*nats.C
 			}
 		}),
 		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("NATS reconnected", "url", c.ConnectedUrlRedacted()) }),
-		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) { log.Warn("NATS async error", "err", err) }),
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			// nats.go calls it once per episode (a slow consumer is said
+			// again only after it recovered), so this does not flood.
+			if sub != nil {
+				log.Warn("NATS async error", "err", err, "subject", sub.Subject)
+				return
+			}
+			log.Warn("NATS async error", "err", err)
+		}),
 	)...)
 	if err != nil {
 		return nil, fmt.Errorf("connect to NATS at %s: %w", url, err)
