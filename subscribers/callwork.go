@@ -209,6 +209,13 @@ func (c *callWork) work(ctx context.Context) Result {
 			for i := range batch {
 				if r := c.handle(ctx, &batch[i]); r != "" {
 					if r != ResultReleased {
+						// The call leaves here with this message: applied
+						// (ended), finished elsewhere, or left on the bus for
+						// the re-drive (parked). Either way the floor passes it.
+						if r == ResultParked {
+							c.p.g.m.messages.WithLabelValues(string(OutcomeParked)).Inc()
+						}
+						batch[i].markDone()
 						c.close(batch[i+1:], closeOutcome(r))
 					}
 					return r

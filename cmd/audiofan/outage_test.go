@@ -222,6 +222,12 @@ func runOutage(t testing.TB, o outage) outageResult {
 	if v := scrape(t, "http://"+recAddr+"/metrics", "audiofan_subscriber_calls_parked", ""); v != 0 {
 		t.Errorf("%v calls still parked after the repair", v)
 	}
+	// Every partition's floor passed the parked call: the recorder's
+	// consumers end with nothing pending.
+	conformance.WaitFor(t, "the recorder's consumers drained", func() bool {
+		_, held := lag("recording")
+		return held == 0
+	})
 	return res
 }
 

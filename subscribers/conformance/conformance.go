@@ -388,6 +388,21 @@ func parkAndRedrive(t *testing.T, b *bus, mode failure, check func(*testing.T, *
 	if v := Metric(t, r.reg, "audiofan_subscriber_calls_parked", ""); v != 0 {
 		t.Errorf("%v calls still parked after the repair", v)
 	}
+	// The floor moved past the parked call's messages: every partition
+	// consumer ends with nothing pending.
+	WaitFor(t, "every partition consumer acknowledged", func() bool {
+		s, err := b.js.Stream(context.Background(), b.ref.Name)
+		if err != nil {
+			return false
+		}
+		pending := uint64(0)
+		for ci := range s.ListConsumers(context.Background()).Info() {
+			if ci.Config.Durable != "" {
+				pending += ci.NumPending + uint64(ci.NumAckPending)
+			}
+		}
+		return pending == 0
+	})
 }
 
 // failing fails the call while broken: Handle after the first after
