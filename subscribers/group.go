@@ -144,8 +144,11 @@ type Group struct {
 	readers chan struct{}
 	parking parkRule
 	// repairs counts the successes after failures: a partition that sees
-	// it move re-drives its parked calls (what failed may work again).
+	// it move re-drives its parked calls (what failed may work again), at
+	// most once a backoff; asked counts an operator's requests
+	// (`audiofan redrive`), acted on at once.
 	repairs atomic.Uint64
+	asked   atomic.Uint64
 
 	mu      sync.Mutex
 	parts   []*partition
@@ -236,7 +239,7 @@ func (g *Group) Run(ctx context.Context) error {
 		return err
 	}
 	mctx, stopMembers := context.WithCancel(ctx)
-	mem := newMembers(MembersSubject(g.ref.Name, g.role.Name), g.id, g.cfg.Lease, g.repaired)
+	mem := newMembers(MembersSubject(g.ref.Name, g.role.Name), g.id, g.cfg.Lease, func() { g.asked.Add(1) })
 	membersDone := make(chan error, 1)
 	go func() { membersDone <- mem.run(mctx, g.nc) }()
 	g.mu.Lock()

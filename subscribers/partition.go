@@ -41,6 +41,7 @@ type partition struct {
 	ended    map[codec.Token]int64
 	repairs  uint64    // the Group's repairs seen: a new one re-drives the parked calls
 	repaired time.Time // when a repair last re-drove them
+	asked    uint64    // the Group's operator requests seen
 	checked  time.Time
 	idleAt   time.Time
 	callCtx  context.Context // the calls' context: canceled when the partition goes
@@ -350,16 +351,22 @@ func (p *partition) park(c *callWork, now time.Time) {
 		"call", oldest.info.ID, "since", oldest.since, "reason", oldest.reason, "limit", maxParked)
 }
 
-// redrive starts the parked calls that are due (all of them when now is
-// set: a repair was seen, or an operator asked), at most redrivesAtOnce on
-// the partition at a time: each reads its call back from the stream.
+// redrive starts the parked calls that are due (all makes every one due: a
+// repair was seen, or an operator asked), at most redrivesAtOnce on the
+// partition at a time: each reads its call back from the stream; the rest
+// go as those finish.
 func (p *partition) redrive(all bool, inFlight int) {
 	now := time.Now()
+	if all {
+		for _, pc := range p.parked {
+			pc.next = now
+		}
+	}
 	for tok, pc := range p.parked {
 		if inFlight >= redrivesAtOnce {
 			return
 		}
-		if !all && now.Before(pc.next) {
+		if now.Before(pc.next) {
 			continue
 		}
 		delete(p.parked, tok)
@@ -427,7 +434,7 @@ func (p *partition) takeover(ctx context.Context, pin string) error {
 	// previous owner that lost its pin that the partition is taken.
 	p.dirty = true
 	p.checked, p.wroteAt, p.idleAt = time.Now(), time.Time{}, time.Now()
-	p.repairs = p.g.repairs.Load()
+	p.repairs, p.asked = p.g.repairs.Load(), p.g.asked.Load()
 	p.g.m.partitions.Inc()
 	p.log.Info("partition taken", "calls", len(ck.Calls), "from", floor, "previous", ck.Owner, "acked", info.AckFloor.Stream,
 		"took", time.Since(start).Round(time.Millisecond))
@@ -467,6 +474,9 @@ func (p *partition) housekeep(ctx context.Context) {
 			all := false
 			if repairs := p.g.repairs.Load(); repairs != p.repairs && time.Since(p.repaired) >= p.g.cfg.RedriveBackoff {
 				all, p.repairs, p.repaired = true, repairs, time.Now()
+			}
+			if asked := p.g.asked.Load(); asked != p.asked {
+				all, p.asked = true, asked
 			}
 			p.redrive(all, redriving)
 		}

@@ -69,7 +69,8 @@ func runOutage(t testing.TB, o outage) outageResult {
 		return p, addr
 	}
 	_, rcvAddr := role("receiver", "receiver")
-	recorder, recAddr := role("recorder", "recorder", "AUDIOFAN_DATA_DIR="+dataDir, "AUDIOFAN_PARK_AFTER=2s", "AUDIOFAN_REDRIVE_BACKOFF=1s")
+	recorder, recAddr := role("recorder", "recorder", "AUDIOFAN_DATA_DIR="+dataDir, "AUDIOFAN_PARK_AFTER=2s",
+		"AUDIOFAN_REDRIVE_BACKOFF=10m") // only audiofan redrive brings the victim back within the test
 	role("analytics", "analytics")
 
 	// The victim: its recording folder's path is a file.
