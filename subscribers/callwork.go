@@ -141,11 +141,7 @@ func (c *callWork) endIdle() {
 // requestPark asks a call whose failures hold its partition to park now:
 // its running attempt and its retries are cut short.
 func (c *callWork) requestPark(reason string) {
-	c.mu.Lock()
-	if c.parkReason == "" {
-		c.parkReason = reason
-	}
-	c.mu.Unlock()
+	c.setParkReason(reason)
 	c.pcancel()
 }
 
@@ -460,7 +456,7 @@ func (c *callWork) retry(ctx context.Context, d *Delivery, reason string) (outco
 		}
 		if err == nil {
 			c.setUnavailable(false)
-			if c.failing.Swap(0) != 0 {
+			if c.failing.Load() != 0 && c.failing.Swap(0) != 0 { // a load on the path of every message
 				g.repaired() // whatever failed works again: parked calls may too
 			}
 			if replay {

@@ -75,25 +75,56 @@ func newGroupRig(t *testing.T) *groupRig {
 	return &groupRig{t: t, ns: b.NS, js: b.JS, ref: b.Stream.StreamRef}
 }
 
-func (r *groupRig) replica() *prometheus.Registry {
+func (r *groupRig) replica() *prometheus.Registry { return r.start(nil, nil).reg }
+
+// running is a digest replica a test runs.
+type running struct {
+	reg   *prometheus.Registry
+	stop  func() // a clean stop; idempotent
+	crash func() // a kill -9, as the bus sees it: the connection cut first
+}
+
+// start runs a digest replica with cfg (the tests' Config when nil), prep
+// called on its Group before it runs, and waits until it is ready.
+func (r *groupRig) start(cfg *subscribers.GroupConfig, prep func(*subscribers.Group)) running {
 	nc, err := nats.Connect(r.ns.URL())
 	if err != nil {
 		r.t.Fatal(err)
 	}
 	js, _ := jetstream.New(nc)
 	reg := prometheus.NewRegistry()
-	g, err := subscribers.NewGroup(conformance.Config(r.t), digestRole(), r.ref, nc, js, reg, natstest.Logger())
+	c := conformance.Config(r.t)
+	if cfg != nil {
+		c = *cfg
+	}
+	g, err := subscribers.NewGroup(c, digestRole(), r.ref, nc, js, reg, natstest.Logger())
 	if err != nil {
 		r.t.Fatal(err)
+	}
+	if prep != nil {
+		prep(g)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = g.Run(ctx) }()
-	r.t.Cleanup(func() { cancel(); <-done; nc.Close() })
-	for g.Ready() != nil {
-		time.Sleep(10 * time.Millisecond)
+	stop := func() { cancel(); <-done; nc.Close() }
+	r.t.Cleanup(stop)
+	conformance.WaitFor(r.t, "the replica ready", func() bool { return g.Ready() == nil })
+	return running{reg: reg, stop: stop, crash: func() { nc.Close(); cancel(); <-done }}
+}
+
+// undisturbed is what each call's default script gives on a bus of its own
+// with one replica: its summary (count and running hash), by id.
+func undisturbed(t *testing.T, ids []string) map[string]string {
+	base := newGroupRig(t)
+	base.replica()
+	want := map[string]string{}
+	for _, id := range ids {
+		base.publish(conformance.Default(id))
+		conformance.WaitFor(t, "baseline "+id, func() bool { return base.summaries(id) == 1 })
+		want[id] = summary(t, base, id)
 	}
-	return reg
+	return want
 }
 
 func (r *groupRig) publish(msgs []conformance.Msg) {
@@ -269,40 +300,13 @@ func TestChurnUnderLoad(t *testing.T) {
 		return fmt.Sprintf("8:acs:6a1f0c2e-5b7d-4c39-9e1f-2a8b7c6d5e4f_%08x", i)
 	}
 	scripts := make([][]conformance.Msg, calls)
+	ids := make([]string, calls)
 	for i := range scripts {
-		scripts[i] = conformance.Default(churnID(i))
+		ids[i], scripts[i] = churnID(i), conformance.Default(churnID(i))
 	}
-	// What each call gives undisturbed: the digest of its messages.
-	want := map[string]string{}
-	{
-		base := newGroupRig(t)
-		base.replica()
-		for i, s := range scripts {
-			base.publish(s)
-			id := churnID(i)
-			conformance.WaitFor(t, "baseline "+id, func() bool { return base.summaries(id) == 1 })
-			want[id] = summary(t, base, id)
-		}
-	}
-	type rep struct{ stop, crash func() }
-	start := func() rep {
-		nc, err := nats.Connect(r.ns.URL())
-		if err != nil {
-			t.Fatal(err)
-		}
-		js, _ := jetstream.New(nc)
-		g, err := subscribers.NewGroup(conformance.Config(t), digestRole(), r.ref, nc, js, prometheus.NewRegistry(), natstest.Logger())
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() { defer close(done); _ = g.Run(ctx) }()
-		stop := func() { cancel(); <-done; nc.Close() }
-		t.Cleanup(stop)
-		return rep{stop: stop, crash: func() { nc.Close(); cancel(); <-done }}
-	}
-	reps := []rep{start(), start()}
+	want := undisturbed(t, ids) // the digest of each call's messages
+	start := func() running { return r.start(nil, nil) }
+	reps := []running{start(), start()}
 	// The calls, interleaved message by message, at a live-like pace, while
 	// the replicas change every quarter of the way.
 	longest := 0
@@ -403,42 +407,22 @@ func TestCatchUpAfterLostDeliveries(t *testing.T) {
 	const calls = 8
 	id := func(i int) string { return fmt.Sprintf("8:acs:catchup+%d", i) }
 	scripts := make([][]conformance.Msg, calls)
+	ids := make([]string, calls)
 	for i := range scripts {
-		scripts[i] = conformance.Default(id(i))
+		ids[i], scripts[i] = id(i), conformance.Default(id(i))
 	}
-	want := map[string]string{}
-	{
-		base := newGroupRig(t)
-		base.replica()
-		for i, s := range scripts {
-			base.publish(s)
-			conformance.WaitFor(t, "baseline "+id(i), func() bool { return base.summaries(id(i)) == 1 })
-			want[id(i)] = summary(t, base, id(i))
-		}
-	}
+	want := undisturbed(t, ids)
 	r := newGroupRig(t)
-	nc, err := nats.Connect(r.ns.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	js, _ := jetstream.New(nc)
 	cfg := conformance.Config(t)
 	cfg.MaxAckPending = 64
-	reg := prometheus.NewRegistry()
-	g, err := subscribers.NewGroup(cfg, digestRole(), r.ref, nc, js, reg, natstest.Logger())
-	if err != nil {
-		t.Fatal(err)
-	}
 	var n atomic.Int64
-	subscribers.SetDropDeliveries(g, func() bool {
-		i := n.Add(1)
-		return i < 3000 && i%5 == 2 // one delivery in five, for a while
-	})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = g.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done; nc.Close() })
-	conformance.WaitFor(t, "the replica ready", func() bool { return g.Ready() == nil })
+	reg := r.start(&cfg, func(g *subscribers.Group) {
+		subscribers.SetDropDeliveries(g, func() bool {
+			i := n.Add(1)
+			return i < 3000 && i%5 == 2 // one delivery in five, for a while
+		})
+	}).reg
+	ctx := context.Background()
 	// The calls interleaved, as fast as they go.
 	for i := range len(scripts[0]) {
 		for _, s := range scripts {
@@ -481,31 +465,14 @@ func TestLostStartIsNotSilent(t *testing.T) {
 	r := newGroupRig(t)
 	const id = "4:+14255550188"
 	msgs := conformance.Default(id)
-	start := func() (*prometheus.Registry, func()) {
-		nc, err := nats.Connect(r.ns.URL())
-		if err != nil {
-			t.Fatal(err)
-		}
-		js, _ := jetstream.New(nc)
-		reg := prometheus.NewRegistry()
-		g, err := subscribers.NewGroup(conformance.Config(t), digestRole(), r.ref, nc, js, reg, natstest.Logger())
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() { defer close(done); _ = g.Run(ctx) }()
-		t.Cleanup(func() { cancel(); <-done; nc.Close() })
-		conformance.WaitFor(t, "the replica ready", func() bool { return g.Ready() == nil })
-		return reg, func() { nc.Close(); cancel(); <-done } // a kill -9, as the bus sees it
-	}
-	a, crash := start()
+	ra := r.start(nil, nil)
+	a := ra.reg
 	r.publish(msgs[:len(msgs)/2])
 	conformance.WaitFor(t, "half the call applied", func() bool {
 		return conformance.Metric(t, a, "audiofan_subscriber_messages_total", subscribers.OutcomeHandled) >= float64(len(msgs)/2)
 	})
 	time.Sleep(300 * time.Millisecond) // checkpointed, the call in progress
-	crash()
+	ra.crash()
 	ctx := context.Background()
 	stream, err := r.js.Stream(ctx, r.ref.Name)
 	if err != nil {
@@ -515,7 +482,7 @@ func TestLostStartIsNotSilent(t *testing.T) {
 	if err := stream.Purge(ctx, jetstream.WithPurgeSequence(first+50)); err != nil { // retention, removing the call's start
 		t.Fatal(err)
 	}
-	b, _ := start()
+	b := r.start(nil, nil).reg
 	r.publish(msgs[len(msgs)/2:])
 	conformance.WaitFor(t, "the call finished", func() bool { return r.summaries(id) == 1 })
 	var partial []codec.Event

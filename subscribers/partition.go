@@ -239,10 +239,12 @@ func (p *partition) route(ctx context.Context, it item) {
 		it.markDone() // a kind this role does not read
 		return
 	}
-	if _, parked := p.parked[tok]; parked {
-		it.markDone() // it waits on the bus for the call's re-drive
-		p.g.m.messages.WithLabelValues(string(OutcomeParked)).Inc()
-		return
+	if len(p.parked) > 0 { // no lookup a message while nothing is parked
+		if _, parked := p.parked[tok]; parked {
+			it.markDone() // it waits on the bus for the call's re-drive
+			p.g.m.messages.WithLabelValues(string(OutcomeParked)).Inc()
+			return
+		}
 	}
 	c := p.calls[tok]
 	if c == nil {

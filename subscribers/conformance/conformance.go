@@ -222,14 +222,7 @@ func Run(t *testing.T, spec Spec) {
 		// resource that never answers): the call under test is applied and
 		// finished all the same.
 		b := newBus(t, spec)
-		parts := StreamSubjects(t, b.js, b.ref)
-		p := parts.Partition(codec.EncodeToken(CallID))
-		stuck := ""
-		for i := 0; stuck == ""; i++ {
-			if id := fmt.Sprintf("stuck-%d", i); parts.Partition(codec.EncodeToken(id)) == p {
-				stuck = id
-			}
-		}
+		stuck := neighbourOf(t, b, "stuck-%d")
 		b.replicaCalled(t, "", func(c subscribers.CallInfo, h subscribers.CallHandler) subscribers.CallHandler {
 			if c.ID == stuck {
 				return &hung{CallHandler: h}
@@ -339,14 +332,7 @@ func (f failure) String() string {
 // (with an event), and once repaired it is re-driven from the bus and its
 // output is that of an undisturbed run.
 func parkAndRedrive(t *testing.T, b *bus, mode failure, check func(*testing.T, *bus, subscribers.CallInfo)) {
-	parts := StreamSubjects(t, b.js, b.ref)
-	p := parts.Partition(codec.EncodeToken(CallID))
-	neighbour := ""
-	for i := 0; neighbour == ""; i++ {
-		if id := fmt.Sprintf("4:+1425555%04d", i); parts.Partition(codec.EncodeToken(id)) == p {
-			neighbour = id
-		}
-	}
+	neighbour := neighbourOf(t, b, "4:+1425555%04d")
 	var broken atomic.Bool
 	broken.Store(true)
 	r := b.start(t, replicaOpts{
@@ -403,6 +389,18 @@ func parkAndRedrive(t *testing.T, b *bus, mode failure, check func(*testing.T, *
 		}
 		return pending == 0
 	})
+}
+
+// neighbourOf is the first call id of format (with one %d) whose call
+// lands in the partition of the call under test.
+func neighbourOf(t *testing.T, b *bus, format string) string {
+	parts := StreamSubjects(t, b.js, b.ref)
+	p := parts.Partition(codec.EncodeToken(CallID))
+	for i := 0; ; i++ {
+		if id := fmt.Sprintf(format, i); parts.Partition(codec.EncodeToken(id)) == p {
+			return id
+		}
+	}
 }
 
 // failing fails the call while broken: Handle after the first after

@@ -406,6 +406,14 @@ func TestSpillKeepsTheBytes(t *testing.T) {
 		}
 	}
 	frames = append(frames, frames[1234]) // redelivered
+	// A sender's clock jumping: frames stamped years off, both ways (their
+	// records on disk must carry any int64, negative ones too).
+	for i, jump := range []time.Duration{-20 * 365 * 24 * time.Hour, 3 * 365 * 24 * time.Hour, -time.Hour} {
+		f := frame("call", "8:acs:a", 0, n+i, time.Duration(n+i)*20*time.Millisecond)
+		f.Timestamp = f.Timestamp.Add(jump)
+		f.ReceivedAt = t0.Add(time.Duration(n+i)*20*time.Millisecond + 5*time.Millisecond)
+		frames = append(frames, f)
+	}
 	rand.New(rand.NewPCG(3, 4)).Shuffle(len(frames), func(i, j int) { frames[i], frames[j] = frames[j], frames[i] })
 
 	renderWith := func(spillAt int) (map[string][]byte, int) {
