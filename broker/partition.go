@@ -166,30 +166,12 @@ func SubjectsOf(ref StreamRef, cfg jetstream.StreamConfig) (Subjects, error) {
 	return s, nil
 }
 
-// OpenStream opens the stream ref names and reads its subject scheme,
-// partitions included: what every reader of stored subjects needs first. A
-// stream missing, or not (yet) partitioned, is ErrNotReady, so Provision
-// waits for it: its receivers may start later or not be upgraded yet.
-func OpenStream(ctx context.Context, js jetstream.JetStream, ref StreamRef) (jetstream.Stream, Subjects, error) {
-	s, err := js.Stream(ctx, ref.Name)
-	if errors.Is(err, jetstream.ErrStreamNotFound) {
-		return nil, ref.Subjects(), fmt.Errorf("stream %s: %w: %w", ref.Name, ErrNotReady, err)
-	}
-	if err != nil {
-		return nil, ref.Subjects(), fmt.Errorf("stream %s: %w", ref.Name, err)
-	}
-	subj, err := SubjectsOf(ref, s.CachedInfo().Config)
-	if errors.Is(err, ErrNotPartitioned) {
-		return nil, subj, fmt.Errorf("%w: %w", ErrNotReady, err)
-	}
-	if err != nil {
-		return nil, subj, err
-	}
-	return s, subj, nil
-}
-
-// ReadSubjects is OpenStream for a reader that needs only the subjects.
+// ReadSubjects reads the bus's subject scheme, partitions included: what
+// every reader of stored subjects needs first (FindBus).
 func ReadSubjects(ctx context.Context, js jetstream.JetStream, ref StreamRef) (Subjects, error) {
-	_, subj, err := OpenStream(ctx, js, ref)
-	return subj, err
+	b, err := FindBus(ctx, js, ref)
+	if err != nil {
+		return ref.Subjects(), err
+	}
+	return b.Subjects(), nil
 }

@@ -38,7 +38,7 @@ func (c StreamRef) Validate() error {
 type StreamConfig struct {
 	StreamRef
 	MaxAge   time.Duration `env:"AUDIOFAN_STREAM_MAX_AGE" envDefault:"24h" help:"how long messages are kept (0 = no limit)"`
-	MaxBytes ByteSize      `env:"AUDIOFAN_STREAM_MAX_BYTES" envDefault:"10GiB" help:"stream size limit (-1 = no limit); past it the oldest messages go"`
+	MaxBytes ByteSize      `env:"AUDIOFAN_STREAM_MAX_BYTES" envDefault:"10GiB" help:"the bus's size limit (-1 = no limit), split evenly over its shards; past it a shard's oldest messages go"`
 	// The window costs the server memory for every message in it (about
 	// 200 bytes of heap each: 120 MB at 100 real-time streams for 2 min); it
 	// must outlast the longest a publisher sends one message again (the
@@ -49,7 +49,10 @@ type StreamConfig struct {
 	Provision  bool          `env:"AUDIOFAN_STREAM_PROVISION" envDefault:"true" help:"create or update the stream at start; false = it must exist already"`
 	// Partitions is fixed for the life of a deployment: changing it moves
 	// calls in progress to other partitions (see the README's upgrade notes).
-	Partitions   int `env:"AUDIOFAN_PARTITIONS" envDefault:"32" help:"partitions the stream spreads calls over (its subject transform); each subscriber role has one consumer per partition, and at most this many busy replicas"`
+	Partitions int `env:"AUDIOFAN_PARTITIONS" envDefault:"32" help:"partitions the stream spreads calls over (its subject transform); each subscriber role has one consumer per partition, and at most this many busy replicas"`
+	// Shards is how many streams the partitions are spread over (see
+	// shards.go); more than one needs the server's subject mapping.
+	Shards       int `env:"AUDIOFAN_STREAM_SHARDS" envDefault:"1" help:"streams the partitions are spread over, each on its own leader: 1 = the single stream AUDIOFAN_STREAM (no server mapping needed); S > 1 = streams AUDIOFAN_STREAM-<i>of<S>, S dividing AUDIOFAN_PARTITIONS, fed by the NATS account's subject mapping (audiofan nats-accounts); change it with audiofan reshard"`
 	MaxConsumers int `env:"AUDIOFAN_STREAM_MAX_CONSUMERS" envDefault:"1000" help:"consumers the stream allows: the roles' partitions x roles, plus the console's and tools' short-lived readers"`
 	// Batched asks for allow_batched, for receivers that publish in fast
 	// batches (their AUDIOFAN_PUBLISH_MODE). Provisioning never turns it
@@ -73,6 +76,8 @@ func (c StreamConfig) Validate() error {
 		return errors.New("AUDIOFAN_STREAM_DUPLICATE_WINDOW must not exceed AUDIOFAN_STREAM_MAX_AGE")
 	case c.Partitions < 1 || c.Partitions > MaxPartitions:
 		return fmt.Errorf("AUDIOFAN_PARTITIONS %d: want 1 to %d", c.Partitions, MaxPartitions)
+	case c.Layout().Validate() != nil:
+		return c.Layout().Validate()
 	case c.MaxConsumers < 4*c.Partitions:
 		return fmt.Errorf("AUDIOFAN_STREAM_MAX_CONSUMERS %d: want at least 4 x AUDIOFAN_PARTITIONS (%d): three roles' partition consumers and room for readers", c.MaxConsumers, 4*c.Partitions)
 	}
@@ -152,15 +157,24 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, c StreamConfig, l
 // on that would only trade a short wait for a restart loop. Each wait is
 // logged on log (the first, then every tenth), naming what.
 func Provision(ctx context.Context, log *slog.Logger, what string, op func(context.Context) error) error {
+	var last error
 	for attempt := 1; ; attempt++ {
 		actx, cancel := context.WithTimeout(ctx, provisionAttempt)
 		err := op(actx)
 		cancel()
 		if err == nil || !Transient(err) || ctx.Err() != nil {
 			if err != nil && attempt > 1 {
+				if last != nil && ctx.Err() != nil && !errors.Is(last, ctx.Err()) {
+					// The deadline cut the last attempt short: the one
+					// before says what was wrong.
+					return fmt.Errorf("after %d attempts: %w (before that: %w)", attempt, err, last)
+				}
 				return fmt.Errorf("after %d attempts: %w", attempt, err)
 			}
 			return err
+		}
+		if !errors.Is(err, context.DeadlineExceeded) {
+			last = err
 		}
 		if attempt == 1 || attempt%10 == 0 {
 			log.Warn("JetStream not ready, trying again", "what", what, "attempt", attempt, "err", err)
@@ -241,10 +255,11 @@ func Transient(err error) bool {
 	return false
 }
 
-// Subjects returns the subject scheme of the stream as configured,
+// Subjects returns the subject scheme of the bus as configured,
 // partitions included.
-func (c StreamConfig) Subjects() Subjects {
-	s := c.StreamRef.Subjects()
-	s.Partitions = c.Partitions
-	return s
+func (c StreamConfig) Subjects() Subjects { return c.Layout().Subjects() }
+
+// Layout is the bus's layout as configured.
+func (c StreamConfig) Layout() Layout {
+	return Layout{Stream: c.Name, Prefix: c.Prefix, Partitions: c.Partitions, Shards: c.Shards}
 }

@@ -34,6 +34,10 @@ type Subjects struct {
 	// Partitions is how many partitions the stream spreads calls over, as
 	// read from its subject transform (SubjectsOf); 0 when unknown.
 	Partitions int
+	// Mapped is set when the server's account mapping, not the stream,
+	// inserts the partition token (a sharded bus): core NATS subscribers
+	// then see the stored form too (Live).
+	Mapped bool
 }
 
 // Audio is the subject of a participant's frames; the tokens are already encoded.

@@ -1,6 +1,7 @@
 package subscribers
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -23,11 +24,15 @@ import (
 // DoneTTL, so a late message (a socket reconnecting after the call ended)
 // does not start the call again.
 type checkpoint struct {
-	Floor uint64    `json:"floor"`
-	Owner string    `json:"owner"` // the replica that wrote it
-	Calls []ckCall  `json:"calls"`
-	Ended []ckEnded `json:"ended"`
-	At    time.Time `json:"at"`
+	// Stream is the stream the sequences are of: the partition's shard.
+	// Empty in checkpoints written before shards, which were all of the
+	// single stream (AUDIOFAN_STREAM).
+	Stream string    `json:"stream,omitempty"`
+	Floor  uint64    `json:"floor"`
+	Owner  string    `json:"owner"` // the replica that wrote it
+	Calls  []ckCall  `json:"calls"`
+	Ended  []ckEnded `json:"ended"`
+	At     time.Time `json:"at"`
 }
 
 type ckCall struct {
@@ -66,7 +71,12 @@ func partitionKey(p int) string { return "p" + strconv.Itoa(p) }
 // StateBucket is the KV bucket of a role's partition checkpoints.
 func StateBucket(stream, role string) string { return stream + "-" + role + "-partitions" }
 
-func readCheckpoint(ctx context.Context, kv jetstream.KeyValue, p int) (checkpoint, error) {
+// readCheckpoint reads partition p's checkpoint as of the stream named
+// stream (base: AUDIOFAN_STREAM, whose checkpoints name none). One of
+// another stream (the bus was resharded) keeps only its ended calls: its
+// sequences number another stream's messages, and a floor taken from them
+// would skip this one's. An empty stream reads any.
+func readCheckpoint(ctx context.Context, kv jetstream.KeyValue, p int, stream, base string) (checkpoint, error) {
 	var ck checkpoint
 	e, err := kv.Get(ctx, partitionKey(p))
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
@@ -79,6 +89,9 @@ func readCheckpoint(ctx context.Context, kv jetstream.KeyValue, p int) (checkpoi
 		// A checkpoint that does not decode is as good as none: the
 		// partition is read from the start of the stream instead.
 		return checkpoint{}, nil
+	}
+	if of := cmp.Or(ck.Stream, base); stream != "" && of != stream {
+		return checkpoint{Stream: stream, Ended: ck.Ended}, nil
 	}
 	return ck, nil
 }
@@ -102,7 +115,7 @@ func writeCheckpoint(ctx context.Context, kv jetstream.KeyValue, p int, ck *chec
 // the call's partition says (within about a second of the call's end): for
 // tests and tools that wait for a role's output.
 func Finished(ctx context.Context, js jetstream.JetStream, ref broker.StreamRef, role string, callTok codec.Token) (bool, error) {
-	_, subj, err := broker.OpenStream(ctx, js, ref)
+	subj, err := broker.ReadSubjects(ctx, js, ref)
 	if err != nil {
 		return false, err
 	}
@@ -113,7 +126,7 @@ func Finished(ctx context.Context, js jetstream.JetStream, ref broker.StreamRef,
 	if err != nil {
 		return false, err
 	}
-	ck, err := readCheckpoint(ctx, kv, subj.Partition(callTok))
+	ck, err := readCheckpoint(ctx, kv, subj.Partition(callTok), "", ref.Name)
 	if err != nil {
 		return false, err
 	}

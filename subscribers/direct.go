@@ -20,14 +20,28 @@ import (
 // what the Group adds, and the simplest correct reading of the contract. It
 // returns the calls it finished.
 func Direct(ctx context.Context, js jetstream.JetStream, ref broker.StreamRef, role Role) (int, error) {
-	s, subj, err := broker.OpenStream(ctx, js, ref)
+	bus, err := broker.FindBus(ctx, js, ref)
 	if err != nil {
 		return 0, err
 	}
+	finished := 0
+	// A call lives in one shard: the shards are read one after another.
+	for _, s := range bus.Shards() {
+		n, err := directShard(ctx, js, s, bus.Subjects(), role)
+		finished += n
+		if err != nil {
+			return finished, err
+		}
+	}
+	return finished, nil
+}
+
+// directShard is Direct on one shard's stream.
+func directShard(ctx context.Context, js jetstream.JetStream, s jetstream.Stream, subj broker.Subjects, role Role) (int, error) {
 	if s.CachedInfo().State.Msgs == 0 {
 		return 0, nil
 	}
-	oc, err := js.OrderedConsumer(ctx, ref.Name, jetstream.OrderedConsumerConfig{FilterSubjects: []string{ref.Prefix + ".>"}})
+	oc, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subj.All()}})
 	if err != nil {
 		return 0, fmt.Errorf("direct %s: %w", role.Name, err)
 	}

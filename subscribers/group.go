@@ -117,17 +117,17 @@ const ownerGroup = "owner"
 // to the floor to rebuild its state, and carries on from the floor; output
 // stays exactly once through the events' Nats-Msg-Ids.
 type Group struct {
-	cfg    GroupConfig
-	role   Role
-	ref    broker.StreamRef
-	subj   broker.Subjects
-	nc     *nats.Conn
-	js     jetstream.JetStream
-	stream jetstream.Stream
-	kv     jetstream.KeyValue
-	log    *slog.Logger
-	m      *groupMetrics
-	id     string
+	cfg  GroupConfig
+	role Role
+	ref  broker.StreamRef
+	subj broker.Subjects
+	nc   *nats.Conn
+	js   jetstream.JetStream
+	bus  *broker.Bus
+	kv   jetstream.KeyValue
+	log  *slog.Logger
+	m    *groupMetrics
+	id   string
 
 	warnings *warn.Limiter
 
@@ -257,7 +257,28 @@ func (g *Group) Run(ctx context.Context) error {
 	runs := map[int]*running{}
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
-	for ctx.Err() == nil {
+	checked := time.Now()
+	var runErr error
+	for ctx.Err() == nil && runErr == nil {
+		if time.Since(checked) >= layoutCheck {
+			checked = time.Now()
+			if g.moved(ctx) {
+				// Every partition hands over (checkpointed against its old
+				// stream), then the consumers are put on the new shards.
+				for n, r := range runs {
+					r.cancel()
+					<-r.done
+					delete(runs, n)
+				}
+				if err := broker.Provision(ctx, g.log, g.role.Name+" consumers", g.setup); err != nil {
+					if ctx.Err() == nil {
+						runErr = fmt.Errorf("the bus was moved and its new streams cannot be read: %w", err)
+					}
+					break
+				}
+				g.log.Warn("the bus was moved: reading its new streams", "layout", g.bus.Layout.String(), "retired", g.bus.Retired)
+			}
+		}
 		if until := g.legacyUntil.Load(); until > 0 && time.Now().UnixNano() > until {
 			g.finishUpgrade(ctx)
 		}
@@ -310,17 +331,34 @@ func (g *Group) Run(ctx context.Context) error {
 		<-r.done
 	}
 	<-membersDone
-	return nil
+	return runErr
 }
+
+// layoutCheck is how often a replica looks whether the bus was moved to
+// other streams (audiofan reshard): a list of stream names and S stream
+// infos.
+const layoutCheck = 10 * time.Second
+
+// moved says whether the bus is laid out otherwise than when setup read it.
+func (g *Group) moved(ctx context.Context) bool {
+	ctx, cancel := context.WithTimeout(ctx, provisionCheck)
+	defer cancel()
+	b, err := broker.FindBus(ctx, g.js, g.ref)
+	return err == nil && b.Layout != g.bus.Layout
+}
+
+// provisionCheck bounds the look for a move.
+const provisionCheck = 5 * time.Second
 
 // setup reads the stream's partitioning and puts the role's consumers and
 // state bucket in place.
 func (g *Group) setup(ctx context.Context) error {
-	s, subj, err := broker.OpenStream(ctx, g.js, g.ref)
+	bus, err := broker.FindBus(ctx, g.js, g.ref)
 	if err != nil {
 		return err
 	}
-	g.stream, g.subj = s, subj
+	subj := bus.Subjects()
+	g.bus, g.subj = bus, subj
 	// The checkpoints are as safe as the calls: as many replicas. Read
 	// first: a replica restarting into a cluster still recovering a node
 	// should not need a write through the meta leader to start.
@@ -328,7 +366,7 @@ func (g *Group) setup(ctx context.Context) error {
 	if g.kv, err = g.js.KeyValue(ctx, bucket); errors.Is(err, jetstream.ErrBucketNotFound) {
 		g.kv, err = g.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: bucket,
 			Description: "audiofan " + g.role.Name + ": partition checkpoints", History: 1,
-			Replicas: s.CachedInfo().Config.Replicas})
+			Replicas: bus.Config().Replicas})
 	}
 	if err != nil {
 		return fmt.Errorf("%s bucket %s: %w", g.role.Name, bucket, err)
@@ -344,6 +382,7 @@ func (g *Group) setup(ctx context.Context) error {
 		g.mu.Unlock()
 	}
 	for _, p := range g.parts {
+		p.stream = bus.Stream(p.n)
 		if err := g.ensureConsumer(ctx, p); err != nil {
 			return err
 		}
@@ -359,7 +398,7 @@ func (g *Group) setup(ctx context.Context) error {
 // not at the stream's start: what was applied is not delivered again.
 func (g *Group) ensureConsumer(ctx context.Context, p *partition) error {
 	want := p.consumerConfig()
-	c, err := g.stream.Consumer(ctx, p.name)
+	c, err := p.stream.Consumer(ctx, p.name)
 	switch {
 	case err == nil:
 		cur := c.CachedInfo().Config
@@ -371,29 +410,29 @@ func (g *Group) ensureConsumer(ctx context.Context, p *partition) error {
 		}
 		if cur.MemoryStorage == want.MemoryStorage {
 			want.DeliverPolicy, want.OptStartSeq = cur.DeliverPolicy, cur.OptStartSeq // fixed at creation
-			if c, err = g.stream.UpdateConsumer(ctx, want); err != nil {
+			if c, err = p.stream.UpdateConsumer(ctx, want); err != nil {
 				return fmt.Errorf("consumer %s: %w", p.name, err)
 			}
 			p.cons = c
 			return nil
 		}
 		// The storage of a consumer cannot change: make it again.
-		if err := g.stream.DeleteConsumer(ctx, p.name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		if err := p.stream.DeleteConsumer(ctx, p.name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
 			return fmt.Errorf("consumer %s: %w", p.name, err)
 		}
 	case !errors.Is(err, jetstream.ErrConsumerNotFound):
 		return fmt.Errorf("consumer %s: %w", p.name, err)
 	}
-	ck, err := readCheckpoint(ctx, g.kv, p.n)
+	ck, err := readCheckpoint(ctx, g.kv, p.n, p.stream.CachedInfo().Config.Name, g.ref.Name)
 	if err != nil {
 		return err
 	}
 	if ck.Floor > 0 {
 		want.DeliverPolicy, want.OptStartSeq = jetstream.DeliverByStartSequencePolicy, ck.Floor+1
 	}
-	c, err = g.stream.CreateConsumer(ctx, want)
+	c, err = p.stream.CreateConsumer(ctx, want)
 	if errors.Is(err, jetstream.ErrConsumerExists) {
-		c, err = g.stream.Consumer(ctx, p.name) // another replica made it meanwhile
+		c, err = p.stream.Consumer(ctx, p.name) // another replica made it meanwhile
 	}
 	if err != nil {
 		return fmt.Errorf("consumer %s: %w", p.name, err)
@@ -412,7 +451,10 @@ func legacyCallDescription(role string) string { return "audiofan " + role + " o
 // looked for under its unpartitioned subjects too, so the calls in flight
 // across the upgrade are read whole; then the old consumers are removed.
 func (g *Group) detectUpgrade(ctx context.Context) {
-	c, err := g.stream.Consumer(ctx, g.role.Name)
+	if g.bus.Layout.Sharded() {
+		return // the per-call design knew one stream only
+	}
+	c, err := g.bus.Shards()[0].Consumer(ctx, g.role.Name)
 	if err != nil || c.CachedInfo().Config.FilterSubject != g.ref.Subjects().AnyCall(broker.KindLifecycle) {
 		return
 	}
@@ -436,10 +478,11 @@ func (g *Group) reads(kind broker.Kind) bool {
 func (g *Group) finishUpgrade(ctx context.Context) {
 	g.legacyUntil.Store(0)
 	n := 0
-	names := g.stream.ListConsumers(ctx)
+	stream := g.bus.Shards()[0]
+	names := stream.ListConsumers(ctx)
 	for ci := range names.Info() {
 		if ci.Name == g.role.Name || strings.HasPrefix(ci.Config.Description, legacyCallDescription(g.role.Name)) {
-			if err := g.stream.DeleteConsumer(ctx, ci.Name); err == nil || errors.Is(err, jetstream.ErrConsumerNotFound) {
+			if err := stream.DeleteConsumer(ctx, ci.Name); err == nil || errors.Is(err, jetstream.ErrConsumerNotFound) {
 				n++
 			}
 		}

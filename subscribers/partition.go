@@ -26,6 +26,7 @@ type partition struct {
 	name    string
 	filters []string
 	log     *slog.Logger
+	stream  jetstream.Stream // the shard that holds the partition
 	cons    jetstream.Consumer
 
 	// The run goroutine's own.
@@ -394,7 +395,7 @@ const redrivesAtOnce = 2
 // takes deliveries at once.
 func (p *partition) takeover(ctx context.Context, pin string) error {
 	start := time.Now()
-	ck, err := readCheckpoint(ctx, p.g.kv, p.n)
+	ck, err := readCheckpoint(ctx, p.g.kv, p.n, p.stream.CachedInfo().Config.Name, p.g.ref.Name)
 	if err != nil {
 		return err
 	}
@@ -528,7 +529,7 @@ func (p *partition) adoptOrphan(ctx context.Context) {
 		return
 	}
 	p.checked = time.Now()
-	ck, err := readCheckpoint(ctx, p.g.kv, p.n)
+	ck, err := readCheckpoint(ctx, p.g.kv, p.n, p.stream.CachedInfo().Config.Name, p.g.ref.Name)
 	if err != nil || len(ck.Calls) == 0 {
 		return
 	}
@@ -571,7 +572,7 @@ func (p *partition) flush(ctx context.Context, confirm bool) {
 // parked calls they were), the calls parked, and those ended lately.
 func (p *partition) checkpoint(ctx context.Context) bool {
 	floor := p.led.floor
-	ck := checkpoint{Floor: floor, Owner: p.g.id, At: time.Now().UTC(), Calls: []ckCall{}, Ended: []ckEnded{}}
+	ck := checkpoint{Stream: p.stream.CachedInfo().Config.Name, Floor: floor, Owner: p.g.id, At: time.Now().UTC(), Calls: []ckCall{}, Ended: []ckEnded{}}
 	for _, c := range p.calls {
 		switch {
 		case c.from != nil && c.redriving.Load():
@@ -626,7 +627,7 @@ func (p *partition) stillPinned(ctx context.Context) bool {
 // pull). A new owner writes its checkpoint at once, so a real takeover
 // shows within a checkpoint interval.
 func (p *partition) takenElsewhere(ctx context.Context) bool {
-	ck, err := readCheckpoint(ctx, p.g.kv, p.n)
+	ck, err := readCheckpoint(ctx, p.g.kv, p.n, p.stream.CachedInfo().Config.Name, p.g.ref.Name)
 	if err != nil {
 		return false // cannot tell now; asked again soon
 	}
@@ -671,7 +672,7 @@ func (p *partition) release() {
 	defer cancel()
 	p.flush(ctx, true)
 	if p.stillPinned(ctx) {
-		if err := p.g.stream.UnpinConsumer(ctx, p.name, ownerGroup); err != nil {
+		if err := p.stream.UnpinConsumer(ctx, p.name, ownerGroup); err != nil {
 			p.log.Debug("unpin partition consumer", "err", err)
 		}
 	}

@@ -62,7 +62,7 @@ func (p *partition) readCall(ctx context.Context, c *callWork, fn func(item) boo
 // messages a call had before the stream partitioned calls, if any: they
 // come before all of its partitioned ones.
 func (p *partition) readLegacy(ctx context.Context, c *callWork, replay bool) {
-	_, err := p.g.stream.GetLastMsgForSubject(ctx, p.g.subj.LegacyKind(c.info.Token, broker.KindLifecycle))
+	_, err := p.stream.GetLastMsgForSubject(ctx, p.g.subj.LegacyKind(c.info.Token, broker.KindLifecycle))
 	if err != nil {
 		if !errors.Is(err, jetstream.ErrMsgNotFound) {
 			p.log.Warn("legacy lookup", "call", c.info.ID, "err", err)
@@ -105,7 +105,7 @@ func (p *partition) read(ctx context.Context, filters []string, from, to uint64,
 	// MaxResetAttempts: nats.go recreates an ordered consumer whose
 	// deliveries stop, by default forever and deaf to ctx; a connection
 	// closed under it (the replica stopping) would hang the read for good.
-	oc, err := p.g.stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: filters,
+	oc, err := p.stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: filters,
 		DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: from, InactiveThreshold: readInactive,
 		MaxResetAttempts: readAttempts})
 	if err != nil {
@@ -116,7 +116,7 @@ func (p *partition) read(ctx context.Context, filters []string, from, to uint64,
 		// they expire: a takeover must not leave hundreds behind.
 		dctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
-		_ = p.g.stream.DeleteConsumer(dctx, oc.CachedInfo().Name)
+		_ = p.stream.DeleteConsumer(dctx, oc.CachedInfo().Name)
 	}()
 	// Every read has a message to stop at (the call's first one, the
 	// delivery that made the partition fill the gap before it, a legacy

@@ -23,6 +23,10 @@ type Config struct {
 	ServerName string `env:"-"`
 	// TLSCert and TLSKey, when set, make the server require TLS from clients.
 	TLSCert, TLSKey string `env:"-"`
+	// Mappings are subject mappings of the server's (global) account,
+	// source to destination: a sharded bus's (broker.Mappings). Their
+	// sources must not overlap (the server applies the first that matches).
+	Mappings map[string]string `env:"-"`
 	// Configure, when set, adjusts the server's options last (tests: users
 	// and permissions).
 	Configure func(*server.Options) `env:"-"`
@@ -69,6 +73,13 @@ func Start(cfg Config) (*server.Server, error) {
 	ns, err := server.NewServer(opts)
 	if err != nil {
 		return nil, fmt.Errorf("embedded nats: %w", err)
+	}
+	// Before the server takes connections: nothing may be published
+	// unmapped.
+	for src, dest := range cfg.Mappings {
+		if err := ns.GlobalAccount().AddMapping(src, dest); err != nil {
+			return nil, fmt.Errorf("embedded nats: mapping %s: %w", src, err)
+		}
 	}
 	go ns.Start()
 	if !ns.ReadyForConnections(30 * time.Second) {

@@ -30,12 +30,15 @@ type Server struct {
 	// as User.
 	Users []*server.User
 	User  string
+	// Mappings, set before Restart, are the account's subject mappings:
+	// Start sets a sharded bus's when the default settings ask for shards.
+	Mappings []broker.Mapping
 }
 
 // Start starts a server on a free loopback port with a store under t.TempDir().
 func Start(t testing.TB) *Server {
 	t.Helper()
-	s := &Server{t: t, Dir: t.TempDir(), Addr: freeAddr(t)}
+	s := &Server{t: t, Dir: t.TempDir(), Addr: freeAddr(t), Mappings: defaultMappings(t)}
 	s.Restart()
 	t.Cleanup(s.Stop)
 	return s
@@ -59,7 +62,7 @@ func (s *Server) URL() string {
 // as the first of them.
 func StartUsers(t testing.TB, users ...*server.User) *Server {
 	t.Helper()
-	s := &Server{t: t, Dir: t.TempDir(), Addr: freeAddr(t), Users: users, User: users[0].Username}
+	s := &Server{t: t, Dir: t.TempDir(), Addr: freeAddr(t), Users: users, User: users[0].Username, Mappings: defaultMappings(t)}
 	s.Restart()
 	t.Cleanup(s.Stop)
 	return s
@@ -68,7 +71,7 @@ func StartUsers(t testing.TB, users ...*server.User) *Server {
 // StartTLS starts a server that requires TLS with the given PEM files.
 func StartTLS(t testing.TB, certFile, keyFile string) *Server {
 	t.Helper()
-	s := &Server{t: t, Dir: t.TempDir(), Addr: freeAddr(t), TLSCert: certFile, TLSKey: keyFile}
+	s := &Server{t: t, Dir: t.TempDir(), Addr: freeAddr(t), TLSCert: certFile, TLSKey: keyFile, Mappings: defaultMappings(t)}
 	s.Restart()
 	t.Cleanup(s.Stop)
 	return s
@@ -89,6 +92,7 @@ func (s *Server) Restart() {
 	s.t.Helper()
 	users := s.Users
 	ns, err := embedded.Start(embedded.Config{Listen: s.Addr, StoreDir: s.Dir, ServerName: "natstest", TLSCert: s.TLSCert, TLSKey: s.TLSKey,
+		Mappings: broker.MappingTable(s.Mappings),
 		Configure: func(o *server.Options) {
 			if len(users) > 0 {
 				o.Users = users
@@ -123,7 +127,19 @@ type Bus struct {
 // and creates the stream.
 func StartBus(t testing.TB) *Bus {
 	t.Helper()
+	return StartBusWith(t, nil)
+}
+
+// StartBusWith is StartBus with the stream settings modify makes (a
+// sharded bus gets the server's mapping it needs).
+func StartBusWith(t testing.TB, modify func(*broker.StreamConfig)) *Bus {
+	t.Helper()
+	sc := Defaults[broker.StreamConfig](t)
+	if modify != nil {
+		modify(&sc)
+	}
 	ns := Start(t)
+	ns.Map(sc)
 	nc, err := nats.Connect(ns.URL())
 	if err != nil {
 		t.Fatal(err)
@@ -133,9 +149,38 @@ func StartBus(t testing.TB) *Bus {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sc := Defaults[broker.StreamConfig](t)
-	if _, err := broker.EnsureStream(context.Background(), js, sc, Logger()); err != nil {
+	if _, err := broker.EnsureBus(context.Background(), js, sc, Logger()); err != nil {
 		t.Fatal(err)
 	}
 	return &Bus{NS: ns, NC: nc, JS: js, Stream: sc}
+}
+
+// defaultMappings are the subject mappings the default settings' bus needs:
+// none for the single stream.
+func defaultMappings(t testing.TB) []broker.Mapping {
+	return MappingsFor(Defaults[broker.StreamConfig](t))
+}
+
+// MappingsFor are the subject mappings the bus of sc needs.
+func MappingsFor(sc broker.StreamConfig) []broker.Mapping {
+	if !sc.Layout().Sharded() {
+		return nil
+	}
+	return broker.Mappings(sc.Prefix, sc.Partitions)
+}
+
+// Map replaces the server's mappings with those the bus of sc needs, at
+// once (as a configuration reload would).
+func (s *Server) Map(sc broker.StreamConfig) {
+	s.t.Helper()
+	acc := s.NS.GlobalAccount()
+	for _, m := range s.Mappings {
+		acc.RemoveMapping(m.Source)
+	}
+	s.Mappings = MappingsFor(sc)
+	for _, m := range s.Mappings {
+		if err := acc.AddMapping(m.Source, m.Destination); err != nil {
+			s.t.Fatal(err)
+		}
+	}
 }

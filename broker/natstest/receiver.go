@@ -89,11 +89,11 @@ func StartReceiverStream(t testing.TB, ns *Server, sc broker.StreamConfig, modif
 	defer cancel()
 	sc.Batched = r.Config.Publish.Mode != receiver.ModeAsync
 	r.Stream = sc
-	st, err := broker.EnsureStream(ctx, r.JS, r.Stream, Logger())
+	bus, err := broker.EnsureBus(ctx, r.JS, r.Stream, Logger())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := r.Config.Publish.Resolve(st.CachedInfo().Config); err != nil {
+	if err := r.Config.Publish.Resolve(bus.Config()); err != nil {
 		t.Fatal(err)
 	}
 	r.Reg = prometheus.NewRegistry()

@@ -1,7 +1,6 @@
 package receiver
 
 import (
-	"strings"
 	"sync"
 	"time"
 
@@ -61,15 +60,15 @@ func (o *outbound) duration(n int) time.Duration {
 
 // relayOutbound handles one message of the wildcard subscription.
 func (r *Receiver) relayOutbound(msg *nats.Msg) {
-	// calls.<call token>.outbound: find the call without decoding its id.
-	rest, ok := strings.CutPrefix(msg.Subject, r.subj.Prefix+".")
-	tok, _, ok2 := strings.Cut(rest, ".")
-	if !ok || !ok2 {
+	// calls[.<partition>].<call token>.outbound: find the call without
+	// decoding its id.
+	tok, ok := r.subj.LiveCall(msg.Subject)
+	if !ok {
 		r.m.outbound.WithLabelValues(outInvalid).Inc()
 		return
 	}
 	r.mu.Lock()
-	s := r.calls[codec.Token(tok)]
+	s := r.calls[tok]
 	r.mu.Unlock()
 	if s == nil {
 		// Another receiver may hold it: each counts what it could not relay.

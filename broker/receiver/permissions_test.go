@@ -14,9 +14,11 @@ import (
 // ReceiverPermissions are the least a receiver's NATS user needs, as the
 // README documents them for the CALLS stream under the calls prefix.
 var receiverPermissions = &server.Permissions{
-	Publish: &server.SubjectPermission{Allow: []string{"calls.>",
+	Publish: &server.SubjectPermission{Allow: []string{"calls.>", "$JS.API.STREAM.NAMES",
 		"$JS.API.STREAM.INFO.CALLS", "$JS.API.STREAM.CREATE.CALLS", "$JS.API.STREAM.UPDATE.CALLS"}},
-	Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>"}},
+	// Outbound audio to relay, in both forms (sharded or not): the mapping
+	// probe at start comes back on them too.
+	Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>", "calls.*.outbound", "calls.*.*.outbound"}},
 }
 
 // The documented permissions are enough for a receiver to provision the

@@ -81,11 +81,11 @@ func checkMaxPayload(limit broker.ByteSize, maxPayload int64) error {
 
 // Receiver accepts ACS WebSocket connections and publishes what they carry.
 type Receiver struct {
-	cfg    Config
-	subj   broker.Subjects
-	stream string
-	nc     *nats.Conn
-	js     jetstream.JetStream
+	cfg     Config
+	subj    broker.Subjects
+	streams []string
+	nc      *nats.Conn
+	js      jetstream.JetStream
 	// pub is what the sockets publish through: js, or a batcher over it
 	// (set by Serve).
 	pub  publisher
@@ -112,7 +112,7 @@ type Receiver struct {
 // caller owns and drains) into the stream of sc. Metrics register on reg.
 func New(cfg Config, sc broker.StreamConfig, nc *nats.Conn, js jetstream.JetStream, reg prometheus.Registerer, log *slog.Logger) *Receiver {
 	r := &Receiver{
-		cfg: cfg, subj: sc.Subjects(), stream: sc.Name, nc: nc, js: js, pub: js, log: log,
+		cfg: cfg, subj: sc.Subjects(), streams: sc.Layout().Streams(), nc: nc, js: js, pub: js, log: log,
 		sockets: map[*socket]struct{}{},
 		calls:   map[codec.Token]*socket{},
 	}
@@ -165,8 +165,10 @@ func (r *Receiver) Ready(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	if _, err := r.js.Stream(ctx, r.stream); err != nil {
-		return fmt.Errorf("stream %s: %w", r.stream, err)
+	for _, name := range r.streams {
+		if _, err := r.js.Stream(ctx, name); err != nil {
+			return fmt.Errorf("stream %s: %w", name, err)
+		}
 	}
 	return nil
 }
@@ -291,7 +293,7 @@ func (r *Receiver) Serve(ctx context.Context, ln net.Listener, metricsHandler ht
 		return fmt.Errorf("auth: %w", err)
 	}
 	r.auth = auth
-	sub, err := r.nc.Subscribe(r.subj.AnyCall(broker.KindOutbound), r.relayOutbound)
+	sub, err := r.nc.Subscribe(r.subj.Live(r.subj.AnyCall(broker.KindOutbound)), r.relayOutbound)
 	if err != nil {
 		_ = ln.Close()
 		return fmt.Errorf("subscribe to outbound audio: %w", err)

@@ -129,7 +129,7 @@ func TestAddingARole(t *testing.T) {
 	// others'.
 	acc := help("nats-accounts")
 	if !strings.Contains(acc, "user: frames,") || !strings.Contains(acc, `"$KV.frames.>"`) ||
-		strings.Count(acc, `"$JS.API.CONSUMER.*.CALLS.frames-p0"`) != len(saved)+1 {
+		strings.Count(acc, `"$JS.API.CONSUMER.*.*.frames-p0"`) != len(saved)+1 {
 		t.Errorf("nats-accounts does not confine the role:\n%s", acc)
 	}
 

@@ -16,6 +16,7 @@ import (
 type natsAccountsSettings struct {
 	Stream     broker.StreamRef
 	Partitions int `env:"AUDIOFAN_PARTITIONS" envDefault:"32" help:"partitions of the stream (the receivers' setting): each role's consumers are named by them"`
+	Shards     int `env:"AUDIOFAN_STREAM_SHARDS" envDefault:"1" help:"the bus's shards (the receivers' setting): more than one needs the account's subject mapping, which is written then"`
 	// own are the components' own settings (their buckets), in their order.
 	own []subscribers.Settings
 }
@@ -23,10 +24,14 @@ type natsAccountsSettings struct {
 func (s *natsAccountsSettings) parts() []any { return asParts(s.own) }
 
 func (s *natsAccountsSettings) validate() error {
-	if s.Partitions < 1 || s.Partitions > broker.MaxPartitions {
-		return fmt.Errorf("AUDIOFAN_PARTITIONS %d: want 1 to %d", s.Partitions, broker.MaxPartitions)
+	if err := s.layout().Validate(); err != nil {
+		return err
 	}
 	return s.Stream.Validate()
+}
+
+func (s *natsAccountsSettings) layout() broker.Layout {
+	return broker.Layout{Stream: s.Stream.Name, Prefix: s.Stream.Prefix, Partitions: s.Partitions, Shards: s.Shards}
 }
 
 var natsAccountsCommand = command{
@@ -54,17 +59,25 @@ func writeNATSAccounts(w io.Writer, s natsAccountsSettings) error {
 		return fmt.Errorf("nats-accounts: settings for %d roles, want %d", len(s.own), len(components))
 	}
 	stream, prefix := s.Stream.Name, s.Stream.Prefix
+	// The bus's streams: the shards, and the single stream a move to them
+	// retires. Moving the bus (`audiofan reshard`) is an operator's step,
+	// run with the account's own credentials, not a part's.
+	streams := s.layout().BusStreams()
 	// Nobody but the receiver may change the stream, and nobody may
 	// administer JetStream.
 	admin := []string{
-		"$JS.API.STREAM.CREATE." + stream, "$JS.API.STREAM.UPDATE." + stream, "$JS.API.STREAM.DELETE.>",
-		"$JS.API.STREAM.PURGE." + stream, "$JS.API.STREAM.MSG.DELETE." + stream, "$JS.API.STREAM.SNAPSHOT.>",
+		"$JS.API.STREAM.DELETE.>", "$JS.API.STREAM.SNAPSHOT.>",
 		"$JS.API.STREAM.RESTORE.>", "$JS.API.STREAM.PEER.REMOVE.>", "$JS.API.ACCOUNT.PURGE.>",
 		"$JS.API.META.>", "$JS.API.SERVER.>",
 	}
-	// consumers are the API subjects of a role's consumers, every verb:
-	// its partition consumers and the dispatch consumer of the design
-	// before them.
+	for _, name := range streams {
+		admin = append(admin, "$JS.API.STREAM.CREATE."+name, "$JS.API.STREAM.UPDATE."+name, "$JS.API.STREAM.PURGE."+name,
+			"$JS.API.STREAM.MSG.DELETE."+name)
+	}
+	// consumers are the API subjects of a role's consumers, every verb, on
+	// any stream (a partition's shard, or one retired by a move): its
+	// partition consumers and the dispatch consumer of the design before
+	// them.
 	consumers := func(role string) []string {
 		names := []string{role}
 		for p := range s.Partitions {
@@ -72,23 +85,33 @@ func writeNATSAccounts(w io.Writer, s natsAccountsSettings) error {
 		}
 		var out []string
 		for _, n := range names {
-			out = append(out, "$JS.API.CONSUMER.*."+stream+"."+n, "$JS.API.CONSUMER.*."+stream+"."+n+".>",
-				"$JS.API.CONSUMER.*.*."+stream+"."+n)
+			out = append(out, "$JS.API.CONSUMER.*.*."+n, "$JS.API.CONSUMER.*.*."+n+".>", "$JS.API.CONSUMER.*.*.*."+n)
 		}
 		return out
 	}
 	acks := func(role string) []string {
-		out := []string{"$JS.ACK." + stream + "." + role + ".>"}
+		out := []string{"$JS.ACK.*." + role + ".>"}
 		for p := range s.Partitions {
-			out = append(out, "$JS.ACK."+stream+"."+subscribers.PartitionConsumer(role, p)+".>")
+			out = append(out, "$JS.ACK.*."+subscribers.PartitionConsumer(role, p)+".>")
 		}
 		return out
 	}
 	var users []natsUser
-	users = append(users, natsUser{Name: "receiver", Password: "$NATS_RECEIVER_PASSWORD",
-		Allow: []string{prefix + ".>", "$JS.API.INFO", "$JS.API.STREAM.INFO." + stream, "$JS.API.STREAM.CREATE." + stream,
-			"$JS.API.STREAM.UPDATE." + stream},
-		Subscribe: []string{"_INBOX.>", s.Stream.Subjects().AnyCall(broker.KindOutbound)}})
+	// The receiver provisions the bus: its streams as AUDIOFAN_STREAM_SHARDS
+	// lays it out.
+	rx := natsUser{Name: "receiver", Password: "$NATS_RECEIVER_PASSWORD",
+		Allow: []string{prefix + ".>", "$JS.API.INFO", "$JS.API.STREAM.NAMES"},
+		// Outbound audio to relay, sharded or not (the mapping probe at
+		// start comes back on them too).
+		Subscribe: []string{"_INBOX.>", prefix + ".*." + string(broker.KindOutbound), prefix + ".*.*." + string(broker.KindOutbound)}}
+	for _, name := range streams {
+		rx.Allow = append(rx.Allow, "$JS.API.STREAM.INFO."+name, "$JS.API.STREAM.CREATE."+name, "$JS.API.STREAM.UPDATE."+name)
+		if s.layout().Sharded() && name != stream {
+			// Spreading the shards' leaders over the nodes.
+			rx.Allow = append(rx.Allow, "$JS.API.STREAM.LEADER.STEPDOWN."+name)
+		}
+	}
+	users = append(users, rx)
 	for i, r := range components {
 		members := subscribers.MembersSubject(stream, r.Role)
 		u := natsUser{Name: r.Command, Password: "$NATS_ROLE_PASSWORD",
@@ -117,11 +140,16 @@ func writeNATSAccounts(w io.Writer, s natsAccountsSettings) error {
 	for _, c := range components {
 		commands = append(commands, c.Command)
 	}
+	var mappings []broker.Mapping
+	if s.layout().Sharded() {
+		mappings = broker.Mappings(prefix, s.Partitions)
+	}
 	return accountsTemplate.Execute(w, struct {
 		Settings natsAccountsSettings
 		Roles    string
 		Users    []natsUser
-	}{s, strings.Join(commands, ", "), users})
+		Mappings []broker.Mapping
+	}{s, strings.Join(commands, ", "), users, mappings})
 }
 
 var accountsTemplate = template.Must(template.New("accounts").Funcs(template.FuncMap{
@@ -133,7 +161,7 @@ var accountsTemplate = template.Must(template.New("accounts").Funcs(template.Fun
 		return "[\n" + indent(q, "              ") + "\n            ]"
 	},
 }).Parse(`# Generated by ` + "`audiofan nats-accounts`" + ` for stream {{.Settings.Stream.Name}}, prefix {{.Settings.Stream.Prefix}},
-# {{.Settings.Partitions}} partitions. Do not edit: run it again (with the same AUDIOFAN_ settings as the
+# {{.Settings.Partitions}} partitions, {{.Settings.Shards}} shard(s). Do not edit: run it again (with the same AUDIOFAN_ settings as the
 # deployment) and replace this file. deploy/nats/nats.conf includes it.
 #
 # Who may do what.
@@ -145,9 +173,22 @@ var accountsTemplate = template.Must(template.New("accounts").Funcs(template.Fun
 # - tools (sim, tap, the console): read the bus, may not change the stream or touch a role's
 #   consumers.
 # Change the passwords (or move to NKeys/JWTs) before exposing NATS.
+{{- if .Mappings}}
+#
+# The mappings insert each call's partition into what is published (<prefix>.<call>.… is
+# delivered as <prefix>.<partition>.<call>.…), so each shard stream binds its partitions. They
+# depend on AUDIOFAN_PARTITIONS only; every node of the cluster needs them.
+{{- end}}
 accounts {
   AUDIOFAN: {
     jetstream: enabled
+{{- if .Mappings}}
+    mappings: {
+{{- range .Mappings}}
+      "{{.Source}}": "{{.Destination}}"
+{{- end}}
+    }
+{{- end}}
     users: [
 {{- range .Users}}
       { user: {{.Name}}, password: {{.Password}}, permissions: {

@@ -61,6 +61,9 @@ type ReceiverSettings struct {
 	Stream   broker.StreamConfig
 	Receiver receiver.Config
 	Console  console.Config
+	// reshard moves a bus laid out otherwise at start (serve's embedded
+	// server, which nothing else uses) instead of refusing it.
+	reshard bool
 }
 
 func (s *ReceiverSettings) validate() error {
@@ -125,6 +128,9 @@ var serveCommand = command{
 		url := s.NATS.URL
 		if url == "" {
 			s.Embedded.StoreDir = filepath.Join(s.DataDir, "jetstream")
+			if l := s.Stream.Layout(); l.Sharded() {
+				s.Embedded.Mappings = broker.MappingTable(broker.Mappings(l.Prefix, l.Partitions))
+			}
 			ns, err := embedded.Start(s.Embedded)
 			if err != nil {
 				return err
@@ -168,6 +174,9 @@ var serveCommand = command{
 			return err
 		}
 		defer stopConsole()
+		// The embedded server is this process's alone: a changed
+		// AUDIOFAN_STREAM_SHARDS moves its bus at start.
+		s.ReceiverSettings.reshard = s.NATS.URL == ""
 		return runReceiver(ctx, &s.ReceiverSettings, url, nopts, reg, log, root)
 	},
 }
@@ -188,23 +197,33 @@ func runReceiver(ctx context.Context, s *ReceiverSettings, url string, nopts NAT
 	sc := s.Stream
 	sc.Batched = s.Receiver.Publish.Mode != receiver.ModeAsync
 	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	stream, err := broker.EnsureStream(sctx, js, sc, log)
+	ensure := broker.EnsureBus
+	if s.reshard {
+		ensure = broker.Reshard
+	}
+	bus, err := ensure(sctx, js, sc, log)
 	cancel()
 	if err != nil {
 		return err
 	}
-	info := stream.CachedInfo()
+	cfg := bus.Config()
 	rc := s.Receiver
 	asked := rc.Publish.Mode
-	if err := rc.Publish.Resolve(info.Config); err != nil {
+	if err := rc.Publish.Resolve(cfg); err != nil {
 		return err
 	}
 	if asked != rc.Publish.Mode {
 		log.Info("publishing", "mode", rc.Publish.Mode, "asked", asked)
 	}
-	log.Info("stream ready", "stream", info.Config.Name, "subjects", info.Config.Subjects, "max_age", info.Config.MaxAge,
-		"max_bytes", info.Config.MaxBytes, "replicas", info.Config.Replicas, "publish", rc.Publish.Mode)
+	log.Info("bus ready", "layout", bus.Layout.String(), "streams", bus.Layout.Streams(), "retired", bus.Retired, "max_age", cfg.MaxAge,
+		"max_bytes", cfg.MaxBytes, "replicas", cfg.Replicas, "publish", rc.Publish.Mode)
 
+	// On a cluster the shards' leaders share the work only if they sit on
+	// distinct nodes: every receiver keeps them spread (moving only a
+	// misplaced one, so many receivers agree).
+	spreadCtx, stopSpread := context.WithCancel(ctx)
+	defer stopSpread()
+	go broker.KeepLeadersSpread(spreadCtx, js, bus, log.With("component", "leaders"))
 	r := receiver.New(rc, s.Stream, nc, js, reg, log.With("component", "receiver"))
 	if root != nil {
 		r.Mount(root)

@@ -465,8 +465,13 @@ func renderStored(t *testing.T, js jetstream.JetStream, id string) (string, int)
 // each (by sequence within their participant's socket).
 func tryRender(t *testing.T, js jetstream.JetStream, id string) (string, int, error) {
 	ctx := context.Background()
-	oc, err := js.OrderedConsumer(ctx, "CALLS", jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{natstest.Defaults[broker.StreamConfig](t).Subjects().StoredKind(codec.EncodeToken(id), broker.KindAudio)}})
+	bus, err := broker.FindBus(ctx, js, natstest.Defaults[broker.StreamConfig](t).StreamRef)
+	if err != nil {
+		return "", 0, err
+	}
+	tok := codec.EncodeToken(id)
+	oc, err := bus.Stream(bus.Subjects().Partition(tok)).OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{bus.Subjects().StoredKind(tok, broker.KindAudio)}})
 	if err != nil {
 		return "", 0, err
 	}

@@ -377,14 +377,16 @@ func parkAndRedrive(t *testing.T, b *bus, mode failure, check func(*testing.T, *
 	// The floor moved past the parked call's messages: every partition
 	// consumer ends with nothing pending.
 	WaitFor(t, "every partition consumer acknowledged", func() bool {
-		s, err := b.js.Stream(context.Background(), b.ref.Name)
+		bus, err := broker.FindBus(context.Background(), b.js, b.ref)
 		if err != nil {
 			return false
 		}
 		pending := uint64(0)
-		for ci := range s.ListConsumers(context.Background()).Info() {
-			if ci.Config.Durable != "" {
-				pending += ci.NumPending + uint64(ci.NumAckPending)
+		for _, s := range bus.Shards() {
+			for ci := range s.ListConsumers(context.Background()).Info() {
+				if ci.Config.Durable != "" {
+					pending += ci.NumPending + uint64(ci.NumAckPending)
+				}
 			}
 		}
 		return pending == 0
@@ -571,10 +573,15 @@ type bus struct {
 	shared string
 }
 
+// newBus lays the bus out in shards: every role is tested reading calls
+// from several streams, each holding some of the partitions.
 func newBus(t *testing.T, spec Spec) *bus {
-	b := natstest.StartBus(t)
+	b := natstest.StartBusWith(t, func(sc *broker.StreamConfig) { sc.Shards = Shards })
 	return &bus{spec: spec, ns: b.NS, nc: b.NC, js: b.JS, ref: b.Stream.StreamRef, shared: t.TempDir()}
 }
+
+// Shards is how many streams the conformance suite's bus has.
+const Shards = 4
 
 // Config is the Group configuration of the tests: a short lease, so a
 // takeover is quick.
@@ -762,7 +769,11 @@ func Events(t testing.TB, js jetstream.JetStream, ref broker.StreamRef, callID, 
 	if source != "" {
 		filter = subj.Stored(tok) + "." + string(broker.KindEvents) + "." + source
 	}
-	oc, err := js.OrderedConsumer(context.Background(), ref.Name, jetstream.OrderedConsumerConfig{FilterSubjects: []string{filter},
+	b, err := broker.FindBus(context.Background(), js, ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	oc, err := b.Stream(subj.Partition(tok)).OrderedConsumer(context.Background(), jetstream.OrderedConsumerConfig{FilterSubjects: []string{filter},
 		InactiveThreshold: time.Second}) // tests poll: let the server forget each soon
 	if err != nil {
 		t.Fatal(err)
@@ -837,14 +848,10 @@ func WaitFor(t testing.TB, what string, ok func() bool) {
 	}
 }
 
-// StreamSubjects reads the stream's subject scheme, partitions included.
+// StreamSubjects reads the bus's subject scheme, partitions included.
 func StreamSubjects(t testing.TB, js jetstream.JetStream, ref broker.StreamRef) broker.Subjects {
 	t.Helper()
-	s, err := js.Stream(context.Background(), ref.Name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	subj, err := broker.SubjectsOf(ref, s.CachedInfo().Config)
+	subj, err := broker.ReadSubjects(context.Background(), js, ref)
 	if err != nil {
 		t.Fatal(err)
 	}

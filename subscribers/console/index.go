@@ -69,44 +69,41 @@ func newIndex(cfg Config, subj broker.Subjects) *index {
 }
 
 func (x *index) run(ctx context.Context, js jetstream.JetStream, ref broker.StreamRef, log *slog.Logger) error {
-	stream := ref.Name
 	start := time.Now().Add(-x.cfg.History)
-	var cons jetstream.Consumer
-	err := broker.Provision(ctx, log, "console call list", func(ctx context.Context) (err error) {
-		if x.subj, err = broker.ReadSubjects(ctx, js, ref); err != nil {
+	var cons []jetstream.Consumer
+	err := broker.Provision(ctx, log, "console call list", func(ctx context.Context) error {
+		bus, err := broker.FindBus(ctx, js, ref)
+		if err != nil {
 			return err
 		}
-		cons, err = js.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{
-			FilterSubjects: []string{x.subj.AllKind(broker.KindLifecycle), x.subj.AllKind(broker.KindEvents)},
-			DeliverPolicy:  jetstream.DeliverByStartTimePolicy, OptStartTime: &start,
-		})
-		if errors.Is(err, jetstream.ErrStreamNotFound) {
-			err = fmt.Errorf("%w: %w", broker.ErrNotReady, err) // its receiver may start later
+		x.mu.Lock()
+		x.subj = bus.Subjects()
+		x.mu.Unlock()
+		cons = nil
+		// Every shard: a call lives in one, the list spans them all.
+		for _, s := range bus.Shards() {
+			c, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+				FilterSubjects: []string{x.subj.AllKind(broker.KindLifecycle), x.subj.AllKind(broker.KindEvents)},
+				DeliverPolicy:  jetstream.DeliverByStartTimePolicy, OptStartTime: &start,
+			})
+			if errors.Is(err, jetstream.ErrStreamNotFound) {
+				err = fmt.Errorf("%w: %w", broker.ErrNotReady, err) // its receiver may start later
+			}
+			if err != nil {
+				return err
+			}
+			cons = append(cons, c)
 		}
-		return err
+		return nil
 	})
 	switch {
 	case ctx.Err() != nil:
 		return nil
 	case err != nil:
-		return fmt.Errorf("console: read calls from %s: %w", stream, err)
-	}
-	// Pulled in batches: an hour of a busy system's lifecycle messages
-	// and analytics events is tens of thousands, too many for one request
-	// each.
-	it, err := cons.Messages(jetstream.PullMaxMessages(1024))
-	if err != nil {
-		return fmt.Errorf("console: read calls from %s: %w", stream, err)
-	}
-	if info := cons.CachedInfo(); info != nil && info.NumPending == 0 {
-		x.setReady()
+		return fmt.Errorf("console: read calls from %s: %w", ref.Name, err)
 	}
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	wg.Go(func() {
-		<-ctx.Done()
-		it.Stop()
-	})
 	wg.Go(func() {
 		t := time.NewTicker(10 * time.Second)
 		defer t.Stop()
@@ -119,6 +116,51 @@ func (x *index) run(ctx context.Context, js jetstream.JetStream, ref broker.Stre
 			}
 		}
 	})
+	// Ready once every shard's reader has caught up.
+	var mu sync.Mutex
+	behind := len(cons)
+	caughtUp := func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if behind--; behind == 0 {
+			x.setReady()
+		}
+	}
+	errs := make(chan error, len(cons))
+	for _, c := range cons {
+		wg.Go(func() { errs <- x.read(ctx, c, sync.OnceFunc(caughtUp), log) })
+	}
+	var first error
+	for range cons {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// read applies one shard's lifecycle messages and events until ctx ends;
+// caughtUp is called once it has read what the shard held.
+// subjects is the bus's subject scheme, once run has found the bus.
+func (x *index) subjects() broker.Subjects {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return x.subj
+}
+
+func (x *index) read(ctx context.Context, cons jetstream.Consumer, caughtUp func(), log *slog.Logger) error {
+	// Pulled in batches: an hour of a busy system's lifecycle messages
+	// and analytics events is tens of thousands, too many for one request
+	// each.
+	it, err := cons.Messages(jetstream.PullMaxMessages(1024))
+	if err != nil {
+		return fmt.Errorf("console: read calls: %w", err)
+	}
+	if info := cons.CachedInfo(); info != nil && info.NumPending == 0 {
+		caughtUp()
+	}
+	stop := context.AfterFunc(ctx, it.Stop)
+	defer stop()
 	for {
 		msg, err := it.Next()
 		if err != nil {
@@ -136,7 +178,7 @@ func (x *index) run(ctx context.Context, js jetstream.JetStream, ref broker.Stre
 		if err != nil {
 			continue
 		}
-		if m, err := subscribers.Decode(x.subj, msg.Subject(), msg.Data()); err == nil {
+		if m, err := subscribers.Decode(x.subjects(), msg.Subject(), msg.Data()); err == nil {
 			if err := x.apply(m, md.Timestamp); err != nil {
 				log.Debug("console: event not understood", "subject", msg.Subject(), "err", err)
 			}
@@ -144,7 +186,7 @@ func (x *index) run(ctx context.Context, js jetstream.JetStream, ref broker.Stre
 			log.Debug("console: undecodable message skipped", "subject", msg.Subject(), "err", err)
 		}
 		if md.NumPending == 0 {
-			x.setReady()
+			caughtUp()
 		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -25,6 +26,8 @@ type rates struct {
 	sub   *nats.Subscription
 	stop  chan struct{}
 	calls map[codec.Token]*callRate
+	// mapped: the bus is sharded, so frames come in the stored form.
+	mapped atomic.Bool
 }
 
 type callRate struct {
@@ -45,7 +48,9 @@ func (r *rates) acquire() error {
 	if r.refs > 1 {
 		return nil
 	}
-	sub, err := r.c.d.NC.Subscribe(r.c.subj.Audio("*", "*"), r.frame)
+	subj := r.c.index.subjects()
+	r.mapped.Store(subj.Mapped)
+	sub, err := r.c.d.NC.Subscribe(subj.Live(subj.Audio("*", "*")), r.frame)
 	if err != nil {
 		r.refs--
 		return err
@@ -71,6 +76,9 @@ func (r *rates) frame(m *nats.Msg) {
 	// prefix.<call>.audio.<participant>, read without allocating: this
 	// runs for every frame on the bus while a list page is open.
 	_, rest, _ := strings.Cut(m.Subject, ".")
+	if r.mapped.Load() { // prefix.<partition>.<call>...: a sharded bus
+		_, rest, _ = strings.Cut(rest, ".")
+	}
 	t, rest, _ := strings.Cut(rest, ".")
 	_, p, ok := strings.Cut(rest, ".")
 	tok, ptok := codec.Token(t), codec.Token(p)

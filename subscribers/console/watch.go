@@ -156,10 +156,12 @@ func (w *watcher) run(ctx context.Context) {
 	defer close(w.done)
 	var cons jetstream.Consumer
 	err := broker.Provision(ctx, w.c.log, "console call "+string(w.tok), func(ctx context.Context) (err error) {
-		if w.subj, err = broker.ReadSubjects(ctx, w.c.d.JS, w.c.d.Stream); err != nil {
+		bus, err := broker.FindBus(ctx, w.c.d.JS, w.c.d.Stream)
+		if err != nil {
 			return err
 		}
-		cons, err = w.c.d.JS.OrderedConsumer(ctx, w.c.d.Stream.Name, jetstream.OrderedConsumerConfig{
+		w.subj = bus.Subjects()
+		cons, err = bus.Stream(w.subj.Partition(w.tok)).OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
 			FilterSubjects: []string{w.subj.StoredCall(w.tok)}})
 		return err
 	})

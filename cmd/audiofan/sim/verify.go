@@ -89,7 +89,7 @@ func (l *latencies) quantile(q float64) time.Duration {
 type verifier struct {
 	subj   broker.Subjects
 	prefix string
-	cc     jetstream.ConsumeContext
+	ccs    []jetstream.ConsumeContext // one a shard
 
 	mu          sync.Mutex
 	streams     map[[2]string]*vstream // call, participant
@@ -102,22 +102,30 @@ type verifier struct {
 }
 
 func startVerifier(ctx context.Context, js jetstream.JetStream, sc broker.StreamRef, prefix string) (*verifier, error) {
-	stream, subj, err := broker.OpenStream(ctx, js, sc)
+	bus, err := broker.FindBus(ctx, js, sc)
 	if err != nil {
 		return nil, fmt.Errorf("verify: %w", err)
 	}
-	v := &verifier{subj: subj, prefix: prefix + "-", streams: map[[2]string]*vstream{},
+	v := &verifier{subj: bus.Subjects(), prefix: prefix + "-", streams: map[[2]string]*vstream{},
 		transcripts: map[string]uint64{}, dtmf: map[string]uint64{}}
-	// Start after what the stream holds now, not at "new": the consumer
-	// may be created (on a busy cluster) after the first frames are stored.
-	cons, err := js.OrderedConsumer(ctx, sc.Name, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{sc.Subjects().All()}, DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
-		OptStartSeq: stream.CachedInfo().State.LastSeq + 1})
-	if err != nil {
-		return nil, fmt.Errorf("verify: consumer on stream %s: %w", sc.Name, err)
-	}
-	if v.cc, err = cons.Consume(v.handle); err != nil {
-		return nil, fmt.Errorf("verify: consume: %w", err)
+	// Every shard, each from after what it holds now, not at "new": the
+	// consumer may be created (on a busy cluster) after the first frames
+	// are stored. handle locks: the shards' deliveries come concurrently.
+	for _, stream := range bus.Shards() {
+		name := stream.CachedInfo().Config.Name
+		cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+			FilterSubjects: []string{v.subj.All()}, DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
+			OptStartSeq: stream.CachedInfo().State.LastSeq + 1})
+		if err != nil {
+			v.stop()
+			return nil, fmt.Errorf("verify: consumer on stream %s: %w", name, err)
+		}
+		cc, err := cons.Consume(v.handle)
+		if err != nil {
+			v.stop()
+			return nil, fmt.Errorf("verify: consume %s: %w", name, err)
+		}
+		v.ccs = append(v.ccs, cc)
 	}
 	return v, nil
 }
@@ -165,7 +173,11 @@ func (v *verifier) storedFrames() uint64 {
 	return v.frames
 }
 
-func (v *verifier) stop() { v.cc.Stop() }
+func (v *verifier) stop() {
+	for _, cc := range v.ccs {
+		cc.Stop()
+	}
+}
 
 // finish waits until every socket's `ended` is stored (it comes after all of
 // that socket's messages), or settle passes, and compares with what was sent.

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -34,7 +35,9 @@ type Config struct {
 
 // Line is one printed message.
 type Line struct {
-	Subject  string    `json:"subject"`
+	Subject string `json:"subject"`
+	// Stream is the stream (the shard) that holds it: Sequence is its.
+	Stream   string    `json:"stream"`
 	Sequence uint64    `json:"seq"`
 	Stored   time.Time `json:"stored"`
 	Kind     string    `json:"kind"`
@@ -53,14 +56,18 @@ type frameJSON struct {
 // cfg.Limit is reached. It reads with an ordered consumer, which the server
 // forgets when tap goes: it leaves nothing behind.
 func Run(ctx context.Context, js jetstream.JetStream, sc broker.StreamRef, cfg Config, w io.Writer) error {
-	subj, err := broker.ReadSubjects(ctx, js, sc)
-	if err != nil && !errors.Is(err, broker.ErrNotPartitioned) {
+	bus, err := broker.FindBus(ctx, js, sc)
+	if err != nil {
 		return fmt.Errorf("tap: %w", err)
 	}
+	subj := bus.Subjects()
 	filter := cfg.Filter
+	streams := bus.Shards()
 	switch {
 	case cfg.Call != "":
-		filter = subj.StoredCall(codec.EncodeToken(cfg.Call))
+		tok := codec.EncodeToken(cfg.Call)
+		filter = subj.StoredCall(tok)
+		streams = []jetstream.Stream{bus.Stream(subj.Partition(tok))} // a call lives in one shard
 	case filter == "":
 		filter = subj.All()
 	}
@@ -68,22 +75,54 @@ func Run(ctx context.Context, js jetstream.JetStream, sc broker.StreamRef, cfg C
 	if cfg.All {
 		policy = jetstream.DeliverAllPolicy
 	}
-	cons, err := js.OrderedConsumer(ctx, sc.Name, jetstream.OrderedConsumerConfig{FilterSubjects: []string{filter}, DeliverPolicy: policy})
-	if err != nil {
-		return fmt.Errorf("tap %s on %s: %w", filter, sc.Name, err)
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer wg.Wait() // after cancel: every reader is gone when Run returns
+	defer cancel()
+	// One ordered consumer a shard, their messages interleaved as they
+	// come: each call's stay in order, as it lives in one shard.
+	msgs := make(chan jetstream.Msg, 64)
+	errs := make(chan error, len(streams))
+	for _, s := range streams {
+		name := s.CachedInfo().Config.Name
+		// MaxResetAttempts: nats.go recreates an ordered consumer whose
+		// server went, by default forever and deaf to ctx.
+		cons, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{filter}, DeliverPolicy: policy,
+			MaxResetAttempts: 5})
+		if err != nil {
+			return fmt.Errorf("tap %s on %s: %w", filter, name, err)
+		}
+		wg.Go(func() {
+			for {
+				msg, err := cons.Next(jetstream.FetchContext(ctx))
+				if err != nil {
+					errs <- err
+					return
+				}
+				select {
+				case msgs <- msg:
+				case <-ctx.Done():
+					return
+				}
+			}
+		})
 	}
 	enc := json.NewEncoder(w)
 	for n := 0; cfg.Limit == 0 || n < cfg.Limit; n++ {
-		msg, err := cons.Next(jetstream.FetchContext(ctx))
-		if err != nil {
+		var msg jetstream.Msg
+		select {
+		case msg = <-msgs:
+		case err := <-errs:
 			if ctx.Err() != nil {
 				return nil
 			}
 			return fmt.Errorf("tap: %w", err)
+		case <-ctx.Done():
+			return nil
 		}
 		line := Line{Subject: msg.Subject()}
 		if md, err := msg.Metadata(); err == nil {
-			line.Sequence, line.Stored = md.Sequence.Stream, md.Timestamp.UTC()
+			line.Stream, line.Sequence, line.Stored = md.Stream, md.Sequence.Stream, md.Timestamp.UTC()
 		}
 		m, err := subscribers.Decode(subj, msg.Subject(), msg.Data())
 		switch {

@@ -1,0 +1,123 @@
+package broker
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/audiofan/audiofan/codec"
+)
+
+// ErrMapping is the NATS server not mapping published subjects as the
+// bus's layout needs: a sharded bus needs the account mappings of
+// Mappings (`audiofan nats-accounts` writes them), the single stream
+// needs none.
+var ErrMapping = errors.New("the NATS server's subject mapping does not fit the bus")
+
+// mappingProbes are the calls CheckMapping asks about: several, so a
+// mapping with another partition count is caught (one call lands in the
+// same partition by chance one time in P).
+const mappingProbes = 4
+
+// probeStream is the stream a probe expects: none has this name, so the
+// stream that gets the probe refuses it and stores nothing.
+const probeStream = "audiofan-mapping-probe"
+
+// CheckMapping asks the NATS server nc is connected to how it delivers a
+// published subject: it publishes outbound messages for made-up calls
+// (which every stream refuses, their Nats-Expected-Stream naming none, and
+// no receiver holds) and sees in which form they come back. A cluster's
+// nodes each have their own configuration: this checks nc's.
+func CheckMapping(ctx context.Context, nc *nats.Conn, s Subjects) error {
+	for range mappingProbes {
+		got, err := probe(ctx, nc, s)
+		if err != nil {
+			return err
+		}
+		if err := s.judgeProbe(got.tok, got.subject); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+type probeResult struct {
+	tok     codec.Token
+	subject string
+}
+
+func probe(ctx context.Context, nc *nats.Conn, s Subjects) (probeResult, error) {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	tok := codec.Token("audiofan-probe-" + hex.EncodeToString(b[:]))
+	pub := s.Outbound(tok)
+	ch := make(chan string, 4)
+	// Both forms: what comes says whether, and how, the server maps.
+	var subs []*nats.Subscription
+	defer func() {
+		for _, sub := range subs {
+			_ = sub.Unsubscribe()
+		}
+	}()
+	for _, subj := range []string{pub, s.Prefix + ".*." + string(tok) + "." + string(KindOutbound)} {
+		sub, err := nc.Subscribe(subj, func(m *nats.Msg) {
+			select {
+			case ch <- m.Subject:
+			default:
+			}
+		})
+		if err != nil {
+			return probeResult{}, fmt.Errorf("mapping probe: subscribe %s: %w", subj, err)
+		}
+		subs = append(subs, sub)
+	}
+	m := nats.NewMsg(pub)
+	m.Header.Set(jetstreamExpectedStream, probeStream)
+	if err := nc.PublishMsg(m); err != nil {
+		return probeResult{}, fmt.Errorf("mapping probe: publish %s: %w", pub, err)
+	}
+	if err := nc.FlushWithContext(ctx); err != nil {
+		return probeResult{}, fmt.Errorf("mapping probe: %w", err)
+	}
+	t := time.NewTimer(probeWait)
+	defer t.Stop()
+	select {
+	case subj := <-ch:
+		return probeResult{tok, subj}, nil
+	case <-t.C:
+		return probeResult{}, fmt.Errorf("mapping probe: %s did not come back in %s (no permission to subscribe to it?)", pub, probeWait)
+	case <-ctx.Done():
+		return probeResult{}, ctx.Err()
+	}
+}
+
+// probeWait bounds the wait for a probe: it comes back within a round trip.
+const probeWait = 2 * time.Second
+
+const jetstreamExpectedStream = "Nats-Expected-Stream"
+
+// judgeProbe says whether got, the subject a probe published for call tok
+// came back as, is what the layout needs.
+func (s Subjects) judgeProbe(tok codec.Token, got string) error {
+	pub := s.Outbound(tok)
+	want := s.Live(pub)
+	if got == want {
+		return nil
+	}
+	if !s.Mapped {
+		return fmt.Errorf("%w: %s came back as %s: the server maps published subjects, and the single stream (AUDIOFAN_STREAM_SHARDS=1) partitions them itself; remove the mapping or set AUDIOFAN_STREAM_SHARDS as it was laid out for",
+			ErrMapping, pub, got)
+	}
+	if got == pub {
+		return fmt.Errorf("%w: %s came back unmapped: a bus of AUDIOFAN_STREAM_SHARDS > 1 needs the server's account to map it into partitions (the mappings `audiofan nats-accounts` writes, deploy/nats/accounts.conf)",
+			ErrMapping, pub)
+	}
+	return fmt.Errorf("%w: %s came back as %s, want %s: the server's mapping partitions calls otherwise than AUDIOFAN_PARTITIONS=%s",
+		ErrMapping, pub, got, want, strconv.Itoa(s.Partitions))
+}
