@@ -46,7 +46,7 @@ config-tools:
 ## node and a recorder killed mid-call; then roles as processes with a recorder frozen mid-call and a call whose
 ## recording cannot be written until repaired (part of `make test`)
 test-cluster:
-	AUDIOFAN_TOPOLOGY=1 $(GO) test -race -count=1 -run '^(TestTopology|TestRoleOutage)$$' -v -timeout 10m ./cmd/audiofan
+	AUDIOFAN_TOPOLOGY=1 $(GO) test -race -count=1 -run '^(TestTopology|TestShardedCluster|TestRoleOutage)$$' -v -timeout 10m ./cmd/audiofan
 
 ## test-browser: the web console driven in headless Chromium (Debian's, installed when missing); its screenshots go
 ## to artifacts/ (part of `make test`)

@@ -1,0 +1,211 @@
+package main
+
+import (
+	"context"
+	"encoding/base64"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/audiofan/audiofan/broker"
+	"github.com/audiofan/audiofan/broker/natstest"
+	"github.com/audiofan/audiofan/subscribers/conformance"
+)
+
+// BenchmarkShardsFlood measures what sharding the bus buys: the receiver
+// and the bus alone (no role reading), a nats-server process (file store,
+// every publish acknowledged) flooded by 40 WebSocket clients of 40
+// distinct calls, as fast as the receiver takes them, with
+// AUDIOFAN_STREAM_SHARDS = 1, 2 and 4 in turn, AUDIOFAN_BENCH_ROUNDS rounds
+// (5) interleaved so the machine's noise falls on every setting alike. It
+// reports each setting's median stored frames/s and server CPU (cores, and
+// µs a frame), and the ratios against S = 1 from the same run.
+func BenchmarkShardsFlood(b *testing.B) {
+	bin := buildNATSServer(b)
+	rounds := 5
+	if v, err := strconv.Atoi(os.Getenv("AUDIOFAN_BENCH_ROUNDS")); err == nil && v > 0 {
+		rounds = v
+	}
+	shards := []int{1, 2, 4}
+	if v := os.Getenv("AUDIOFAN_BENCH_SHARDS"); v != "" {
+		n, _ := strconv.Atoi(v)
+		shards = []int{n}
+	}
+	rate := map[int][]float64{}
+	cores := map[int][]float64{}
+	perFrame := map[int][]float64{}
+	for b.Loop() {
+		for range rounds {
+			for _, s := range shards {
+				fps, c, us := floodOnce(b, bin, s)
+				rate[s], cores[s], perFrame[s] = append(rate[s], fps), append(cores[s], c), append(perFrame[s], us)
+			}
+		}
+	}
+	for _, s := range shards {
+		b.ReportMetric(median(rate[s]), fmt.Sprintf("frames/s-S%d", s))
+		b.ReportMetric(median(cores[s]), fmt.Sprintf("server-cores-S%d", s))
+		b.ReportMetric(median(perFrame[s]), fmt.Sprintf("server-µs/frame-S%d", s))
+		b.ReportMetric(median(drops[s]), fmt.Sprintf("dropped-S%d", s))
+		if s != 1 {
+			b.ReportMetric(median(rate[s])/median(rate[1]), fmt.Sprintf("S%d/S1", s))
+		}
+	}
+	b.Logf("frames/s by round: %v", rate)
+}
+
+func median(xs []float64) float64 {
+	s := slices.Clone(xs)
+	sort.Float64s(s)
+	if len(s) == 0 {
+		return 0
+	}
+	return s[len(s)/2]
+}
+
+// drops are the frames each setting's runs dropped (publish window full).
+var drops = map[int][]float64{}
+
+const (
+	floodClients = 40
+	floodFrames  = 1500 // per client: 60,000 frames a run
+)
+
+// floodOnce runs one flood on a fresh server with s shards: frames stored
+// a second, the server's CPU in cores, and its µs a stored frame.
+func floodOnce(b *testing.B, bin string, shards int) (float64, float64, float64) {
+	sc := natstest.Defaults[broker.StreamConfig](b)
+	sc.Shards = shards
+	proc := startNATSConfig(b, bin, natstest.MappingsFor(sc))
+	defer func() { _ = proc.cmd.Process.Kill(); _ = proc.cmd.Wait() }()
+	r := natstest.StartReceiverStream(b, &natstest.Server{Addr: strings.TrimPrefix(proc.url, "nats://")}, sc, nil)
+	defer r.Stop()
+
+	payload := base64.StdEncoding.EncodeToString(make([]byte, 640))
+	msgs := make([][]byte, floodFrames)
+	t0 := time.Date(2026, 12, 6, 9, 0, 0, 0, time.UTC)
+	for i := range msgs {
+		msgs[i] = fmt.Appendf(nil, `{"kind":"AudioData","audioData":{"timestamp":"%s","participantRawID":"4:+14255550123","data":"%s","silent":false}}`,
+			t0.Add(time.Duration(i)*20*time.Millisecond).Format(time.RFC3339Nano), payload)
+	}
+	conns := make([]*websocket.Conn, floodClients)
+	for c := range conns {
+		conn, _, err := websocket.DefaultDialer.Dial(r.URL(fmt.Sprintf("?callId=8:acs:flood-%d+%d", shards, c)), nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		conns[c] = conn
+	}
+	nc, err := nats.Connect(proc.url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		b.Fatal(err)
+	}
+	want := uint64(floodClients * floodFrames)
+	cpu0, start := proc.cpu(b), time.Now()
+	var wg sync.WaitGroup
+	for _, conn := range conns {
+		wg.Go(func() {
+			_ = conn.WriteMessage(websocket.TextMessage, []byte(`{"kind":"AudioMetadata","audioMetadata":{"subscriptionId":"flood","encoding":"PCM","sampleRate":16000,"channels":1,"length":640}}`))
+			for _, m := range msgs {
+				if err := conn.WriteMessage(websocket.TextMessage, m); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	}
+	for {
+		bus, err := broker.FindBus(context.Background(), js, sc.StreamRef)
+		if err != nil {
+			b.Fatal(err)
+		}
+		stored := uint64(0)
+		for _, s := range bus.Shards() {
+			info, err := s.Info(context.Background())
+			if err != nil {
+				b.Fatal(err)
+			}
+			stored += info.State.Msgs
+		}
+		// Under a flood the receiver's publish window fills and it drops
+		// what does not fit (counted): the run ends when every frame is
+		// either stored or dropped.
+		dropped := uint64(conformance.Metric(b, r.Reg, "audiofan_receiver_dropped_total", ""))
+		if stored+dropped >= want+floodClients { // the frames, and a started message a call
+			drops[shards] = append(drops[shards], float64(dropped))
+			break
+		}
+		if time.Since(start) > time.Minute {
+			b.Fatalf("S=%d: %d of %d stored, %d dropped", shards, stored, want, dropped)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	elapsed, cpu := time.Since(start), proc.cpu(b)-cpu0
+	wg.Wait()
+	for _, c := range conns {
+		_ = c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(time.Second))
+		_ = c.Close()
+	}
+	got := float64(want) - drops[shards][len(drops[shards])-1] // the frames stored
+	return got / elapsed.Seconds(), cpu.Seconds() / elapsed.Seconds(), float64(cpu.Microseconds()) / got
+}
+
+// startNATSConfig starts a nats-server process with JetStream and the
+// account mappings given, from a configuration file, as a deployment does.
+func startNATSConfig(b *testing.B, bin string, mappings []broker.Mapping) *natsProcess {
+	addr := freePort(b)
+	dir := b.TempDir()
+	var conf strings.Builder
+	fmt.Fprintf(&conf, "listen: %q\njetstream { store_dir: %q }\n", addr, filepath.Join(dir, "js"))
+	if len(mappings) > 0 {
+		conf.WriteString("mappings {\n")
+		for _, m := range mappings {
+			fmt.Fprintf(&conf, "  %q: %q\n", m.Source, m.Destination)
+		}
+		conf.WriteString("}\n")
+	}
+	file := filepath.Join(dir, "nats.conf")
+	if err := os.WriteFile(file, []byte(conf.String()), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	if out, err := exec.Command(bin, "-t", "-c", file).CombinedOutput(); err != nil {
+		b.Fatalf("nats-server -t: %v\n%s", err, out)
+	}
+	cmd := exec.Command(bin, "-c", file)
+	if logf, err := os.Create(filepath.Join(os.TempDir(), "shards-flood-nats.log")); err == nil {
+		cmd.Stderr = logf
+		defer logf.Close()
+	}
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	p := &natsProcess{cmd: cmd, url: "nats://" + addr}
+	for i := 0; ; i++ {
+		if nc, err := nats.Connect(p.url); err == nil {
+			nc.Close()
+			return p
+		}
+		if i > 100 {
+			b.Fatal("nats-server did not start")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
