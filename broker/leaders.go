@@ -94,18 +94,26 @@ func stepDown(ctx context.Context, js jetstream.JetStream, stream, preferred str
 	return nil
 }
 
-// spreadEvery is how often a receiver looks whether the leaders need
-// spreading again (a node restarted and leads nothing).
-const spreadEvery = 10 * time.Second
+// tendEvery is how often a receiver looks after the bus: whether the
+// leaders need spreading again (a node restarted and leads nothing), and
+// what the shards hold.
+const tendEvery = 10 * time.Second
 
-// KeepLeadersSpread runs SpreadLeaders now and every spreadEvery until ctx
-// ends: what a receiver runs beside its work.
-func KeepLeadersSpread(ctx context.Context, js jetstream.JetStream, b *Bus, log *slog.Logger) {
-	t := time.NewTicker(spreadEvery)
+// Tend keeps the bus's leaders spread and m (when not nil) up to date, now
+// and every tendEvery until ctx ends: what a receiver runs beside its work.
+func Tend(ctx context.Context, js jetstream.JetStream, b *Bus, m *BusMetrics, log *slog.Logger) {
+	t := time.NewTicker(tendEvery)
 	defer t.Stop()
 	for {
-		if _, err := SpreadLeaders(ctx, js, b, log); err != nil && ctx.Err() == nil {
+		moved, err := SpreadLeaders(ctx, js, b, log)
+		if err != nil && ctx.Err() == nil {
 			log.Debug("spread leaders", "err", err)
+		}
+		if m != nil {
+			m.leaderMoves.Add(float64(moved))
+			if err := m.observe(ctx, b); err != nil && ctx.Err() == nil {
+				log.Debug("bus metrics", "err", err)
+			}
 		}
 		select {
 		case <-ctx.Done():

@@ -377,7 +377,7 @@ func (c *callWork) start(ctx context.Context) Result {
 }
 
 // end has the handler write the call's output; the result of the call.
-func (c *callWork) end(ctx context.Context, reason string) Result {
+func (c *callWork) end(ctx context.Context, reason EndReason) Result {
 	if c.h == nil { // no message ever applied (every start failed)
 		return ResultFailed
 	}
@@ -435,7 +435,7 @@ func (c *callWork) apply(ctx context.Context, it *item) Result {
 // until it succeeds, fails for good (terminated), or keeps failing past the
 // parking rule (parked: the call parks, and is re-driven later); each
 // outcome is counted. err is ctx's, when it ended first.
-func (c *callWork) retry(ctx context.Context, d *Delivery, reason string) (outcome Outcome, cause, err error) {
+func (c *callWork) retry(ctx context.Context, d *Delivery, reason EndReason) (outcome Outcome, cause, err error) {
 	g := c.p.g
 	replay := d != nil && d.Replay
 	var seq uint64
@@ -498,7 +498,7 @@ func (c *callWork) retry(ctx context.Context, d *Delivery, reason string) (outco
 // attempt runs the handler once, turning a panic into an error so one bad
 // message cannot take the replica down. End takes one of the role's End
 // slots for the attempt alone: a call waiting to retry holds none.
-func (c *callWork) attempt(d *Delivery, reason string) (err error) {
+func (c *callWork) attempt(d *Delivery, reason EndReason) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("%w: %v\n%s", ErrPanic, r, debug.Stack())

@@ -63,7 +63,7 @@ func directShard(ctx context.Context, js jetstream.JetStream, s jetstream.Stream
 		}
 		return c.out.flush(ctx)
 	}
-	end := func(tok codec.Token, c *call, reason string) error {
+	end := func(tok codec.Token, c *call, reason EndReason) error {
 		c.out.reset(0, false)
 		err := step(c, func() error { return c.h.End(ctx, reason, &c.out) })
 		delete(calls, tok)

@@ -44,7 +44,7 @@ func (d *digest) Handle(ctx context.Context, m subscribers.Delivery, out *subscr
 	return nil
 }
 
-func (d *digest) End(ctx context.Context, reason string, out *subscribers.Output) error {
+func (d *digest) End(ctx context.Context, reason subscribers.EndReason, out *subscribers.Output) error {
 	return out.Emit(ctx, codec.Event{Type: "summary", Data: map[string]any{"n": d.n, "sum": hex.EncodeToString(d.sum), "reason": reason}})
 }
 

@@ -49,7 +49,7 @@ type CallHandler interface {
 	// End is called once, when every socket of the call has ended or it
 	// has been idle too long (reason "ended" or "idle"). It writes the
 	// role's final output. It is retried like Handle.
-	End(ctx context.Context, reason string, out *Output) error
+	End(ctx context.Context, reason EndReason, out *Output) error
 	// Close releases what the handler holds. It is called last, whether
 	// the call ended here or was handed to another replica.
 	Close() error
@@ -70,10 +70,15 @@ type Delivery struct {
 	Replay bool
 }
 
-// Reasons a call ends, given to CallHandler.End.
+// EndReason is why a call ends, given to CallHandler.End: its own type,
+// so it is never compared by accident with a Result (the Group's count of
+// how a call finished, which has an "ended" of its own).
+type EndReason string
+
+// Reasons a call ends.
 const (
-	EndEnded = "ended" // every socket of the call sent its ended message
-	EndIdle  = "idle"  // nothing came for the idle timeout
+	EndEnded EndReason = "ended" // every socket of the call sent its ended message
+	EndIdle  EndReason = "idle"  // nothing came for the idle timeout
 )
 
 // ErrUnavailable marks a failure of something the role depends on (a full

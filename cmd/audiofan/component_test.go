@@ -77,7 +77,7 @@ func (c *framesCall) Handle(_ context.Context, d subscribers.Delivery, _ *subscr
 	return nil
 }
 
-func (c *framesCall) End(context.Context, string, *subscribers.Output) error {
+func (c *framesCall) End(context.Context, subscribers.EndReason, *subscribers.Output) error {
 	c.f.mu.Lock()
 	defer c.f.mu.Unlock()
 	if c.n >= c.f.started.Min {

@@ -221,9 +221,13 @@ func runReceiver(ctx context.Context, s *ReceiverSettings, url string, nopts NAT
 	// On a cluster the shards' leaders share the work only if they sit on
 	// distinct nodes: every receiver keeps them spread (moving only a
 	// misplaced one, so many receivers agree).
-	spreadCtx, stopSpread := context.WithCancel(ctx)
-	defer stopSpread()
-	go broker.KeepLeadersSpread(spreadCtx, js, bus, log.With("component", "leaders"))
+	bm, err := broker.NewBusMetrics(reg)
+	if err != nil {
+		return err
+	}
+	tendCtx, stopTend := context.WithCancel(ctx)
+	defer stopTend()
+	go broker.Tend(tendCtx, js, bus, bm, log.With("component", "bus"))
 	r := receiver.New(rc, s.Stream, nc, js, reg, log.With("component", "receiver"))
 	if root != nil {
 		r.Mount(root)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -96,6 +97,22 @@ func TestShardedServe(t *testing.T) {
 			return err == nil && codec.Unmarshal(e.Value(), &ev) == nil && ev.Type == "summary"
 		})
 	}
+	// The receiver reports what each shard holds.
+	conformance.WaitFor(t, "the bus's metrics of every shard", func() bool {
+		resp, err := http.Get("http://" + httpAddr + "/metrics")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		for i := range layout.Shards {
+			if !bytes.Contains(body, fmt.Appendf(nil, "audiofan_bus_shard_messages{shard=%q}", fmt.Sprint(i))) ||
+				bytes.Contains(body, fmt.Appendf(nil, "audiofan_bus_shard_messages{shard=%q} 0\n", fmt.Sprint(i))) {
+				return false
+			}
+		}
+		return true
+	})
 	nc.Close()
 	stopServe(t, done, serveErr)
 

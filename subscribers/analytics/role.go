@@ -139,9 +139,9 @@ func (c *callAnalysis) Handle(ctx context.Context, d subscribers.Delivery, out *
 	return nil
 }
 
-func (c *callAnalysis) End(ctx context.Context, reason string, out *subscribers.Output) error {
+func (c *callAnalysis) End(ctx context.Context, reason subscribers.EndReason, out *subscribers.Output) error {
 	sum := c.an.summary(true)
-	sum.Reason = reason
+	sum.Reason = string(reason) // the event's field, on the wire
 	if err := c.publish(ctx, out, codec.EventSummary, &sum, false); err != nil {
 		return err
 	}

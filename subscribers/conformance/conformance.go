@@ -430,7 +430,7 @@ func (f *failing) Handle(ctx context.Context, d subscribers.Delivery, out *subsc
 	return f.CallHandler.Handle(ctx, d, out)
 }
 
-func (f *failing) End(ctx context.Context, reason string, out *subscribers.Output) error {
+func (f *failing) End(ctx context.Context, reason subscribers.EndReason, out *subscribers.Output) error {
 	if f.mode == failEndOutage && f.broken.Load() {
 		return errDiskGone
 	}
@@ -511,7 +511,7 @@ func (f *flaky) Handle(ctx context.Context, d subscribers.Delivery, out *subscri
 	return f.CallHandler.Handle(ctx, d, out)
 }
 
-func (f *flaky) End(ctx context.Context, reason string, out *subscribers.Output) error {
+func (f *flaky) End(ctx context.Context, reason subscribers.EndReason, out *subscribers.Output) error {
 	if !f.ended {
 		f.ended = true
 		return fmt.Errorf("conformance: End fails once")
@@ -554,7 +554,7 @@ type stopInEnd struct {
 	ending func()
 }
 
-func (s *stopInEnd) End(ctx context.Context, reason string, out *subscribers.Output) error {
+func (s *stopInEnd) End(ctx context.Context, reason subscribers.EndReason, out *subscribers.Output) error {
 	if err := s.CallHandler.End(ctx, reason, out); err != nil {
 		return err
 	}

@@ -416,7 +416,9 @@ func (c *callModerator) hit(ctx context.Context, out *subscribers.Output, r *Rul
 	return nil
 }
 
-func (c *callModerator) End(context.Context, string, *subscribers.Output) error { return nil }
+func (c *callModerator) End(context.Context, subscribers.EndReason, *subscribers.Output) error {
+	return nil
+}
 
 func (c *callModerator) Close() error { return nil }
 

@@ -232,8 +232,8 @@ func (c *callRecorder) outbound(o *codec.Outbound, stored time.Time) error {
 	return nil
 }
 
-func (c *callRecorder) End(ctx context.Context, reason string, out *subscribers.Output) error {
-	rec := codec.Recording{Reason: reason, Files: []codec.RecordingFile{}}
+func (c *callRecorder) End(ctx context.Context, reason subscribers.EndReason, out *subscribers.Output) error {
+	rec := codec.Recording{Reason: string(reason), Files: []codec.RecordingFile{}}
 	if c.spool == nil || c.spool.Frames() == 0 {
 		c.r.recordings.WithLabelValues("empty").Inc()
 		return emit(ctx, out, &rec)
