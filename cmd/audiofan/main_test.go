@@ -4,9 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"encoding/base64"
 	"encoding/json"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -18,7 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gorilla/websocket"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -124,27 +121,8 @@ func TestServeAndTap(t *testing.T) {
 
 	waitHTTP(t, "serve", "http://"+httpAddr+"/readyz", 30*time.Second, func() bool { return len(done) > 0 })
 
-	c, _, err := websocket.DefaultDialer.Dial("ws://"+httpAddr+"/ws", http.Header{"x-ms-call-connection-id": {"4:+1 call"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	send := func(s string) {
-		if err := c.WriteMessage(websocket.TextMessage, []byte(s)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	send(`{"kind":"AudioMetadata","audioMetadata":{"subscriptionId":"s","encoding":"PCM","sampleRate":16000,"channels":1,"length":640}}`)
 	pcm := bytes.Repeat([]byte{1, 2}, 320)
-	for i := 0; i < 5; i++ {
-		send(fmt.Sprintf(`{"kind":"AudioData","audioData":{"timestamp":"2025-03-14T09:26:53.%03dZ","participantRawID":"8:acs:x","data":"%s","silent":false}}`,
-			i*20, base64.StdEncoding.EncodeToString(pcm)))
-	}
-	_ = c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(time.Second))
-	for {
-		if _, _, err := c.ReadMessage(); err != nil {
-			break
-		}
-	}
+	streamCall(t, "ws://"+httpAddr+"/ws", "4:+1 call", pcm, 5)
 
 	t.Setenv("NATS_URL", "nats://"+natsAddr)
 

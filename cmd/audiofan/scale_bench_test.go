@@ -181,13 +181,20 @@ func startNATSProcess(b *testing.B, bin string) *natsProcess {
 	}
 	b.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
 	p := &natsProcess{cmd: cmd, url: "nats://" + addr}
+	waitNATS(b, p.url)
+	return p
+}
+
+// waitNATS waits until a nats-server takes connections at url.
+func waitNATS(t testing.TB, url string) {
+	t.Helper()
 	for i := 0; ; i++ {
-		if nc, err := nats.Connect(p.url); err == nil {
+		if nc, err := nats.Connect(url); err == nil {
 			nc.Close()
-			return p
+			return
 		}
 		if i > 100 {
-			b.Fatal("nats-server did not start")
+			t.Fatal("nats-server did not start")
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -51,18 +50,8 @@ func TestShardedCluster(t *testing.T) {
 		for _, r := range routes {
 			fmt.Fprintf(&conf, "    \"nats://%s\"\n", r)
 		}
-		conf.WriteString("  ]\n}\nmappings {\n")
-		for _, m := range broker.Mappings(layout.Prefix, layout.Partitions) {
-			fmt.Fprintf(&conf, "  %q: %q\n", m.Source, m.Destination)
-		}
-		conf.WriteString("}\n")
-		file := filepath.Join(dir, "nats.conf")
-		if err := os.WriteFile(file, []byte(conf.String()), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		if out, err := exec.Command(natsBin, "-t", "-c", file).CombinedOutput(); err != nil {
-			t.Fatalf("nats-server -t: %v\n%s\n%s", err, out, conf.String())
-		}
+		conf.WriteString("  ]\n}\n")
+		file := writeNATSConfig(t, natsBin, dir, conf.String(), broker.Mappings(layout.Prefix, layout.Partitions))
 		nodes = append(nodes, add(&proc{name: fmt.Sprintf("nats-%d", i+1), bin: natsBin, args: []string{"-c", file}}))
 	}
 	for i, m := range monitors {

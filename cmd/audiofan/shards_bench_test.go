@@ -172,8 +172,24 @@ func floodOnce(b *testing.B, bin string, shards int) (float64, float64, float64)
 func startNATSConfig(b *testing.B, bin string, mappings []broker.Mapping) *natsProcess {
 	addr := freePort(b)
 	dir := b.TempDir()
+	file := writeNATSConfig(b, bin, dir, fmt.Sprintf("listen: %q\njetstream { store_dir: %q }\n", addr, filepath.Join(dir, "js")), mappings)
+	cmd := exec.Command(bin, "-c", file)
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	p := &natsProcess{cmd: cmd, url: "nats://" + addr}
+	waitNATS(b, p.url)
+	return p
+}
+
+// writeNATSConfig writes a nats-server configuration into dir, base and the
+// mappings given (none: no mappings block), and checks it with the
+// server's own `-t`. It returns the file's path.
+func writeNATSConfig(t testing.TB, bin, dir, base string, mappings []broker.Mapping) string {
+	t.Helper()
 	var conf strings.Builder
-	fmt.Fprintf(&conf, "listen: %q\njetstream { store_dir: %q }\n", addr, filepath.Join(dir, "js"))
+	conf.WriteString(base)
 	if len(mappings) > 0 {
 		conf.WriteString("mappings {\n")
 		for _, m := range mappings {
@@ -183,29 +199,10 @@ func startNATSConfig(b *testing.B, bin string, mappings []broker.Mapping) *natsP
 	}
 	file := filepath.Join(dir, "nats.conf")
 	if err := os.WriteFile(file, []byte(conf.String()), 0o600); err != nil {
-		b.Fatal(err)
+		t.Fatal(err)
 	}
 	if out, err := exec.Command(bin, "-t", "-c", file).CombinedOutput(); err != nil {
-		b.Fatalf("nats-server -t: %v\n%s", err, out)
+		t.Fatalf("nats-server -t: %v\n%s\n%s", err, out, conf.String())
 	}
-	cmd := exec.Command(bin, "-c", file)
-	if logf, err := os.Create(filepath.Join(os.TempDir(), "shards-flood-nats.log")); err == nil {
-		cmd.Stderr = logf
-		defer logf.Close()
-	}
-	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	p := &natsProcess{cmd: cmd, url: "nats://" + addr}
-	for i := 0; ; i++ {
-		if nc, err := nats.Connect(p.url); err == nil {
-			nc.Close()
-			return p
-		}
-		if i > 100 {
-			b.Fatal("nats-server did not start")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	return file
 }
