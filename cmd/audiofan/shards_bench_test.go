@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -88,7 +90,7 @@ const (
 func floodOnce(b *testing.B, bin string, shards int) (float64, float64, float64) {
 	sc := natstest.Defaults[broker.StreamConfig](b)
 	sc.Shards = shards
-	proc := startNATSConfig(b, bin, natstest.MappingsFor(sc))
+	proc, prof := startNATSConfig(b, bin, natstest.MappingsFor(sc))
 	defer func() { _ = proc.cmd.Process.Kill(); _ = proc.cmd.Wait() }()
 	r := natstest.StartReceiverStream(b, &natstest.Server{Addr: strings.TrimPrefix(proc.url, "nats://")}, sc, nil)
 	defer r.Stop()
@@ -119,6 +121,23 @@ func floodOnce(b *testing.B, bin string, shards int) (float64, float64, float64)
 	}
 	want := uint64(floodClients * floodFrames)
 	cpu0, start := proc.cpu(b), time.Now()
+	if dir := os.Getenv("AUDIOFAN_BENCH_PROFILE"); dir != "" {
+		// The server's CPU profile over the flood's middle, to see what
+		// bounds it (go tool pprof -top).
+		go func() {
+			time.Sleep(300 * time.Millisecond)
+			resp, err := http.Get("http://" + prof + "/debug/pprof/profile?seconds=1")
+			if err != nil {
+				return
+			}
+			defer resp.Body.Close()
+			f, err := os.Create(filepath.Join(dir, fmt.Sprintf("nats-S%d.pprof", shards)))
+			if err == nil {
+				_, _ = io.Copy(f, resp.Body)
+				_ = f.Close()
+			}
+		}()
+	}
 	var wg sync.WaitGroup
 	for _, conn := range conns {
 		wg.Go(func() {
@@ -169,10 +188,11 @@ func floodOnce(b *testing.B, bin string, shards int) (float64, float64, float64)
 
 // startNATSConfig starts a nats-server process with JetStream and the
 // account mappings given, from a configuration file, as a deployment does.
-func startNATSConfig(b *testing.B, bin string, mappings []broker.Mapping) *natsProcess {
-	addr := freePort(b)
+// It returns the process and its profiling listener's address.
+func startNATSConfig(b *testing.B, bin string, mappings []broker.Mapping) (*natsProcess, string) {
+	addr, prof := freePort(b), freePort(b)
 	dir := b.TempDir()
-	file := writeNATSConfig(b, bin, dir, fmt.Sprintf("listen: %q\njetstream { store_dir: %q }\n", addr, filepath.Join(dir, "js")), mappings)
+	file := writeNATSConfig(b, bin, dir, fmt.Sprintf("listen: %q\nprof_port: %s\njetstream { store_dir: %q }\n", addr, port(prof), filepath.Join(dir, "js")), mappings)
 	cmd := exec.Command(bin, "-c", file)
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)
@@ -180,7 +200,7 @@ func startNATSConfig(b *testing.B, bin string, mappings []broker.Mapping) *natsP
 	b.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
 	p := &natsProcess{cmd: cmd, url: "nats://" + addr}
 	waitNATS(b, p.url)
-	return p
+	return p, prof
 }
 
 // writeNATSConfig writes a nats-server configuration into dir, base and the
