@@ -46,7 +46,7 @@ func FindBus(ctx context.Context, js jetstream.JetStream, ref StreamRef) (*Bus, 
 		return nil, err
 	}
 	if b == nil {
-		return nil, fmt.Errorf("stream %s: %w: no stream stores %s", ref.Name, ErrNotReady, ref.Subjects().PartitionAll(0))
+		return nil, fmt.Errorf("stream %s: %w: no stream stores %s", ref.Name, ErrNotReady, Layout{Prefix: ref.Prefix, Partitions: 1, Shards: 1}.Subjects().PartitionAll(0))
 	}
 	return b, nil
 }
@@ -56,7 +56,7 @@ func FindBus(ctx context.Context, js jetstream.JetStream, ref StreamRef) (*Bus, 
 // says the layout found, for provisioning to repair (a missing shard's
 // stream is nil).
 func findBus(ctx context.Context, js jetstream.JetStream, ref StreamRef, strict bool) (*Bus, error) {
-	names := js.StreamNames(ctx, jetstream.WithStreamListSubject(ref.Subjects().PartitionAll(0)))
+	names := js.StreamNames(ctx, jetstream.WithStreamListSubject(Layout{Prefix: ref.Prefix, Partitions: 1, Shards: 1}.Subjects().PartitionAll(0)))
 	var holder []string
 	for n := range names.Name() {
 		holder = append(holder, n)

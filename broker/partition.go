@@ -64,7 +64,7 @@ func (s Subjects) PartitionAll(p int) string { return s.Prefix + "." + strconv.I
 
 // AnyCall matches the published subjects of one kind of every call: what
 // a core NATS subscriber (the receivers' relay of outbound audio) listens to.
-func (s Subjects) AnyCall(kind Kind) string {
+func (s Published) AnyCall(kind Kind) string {
 	return kindFilter(s.Prefix+".*", kind)
 }
 
@@ -76,13 +76,13 @@ func (s Subjects) AllKind(kind Kind) string {
 // LegacyCall matches every message of one call as a stream made before
 // partitioning stored it (and, the call token being also a number below
 // the partition count, that partition's messages: check what is read).
-func (s Subjects) LegacyCall(callTok codec.Token) string {
+func (s Published) LegacyCall(callTok codec.Token) string {
 	return s.Prefix + "." + string(callTok) + ".>"
 }
 
 // LegacyKind matches one kind of one call as a stream made before
 // partitioning stored it: the published subject itself.
-func (s Subjects) LegacyKind(callTok codec.Token, kind Kind) string {
+func (s Published) LegacyKind(callTok codec.Token, kind Kind) string {
 	return kindFilter(s.Prefix+"."+string(callTok), kind)
 }
 
@@ -149,7 +149,7 @@ var partitionDest = regexp.MustCompile(`^(.+)\.\{\{\s*partition\(\s*(\d+)\s*,\s*
 // SubjectsOf reads the subject scheme of a stream from its configuration:
 // its prefix and how many partitions its transform spreads calls over.
 func SubjectsOf(ref StreamRef, cfg jetstream.StreamConfig) (Subjects, error) {
-	s := ref.Subjects()
+	s := Subjects{Published: ref.Published()}
 	t := cfg.SubjectTransform
 	if t == nil || t.Source != s.Prefix+".*.>" {
 		return s, fmt.Errorf("stream %s: %w", cfg.Name, ErrNotPartitioned)
@@ -171,7 +171,7 @@ func SubjectsOf(ref StreamRef, cfg jetstream.StreamConfig) (Subjects, error) {
 func ReadSubjects(ctx context.Context, js jetstream.JetStream, ref StreamRef) (Subjects, error) {
 	b, err := FindBus(ctx, js, ref)
 	if err != nil {
-		return ref.Subjects(), err
+		return Subjects{Published: ref.Published()}, err
 	}
 	return b.Subjects(), nil
 }

@@ -68,7 +68,7 @@ func (l Layout) Sharded() bool { return l.Shards > 1 }
 
 // Subjects is the subject scheme of the layout.
 func (l Layout) Subjects() Subjects {
-	return Subjects{Prefix: l.Prefix, Partitions: l.Partitions, Mapped: l.Sharded()}
+	return Subjects{Published: Published{Prefix: l.Prefix}, Partitions: l.Partitions, Mapped: l.Sharded()}
 }
 
 // ShardOf is the shard that holds partition p.

@@ -20,8 +20,9 @@ type StreamRef struct {
 	Prefix string `env:"AUDIOFAN_SUBJECT_PREFIX" envDefault:"calls" help:"first subject token"`
 }
 
-// Subjects returns the subject scheme of this stream's prefix.
-func (c StreamRef) Subjects() Subjects { return Subjects{Prefix: c.Prefix} }
+// Published returns the published subjects of this prefix: what a
+// publisher needs. The stored scheme is the bus's (FindBus).
+func (c StreamRef) Published() Published { return Published{Prefix: c.Prefix} }
 
 // Validate checks the names.
 func (c StreamRef) Validate() error {

@@ -26,13 +26,21 @@ const (
 // ErrNotOurSubject is returned by Subjects.Parse for a subject outside the scheme.
 var ErrNotOurSubject = errors.New("subject outside the audiofan scheme")
 
-// Subjects builds and parses the subjects of the contract:
-// <prefix>.<call>.<kind>[.<participant or source>] as published, stored as
-// <prefix>.<partition>.<call>.<kind>[...] when the stream partitions calls.
-type Subjects struct {
+// Published builds and parses the subjects of the contract as published:
+// <prefix>.<call>.<kind>[.<participant or source>]. It is all a publisher
+// needs (StreamRef.Published), and knows nothing of partitions.
+type Published struct {
 	Prefix string
-	// Partitions is how many partitions the stream spreads calls over, as
-	// read from its subject transform (SubjectsOf); 0 when unknown.
+}
+
+// Subjects is the bus's whole scheme: the published subjects, and how they
+// are stored, <prefix>.<partition>.<call>.<kind>[...]. Only the bus knows
+// its partitions, so a Subjects comes from a Layout (Bus.Subjects,
+// StreamConfig.Subjects, ReadSubjects), never from a stream's name: a
+// scheme without its partition count would put every call in partition 0.
+type Subjects struct {
+	Published
+	// Partitions is how many partitions the bus spreads calls over.
 	Partitions int
 	// Mapped is set when the server's account mapping, not the stream,
 	// inserts the partition token (a sharded bus): core NATS subscribers
@@ -41,37 +49,37 @@ type Subjects struct {
 }
 
 // Audio is the subject of a participant's frames; the tokens are already encoded.
-func (s Subjects) Audio(callTok, partTok codec.Token) string {
+func (s Published) Audio(callTok, partTok codec.Token) string {
 	return s.Prefix + "." + string(callTok) + "." + string(KindAudio) + "." + string(partTok)
 }
 
 // Transcript is the subject of a participant's transcripts.
-func (s Subjects) Transcript(callTok, partTok codec.Token) string {
+func (s Published) Transcript(callTok, partTok codec.Token) string {
 	return s.Prefix + "." + string(callTok) + "." + string(KindTranscript) + "." + string(partTok)
 }
 
 // Dtmf is the subject of a participant's DTMF tones.
-func (s Subjects) Dtmf(callTok, partTok codec.Token) string {
+func (s Published) Dtmf(callTok, partTok codec.Token) string {
 	return s.Prefix + "." + string(callTok) + "." + string(KindDtmf) + "." + string(partTok)
 }
 
 // Lifecycle is the subject of a call's started/ended messages.
-func (s Subjects) Lifecycle(callTok codec.Token) string {
+func (s Published) Lifecycle(callTok codec.Token) string {
 	return s.Prefix + "." + string(callTok) + "." + string(KindLifecycle)
 }
 
 // Events is the subject a subscriber role reports on.
-func (s Subjects) Events(callTok codec.Token, source string) string {
+func (s Published) Events(callTok codec.Token, source string) string {
 	return s.Prefix + "." + string(callTok) + "." + string(KindEvents) + "." + source
 }
 
 // Outbound is the subject that speaks into a call.
-func (s Subjects) Outbound(callTok codec.Token) string {
+func (s Published) Outbound(callTok codec.Token) string {
 	return s.Prefix + "." + string(callTok) + "." + string(KindOutbound)
 }
 
 // All matches every subject of the scheme: what the stream stores.
-func (s Subjects) All() string { return s.Prefix + ".>" }
+func (s Published) All() string { return s.Prefix + ".>" }
 
 // SubjectInfo is what a subject says: the decoded call id, the kind, and the
 // decoded participant id ("" for mixed) or the event source.
@@ -90,7 +98,7 @@ type SubjectInfo struct {
 
 // Parse reads a subject of the scheme as published (what core NATS
 // subscribers see); ParseStored reads what a stream consumer sees.
-func (s Subjects) Parse(subject string) (SubjectInfo, error) {
+func (s Published) Parse(subject string) (SubjectInfo, error) {
 	rest, ok := strings.CutPrefix(subject, s.Prefix+".")
 	if !ok {
 		return SubjectInfo{}, fmt.Errorf("%w: %q", ErrNotOurSubject, subject)

@@ -6,7 +6,7 @@ import (
 )
 
 func TestSubjectsRoundTrip(t *testing.T) {
-	s := Subjects{Prefix: "calls"}
+	s := Published{Prefix: "calls"}
 	for subject, want := range map[string]SubjectInfo{
 		s.Audio("c1", "4_3A_2B1"):       {Call: "c1", CallToken: "c1", Kind: KindAudio, Participant: "4:+1", ParticipantToken: "4_3A_2B1"},
 		s.Audio("c1", "_mixed"):         {Call: "c1", CallToken: "c1", Kind: KindAudio, ParticipantToken: "_mixed"},

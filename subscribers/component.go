@@ -41,7 +41,7 @@ type Component struct {
 	// (its events, heartbeats, checkpoints, consumers and acks), as NATS
 	// subjects for its user's permissions: its buckets, outbound audio.
 	// Nil: nothing more.
-	Publishes func(s Settings, subj broker.Subjects) []string
+	Publishes func(s Settings, pub broker.Published) []string
 }
 
 // Settings are a role's own settings.
@@ -52,8 +52,10 @@ type Settings interface {
 
 // Env is what a process gives each role it runs.
 type Env struct {
-	JS       jetstream.JetStream
-	Subjects broker.Subjects
+	JS jetstream.JetStream
+	// Published are the subjects a role publishes on (its events,
+	// outbound audio): the stored scheme is the bus's, read by the Group.
+	Published broker.Published
 	// DataDir is the process's AUDIOFAN_DATA_DIR, for a role that set
 	// Component.DataDir.
 	DataDir string

@@ -9,7 +9,7 @@ import (
 )
 
 func TestDecode(t *testing.T) {
-	subj := broker.Subjects{Prefix: "calls"}
+	subj := broker.Subjects{Published: broker.Published{Prefix: "calls"}}
 	data, err := codec.Marshal(&codec.Frame{V: 1, Call: "4:+1", Participant: "8:acs:x", Seq: 9, Data: []byte{1, 2}})
 	if err != nil {
 		t.Fatal(err)

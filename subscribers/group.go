@@ -172,7 +172,7 @@ func NewGroup(cfg GroupConfig, role Role, ref broker.StreamRef, nc *nats.Conn, j
 	if err != nil {
 		return nil, err
 	}
-	g := &Group{cfg: cfg, role: role, ref: ref, subj: ref.Subjects(), nc: nc, js: js, m: m,
+	g := &Group{cfg: cfg, role: role, ref: ref, nc: nc, js: js, m: m,
 		log: log.With("role", role.Name), id: cmp.Or(cfg.ReplicaID, nuid.Next()), ends: make(chan struct{}, 4*runtime.GOMAXPROCS(0)),
 		readers: make(chan struct{}, historyReaders), parking: parkRule{retries: cfg.Retries, after: cfg.ParkAfter}}
 	// One warning a second, with a count of those held back: a flood of bad
@@ -455,7 +455,7 @@ func (g *Group) detectUpgrade(ctx context.Context) {
 		return // the per-call design knew one stream only
 	}
 	c, err := g.bus.Shards()[0].Consumer(ctx, g.role.Name)
-	if err != nil || c.CachedInfo().Config.FilterSubject != g.ref.Subjects().AnyCall(broker.KindLifecycle) {
+	if err != nil || c.CachedInfo().Config.FilterSubject != g.ref.Published().AnyCall(broker.KindLifecycle) {
 		return
 	}
 	until := time.Now().Add(g.cfg.IdleTimeout + g.cfg.Lease)

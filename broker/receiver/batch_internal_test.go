@@ -72,7 +72,7 @@ func TestBatcherFlood(t *testing.T) {
 		wg.Go(func() {
 			var futs []jetstream.PubAckFuture
 			for i := range 40 {
-				m := nats.NewMsg(broker.Subjects{Prefix: "calls"}.Audio(codec.EncodeToken(fmt.Sprintf("8:acs:flood+%d", g)), codec.EncodeToken("4:+14255550123")))
+				m := nats.NewMsg(broker.Published{Prefix: "calls"}.Audio(codec.EncodeToken(fmt.Sprintf("8:acs:flood+%d", g)), codec.EncodeToken("4:+14255550123")))
 				m.Header.Set("Nats-Msg-Id", fmt.Sprintf("%d/%d", g, i))
 				m.Data = data
 				for {

@@ -53,7 +53,7 @@ func (f *framesRole) component() subscribers.Component {
 					return &framesCall{f: f, call: c.ID}, nil
 				}}, func() {}, nil
 		},
-		Publishes: func(_ subscribers.Settings, _ broker.Subjects) []string { return []string{"$KV.frames.>"} },
+		Publishes: func(_ subscribers.Settings, _ broker.Published) []string { return []string{"$KV.frames.>"} },
 	}
 }
 

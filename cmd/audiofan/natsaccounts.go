@@ -121,7 +121,7 @@ func writeNATSAccounts(w io.Writer, s natsAccountsSettings) error {
 			Subscribe: []string{"_INBOX.>", members}}
 		u.Allow = append(u.Allow, acks(r.Role)...)
 		if r.Publishes != nil {
-			u.Allow = append(u.Allow, r.Publishes(s.own[i], s.Stream.Subjects())...)
+			u.Allow = append(u.Allow, r.Publishes(s.own[i], s.Stream.Published())...)
 		}
 		for _, o := range components {
 			if o.Role != r.Role {

@@ -207,7 +207,7 @@ var Component = subscribers.Component{
 		}
 		return a.Role(), func() {}, nil
 	},
-	Publishes: func(s subscribers.Settings, _ broker.Subjects) []string {
+	Publishes: func(s subscribers.Settings, _ broker.Published) []string {
 		return []string{"$KV." + s.(*Config).Bucket + ".>"}
 	},
 }

@@ -100,7 +100,7 @@ type Deps struct {
 type Console struct {
 	cfg   Config
 	d     Deps
-	subj  broker.Subjects
+	pub   broker.Published
 	log   *slog.Logger
 	index *index
 	m     metrics
@@ -124,7 +124,7 @@ func New(cfg Config, d Deps) (*Console, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	c := &Console{cfg: cfg, d: d, subj: d.Stream.Subjects(), log: d.Log.With("component", "console"),
+	c := &Console{cfg: cfg, d: d, pub: d.Stream.Published(), log: d.Log.With("component", "console"),
 		watchers: map[codec.Token]*watcher{},
 		m: metrics{
 			pages: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "audiofan_console_feeds",
@@ -144,7 +144,9 @@ func New(cfg Config, d Deps) (*Console, error) {
 		c.m.pages.WithLabelValues(k)
 		c.m.dropped.WithLabelValues(k)
 	}
-	c.index = newIndex(cfg, c.subj)
+	// The stored scheme (its partitions) is the bus's: the index reads it
+	// when it finds the bus.
+	c.index = newIndex(cfg, broker.Subjects{Published: c.pub})
 	c.rates = newRates(c)
 	return c, nil
 }

@@ -23,7 +23,7 @@ func lifecycle(call, typ, conn string, at time.Time) subscribers.Message {
 // The list keeps the newest MaxEnded ended calls, forgets what is older than
 // the history, and keeps a call live while any of its sockets is open.
 func TestIndexPrune(t *testing.T) {
-	x := newIndex(Config{History: time.Hour, MaxEnded: 2}, broker.Subjects{Prefix: "calls"})
+	x := newIndex(Config{History: time.Hour, MaxEnded: 2}, broker.Subjects{Published: broker.Published{Prefix: "calls"}})
 	now := time.Now()
 	for i := range 4 {
 		at := now.Add(time.Duration(i) * time.Minute)

@@ -79,7 +79,7 @@ func (c *Console) listen(tok codec.Token, l *listener) (*hub, error) {
 	h := c.hubs[tok]
 	if h == nil {
 		h = &hub{c: c, tok: tok, lis: map[*listener]struct{}{}, index: map[codec.Token]int{}}
-		sub, err := c.d.NC.Subscribe(c.index.subjects().Live(c.subj.Audio(tok, "*")), h.frame)
+		sub, err := c.d.NC.Subscribe(c.index.subjects().Live(c.pub.Audio(tok, "*")), h.frame)
 		if err == nil {
 			// The server knows the subscription before the page is told
 			// it is listening.

@@ -38,7 +38,7 @@ func TestCardNumberAndShoutingEndToEnd(t *testing.T) {
 	defer nc.Close()
 	js, _ := jetstream.New(nc)
 	reg := prometheus.NewRegistry()
-	m, err := moderation.New(natstest.Defaults[moderation.Config](t), rcv.Stream.Subjects(), js, reg, natstest.Logger())
+	m, err := moderation.New(natstest.Defaults[moderation.Config](t), rcv.Stream.Published(), js, reg, natstest.Logger())
 	if err != nil {
 		t.Fatal(err)
 	}

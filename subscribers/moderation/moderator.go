@@ -48,7 +48,7 @@ func (c Config) Validate() error {
 type Moderator struct {
 	cfg   Config
 	js    jetstream.JetStream
-	subj  broker.Subjects
+	subj  broker.Published
 	log   *slog.Logger
 	rules atomic.Pointer[Rules]
 	sum   [32]byte // of the rules file last read
@@ -61,7 +61,7 @@ type Moderator struct {
 
 // New loads the rules (a bad file is an error here: there are no old rules
 // to keep) and prepares the role; metrics register on reg.
-func New(cfg Config, subj broker.Subjects, js jetstream.JetStream, reg prometheus.Registerer, log *slog.Logger) (*Moderator, error) {
+func New(cfg Config, subj broker.Published, js jetstream.JetStream, reg prometheus.Registerer, log *slog.Logger) (*Moderator, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -437,7 +437,7 @@ var Component = subscribers.Component{
 	Summary:  "rules on every call's audio and transcripts that raise events and speak into the call, one replica of many",
 	Settings: func() subscribers.Settings { return &Config{} },
 	Start: func(ctx context.Context, s subscribers.Settings, env subscribers.Env) (subscribers.Role, func(), error) {
-		m, err := New(*s.(*Config), env.Subjects, env.JS, env.Reg, env.Log)
+		m, err := New(*s.(*Config), env.Published, env.JS, env.Reg, env.Log)
 		if err != nil {
 			return subscribers.Role{}, nil, err
 		}
@@ -447,7 +447,7 @@ var Component = subscribers.Component{
 		wg.Go(func() { m.Watch(ctx) })
 		return m.Role(), wg.Wait, nil
 	},
-	Publishes: func(_ subscribers.Settings, subj broker.Subjects) []string {
+	Publishes: func(_ subscribers.Settings, subj broker.Published) []string {
 		return []string{subj.AnyCall(broker.KindOutbound)}
 	},
 }

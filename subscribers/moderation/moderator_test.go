@@ -54,7 +54,7 @@ func newRig(t *testing.T, rules string) *rig {
 	}
 	r := &rig{t: t, js: js, ref: sc.StreamRef, reg: prometheus.NewRegistry()}
 	var err error
-	if r.m, err = moderation.New(cfg, sc.Subjects(), js, r.reg, natstest.Logger()); err != nil {
+	if r.m, err = moderation.New(cfg, sc.Published(), js, r.reg, natstest.Logger()); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := nc.Subscribe(sc.Subjects().Prefix+".*.outbound", func(m *nats.Msg) {
@@ -316,7 +316,7 @@ rules:
 		NewRole: func(t *testing.T, _ string, _ *nats.Conn, js jetstream.JetStream) subscribers.Role {
 			cfg := natstest.Defaults[moderation.Config](t)
 			cfg.Rules = rules
-			m, err := moderation.New(cfg, natstest.Defaults[broker.StreamRef](t).Subjects(), js, prometheus.NewRegistry(), natstest.Logger())
+			m, err := moderation.New(cfg, natstest.Defaults[broker.StreamRef](t).Published(), js, prometheus.NewRegistry(), natstest.Logger())
 			if err != nil {
 				t.Fatal(err)
 			}

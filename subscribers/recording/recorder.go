@@ -354,7 +354,7 @@ var Component = subscribers.Component{
 			}
 		}, nil
 	},
-	Publishes: func(s subscribers.Settings, _ broker.Subjects) []string {
+	Publishes: func(s subscribers.Settings, _ broker.Published) []string {
 		return []string{"$O." + s.(*Config).Bucket + ".>"}
 	},
 }
