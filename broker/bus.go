@@ -146,9 +146,9 @@ func EnsureBus(ctx context.Context, js jetstream.JetStream, c StreamConfig, log 
 
 // Reshard moves the bus to the layout c asks for: it retires the streams of
 // the layout found (they keep what they hold and bind nothing; the roles
-// read them to their end) and creates the new ones. Between the two,
-// publishes find no stream for a few milliseconds and are sent again by
-// their publishers (the receivers', for AUDIOFAN_PUBLISH_RETRY_FOR). Moving
+// read them to their end) and creates the new ones. Between the two (a
+// stream update and a create per stream), publishes find no stream and
+// are sent again by their publishers (the receivers', for AUDIOFAN_PUBLISH_RETRY_FOR). Moving
 // between the single stream and shards also changes the server's mapping:
 // to shards, the mapping may be added before or after (a publish not yet
 // mapped finds no stream and is sent again); back to one stream, Reshard
@@ -212,22 +212,21 @@ func ensureBus(ctx context.Context, js jetstream.JetStream, c StreamConfig, move
 		log.Warn("the NATS server does not map published subjects yet: publishes are refused until it does", "err", err)
 	}
 	if !want.Sharded() {
-		s, err := ensureStream(ctx, js, c)
-		if err != nil {
+		if _, err := ensureStream(ctx, js, c); err != nil {
 			return nil, err
 		}
-		return findBusAfter(ctx, js, c, s)
+		return findBusAfter(ctx, js, c)
 	}
 	for i := range want.Shards {
 		if _, err := ensureShard(ctx, js, c, i); err != nil {
 			return nil, fmt.Errorf("shard %s: %w", want.ShardStream(i), err)
 		}
 	}
-	return findBusAfter(ctx, js, c, nil)
+	return findBusAfter(ctx, js, c)
 }
 
 // findBusAfter reads the bus back after provisioning, as a reader finds it.
-func findBusAfter(ctx context.Context, js jetstream.JetStream, c StreamConfig, _ jetstream.Stream) (*Bus, error) {
+func findBusAfter(ctx context.Context, js jetstream.JetStream, c StreamConfig) (*Bus, error) {
 	b, err := FindBus(ctx, js, c.StreamRef)
 	if err != nil {
 		return nil, err
