@@ -102,6 +102,9 @@ func TestShardedCluster(t *testing.T) {
 		}
 	}
 	leaders := spread("at start")
+	if n := durableConsumers(t, js); n != 2*layout.Partitions {
+		t.Errorf("%d durable consumers over the shards, want %d (2 roles' partitions)", n, 2*layout.Partitions)
+	}
 	t.Logf("cluster up in %v", time.Since(start).Round(time.Second))
 
 	ch := make(chan sim.Summary, 1)

@@ -424,8 +424,14 @@ func fileWithin(path string, timeout time.Duration) bool {
 func diagnose(t *testing.T, js jetstream.JetStream, role, tok string) {
 	ctx := context.Background()
 	sc := natstest.Defaults[broker.StreamConfig](t)
-	name := subscribers.PartitionConsumer(role, sc.Subjects().Partition(codec.Token(tok)))
-	c, err := js.Consumer(ctx, "CALLS", name)
+	part := sc.Subjects().Partition(codec.Token(tok))
+	name := subscribers.PartitionConsumer(role, part)
+	bus, err := broker.FindBus(ctx, js, sc.StreamRef)
+	if err != nil {
+		t.Logf("bus: %v", err)
+		return
+	}
+	c, err := bus.Stream(part).Consumer(ctx, name)
 	if err != nil {
 		t.Logf("consumer %s: %v", name, err)
 	} else {
@@ -438,10 +444,18 @@ func diagnose(t *testing.T, js jetstream.JetStream, role, tok string) {
 	t.Logf("%s finished %s: %v %v", role, tok, done, err)
 }
 
-// durableConsumers counts the durable consumers on the stream: the roles'
-// partitions, however many calls come and go.
+// durableConsumers counts the durable consumers on the bus's streams: the
+// roles' partitions, however many calls come and go.
 func durableConsumers(t testing.TB, js jetstream.JetStream) int {
-	return conformance.DurableConsumers(t, js, "CALLS")
+	bus, err := broker.FindBus(context.Background(), js, natstest.Defaults[broker.StreamRef](t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, name := range bus.Layout.Streams() {
+		n += conformance.DurableConsumers(t, js, name)
+	}
+	return n
 }
 
 // renderStored renders a call's frames as the stream holds them: what the
