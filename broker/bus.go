@@ -183,6 +183,16 @@ func ensureBus(ctx context.Context, js jetstream.JetStream, c StreamConfig, move
 	if err != nil && !errors.Is(err, ErrNotReady) {
 		return nil, err
 	}
+	if err := CheckMapping(ctx, js.Conn(), want.Subjects()); err != nil {
+		// Before anything is retired: a move the mapping refuses leaves
+		// the bus as it was. A bus of shards may be created before the
+		// mapping is (see Reshard); the single stream may not, and a
+		// mapping of another partition count never.
+		if !want.Sharded() || !move || !errors.Is(err, ErrNotMapped) {
+			return nil, err
+		}
+		log.Warn("the NATS server does not map published subjects yet: publishes are refused until it does", "err", err)
+	}
 	if found != nil && found.Layout != want {
 		switch {
 		case !move:
@@ -202,14 +212,6 @@ func ensureBus(ctx context.Context, js jetstream.JetStream, c StreamConfig, move
 			log.Info("stream retired: it keeps what it holds until read, and stores nothing new", "stream", s.CachedInfo().Config.Name)
 		}
 		found = nil
-	}
-	if err := CheckMapping(ctx, js.Conn(), want.Subjects()); err != nil {
-		// A bus of shards may be created before the mapping is (see
-		// Reshard); the single stream may not.
-		if !want.Sharded() || !move {
-			return nil, err
-		}
-		log.Warn("the NATS server does not map published subjects yet: publishes are refused until it does", "err", err)
 	}
 	if !want.Sharded() {
 		if _, err := ensureStream(ctx, js, c); err != nil {

@@ -20,6 +20,13 @@ import (
 // needs none.
 var ErrMapping = errors.New("the NATS server's subject mapping does not fit the bus")
 
+// ErrNotMapped is the ErrMapping of a server that does not map at all (a
+// node not yet reloaded with the mappings): the one Reshard may go on
+// through, since what is published through it finds no stream and is sent
+// again. A mapping of another partition count is never gone on through: it
+// would store calls in the wrong partitions.
+var ErrNotMapped = fmt.Errorf("%w: published subjects are not mapped", ErrMapping)
+
 // mappingProbes are the calls CheckMapping asks about: several, so a
 // mapping with another partition count is caught (one call lands in the
 // same partition by chance one time in P).
@@ -116,7 +123,7 @@ func (s Subjects) judgeProbe(tok codec.Token, got string) error {
 	}
 	if got == pub {
 		return fmt.Errorf("%w: %s came back unmapped: a bus of AUDIOFAN_STREAM_SHARDS > 1 needs the server's account to map it into partitions (the mappings `audiofan nats-accounts` writes, deploy/nats/accounts.conf)",
-			ErrMapping, pub)
+			ErrNotMapped, pub)
 	}
 	return fmt.Errorf("%w: %s came back as %s, want %s: the server's mapping partitions calls otherwise than AUDIOFAN_PARTITIONS=%s",
 		ErrMapping, pub, got, want, strconv.Itoa(s.Partitions))

@@ -287,6 +287,19 @@ func TestReshardFromSingle(t *testing.T) {
 		t.Fatal(err)
 	}
 	sc := shardedConfig(t, 4)
+	// A mapping of another partition count is never gone on through: it
+	// would store calls in the wrong partitions.
+	wrong := shardedConfig(t, 4)
+	wrong.Partitions = 16
+	ns.Map(wrong)
+	if _, err := broker.Reshard(t.Context(), js, sc, natstest.Logger()); !errors.Is(err, broker.ErrMapping) || errors.Is(err, broker.ErrNotMapped) {
+		t.Fatalf("reshard under a mapping of 16 partitions: %v, want ErrMapping", err)
+	}
+	ns.Map(single)
+	// The refused move left the bus as it was.
+	if b, err := broker.FindBus(t.Context(), js, single.StreamRef); err != nil || b.Layout != single.Layout() {
+		t.Fatalf("after a refused move: %v, %v", b, err)
+	}
 	bus, err := broker.Reshard(t.Context(), js, sc, natstest.Logger()) // the mapping comes after: allowed
 	if err != nil {
 		t.Fatal(err)
