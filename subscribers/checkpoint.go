@@ -137,3 +137,60 @@ func Finished(ctx context.Context, js jetstream.JetStream, ref broker.StreamRef,
 	}
 	return false, nil
 }
+
+// flush writes the checkpoint (when there is anything new), then
+// acknowledges up to it (waiting for the server's word when confirm is
+// set): the acknowledgement floor never passes the checkpoint's.
+func (p *partition) flush(ctx context.Context, confirm bool) {
+	if p.led.floor > p.written || p.dirty {
+		if !p.checkpoint(ctx) {
+			return
+		}
+	}
+	m, seq := p.led.toAck(p.written)
+	if m == nil {
+		return
+	}
+	var err error
+	if confirm {
+		err = m.DoubleAck(ctx)
+	} else {
+		err = m.Ack()
+	}
+	if err == nil {
+		p.led.acknowledged(seq)
+	}
+}
+
+// checkpoint writes the partition's checkpoint: its floor, the calls in
+// progress then (those re-driven and still reading their history, as the
+// parked calls they were), the calls parked, and those ended lately.
+func (p *partition) checkpoint(ctx context.Context) bool {
+	floor := p.led.floor
+	ck := checkpoint{Stream: p.stream.CachedInfo().Config.Name, Floor: floor, Owner: p.g.id, At: time.Now().UTC(), Calls: []ckCall{}, Ended: []ckEnded{}}
+	for _, c := range p.calls {
+		switch {
+		case c.from != nil && c.redriving.Load():
+			ck.Calls = append(ck.Calls, c.from.checkpointed())
+		case c.first <= floor:
+			ck.Calls = append(ck.Calls, c.callOrigin.checkpointed())
+		}
+	}
+	for _, pc := range p.parked {
+		ck.Calls = append(ck.Calls, pc.checkpointed())
+	}
+	cutoff := time.Now().Add(-p.g.cfg.DoneTTL).Unix()
+	for tok, at := range p.ended {
+		if at < cutoff {
+			delete(p.ended, tok)
+			continue
+		}
+		ck.Ended = append(ck.Ended, ckEnded{Token: tok, At: at})
+	}
+	if err := writeCheckpoint(ctx, p.g.kv, p.n, &ck); err != nil {
+		p.g.warnings.Warn("checkpoint not written; acknowledgements wait", "partition", p.n, "err", err)
+		return false
+	}
+	p.written, p.wroteAt, p.dirty = floor, time.Now(), false
+	return true
+}

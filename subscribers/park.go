@@ -78,3 +78,63 @@ func parkedEvent(reason string, cause error, applied uint64) codec.Event {
 	}
 	return codec.Event{Type: codec.EventParked, Data: data}
 }
+
+// park keeps a call that parked, to be re-driven after a backoff; past
+// maxParked the oldest parked call is given up.
+func (p *partition) park(c *callWork, now time.Time) {
+	pc := c.from
+	if pc == nil {
+		pc = &parkedCall{callOrigin: c.callOrigin, since: now}
+	}
+	pc.applied = max(pc.applied, c.applied.Load())
+	pc.reason = c.parkReason
+	pc.tries++
+	pc.next = now.Add(redriveDelay(p.g.cfg.RedriveBackoff, pc.tries))
+	p.parked[c.info.Token] = pc
+	if len(p.parked) <= maxParked {
+		return
+	}
+	var oldest *parkedCall
+	for _, q := range p.parked {
+		if oldest == nil || q.since.Before(oldest.since) {
+			oldest = q
+		}
+	}
+	delete(p.parked, oldest.info.Token)
+	p.ended[oldest.info.Token] = now.Unix()
+	p.g.m.calls.WithLabelValues(string(ResultFailed)).Inc()
+	p.g.log.Error("too many calls parked on a partition; the oldest is given up, its output missing", "partition", p.n,
+		"call", oldest.info.ID, "since", oldest.since, "reason", oldest.reason, "limit", maxParked)
+}
+
+// redrive starts the parked calls that are due (all makes every one due: a
+// repair was seen, or an operator asked), at most redrivesAtOnce on the
+// partition at a time: each reads its call back from the stream; the rest
+// go as those finish.
+func (p *partition) redrive(all bool, inFlight int) {
+	now := time.Now()
+	if all {
+		for _, pc := range p.parked {
+			pc.next = now
+		}
+	}
+	for tok, pc := range p.parked {
+		if inFlight >= redrivesAtOnce {
+			return
+		}
+		if now.Before(pc.next) {
+			continue
+		}
+		delete(p.parked, tok)
+		inFlight++
+		p.g.m.redrives.Inc()
+		p.log.Info("re-driving a parked call from the bus", "call", pc.info.ID, "parked", now.Sub(pc.since).Round(time.Second),
+			"tries", pc.tries, "applied", pc.applied)
+		p.startCall(pc.callOrigin, &history{to: p.led.hw, replayTo: pc.applied}, pc)
+	}
+	p.nparked.Store(int64(len(p.parked)))
+}
+
+// redrivesAtOnce bounds the re-drives in flight on one partition: a
+// partition full of parked calls re-drives them a few at a time.
+const redrivesAtOnce = 2
