@@ -202,6 +202,9 @@ func ensureBus(ctx context.Context, js jetstream.JetStream, c StreamConfig, move
 			return nil, fmt.Errorf("%w: AUDIOFAN_PARTITIONS is fixed for the bus's life (%d found, %d asked): reshard changes only AUDIOFAN_STREAM_SHARDS",
 				ErrLayout, found.Layout.Partitions, want.Partitions)
 		}
+		if err := dropRead(ctx, js, found.Retired, log); err != nil {
+			return nil, err
+		}
 		for _, s := range found.streams {
 			if s == nil {
 				continue // a shard missing
@@ -285,12 +288,57 @@ func ensureShard(ctx context.Context, js jetstream.JetStream, c StreamConfig, i 
 	return js.UpdateStream(ctx, cfg)
 }
 
+// ErrNotDrained is a move refused while the last move's retired streams
+// are still being read: a role whose consumer is still on one has not read
+// it to its end.
+var ErrNotDrained = errors.New("a retired stream is not read to its end")
+
+// dropRead removes the retired streams every role has read to its end
+// (each role's partition removes its consumer there once it has), so that
+// a move never leaves a partition two retired streams to read, and a move
+// back to a layout of before gets fresh streams of its names. One still
+// read refuses the move, naming the consumers.
+func dropRead(ctx context.Context, js jetstream.JetStream, retired []string, log *slog.Logger) error {
+	for _, name := range retired {
+		s, err := js.Stream(ctx, name)
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("retired stream %s: %w", name, err)
+		}
+		var readers []string
+		list := s.ListConsumers(ctx)
+		for ci := range list.Info() {
+			if ci.Config.Durable != "" {
+				readers = append(readers, ci.Name)
+			}
+		}
+		if err := list.Err(); err != nil {
+			return fmt.Errorf("retired stream %s: %w", name, err)
+		}
+		if len(readers) > 0 {
+			slices.Sort(readers)
+			return fmt.Errorf("%w: stream %s, retired by the last move, still has the consumers %v: their roles must run until they have read it (they remove their consumers then), or the consumers be removed by hand if those roles are gone",
+				ErrNotDrained, name, readers)
+		}
+		if err := js.DeleteStream(ctx, name); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+			return fmt.Errorf("remove retired stream %s: %w", name, err)
+		}
+		log.Info("retired stream removed: every role had read it to its end", "stream", name)
+	}
+	return nil
+}
+
 // retire makes s store nothing new: it binds only its own name (a stream
-// must bind something) and loses its transform; the rest, what it holds
-// included, stays until its retention or an operator removes it.
+// must bind something); the rest, what it holds included, stays until its
+// retention or an operator removes it. The single stream keeps its
+// transform: the server stores what it had queued before the update after
+// it, with the transform then in place (removed, a message published in
+// that moment was stored unpartitioned, where no partition reads it).
 func retire(ctx context.Context, js jetstream.JetStream, s jetstream.Stream) error {
 	cfg := s.CachedInfo().Config
-	cfg.Subjects, cfg.SubjectTransform = []string{cfg.Name}, nil
+	cfg.Subjects = []string{cfg.Name}
 	cfg.Metadata = maps.Clone(cfg.Metadata)
 	if cfg.Metadata == nil {
 		cfg.Metadata = map[string]string{}

@@ -22,6 +22,9 @@ type callWork struct {
 	// hist, when set, is read from the stream before the queue: at a
 	// takeover or a re-drive, the messages that came before this handler.
 	hist *history
+	// spans are the streams its history is read from (the partition's as
+	// the work started: the partition may move to its shard meanwhile).
+	spans []span
 	// from is the parked call this work re-drives; nil otherwise.
 	from *parkedCall
 
@@ -51,7 +54,7 @@ type callWork struct {
 	out        Output
 	unavail    bool
 	replayed   bool
-	last       uint64 // stream sequence of the last message applied
+	last       uint64 // position of the last message applied
 	result     Result // set when the goroutine returns
 	parkReason string
 	parkCause  error
@@ -61,7 +64,7 @@ type callWork struct {
 // keeps of a call in progress or parked.
 type callOrigin struct {
 	info    CallInfo
-	first   uint64    // stream sequence of its first message in the partition
+	first   uint64    // position of its first message in the partition
 	firstAt time.Time // when the stream stored it
 	legacy  bool      // it began before the stream was partitioned
 }
@@ -98,7 +101,7 @@ func (it *item) markDone() {
 // its partition, and run must be given the same.
 func newCallWork(ctx context.Context, p *partition, o callOrigin, hist *history) *callWork {
 	g := p.g
-	c := &callWork{p: p, callOrigin: o, hist: hist, wake: make(chan struct{}, 1), conns: map[string]bool{},
+	c := &callWork{p: p, callOrigin: o, hist: hist, spans: p.spans(), wake: make(chan struct{}, 1), conns: map[string]bool{},
 		out: Output{js: g.js, subj: g.subj, role: g.role.Name, call: o.info}}
 	c.pctx, c.pcancel = context.WithCancel(ctx)
 	c.active.Store(time.Now().UnixNano())

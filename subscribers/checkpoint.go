@@ -27,17 +27,30 @@ type checkpoint struct {
 	// Stream is the stream the sequences are of: the partition's shard.
 	// Empty in checkpoints written before shards, which were all of the
 	// single stream (AUDIOFAN_STREAM).
-	Stream string    `json:"stream,omitempty"`
-	Floor  uint64    `json:"floor"`
+	Stream string `json:"stream,omitempty"`
+	// Base is where Stream's positions start (see span): 0 until the bus
+	// was moved.
+	Base uint64 `json:"base,omitempty"`
+	// Priors are the streams the partition was read from before Stream
+	// (retired by a move), oldest first, as long as a call begun there is
+	// in progress or parked.
+	Priors []ckSpan  `json:"priors,omitempty"`
+	Floor  uint64    `json:"floor"` // a position (see span)
 	Owner  string    `json:"owner"` // the replica that wrote it
 	Calls  []ckCall  `json:"calls"`
 	Ended  []ckEnded `json:"ended"`
 	At     time.Time `json:"at"`
 }
 
+// ckSpan is a span as a checkpoint keeps it.
+type ckSpan struct {
+	Stream string `json:"stream"`
+	Base   uint64 `json:"base"`
+}
+
 type ckCall struct {
 	Token   codec.Token `json:"t"`
-	First   uint64      `json:"f"`           // stream sequence of its first message in the partition
+	First   uint64      `json:"f"`           // position of its first message in the partition
 	FirstAt time.Time   `json:"fa,omitzero"` // when the stream stored it: where a call whose start is lost was missing from
 	Legacy  bool        `json:"l,omitempty"` // it began before the stream was partitioned
 	Parked  *ckParked   `json:"p,omitempty"` // parked: re-driven from the bus, not replayed to the floor
@@ -71,16 +84,14 @@ func partitionKey(p int) string { return "p" + strconv.Itoa(p) }
 // StateBucket is the KV bucket of a role's partition checkpoints.
 func StateBucket(stream, role string) string { return stream + "-" + role + "-partitions" }
 
-// readCheckpoint reads partition p's checkpoint as of the stream named
-// stream (base: AUDIOFAN_STREAM, whose checkpoints name none). One of
-// another stream (the bus was resharded) keeps only its ended calls: its
-// sequences number another stream's messages, and a floor taken from them
-// would skip this one's. An empty stream reads any.
-func readCheckpoint(ctx context.Context, kv jetstream.KeyValue, p int, stream, base string) (checkpoint, error) {
+// readCheckpoint reads partition p's checkpoint as written (base:
+// AUDIOFAN_STREAM, the stream of checkpoints that name none); of says what
+// it is worth to a reader of one stream.
+func readCheckpoint(ctx context.Context, kv jetstream.KeyValue, p int, base string) (checkpoint, error) {
 	var ck checkpoint
 	e, err := kv.Get(ctx, partitionKey(p))
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return ck, nil
+		return checkpoint{Stream: base}, nil // as of the first stream: nothing applied there
 	}
 	if err != nil {
 		return ck, fmt.Errorf("read checkpoint of partition %d: %w", p, err)
@@ -90,10 +101,27 @@ func readCheckpoint(ctx context.Context, kv jetstream.KeyValue, p int, stream, b
 		// partition is read from the start of the stream instead.
 		return checkpoint{}, nil
 	}
-	if of := cmp.Or(ck.Stream, base); stream != "" && of != stream {
-		return checkpoint{Stream: stream, Ended: ck.Ended}, nil
-	}
+	ck.Stream = cmp.Or(ck.Stream, base)
 	return ck, nil
+}
+
+// of is the checkpoint as a reader of stream takes it: one of another
+// stream (the bus was moved and the partition not yet read to the end of
+// the retired stream, or its stream is gone) keeps only its ended calls:
+// its positions number another stream's messages, and a floor taken from
+// them would skip this one's.
+func (ck checkpoint) of(stream string) checkpoint {
+	if ck.Stream == stream {
+		return ck
+	}
+	return checkpoint{Stream: stream, Ended: ck.Ended}
+}
+
+// ownCheckpoint is the partition's checkpoint as a reader of the stream it
+// reads now takes it.
+func (p *partition) ownCheckpoint(ctx context.Context) (checkpoint, error) {
+	ck, err := readCheckpoint(ctx, p.g.kv, p.n, p.g.ref.Name)
+	return ck.of(p.stream.CachedInfo().Config.Name), err
 }
 
 func writeCheckpoint(ctx context.Context, kv jetstream.KeyValue, p int, ck *checkpoint) error {
@@ -126,7 +154,7 @@ func Finished(ctx context.Context, js jetstream.JetStream, ref broker.StreamRef,
 	if err != nil {
 		return false, err
 	}
-	ck, err := readCheckpoint(ctx, kv, subj.Partition(callTok), "", ref.Name)
+	ck, err := readCheckpoint(ctx, kv, subj.Partition(callTok), ref.Name)
 	if err != nil {
 		return false, err
 	}
@@ -167,7 +195,7 @@ func (p *partition) flush(ctx context.Context, confirm bool) {
 // parked calls they were), the calls parked, and those ended lately.
 func (p *partition) checkpoint(ctx context.Context) bool {
 	floor := p.led.floor
-	ck := checkpoint{Stream: p.stream.CachedInfo().Config.Name, Floor: floor, Owner: p.g.id, At: time.Now().UTC(), Calls: []ckCall{}, Ended: []ckEnded{}}
+	ck := checkpoint{Stream: p.stream.CachedInfo().Config.Name, Base: p.base, Floor: floor, Owner: p.g.id, At: time.Now().UTC(), Calls: []ckCall{}, Ended: []ckEnded{}}
 	for _, c := range p.calls {
 		switch {
 		case c.from != nil && c.redriving.Load():
@@ -178,6 +206,19 @@ func (p *partition) checkpoint(ctx context.Context) bool {
 	}
 	for _, pc := range p.parked {
 		ck.Calls = append(ck.Calls, pc.checkpointed())
+	}
+	if len(p.priors) > 0 {
+		// The retired streams are kept as long as a call begun there
+		// needs them (a takeover reads its history from them).
+		firsts := make([]uint64, 0, len(ck.Calls))
+		for _, cc := range ck.Calls {
+			firsts = append(firsts, cc.First)
+		}
+		for _, c := range p.calls {
+			firsts = append(firsts, c.first) // those after the floor too: they may read theirs
+		}
+		p.priors = neededSpans(p.priors, p.base, firsts)
+		ck.Priors = ckSpans(p.priors)
 	}
 	cutoff := time.Now().Add(-p.g.cfg.DoneTTL).Unix()
 	for tok, at := range p.ended {

@@ -20,7 +20,7 @@ import (
 // takes deliveries at once.
 func (p *partition) takeover(ctx context.Context, pin string) error {
 	start := time.Now()
-	ck, err := readCheckpoint(ctx, p.g.kv, p.n, p.stream.CachedInfo().Config.Name, p.g.ref.Name)
+	ck, err := p.ownCheckpoint(ctx)
 	if err != nil {
 		return err
 	}
@@ -37,11 +37,12 @@ func (p *partition) takeover(ctx context.Context, pin string) error {
 			p.ended[e.Token] = e.At
 		}
 	}
-	floor := ck.Floor
+	p.base, p.priors = ck.Base, spansOf(ck.Priors)
+	floor := max(ck.Floor, ck.Base)
 	// The acknowledgement floor passes the checkpoint's only if the
 	// checkpoint was lost: then what lies below it was applied, and is
 	// replayed from the stream's start.
-	p.replayTo = max(floor, info.AckFloor.Stream)
+	p.replayTo = max(floor, p.base+info.AckFloor.Stream)
 	p.owned, p.pin = true, pin
 	p.isOwned.Store(true)
 	p.led.reset(floor)
@@ -80,7 +81,7 @@ func (p *partition) adoptOrphan(ctx context.Context) {
 		return
 	}
 	p.checked = time.Now()
-	ck, err := readCheckpoint(ctx, p.g.kv, p.n, p.stream.CachedInfo().Config.Name, p.g.ref.Name)
+	ck, err := p.ownCheckpoint(ctx)
 	if err != nil || len(ck.Calls) == 0 {
 		return
 	}
@@ -121,7 +122,7 @@ func (p *partition) stillPinned(ctx context.Context) bool {
 // pull). A new owner writes its checkpoint at once, so a real takeover
 // shows within a checkpoint interval.
 func (p *partition) takenElsewhere(ctx context.Context) bool {
-	ck, err := readCheckpoint(ctx, p.g.kv, p.n, p.stream.CachedInfo().Config.Name, p.g.ref.Name)
+	ck, err := p.ownCheckpoint(ctx)
 	if err != nil {
 		return false // cannot tell now; asked again soon
 	}

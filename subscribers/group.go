@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -150,6 +151,8 @@ type Group struct {
 	repairs atomic.Uint64
 	asked   atomic.Uint64
 
+	shards atomic.Int32 // the bus's shard count, for the metrics
+
 	mu      sync.Mutex
 	parts   []*partition
 	ready   bool
@@ -198,9 +201,9 @@ func NewGroup(cfg GroupConfig, role Role, ref broker.StreamRef, nc *nats.Conn, j
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "audiofan_subscriber_calls_parked",
 			Help: "Calls parked on this replica's partitions: they kept failing, their messages wait on the bus, and they are re-driven from there.", ConstLabels: l},
 			sum(func(p *partition) float64 { return float64(p.nparked.Load()) })),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "audiofan_subscriber_lag_messages",
-			Help: "Messages of the partitions this replica owns stored but not yet delivered to it.", ConstLabels: l},
-			sum(func(p *partition) float64 { return float64(p.pending.Load()) })),
+		&lagCollector{g: g, desc: prometheus.NewDesc("audiofan_subscriber_lag_messages",
+			"Messages of the partitions this replica owns stored but not yet delivered to it, by the shard that holds them (a partition still reading a retired stream after a move counts under its new shard).",
+			[]string{"shard"}, l)},
 	} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("%s metrics: %w", role.Name, err)
@@ -381,64 +384,67 @@ func (g *Group) setup(ctx context.Context) error {
 		g.parts = parts
 		g.mu.Unlock()
 	}
+	g.shards.Store(int32(bus.Layout.Shards))
 	for _, p := range g.parts {
-		p.stream = bus.Stream(p.n)
-		if err := g.ensureConsumer(ctx, p); err != nil {
+		p.shard.Store(int32(bus.Layout.ShardOf(p.n)))
+		p.cur = bus.Stream(p.n)
+		c, err := g.ensureConsumer(ctx, p, p.cur)
+		if err != nil {
 			return err
 		}
+		p.curCons = c
+		p.stream, p.cons, p.next = p.cur, c, nil // run's prepare picks a retired stream first, if one is to be read
 	}
 	g.detectUpgrade(ctx)
 	return nil
 }
 
-// ensureConsumer reads the partition's consumer and writes it only when it
-// is missing or differs, so replicas starting together do not each propose
-// the same update. A consumer made anew (the first start, an operator
-// deleted it, its storage changed) starts after the partition's checkpoint,
-// not at the stream's start: what was applied is not delivered again.
-func (g *Group) ensureConsumer(ctx context.Context, p *partition) error {
+// ensureConsumer reads the partition's consumer on stream s and writes it
+// only when it is missing or differs, so replicas starting together do not
+// each propose the same update. A consumer made anew (the first start, an
+// operator deleted it, its storage changed) starts after the partition's
+// checkpoint, not at the stream's start: what was applied is not
+// delivered again.
+func (g *Group) ensureConsumer(ctx context.Context, p *partition, s jetstream.Stream) (jetstream.Consumer, error) {
 	want := p.consumerConfig()
-	c, err := p.stream.Consumer(ctx, p.name)
+	c, err := s.Consumer(ctx, p.name)
 	switch {
 	case err == nil:
 		cur := c.CachedInfo().Config
 		if slices.Equal(cur.FilterSubjects, want.FilterSubjects) && cur.AckWait == want.AckWait &&
 			cur.PinnedTTL == want.PinnedTTL && cur.MaxAckPending == want.MaxAckPending && cur.Description == want.Description &&
 			cur.MemoryStorage == want.MemoryStorage {
-			p.cons = c
-			return nil
+			return c, nil
 		}
 		if cur.MemoryStorage == want.MemoryStorage {
 			want.DeliverPolicy, want.OptStartSeq = cur.DeliverPolicy, cur.OptStartSeq // fixed at creation
-			if c, err = p.stream.UpdateConsumer(ctx, want); err != nil {
-				return fmt.Errorf("consumer %s: %w", p.name, err)
+			if c, err = s.UpdateConsumer(ctx, want); err != nil {
+				return nil, fmt.Errorf("consumer %s: %w", p.name, err)
 			}
-			p.cons = c
-			return nil
+			return c, nil
 		}
 		// The storage of a consumer cannot change: make it again.
-		if err := p.stream.DeleteConsumer(ctx, p.name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
-			return fmt.Errorf("consumer %s: %w", p.name, err)
+		if err := s.DeleteConsumer(ctx, p.name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			return nil, fmt.Errorf("consumer %s: %w", p.name, err)
 		}
 	case !errors.Is(err, jetstream.ErrConsumerNotFound):
-		return fmt.Errorf("consumer %s: %w", p.name, err)
+		return nil, fmt.Errorf("consumer %s: %w", p.name, err)
 	}
-	ck, err := readCheckpoint(ctx, g.kv, p.n, p.stream.CachedInfo().Config.Name, g.ref.Name)
+	ck, err := readCheckpoint(ctx, g.kv, p.n, g.ref.Name)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	if ck.Floor > 0 {
-		want.DeliverPolicy, want.OptStartSeq = jetstream.DeliverByStartSequencePolicy, ck.Floor+1
+	if ck = ck.of(s.CachedInfo().Config.Name); ck.Floor > ck.Base {
+		want.DeliverPolicy, want.OptStartSeq = jetstream.DeliverByStartSequencePolicy, ck.Floor-ck.Base+1
 	}
-	c, err = p.stream.CreateConsumer(ctx, want)
+	c, err = s.CreateConsumer(ctx, want)
 	if errors.Is(err, jetstream.ErrConsumerExists) {
-		c, err = p.stream.Consumer(ctx, p.name) // another replica made it meanwhile
+		c, err = s.Consumer(ctx, p.name) // another replica made it meanwhile
 	}
 	if err != nil {
-		return fmt.Errorf("consumer %s: %w", p.name, err)
+		return nil, fmt.Errorf("consumer %s: %w", p.name, err)
 	}
-	p.cons = c
-	return nil
+	return c, nil
 }
 
 // legacyDescription starts the description of the per-call design's
@@ -555,4 +561,29 @@ func newGroupMetrics(role string, reg prometheus.Registerer) (*groupMetrics, err
 		m.calls.WithLabelValues(string(r))
 	}
 	return m, nil
+}
+
+// lagCollector reports a replica's lag by shard: a shard whose leader is
+// slow, or a shard with more calls, shows as its own.
+type lagCollector struct {
+	g    *Group
+	desc *prometheus.Desc
+}
+
+// Describe is prometheus.Collector's.
+func (c *lagCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+// Collect is prometheus.Collector's.
+func (c *lagCollector) Collect(ch chan<- prometheus.Metric) {
+	lag := make([]float64, max(c.g.shards.Load(), 1))
+	c.g.mu.Lock()
+	for _, p := range c.g.parts {
+		if i := int(p.shard.Load()); p.isOwned.Load() && i < len(lag) {
+			lag[i] += float64(p.pending.Load() + p.nextPending.Load())
+		}
+	}
+	c.g.mu.Unlock()
+	for i, v := range lag {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, v, strconv.Itoa(i))
+	}
 }

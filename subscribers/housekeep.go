@@ -7,17 +7,25 @@ import (
 
 // housekeep advances the acknowledgement floor, checkpoints, parks a call
 // whose failures hold the partition, re-drives the parked calls due, ends
-// idle calls and checks the pin.
-func (p *partition) housekeep(ctx context.Context) {
+// idle calls and checks the pin; and, while a retired stream is read
+// first, moves to the shard once it is read to its end (switched: consume
+// must subscribe to the shard's consumer).
+func (p *partition) housekeep(ctx context.Context) (switched bool) {
+	if p.next != nil && !p.owned {
+		p.drainIdle(ctx)
+	}
 	if !p.owned {
 		p.adoptOrphan(ctx)
-		return
+		return false
 	}
 	p.reap()
 	p.led.advance()
 	p.relieve()
 	if (p.led.floor > p.written || p.dirty || p.hasAck()) && time.Since(p.wroteAt) >= p.g.cfg.Checkpoint {
 		p.flush(ctx, false)
+	}
+	if p.next != nil && p.drainCheck(ctx) {
+		return true
 	}
 	if time.Since(p.idleAt) >= time.Second {
 		p.idleAt = time.Now()
@@ -52,6 +60,7 @@ func (p *partition) housekeep(ctx context.Context) {
 			p.drop()
 		}
 	}
+	return false
 }
 
 // relieve parks the call that holds the floor when the messages waiting

@@ -26,13 +26,24 @@ type partition struct {
 	name    string
 	filters []string
 	log     *slog.Logger
-	stream  jetstream.Stream // the shard that holds the partition
-	cons    jetstream.Consumer
+	// The shard that holds the partition, and the role's consumer there
+	// (set up by the Group, read by run).
+	cur     jetstream.Stream
+	curCons jetstream.Consumer
+
+	// What the partition reads now: its shard, or, after a move of the
+	// bus, first the retired stream its checkpoint names (then next is the
+	// shard to read after it; see drain.go).
+	stream jetstream.Stream
+	cons   jetstream.Consumer
+	next   *drainState
 
 	// The run goroutine's own.
 	owned    bool
 	pin      string
 	led      ledger
+	base     uint64 // where the stream's positions start (see span)
+	priors   []span // the streams read before it, while a call begun there needs them
 	replayTo uint64 // messages up to this were applied by the previous owner
 	written  uint64 // the floor of the last checkpoint written
 	wroteAt  time.Time
@@ -57,9 +68,13 @@ type partition struct {
 	done []*callWork // calls whose goroutine returned, for run to forget
 
 	pending atomic.Uint64 // messages stored and not yet delivered, as of the last delivery
-	ncalls  atomic.Int64
-	nparked atomic.Int64
-	isOwned atomic.Bool
+	// nextPending is what waits in the shard while the partition reads a
+	// retired stream to its end.
+	nextPending atomic.Uint64
+	ncalls      atomic.Int64
+	nparked     atomic.Int64
+	isOwned     atomic.Bool
+	shard       atomic.Int32 // which shard holds the partition, for the metrics
 }
 
 // PartitionConsumer is the name of a role's durable consumer of partition p.
@@ -111,16 +126,29 @@ func (p *partition) run(ctx context.Context) {
 	defer p.release()
 	p.checked = time.Now() // a lease before looking for orphaned calls: the pin comes first
 	for ctx.Err() == nil {
-		if err := p.consume(ctx); err != nil && ctx.Err() == nil {
-			p.log.Debug("partition consumer", "err", err)
-			if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound) {
-				p.drop()
-				if err := p.g.ensureConsumer(ctx, p); err != nil {
+		if !p.owned {
+			if err := p.prepare(ctx); err != nil {
+				p.g.warnings.Warn("looking for a retired stream to read first failed; looking again", "partition", p.n, "err", err)
+				sleep(ctx, time.Second)
+				continue
+			}
+		}
+		err := p.consume(ctx)
+		if errors.Is(err, errSwitched) || err == nil || ctx.Err() != nil {
+			continue // consume the shard now
+		}
+		p.log.Debug("partition consumer", "err", err)
+		if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound) {
+			p.drop()
+			if p.next == nil { // a retired stream's consumer goes once it is read: prepare then picks the shard
+				if c, err := p.g.ensureConsumer(ctx, p, p.cur); err != nil {
 					p.log.Warn("partition consumer", "err", err)
+				} else {
+					p.curCons = c
 				}
 			}
-			sleep(ctx, 250*time.Millisecond)
 		}
+		sleep(ctx, 250*time.Millisecond)
 	}
 }
 
@@ -171,7 +199,9 @@ func (p *partition) consume(ctx context.Context) error {
 				return err
 			}
 		}
-		p.housekeep(ctx)
+		if p.housekeep(ctx) {
+			return errSwitched
+		}
 	}
 }
 
@@ -205,7 +235,7 @@ func (p *partition) deliver(ctx context.Context, msg jetstream.Msg) error {
 		}
 		p.pin = pin
 	}
-	seq := md.Sequence.Stream
+	seq := p.base + md.Sequence.Stream // a position (see span)
 	to := seq - 1
 	switch p.led.admit(seq, md.Sequence.Consumer, md.NumDelivered > 1) {
 	case admitHeld:

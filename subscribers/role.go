@@ -58,8 +58,10 @@ type CallHandler interface {
 // Delivery is one message of a call.
 type Delivery struct {
 	Message
-	// Seq is the message's stream sequence: the call's messages come in
-	// increasing Seq.
+	// Seq is the message's position in its partition: its stream
+	// sequence, offset past the retired stream's after a move of the bus
+	// (audiofan reshard). The call's messages come in increasing Seq, and
+	// a message read again keeps its Seq.
 	Seq uint64
 	// Stored is when the stream stored the message: the only time an
 	// Outbound message carries.

@@ -30,7 +30,7 @@ func (s *reshardSettings) validate() error {
 // their settings, so replicas with old settings cannot move it back).
 var reshardCommand = command{
 	name:    "reshard",
-	summary: "move the bus to AUDIOFAN_STREAM_SHARDS streams: retire the old ones (kept until read) and create the new (see the README's \"Changing S\")",
+	summary: "move the bus to AUDIOFAN_STREAM_SHARDS streams: retire the old ones (the roles read them to their end, then the shards) and create the new (see the README's \"Changing S\")",
 	config:  func() any { return &reshardSettings{} },
 	run: func(ctx context.Context, cfg any, log *slog.Logger, stdout io.Writer) error {
 		s := cfg.(*reshardSettings)
@@ -49,7 +49,8 @@ var reshardCommand = command{
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "the bus is %s: %v; retired (delete once the roles have read them): %v\n", bus.Layout, bus.Layout.Streams(), bus.Retired)
+		fmt.Fprintf(stdout, "the bus is %s: %v; retired, read by the roles to their end (each role's consumers there go once it has; the next move removes a retired stream without consumers): %v\n",
+			bus.Layout, bus.Layout.Streams(), bus.Retired)
 		if err := broker.CheckMapping(ctx, nc, bus.Subjects()); err != nil {
 			fmt.Fprintf(stdout, "the server this ran on does not map as the bus needs yet: reload every node with `audiofan nats-accounts`'s mappings now (%v)\n", err)
 		}

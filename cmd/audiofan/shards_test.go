@@ -97,7 +97,7 @@ func TestShardedServe(t *testing.T) {
 			return err == nil && codec.Unmarshal(e.Value(), &ev) == nil && ev.Type == "summary"
 		})
 	}
-	// The receiver reports what each shard holds.
+	// The receiver reports what each shard holds, the roles their lag in each.
 	conformance.WaitFor(t, "the bus's metrics of every shard", func() bool {
 		resp, err := http.Get("http://" + httpAddr + "/metrics")
 		if err != nil {
@@ -106,6 +106,10 @@ func TestShardedServe(t *testing.T) {
 		defer resp.Body.Close()
 		body, _ := io.ReadAll(resp.Body)
 		for i := range layout.Shards {
+			// And each role's lag, by shard.
+			if !bytes.Contains(body, fmt.Appendf(nil, "audiofan_subscriber_lag_messages{role=\"recording\",shard=%q}", fmt.Sprint(i))) {
+				return false
+			}
 			if !bytes.Contains(body, fmt.Appendf(nil, "audiofan_bus_shard_messages{shard=%q}", fmt.Sprint(i))) ||
 				bytes.Contains(body, fmt.Appendf(nil, "audiofan_bus_shard_messages{shard=%q} 0\n", fmt.Sprint(i))) {
 				return false

@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"path/filepath"
 	"sort"
@@ -186,7 +187,7 @@ func (c *acsCall) want() (map[string][]byte, []byte) {
 
 // stream sends the call; pause, when set, is called before each frame step.
 func (c *acsCall) stream(t *testing.T, addr string, pause func(i int)) {
-	ws, _, err := websocket.DefaultDialer.Dial("ws://"+addr+"/ws?callId="+c.id, nil)
+	ws, _, err := websocket.DefaultDialer.Dial("ws://"+addr+"/ws?callId="+url.QueryEscape(c.id), nil)
 	if err != nil {
 		t.Error(err)
 		return
@@ -254,7 +255,20 @@ func (c *acsCall) checkFile(t *testing.T, path string, want []byte, what string)
 		for i < min(len(got), len(want)) && got[i] == want[i] {
 			i++
 		}
-		t.Errorf("call %s %s: differs from byte %d (frame %d)", c.id, what, i, i/640)
+		var bad []string // which frames, and how: silent (missing), extra (where none was sent), other
+		for f := 0; f*640 < min(len(got), len(want)); f++ {
+			g, w := got[f*640:f*640+640], want[f*640:f*640+640]
+			switch {
+			case bytes.Equal(g, w):
+			case allZero(g):
+				bad = append(bad, fmt.Sprint(f, " silent"))
+			case allZero(w):
+				bad = append(bad, fmt.Sprint(f, " extra"))
+			default:
+				bad = append(bad, fmt.Sprint(f, " other"))
+			}
+		}
+		t.Errorf("call %s %s: differs from byte %d (frame %d); frames %v", c.id, what, i, i/640, bad[:min(len(bad), 20)])
 	}
 }
 
