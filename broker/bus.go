@@ -102,7 +102,7 @@ func findBus(ctx context.Context, js jetstream.JetStream, ref StreamRef, strict 
 		if err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrNotReady, err)
 		}
-		b.Layout = Layout{Stream: ref.Name, Prefix: ref.Prefix, Partitions: subj.Partitions, Shards: 1}
+		b.Layout = Layout{Stream: ref.Name, Prefix: ref.Prefix, Partitions: subj.partitions, Shards: 1}
 		b.streams = []jetstream.Stream{first}
 	}
 	all := js.StreamNames(ctx)

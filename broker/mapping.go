@@ -117,7 +117,7 @@ func (s Subjects) judgeProbe(tok codec.Token, got string) error {
 	if got == want {
 		return nil
 	}
-	if !s.Mapped {
+	if !s.mapped {
 		return fmt.Errorf("%w: %s came back as %s: the server maps published subjects, and the single stream (AUDIOFAN_STREAM_SHARDS=1) partitions them itself; remove the mapping or set AUDIOFAN_STREAM_SHARDS as it was laid out for",
 			ErrMapping, pub, got)
 	}
@@ -126,5 +126,5 @@ func (s Subjects) judgeProbe(tok codec.Token, got string) error {
 			ErrNotMapped, pub)
 	}
 	return fmt.Errorf("%w: %s came back as %s, want %s: the server's mapping partitions calls otherwise than AUDIOFAN_PARTITIONS=%s",
-		ErrMapping, pub, got, want, strconv.Itoa(s.Partitions))
+		ErrMapping, pub, got, want, strconv.Itoa(s.partitions))
 }

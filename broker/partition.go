@@ -33,12 +33,14 @@ var ErrNotPartitioned = errors.New("stream does not partition calls (no partitio
 // FNV-1a hash of its token modulo the partition count, as nats-server's
 // partition() mapping computes it.
 func (s Subjects) Partition(callTok codec.Token) int {
-	if s.Partitions <= 0 {
-		return 0
+	if s.partitions <= 0 {
+		// A programming error, never input: every scheme a reader uses
+		// comes from the bus (FindBus, ReadSubjects), which has partitions.
+		panic("broker: Partition of a subject scheme without partitions (not read from the bus)")
 	}
 	h := fnv.New32a()
 	_, _ = h.Write([]byte(callTok))
-	return int(h.Sum32() % uint32(s.Partitions))
+	return int(h.Sum32() % uint32(s.partitions))
 }
 
 // Stored is the subject a published subject of a call is stored under.
@@ -99,11 +101,11 @@ func kindFilter(base string, kind Kind) string {
 // call token's hash, or else in the published form, which a stream made
 // before partitioning still holds.
 func (s Subjects) ParseStored(subject string) (SubjectInfo, error) {
-	if s.Partitions > 0 {
+	if s.partitions > 0 {
 		if rest, ok := strings.CutPrefix(subject, s.Prefix+"."); ok {
 			if ptok, after, ok := strings.Cut(rest, "."); ok {
 				tok, _, _ := strings.Cut(after, ".")
-				if p, err := strconv.Atoi(ptok); err == nil && p >= 0 && p < s.Partitions && s.Partition(codec.Token(tok)) == p &&
+				if p, err := strconv.Atoi(ptok); err == nil && p >= 0 && p < s.partitions && s.Partition(codec.Token(tok)) == p &&
 					strconv.Itoa(p) == ptok {
 					if info, err := parseRest(subject, after); err == nil {
 						info.Partitioned = true
@@ -123,7 +125,7 @@ func (s Subjects) CallTokenKind(stored string) (tok codec.Token, kind Kind, ok b
 	if !ok {
 		return "", "", false
 	}
-	if s.Partitions > 0 {
+	if s.partitions > 0 {
 		if _, after, ok := strings.Cut(rest, "."); ok {
 			rest = after
 		}
@@ -162,7 +164,7 @@ func SubjectsOf(ref StreamRef, cfg jetstream.StreamConfig) (Subjects, error) {
 	if err != nil || p < 1 || p > MaxPartitions {
 		return s, fmt.Errorf("stream %s: %d partitions: want 1 to %d", cfg.Name, p, MaxPartitions)
 	}
-	s.Partitions = p
+	s.partitions = p
 	return s, nil
 }
 

@@ -22,8 +22,8 @@ func TestPartitionMatchesServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if subj.Partitions != b.Stream.Partitions || subj.Partitions < 2 {
-		t.Fatalf("partitions read back %d, configured %d", subj.Partitions, b.Stream.Partitions)
+	if subj.Partitions() != b.Stream.Partitions || subj.Partitions() < 2 {
+		t.Fatalf("partitions read back %d, configured %d", subj.Partitions(), b.Stream.Partitions)
 	}
 	ids := []string{"8:acs:6a1f0c2e-5b7d-4c39-9e1f-2a8b7c6d5e4f_0000001a-2b3c", "4:+14255550123", "0f6c2e1a-5b7d-4c39-9e1f-2a8b7c6d5e4f",
 		"x", "_mixed", "17", "calls", "a.b", "lifecycle"}
@@ -68,8 +68,8 @@ func TestPartitionMatchesServer(t *testing.T) {
 		}
 		seen[subj.Partition(tok)] = true
 	}
-	if len(seen) < subj.Partitions/2 {
-		t.Errorf("%d ids fell in only %d of %d partitions", len(ids), len(seen), subj.Partitions)
+	if len(seen) < subj.Partitions()/2 {
+		t.Errorf("%d ids fell in only %d of %d partitions", len(ids), len(seen), subj.Partitions())
 	}
 	// A message stored before partitioning (the published form) still parses.
 	if got, err := subj.ParseStored("calls.4_3A_2B1.audio._mixed"); err != nil || got.Call != "4:+1" || got.Partitioned {
@@ -98,7 +98,28 @@ func TestStreamPartitionedOnUpgrade(t *testing.T) {
 	if cfg.MaxConsumers != sc.MaxConsumers || cfg.SubjectTransform == nil {
 		t.Errorf("after provisioning: max consumers %d, transform %+v", cfg.MaxConsumers, cfg.SubjectTransform)
 	}
-	if subj, err := broker.ReadSubjects(t.Context(), js, sc.StreamRef); err != nil || subj.Partitions != sc.Partitions {
+	if subj, err := broker.ReadSubjects(t.Context(), js, sc.StreamRef); err != nil || subj.Partitions() != sc.Partitions {
 		t.Errorf("read back: %+v, %v", subj, err)
 	}
+}
+
+// A subject scheme gets its partitions only from a layout: the zero scheme
+// (a literal, not read from the bus) has none, and asking it for a call's
+// partition is a programming error that stops at once, never a silent 0.
+func TestSubjectsWithoutPartitions(t *testing.T) {
+	s := broker.Layout{Stream: "CALLS", Prefix: "calls", Partitions: 32, Shards: 1}.Subjects()
+	if s.Partitions() != 32 || s.Mapped() {
+		t.Fatalf("from a layout: %d partitions, mapped %v", s.Partitions(), s.Mapped())
+	}
+	tok := codec.EncodeToken("4:+14255550123")
+	if p := s.Partition(tok); p < 0 || p >= 32 {
+		t.Fatalf("partition %d", p)
+	}
+	zero := broker.Subjects{Published: broker.Published{Prefix: "calls"}}
+	defer func() {
+		if recover() == nil {
+			t.Error("Partition of a scheme without partitions answered")
+		}
+	}()
+	_ = zero.Partition(tok)
 }

@@ -68,7 +68,7 @@ func (l Layout) Sharded() bool { return l.Shards > 1 }
 
 // Subjects is the subject scheme of the layout.
 func (l Layout) Subjects() Subjects {
-	return Subjects{Published: Published{Prefix: l.Prefix}, Partitions: l.Partitions, Mapped: l.Sharded()}
+	return Subjects{Published: Published{Prefix: l.Prefix}, partitions: l.Partitions, mapped: l.Sharded()}
 }
 
 // ShardOf is the shard that holds partition p.
@@ -178,7 +178,7 @@ func MappingTable(ms []Mapping) map[string]string {
 // subject pattern pub (<prefix>.<call or *>.…): the stored form when the
 // server maps (a sharded bus), else pub itself.
 func (s Subjects) Live(pub string) string {
-	if !s.Mapped {
+	if !s.mapped {
 		return pub
 	}
 	rest, ok := strings.CutPrefix(pub, s.Prefix+".")
@@ -250,7 +250,7 @@ func (s Subjects) LiveCall(subject string) (codec.Token, bool) {
 	if !ok {
 		return "", false
 	}
-	if s.Mapped {
+	if s.mapped {
 		if _, rest, ok = strings.Cut(rest, "."); !ok {
 			return "", false
 		}

@@ -114,7 +114,7 @@ func TestSubjectsLive(t *testing.T) {
 	for _, s := range []broker.Subjects{single, sharded} {
 		got, ok := s.LiveCall(s.Live(s.Outbound(tok)))
 		if !ok || got != tok {
-			t.Errorf("mapped %v: LiveCall = %q, %v", s.Mapped, got, ok)
+			t.Errorf("mapped %v: LiveCall = %q, %v", s.Mapped(), got, ok)
 		}
 	}
 }

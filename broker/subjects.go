@@ -40,13 +40,22 @@ type Published struct {
 // scheme without its partition count would put every call in partition 0.
 type Subjects struct {
 	Published
-	// Partitions is how many partitions the bus spreads calls over.
-	Partitions int
-	// Mapped is set when the server's account mapping, not the stream,
-	// inserts the partition token (a sharded bus): core NATS subscribers
-	// then see the stored form too (Live).
-	Mapped bool
+	// The bus's partitions and whether it is mapped are the layout's
+	// (Layout.Subjects, SubjectsOf): a scheme cannot be given a partition
+	// count of its own, and one without (the zero Subjects) partitions
+	// nothing.
+	partitions int
+	mapped     bool
 }
+
+// Partitions is how many partitions the bus spreads calls over; 0 for a
+// scheme not read from a bus.
+func (s Subjects) Partitions() int { return s.partitions }
+
+// Mapped says whether the server's account mapping, not the stream,
+// inserts the partition token (a sharded bus): core NATS subscribers then
+// see the stored form too (Live).
+func (s Subjects) Mapped() bool { return s.mapped }
 
 // Audio is the subject of a participant's frames; the tokens are already encoded.
 func (s Published) Audio(callTok, partTok codec.Token) string {

@@ -248,7 +248,7 @@ func (g *Group) Run(ctx context.Context) error {
 	g.mu.Lock()
 	g.ready = true
 	g.mu.Unlock()
-	g.log.Info("subscriber ready", "partitions", g.subj.Partitions, "replica", g.id, "lease", g.cfg.Lease)
+	g.log.Info("subscriber ready", "partitions", g.subj.Partitions(), "replica", g.id, "lease", g.cfg.Lease)
 	// Hear the replicas already there before taking any partition, so a
 	// replica joining does not grab partitions only to give them back.
 	sleep(ctx, g.cfg.Lease/4)
@@ -285,7 +285,7 @@ func (g *Group) Run(ctx context.Context) error {
 		if until := g.legacyUntil.Load(); until > 0 && time.Now().UnixNano() > until {
 			g.finishUpgrade(ctx)
 		}
-		owners := AssignPartitions(g.subj.Partitions, mem.list())
+		owners := AssignPartitions(g.subj.Partitions(), mem.list())
 		mine := 0
 		for n, owner := range owners {
 			if owner == g.id {
@@ -374,8 +374,8 @@ func (g *Group) setup(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("%s bucket %s: %w", g.role.Name, bucket, err)
 	}
-	if g.parts == nil || len(g.parts) != subj.Partitions {
-		parts := make([]*partition, subj.Partitions)
+	if g.parts == nil || len(g.parts) != subj.Partitions() {
+		parts := make([]*partition, subj.Partitions())
 		for n := range parts {
 			parts[n] = newPartition(g, n)
 			parts[n].dropDelivery = g.dropDelivery

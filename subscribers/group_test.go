@@ -374,7 +374,7 @@ func TestPinLapseIsNotATakeover(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for n := range subj.Partitions {
+	for n := range subj.Partitions() {
 		name := fmt.Sprintf("digest-p%d", n)
 		if err := stream.UnpinConsumer(ctx, name, "owner"); err != nil {
 			t.Fatal(err)

@@ -96,7 +96,7 @@ func (p *partition) consumerConfig() jetstream.ConsumerConfig {
 	}
 	return jetstream.ConsumerConfig{
 		Durable:        p.name,
-		Description:    fmt.Sprintf("audiofan %s: partition %d of %d", p.g.role.Name, p.n, p.g.subj.Partitions),
+		Description:    fmt.Sprintf("audiofan %s: partition %d of %d", p.g.role.Name, p.n, p.g.subj.Partitions()),
 		FilterSubjects: p.filters,
 		DeliverPolicy:  deliver,
 		AckPolicy:      jetstream.AckAllPolicy,

@@ -129,7 +129,7 @@ func BenchmarkTakeover(b *testing.B) {
 		for k := range kills {
 			bus := natstest.StartBus(b)
 			subj := bus.Stream.Subjects()
-			parts := subj.Partitions
+			parts := subj.Partitions()
 			id := ""
 			for i := 0; id == ""; i++ {
 				c := fmt.Sprintf("4:+1425555%04d", i+k*1000)

@@ -325,7 +325,7 @@ func metricValue(b testing.TB, addr, name string) float64 {
 
 // startReceiverProcess builds the audiofan binary and runs `audiofan
 // receiver` against ns, alone in its process, until the benchmark ends.
-func startReceiverProcess(b testing.TB, ns *natstest.Server) (httpAddr string, pid int) {
+func startReceiverProcess(b testing.TB, ns *natstest.Server, env ...string) (httpAddr string, pid int) {
 	bin := filepath.Join(b.TempDir(), "audiofan")
 	if out, err := exec.Command("go", "build", "-o", bin, "../../cmd/audiofan").CombinedOutput(); err != nil {
 		b.Fatalf("build: %v\n%s", err, out)
@@ -335,6 +335,7 @@ func startReceiverProcess(b testing.TB, ns *natstest.Server) (httpAddr string, p
 	cmd.Env = append(os.Environ(), "NATS_URL="+ns.URL(), "AUDIOFAN_HTTP_ADDR="+httpAddr, "AUDIOFAN_LOG_LEVEL=error",
 		"AUDIOFAN_DRAIN_TIMEOUT=1s", "AUDIOFAN_PPROF=true",
 		"AUDIOFAN_UPGRADE_RATE=0") // one load-generating host opens every socket
+	cmd.Env = append(cmd.Env, env...)
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)

@@ -37,25 +37,15 @@ func TestShardedCluster(t *testing.T) {
 	add := startProcs(t)
 	layout := broker.Layout{Stream: "CALLS", Prefix: "calls", Partitions: 32, Shards: 3}
 
-	var clients, routes, monitors []string
-	for range 3 {
-		clients, routes, monitors = append(clients, freePort(t)), append(routes, freePort(t)), append(monitors, freePort(t))
-	}
+	var clients []string
 	var nodes []*proc
-	for i := range 3 {
-		dir := t.TempDir()
-		var conf strings.Builder
-		fmt.Fprintf(&conf, "server_name: n%d\nlisten: %q\nhttp: %q\njetstream { store_dir: %q }\n", i+1, clients[i], monitors[i], filepath.Join(dir, "js"))
-		fmt.Fprintf(&conf, "cluster {\n  name: audiofan\n  listen: %q\n  routes: [\n", routes[i])
-		for _, r := range routes {
-			fmt.Fprintf(&conf, "    \"nats://%s\"\n", r)
-		}
-		conf.WriteString("  ]\n}\n")
-		file := writeNATSConfig(t, natsBin, dir, conf.String(), broker.Mappings(layout.Prefix, layout.Partitions))
-		nodes = append(nodes, add(&proc{name: fmt.Sprintf("nats-%d", i+1), bin: natsBin, args: []string{"-c", file}}))
+	cluster := clusterConfigs(t, natsBin, 3, broker.Mappings(layout.Prefix, layout.Partitions))
+	for i, n := range cluster {
+		nodes = append(nodes, add(&proc{name: fmt.Sprintf("nats-%d", i+1), bin: natsBin, args: []string{"-c", n.file}}))
+		clients = append(clients, n.client)
 	}
-	for i, m := range monitors {
-		nodes[i].ready("http://" + m + "/healthz")
+	for i, n := range cluster { // healthy once JetStream has its quorum: every node started first
+		nodes[i].ready("http://" + n.monitor + "/healthz")
 	}
 	natsURL := "nats://" + strings.Join(clients, ",nats://")
 	dataDir := t.TempDir()
@@ -168,8 +158,37 @@ func TestShardedCluster(t *testing.T) {
 	t.Logf("sharded cluster test done in %v", time.Since(start).Round(time.Second))
 }
 
+// clusterNode is a node of a cluster of configuration files: its file,
+// client address and monitoring address.
+type clusterNode struct{ file, client, monitor string }
+
+// clusterConfigs writes the configuration files of an n-node cluster on
+// loopback (server_name n1…, JetStream, the mappings given), each checked
+// with nats-server -t.
+func clusterConfigs(t testing.TB, bin string, n int, mappings []broker.Mapping) []clusterNode {
+	t.Helper()
+	var nodes []clusterNode
+	var routes []string
+	for range n {
+		nodes = append(nodes, clusterNode{client: freePort(t), monitor: freePort(t)})
+		routes = append(routes, freePort(t))
+	}
+	for i := range nodes {
+		dir := t.TempDir()
+		var conf strings.Builder
+		fmt.Fprintf(&conf, "server_name: n%d\nlisten: %q\nhttp: %q\njetstream { store_dir: %q }\n", i+1, nodes[i].client, nodes[i].monitor, filepath.Join(dir, "js"))
+		fmt.Fprintf(&conf, "cluster {\n  name: audiofan\n  listen: %q\n  routes: [\n", routes[i])
+		for _, r := range routes {
+			fmt.Fprintf(&conf, "    \"nats://%s\"\n", r)
+		}
+		conf.WriteString("  ]\n}\n")
+		nodes[i].file = writeNATSConfig(t, bin, dir, conf.String(), mappings)
+	}
+	return nodes
+}
+
 // shardLeaders are the shards' leaders, by stream ("" while electing).
-func shardLeaders(t *testing.T, js jetstream.JetStream, ref broker.StreamRef) map[string]string {
+func shardLeaders(t testing.TB, js jetstream.JetStream, ref broker.StreamRef) map[string]string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -94,22 +95,6 @@ func floodOnce(b *testing.B, bin string, shards int) (float64, float64, float64)
 	defer func() { _ = proc.cmd.Process.Kill(); _ = proc.cmd.Wait() }()
 	r := natstest.StartReceiverStream(b, &natstest.Server{Addr: strings.TrimPrefix(proc.url, "nats://")}, sc, nil)
 	defer r.Stop()
-
-	payload := base64.StdEncoding.EncodeToString(make([]byte, 640))
-	msgs := make([][]byte, floodFrames)
-	t0 := time.Date(2026, 12, 6, 9, 0, 0, 0, time.UTC)
-	for i := range msgs {
-		msgs[i] = fmt.Appendf(nil, `{"kind":"AudioData","audioData":{"timestamp":"%s","participantRawID":"4:+14255550123","data":"%s","silent":false}}`,
-			t0.Add(time.Duration(i)*20*time.Millisecond).Format(time.RFC3339Nano), payload)
-	}
-	conns := make([]*websocket.Conn, floodClients)
-	for c := range conns {
-		conn, _, err := websocket.DefaultDialer.Dial(r.URL(fmt.Sprintf("?callId=8:acs:flood-%d+%d", shards, c)), nil)
-		if err != nil {
-			b.Fatal(err)
-		}
-		conns[c] = conn
-	}
 	nc, err := nats.Connect(proc.url)
 	if err != nil {
 		b.Fatal(err)
@@ -119,8 +104,6 @@ func floodOnce(b *testing.B, bin string, shards int) (float64, float64, float64)
 	if err != nil {
 		b.Fatal(err)
 	}
-	want := uint64(floodClients * floodFrames)
-	cpu0, start := proc.cpu(b), time.Now()
 	if dir := os.Getenv("AUDIOFAN_BENCH_PROFILE"); dir != "" {
 		// The server's CPU profile over the flood's middle, to see what
 		// bounds it (go tool pprof -top).
@@ -138,6 +121,47 @@ func floodOnce(b *testing.B, bin string, shards int) (float64, float64, float64)
 			}
 		}()
 	}
+	res := flood(b, []*natstest.Receiver{r}, js, sc, strconv.Itoa(shards), floodClients, []*natsProcess{proc})
+	drops[shards] = append(drops[shards], res.dropped)
+	return res.stored / res.elapsed.Seconds(), res.cpu[0].Seconds() / res.elapsed.Seconds(), float64(res.cpu[0].Microseconds()) / res.stored
+}
+
+// floodResult is one flood's outcome: the frames stored and dropped, how
+// long it took, and each server process's CPU over it.
+type floodResult struct {
+	stored, dropped float64
+	elapsed         time.Duration
+	cpu             []time.Duration
+}
+
+// flood sends floodFrames frames from each of clients WebSocket clients of
+// distinct calls (tagged with tag, spread over rcvs) as fast as the
+// receivers take them, until every frame is stored or dropped (under a
+// flood a receiver's publish window fills and it drops what does not fit,
+// counted).
+func flood(b *testing.B, rcvs []*natstest.Receiver, js jetstream.JetStream, sc broker.StreamConfig, tag string, clients int, procs []*natsProcess) floodResult {
+	payload := base64.StdEncoding.EncodeToString(make([]byte, 640))
+	msgs := make([][]byte, floodFrames)
+	t0 := time.Date(2026, 12, 6, 9, 0, 0, 0, time.UTC)
+	for i := range msgs {
+		msgs[i] = fmt.Appendf(nil, `{"kind":"AudioData","audioData":{"timestamp":"%s","participantRawID":"4:+14255550123","data":"%s","silent":false}}`,
+			t0.Add(time.Duration(i)*20*time.Millisecond).Format(time.RFC3339Nano), payload)
+	}
+	conns := make([]*websocket.Conn, clients)
+	for c := range conns {
+		r := rcvs[c%len(rcvs)]
+		conn, _, err := websocket.DefaultDialer.Dial(r.URL("?callId="+url.QueryEscape(fmt.Sprintf("8:acs:flood-%s+%d", tag, c))), nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		conns[c] = conn
+	}
+	want := uint64(clients * floodFrames)
+	cpu0 := make([]time.Duration, len(procs))
+	for i, p := range procs {
+		cpu0[i] = p.cpu(b)
+	}
+	start := time.Now()
 	var wg sync.WaitGroup
 	for _, conn := range conns {
 		wg.Go(func() {
@@ -150,6 +174,7 @@ func floodOnce(b *testing.B, bin string, shards int) (float64, float64, float64)
 			}
 		})
 	}
+	var dropped uint64
 	for {
 		bus, err := broker.FindBus(context.Background(), js, sc.StreamRef)
 		if err != nil {
@@ -163,27 +188,28 @@ func floodOnce(b *testing.B, bin string, shards int) (float64, float64, float64)
 			}
 			stored += info.State.Msgs
 		}
-		// Under a flood the receiver's publish window fills and it drops
-		// what does not fit (counted): the run ends when every frame is
-		// either stored or dropped.
-		dropped := uint64(conformance.Metric(b, r.Reg, "audiofan_receiver_dropped_total", ""))
-		if stored+dropped >= want+floodClients { // the frames, and a started message a call
-			drops[shards] = append(drops[shards], float64(dropped))
+		dropped = 0
+		for _, r := range rcvs {
+			dropped += uint64(conformance.Metric(b, r.Reg, "audiofan_receiver_dropped_total", ""))
+		}
+		if stored+dropped >= want+uint64(clients) { // the frames, and a started message a call
 			break
 		}
-		if time.Since(start) > time.Minute {
-			b.Fatalf("S=%d: %d of %d stored, %d dropped", shards, stored, want, dropped)
+		if time.Since(start) > 2*time.Minute {
+			b.Fatalf("%s: %d of %d stored, %d dropped", tag, stored, want, dropped)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	elapsed, cpu := time.Since(start), proc.cpu(b)-cpu0
+	res := floodResult{elapsed: time.Since(start), dropped: float64(dropped), stored: float64(want - dropped)}
+	for i, p := range procs {
+		res.cpu = append(res.cpu, p.cpu(b)-cpu0[i])
+	}
 	wg.Wait()
 	for _, c := range conns {
 		_ = c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(time.Second))
 		_ = c.Close()
 	}
-	got := float64(want) - drops[shards][len(drops[shards])-1] // the frames stored
-	return got / elapsed.Seconds(), cpu.Seconds() / elapsed.Seconds(), float64(cpu.Microseconds()) / got
+	return res
 }
 
 // startNATSConfig starts a nats-server process with JetStream and the

@@ -291,7 +291,7 @@ func partitionMoves(t *testing.T, b *bus, check func(*testing.T, *bus, subscribe
 	p := parts.Partition(codec.EncodeToken(CallID))
 	other := ""
 	for i := 0; other == ""; i++ {
-		if id := fmt.Sprintf("b%d", i); subscribers.AssignPartitions(parts.Partitions, []string{"a", id})[p] == id {
+		if id := fmt.Sprintf("b%d", i); subscribers.AssignPartitions(parts.Partitions(), []string{"a", id})[p] == id {
 			other = id
 		}
 	}

@@ -49,7 +49,7 @@ func (r *rates) acquire() error {
 		return nil
 	}
 	subj := r.c.index.subjects()
-	r.mapped.Store(subj.Mapped)
+	r.mapped.Store(subj.Mapped())
 	sub, err := r.c.d.NC.Subscribe(subj.Live(subj.Audio("*", "*")), r.frame)
 	if err != nil {
 		r.refs--
