@@ -4,7 +4,7 @@ BIN      ?= bin/audiofan
 FUZZTIME ?= 30s
 BENCHTIME ?= 2s
 
-.PHONY: all build run test test-deploy test-configs config-tools test-cluster test-browser chromium vet fmt-check bench fuzz clean
+.PHONY: acs-sdk all build run test test-deploy test-configs config-tools test-cluster test-browser chromium vet fmt-check bench fuzz clean
 
 all: build
 
@@ -17,8 +17,8 @@ run:
 
 ## test: formatting, vet, every test with the race detector in random order, then the distributed topology and the
 ## console in a browser
-test: fmt-check vet
-	$(GO) test -race -shuffle=on -count=1 -timeout 8m ./...
+test: fmt-check vet acs-sdk
+	AUDIOFAN_ACS_SDK_CHECK=$(CURDIR)/tools/acs-sdk-check/check.mjs $(GO) test -race -shuffle=on -count=1 -timeout 8m ./...
 	$(MAKE) test-deploy
 	$(MAKE) test-configs
 	$(MAKE) test-cluster
@@ -35,6 +35,15 @@ test-configs: config-tools
 	NATS_SERVER_NAME=nats-1 NATS_RECEIVER_PASSWORD=x NATS_ROLE_PASSWORD=y $(GO) run github.com/nats-io/nats-server/v2 -t -c deploy/nats/nats.conf
 	haproxy -c -f deploy/haproxy/haproxy.cfg
 	NATS_RECEIVER_PASSWORD=x NATS_ROLE_PASSWORD=y docker-compose -f docker-compose.yml config -q
+
+## acs-sdk: Microsoft's Call Automation SDK for JavaScript (pinned in tools/acs-sdk-check), which the tests parse what
+## audiofan sends with, as an ACS application would; node and npm installed from Debian when missing
+acs-sdk:
+	@command -v node >/dev/null && command -v npm >/dev/null || { \
+		sudo=; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+		echo "installing Debian's nodejs and npm for the SDK check"; \
+		$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq nodejs npm >/dev/null; }
+	@test -d tools/acs-sdk-check/node_modules || npm ci --prefix tools/acs-sdk-check --no-audit --no-fund --loglevel=error
 
 config-tools:
 	@command -v haproxy >/dev/null && command -v docker-compose >/dev/null || { \

@@ -37,6 +37,11 @@ type Component struct {
 	// the role starts beside the Group (a file watcher) stops with it.
 	// stop runs once the Group has stopped.
 	Start func(ctx context.Context, s Settings, env Env) (role Role, stop func(), err error)
+	// Enabled, when set, says whether the settings ask for the role at
+	// all (a role with nothing to do unconfigured: the forwarder without
+	// targets). serve leaves out a role not enabled, and the role's command
+	// refuses to run. Nil: always.
+	Enabled func(s Settings) bool
 	// Publishes lists what the role publishes beyond every role's own
 	// (its events, heartbeats, checkpoints, consumers and acks), as NATS
 	// subjects for its user's permissions: its buckets, outbound audio.

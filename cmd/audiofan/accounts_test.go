@@ -191,7 +191,7 @@ func checkAccounts(t *testing.T, opts *server.Options, receiverPW, rolePW string
 	}
 	_ = json.NewDecoder(resp.Body).Decode(&health)
 	resp.Body.Close()
-	if health.Error != "" || len(health.Roles) != 3 || !health.Roles[0].Present {
+	if health.Error != "" || len(health.Roles) != len(components) || !health.Roles[0].Present {
 		t.Errorf("console health as tools: %+v", health)
 	}
 	// Its live feeds subscribe as tools too: the list's frame counter, a
@@ -304,7 +304,7 @@ func checkAccounts(t *testing.T, opts *server.Options, receiverPW, rolePW string
 			names = append(names, n.Name)
 		}
 	}
-	if want := 3 * sc.Partitions; len(names) != want {
+	if want := len(components) * sc.Partitions; len(names) != want {
 		t.Errorf("%d durable consumers on the stream, want %d (the roles' partitions): %v", len(names), want, names)
 	}
 }

@@ -190,7 +190,7 @@ func TestComposeStack(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if opts.ServerName != "nats-1" || !opts.JetStream || len(opts.Routes) != 3 || len(opts.Users) != 6 {
+	if opts.ServerName != "nats-1" || !opts.JetStream || len(opts.Routes) != 3 || len(opts.Users) != len(components)+3 { // the receiver, the roles, the console, the tools
 		t.Errorf("nats.conf: name %q, jetstream %v, %d routes, %d users", opts.ServerName, opts.JetStream, len(opts.Routes), len(opts.Users))
 	}
 

@@ -33,6 +33,8 @@ var layers = map[string][]string{
 	"subscribers/analytics":   {"subscribers", "subscribers/speech", "broker", "codec"},
 	"subscribers/moderation":  {"subscribers", "subscribers/speech", "broker", "codec"},
 	"subscribers/console":     {"subscribers", "subscribers/speech", "broker", "broker/httpserve", "codec"},
+	"subscribers/forward":     {"subscribers", "broker", "broker/warn", "codec", "codec/acs"},
+	"examples/echo-agent":     {}, // an ACS application of its own: none of ours
 }
 
 // busReaders read the bus and nothing else: they must not link the NATS

@@ -17,6 +17,7 @@ import (
 	"github.com/audiofan/audiofan/subscribers"
 	"github.com/audiofan/audiofan/subscribers/analytics"
 	"github.com/audiofan/audiofan/subscribers/console"
+	"github.com/audiofan/audiofan/subscribers/forward"
 	"github.com/audiofan/audiofan/subscribers/moderation"
 	"github.com/audiofan/audiofan/subscribers/recording"
 )
@@ -29,6 +30,7 @@ var components = []subscribers.Component{
 	recording.Component,
 	analytics.Component,
 	moderation.Component,
+	forward.Component,
 }
 
 // asParts lists the components' own settings as a command's parts.
@@ -129,6 +131,9 @@ func componentCommand(c subscribers.Component) command {
 		},
 		run: func(ctx context.Context, cfg any, log *slog.Logger, _ io.Writer) error {
 			s := cfg.(*componentSettings)
+			if c.Enabled != nil && !c.Enabled(s.own) {
+				return fmt.Errorf("the %s role has nothing to do with these settings (see `audiofan %s --help`)", c.Role, c.Command)
+			}
 			if s.NATS.URL == "" {
 				return fmt.Errorf("NATS_URL is empty: the %s role needs a NATS server (or run `audiofan serve`)", c.Role)
 			}

@@ -163,6 +163,9 @@ var serveCommand = command{
 		// In components' order, so a start-up that fails does so the same
 		// way every time.
 		for i, c := range components {
+			if c.Enabled != nil && !c.Enabled(s.own[i]) {
+				continue
+			}
 			_, stop, err := startGroup(subCtx, url, nopts, s.Stream.StreamRef, s.Group, "audiofan serve "+c.Role, reg, log, c, s.own[i], s.DataDir)
 			if err != nil {
 				return err

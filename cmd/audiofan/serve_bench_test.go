@@ -1,8 +1,10 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -23,16 +25,31 @@ func BenchmarkServeRealtime(b *testing.B) {
 	if v, err := time.ParseDuration(os.Getenv("AUDIOFAN_BENCH_DURATION")); err == nil && v >= 30*time.Second {
 		dur = v
 	}
+	shards := []int{1}
+	if v := os.Getenv("AUDIOFAN_BENCH_SERVE_SHARDS"); v != "" {
+		shards = nil
+		for _, f := range strings.Split(v, ",") {
+			if n, err := strconv.Atoi(f); err == nil && n > 0 {
+				shards = append(shards, n)
+			}
+		}
+	}
 	audiofanBin, natsBin := buildBinaries(b)
 	for b.Loop() {
-		ingest := runRealtime(b, audiofanBin, natsBin, false, streams, dur)
-		serve := runRealtime(b, audiofanBin, natsBin, true, streams, dur)
-		b.ReportMetric(serve.usPerFrame, "serve-µs/frame")
+		ingest := runRealtime(b, audiofanBin, natsBin, 0, streams, dur)
 		b.ReportMetric(ingest.usPerFrame, "ingest-µs/frame")
-		b.ReportMetric(serve.usPerFrame/ingest.usPerFrame, "x-ingest")
-		b.ReportMetric(float64(serve.peakRSS)/(1<<20), "serve-peak-MB")
-		b.ReportMetric(float64(serve.endRSS)/(1<<20), "serve-end-MB")
-		b.ReportMetric(serve.growthMBPerMin, "serve-MB/min")
+		for _, s := range shards {
+			serve := runRealtime(b, audiofanBin, natsBin, s, streams, dur)
+			tag := ""
+			if len(shards) > 1 || s != 1 {
+				tag = fmt.Sprintf("-S%d", s)
+			}
+			b.ReportMetric(serve.usPerFrame, "serve-µs/frame"+tag)
+			b.ReportMetric(serve.usPerFrame/ingest.usPerFrame, "x-ingest"+tag)
+			b.ReportMetric(float64(serve.peakRSS)/(1<<20), "serve-peak-MB"+tag)
+			b.ReportMetric(float64(serve.endRSS)/(1<<20), "serve-end-MB"+tag)
+			b.ReportMetric(serve.growthMBPerMin, "serve-MB/min"+tag)
+		}
 	}
 }
 
@@ -43,16 +60,18 @@ type realtimeRun struct {
 }
 
 // runRealtime feeds streams real-time participant streams for dur into
-// serve (whole), or into the ingest alone (a nats-server process and a
-// receiver), and measures the processes under test from the end of the
-// calls' ramp to their end.
-func runRealtime(b *testing.B, audiofanBin, natsBin string, whole bool, streams int, dur time.Duration) realtimeRun {
+// serve (whole) on a bus of serveShards shards, or (serveShards 0) into
+// the ingest alone (a nats-server process and a receiver), and measures
+// the processes under test from the end of the calls' ramp to their end.
+func runRealtime(b *testing.B, audiofanBin, natsBin string, serveShards int, streams int, dur time.Duration) realtimeRun {
+	whole := serveShards > 0
 	add := startProcs(b)
 	httpAddr := freePort(b)
 	var measured []*proc
 	env := []string{"AUDIOFAN_HTTP_ADDR=" + httpAddr, "AUDIOFAN_CONSOLE=off", "AUDIOFAN_LOG_LEVEL=warn", "AUDIOFAN_DATA_DIR=" + b.TempDir()}
 	if whole {
-		serve := add(&proc{name: "serve", bin: audiofanBin, args: []string{"serve"}, env: append(env, "AUDIOFAN_NATS_LISTEN="+freePort(b))})
+		serve := add(&proc{name: "serve", bin: audiofanBin, args: []string{"serve"}, env: append(env, "AUDIOFAN_NATS_LISTEN="+freePort(b),
+			"AUDIOFAN_STREAM_SHARDS="+strconv.Itoa(serveShards))})
 		serve.ready("http://" + httpAddr + "/readyz")
 		measured = []*proc{serve}
 	} else {

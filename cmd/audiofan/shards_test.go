@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -19,6 +20,7 @@ import (
 	"github.com/audiofan/audiofan/broker"
 	"github.com/audiofan/audiofan/codec"
 	"github.com/audiofan/audiofan/subscribers/conformance"
+	"github.com/audiofan/audiofan/subscribers/console"
 )
 
 // A sharded serve: calls that land in every shard are stored there, in
@@ -116,6 +118,19 @@ func TestShardedServe(t *testing.T) {
 			}
 		}
 		return true
+	})
+	// The console's health reads the bus over its shards.
+	conformance.WaitFor(t, "the console's health of the sharded bus", func() bool {
+		resp, err := http.Get("http://" + httpAddr + "/api/health")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		var h console.Health
+		if json.NewDecoder(resp.Body).Decode(&h) != nil {
+			return false
+		}
+		return h.Error == "" && h.Stream.Shards == layout.Shards && h.Stream.Messages > 0 && len(h.Roles) > 0 && h.Roles[0].Partitions == layout.Partitions
 	})
 	nc.Close()
 	stopServe(t, done, serveErr)

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/audiofan/audiofan/broker"
 	"github.com/audiofan/audiofan/subscribers"
 )
 
@@ -22,9 +23,11 @@ type Health struct {
 	NATS      string         `json:"nats"`
 }
 
-// StreamHealth is the stream's size against its limits.
+// StreamHealth is the bus's size against its limits: over its shards when
+// it has several (Leader then lists each shard's).
 type StreamHealth struct {
 	Name      string `json:"name"`
+	Shards    int    `json:"shards"`
 	Messages  uint64 `json:"messages"`
 	Bytes     uint64 `json:"bytes"`
 	MaxBytes  int64  `json:"maxBytes"`
@@ -67,42 +70,56 @@ func (c *Console) serveHealth(w http.ResponseWriter, r *http.Request) {
 
 func (c *Console) lookHealth(ctx context.Context) Health {
 	h := Health{At: time.Now(), Receivers: c.index.receivers(), NATS: c.d.NC.Status().String()}
-	s, err := c.d.JS.Stream(ctx, c.d.Stream.Name)
+	bus, err := broker.FindBus(ctx, c.d.JS, c.d.Stream)
 	if err != nil {
 		h.Error = "stream " + c.d.Stream.Name + ": " + err.Error()
 		return h
 	}
-	info := s.CachedInfo()
-	h.Stream = StreamHealth{Name: info.Config.Name, Messages: info.State.Msgs, Bytes: info.State.Bytes,
-		MaxBytes: info.Config.MaxBytes, Replicas: info.Config.Replicas, Consumers: info.State.Consumers}
-	if info.Cluster != nil {
-		h.Stream.Leader = info.Cluster.Leader
+	h.Stream = StreamHealth{Name: bus.Layout.String(), Shards: bus.Layout.Shards, Replicas: bus.Config().Replicas}
+	if !bus.Layout.Sharded() {
+		h.Stream.Name = c.d.Stream.Name
 	}
 	roles := map[string]*RoleHealth{}
 	for _, name := range c.d.Roles {
 		roles[name] = &RoleHealth{Role: name}
 	}
-	list := s.ListConsumers(ctx)
-	for ci := range list.Info() {
-		role, part, ok := strings.Cut(ci.Name, "-p")
-		rh := roles[role]
-		if rh == nil || !ok || ci.Name != subscribers.PartitionConsumer(role, atoi(part)) {
-			continue
+	var leaders []string
+	for _, s := range bus.Shards() {
+		info, err := s.Info(ctx)
+		if err != nil {
+			h.Error = "stream " + s.CachedInfo().Config.Name + ": " + err.Error()
+			return h
 		}
-		rh.Present = true
-		rh.Partitions++
-		rh.Lag += ci.NumPending
-		rh.InFlight += ci.NumAckPending
-		for _, pg := range ci.PriorityGroups {
-			if pg.PinnedClientID != "" {
-				rh.Held++
-				break
+		h.Stream.Messages += info.State.Msgs
+		h.Stream.Bytes += info.State.Bytes
+		h.Stream.MaxBytes += info.Config.MaxBytes
+		h.Stream.Consumers += info.State.Consumers
+		if info.Cluster != nil {
+			leaders = append(leaders, info.Cluster.Leader)
+		}
+		list := s.ListConsumers(ctx)
+		for ci := range list.Info() {
+			role, part, ok := strings.Cut(ci.Name, "-p")
+			rh := roles[role]
+			if rh == nil || !ok || ci.Name != subscribers.PartitionConsumer(role, atoi(part)) {
+				continue
+			}
+			rh.Present = true
+			rh.Partitions++
+			rh.Lag += ci.NumPending
+			rh.InFlight += ci.NumAckPending
+			for _, pg := range ci.PriorityGroups {
+				if pg.PinnedClientID != "" {
+					rh.Held++
+					break
+				}
 			}
 		}
+		if err := list.Err(); err != nil {
+			h.Error = "consumers: " + err.Error()
+		}
 	}
-	if err := list.Err(); err != nil {
-		h.Error = "consumers: " + err.Error()
-	}
+	h.Stream.Leader = strings.Join(leaders, ",")
 	for _, name := range c.d.Roles {
 		h.Roles = append(h.Roles, *roles[name])
 	}
