@@ -9,3 +9,6 @@ func SetProvisionBackoff(d time.Duration) func() {
 	provisionBackoff = d
 	return func() { provisionBackoff = old }
 }
+
+// ProbeTokens are the made-up calls the mapping check asks about.
+var ProbeTokens = probeTokens

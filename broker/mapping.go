@@ -2,11 +2,10 @@ package broker
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -27,11 +26,6 @@ var ErrMapping = errors.New("the NATS server's subject mapping does not fit the 
 // would store calls in the wrong partitions.
 var ErrNotMapped = fmt.Errorf("%w: published subjects are not mapped", ErrMapping)
 
-// mappingProbes are the calls CheckMapping asks about: several, so a
-// mapping with another partition count is caught (one call lands in the
-// same partition by chance one time in P).
-const mappingProbes = 4
-
 // probeStream is the stream a probe expects: none has this name, so the
 // stream that gets the probe refuses it and stores nothing.
 const probeStream = "audiofan-mapping-probe"
@@ -42,8 +36,8 @@ const probeStream = "audiofan-mapping-probe"
 // no receiver holds) and sees in which form they come back. A cluster's
 // nodes each have their own configuration: this checks nc's.
 func CheckMapping(ctx context.Context, nc *nats.Conn, s Subjects) error {
-	for range mappingProbes {
-		got, err := probe(ctx, nc, s)
+	for _, tok := range probeTokens(s.partitions) {
+		got, err := probe(ctx, nc, s, tok)
 		if err != nil {
 			return err
 		}
@@ -54,15 +48,50 @@ func CheckMapping(ctx context.Context, nc *nats.Conn, s Subjects) error {
 	return nil
 }
 
+// probeTokens are made-up calls whose partitions tell a mapping of p
+// partitions from one of any other count: for every count q up to
+// MaxPartitions, one of them falls in another partition under q than
+// under p. Random ones did not: a mapping of 16 partitions puts half of all
+// calls where one of 32 does, so four random probes passed it one time in
+// sixteen.
+func probeTokens(p int) []codec.Token {
+	if v, ok := probeSets.Load(p); ok {
+		return v.([]codec.Token)
+	}
+	left := map[int]bool{}
+	for q := 1; q <= MaxPartitions; q++ {
+		if q != p {
+			left[q] = true
+		}
+	}
+	var toks []codec.Token
+	for n := 0; len(left) > 0 || len(toks) == 0; n++ {
+		tok := codec.Token("audiofan-probe-" + strconv.Itoa(n))
+		want := Subjects{partitions: max(p, 1)}.Partition(tok)
+		useful := len(toks) == 0
+		for q := range left {
+			if (Subjects{partitions: q}).Partition(tok) != want {
+				delete(left, q)
+				useful = true
+			}
+		}
+		if useful {
+			toks = append(toks, tok)
+		}
+	}
+	probeSets.Store(p, toks)
+	return toks
+}
+
+// probeSets caches probeTokens by partition count.
+var probeSets sync.Map
+
 type probeResult struct {
 	tok     codec.Token
 	subject string
 }
 
-func probe(ctx context.Context, nc *nats.Conn, s Subjects) (probeResult, error) {
-	var b [8]byte
-	_, _ = rand.Read(b[:])
-	tok := codec.Token("audiofan-probe-" + hex.EncodeToString(b[:]))
+func probe(ctx context.Context, nc *nats.Conn, s Subjects, tok codec.Token) (probeResult, error) {
 	pub := s.Outbound(tok)
 	ch := make(chan string, 4)
 	// Both forms: what comes says whether, and how, the server maps.

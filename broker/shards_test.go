@@ -343,3 +343,25 @@ func TestReshardFromSingle(t *testing.T) {
 	}
 	var _ jetstream.Stream = bus.Stream(0)
 }
+
+// The mapping probes tell the bus's partition count from every other: for
+// each count up to MaxPartitions, a probe's call falls in another partition.
+func TestProbeTokensSeparate(t *testing.T) {
+	for _, p := range []int{1, 2, 16, 32, 64, 1024} {
+		toks := broker.ProbeTokens(p)
+		if len(toks) == 0 || len(toks) > 40 {
+			t.Fatalf("P=%d: %d probes", p, len(toks))
+		}
+		want := broker.Layout{Stream: "CALLS", Prefix: "calls", Partitions: p, Shards: 1}.Subjects()
+		for q := 1; q <= broker.MaxPartitions; q++ {
+			if q == p {
+				continue
+			}
+			other := broker.Layout{Stream: "CALLS", Prefix: "calls", Partitions: q, Shards: 1}.Subjects()
+			if !slices.ContainsFunc(toks, func(tok codec.Token) bool { return other.Partition(tok) != want.Partition(tok) }) {
+				t.Errorf("P=%d: no probe tells a mapping of %d partitions apart", p, q)
+				break
+			}
+		}
+	}
+}

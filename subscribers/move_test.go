@@ -26,7 +26,16 @@ import (
 // from the retired stream; a move is refused while one is left, and the
 // next move removes the stream every role has read.
 func TestMoveLosesNothing(t *testing.T) {
-	ids := []string{"8:acs:move-0", "4:+14255550100", "8:acs:7f3e:move+2", "4:+14255550103", "8:acs:move-4", "4:+14255550105"}
+	// ACS-shaped ids (':' and '+'), enough of them that calls land in most
+	// partitions of both shards, and a few partitions have none.
+	var ids []string
+	for i := range 24 {
+		if i%2 == 0 {
+			ids = append(ids, fmt.Sprintf("4:+1425555%04d", 100+i))
+		} else {
+			ids = append(ids, fmt.Sprintf("8:acs:7f3e2a91-%04d_0000001a-b2c3+%d", i, i))
+		}
+	}
 	want := undisturbed(t, ids)
 
 	r := newGroupRig(t)

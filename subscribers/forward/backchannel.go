@@ -67,7 +67,7 @@ func (l *link) readBack(conn *websocket.Conn) {
 // back counts what became of a target's message, and logs a refusal
 // (without flooding).
 func (l *link) back(r backResult, warnMsg string, err error) {
-	l.f.m.back.WithLabelValues(l.t.Name, string(r)).Inc()
+	l.m.back[r].Inc()
 	if warnMsg != "" {
 		l.f.warn.Warn(warnMsg, "target", l.t.Name, "call", l.c.info.ID, "err", err)
 	}

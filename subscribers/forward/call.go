@@ -92,7 +92,7 @@ func (c *call) send(kind Kind, msg []byte, stored time.Time) {
 			continue
 		}
 		if c.links[i] == nil {
-			c.links[i] = c.f.open(c, t)
+			c.links[i] = c.f.open(c, t, c.f.tm[i])
 		}
 		c.links[i].push(item{kind: kind, data: msg, stored: stored})
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+	"slices"
 	"sync"
 
 	"github.com/gorilla/websocket"
@@ -26,7 +27,7 @@ type Forwarder struct {
 	pub    broker.Published
 	nc     *nats.Conn
 	dialer websocket.Dialer
-	m      *metrics
+	tm     []*targetMetrics // by target
 	log    *slog.Logger
 	warn   *warn.Limiter
 
@@ -36,40 +37,28 @@ type Forwarder struct {
 // New prepares the forwarder; cfg must have been validated (it holds the
 // targets read from it).
 func New(cfg *Config, pub broker.Published, nc *nats.Conn, reg prometheus.Registerer, log *slog.Logger) (*Forwarder, error) {
-	m, err := newMetrics(reg, cfg.targets)
+	m, err := newMetrics(reg)
 	if err != nil {
 		return nil, err
 	}
 	log = log.With("role", RoleName)
-	f := &Forwarder{cfg: cfg, pub: pub, nc: nc, m: m, log: log, warn: warn.New(log, 1, 1, nil),
+	f := &Forwarder{cfg: cfg, pub: pub, nc: nc, log: log, warn: warn.New(log, 1, 1, nil),
 		dialer: websocket.Dialer{HandshakeTimeout: cfg.DialTimeout, TLSClientConfig: cfg.tls.Clone(), Proxy: http.ProxyFromEnvironment,
 			ReadBufferSize: 4096, WriteBufferSize: 16384}}
+	for _, t := range cfg.targets {
+		f.tm = append(f.tm, m.forTarget(t.Name))
+	}
 	return f, nil
 }
 
-// Targets are the configured targets.
-func (f *Forwarder) Targets() []Target { return f.cfg.targets }
-
 // Role is the forwarder's role: every kind a target asks for, per call.
 func (f *Forwarder) Role() subscribers.Role {
-	kinds := []broker.Kind{}
-	add := func(k broker.Kind) {
-		for _, have := range kinds {
-			if have == k {
-				return
-			}
-		}
-		kinds = append(kinds, k)
-	}
+	byKind := map[Kind]broker.Kind{KindAudio: broker.KindAudio, KindDtmf: broker.KindDtmf, KindTranscript: broker.KindTranscript}
+	var kinds []broker.Kind
 	for _, t := range f.cfg.targets {
 		for _, k := range t.Kinds {
-			switch k {
-			case KindAudio:
-				add(broker.KindAudio)
-			case KindDtmf:
-				add(broker.KindDtmf)
-			case KindTranscript:
-				add(broker.KindTranscript)
+			if !slices.Contains(kinds, byKind[k]) {
+				kinds = append(kinds, byKind[k])
 			}
 		}
 	}

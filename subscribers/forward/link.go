@@ -30,13 +30,16 @@ type link struct {
 	f   *Forwarder
 	c   *call
 	t   *Target
+	m   *targetMetrics
 	ctx context.Context // ends when the socket must close at once (the call handed over)
 
 	cancel context.CancelFunc
 	wake   chan struct{}
 
 	mu     sync.Mutex
-	q      []item
+	q      []item // a ring of AUDIOFAN_FORWARD_BUFFER: n items from head
+	head   int
+	n      int
 	ending bool // the call ended: write what is queued, then close normally
 }
 
@@ -45,9 +48,9 @@ type link struct {
 const redialMin = 250 * time.Millisecond
 
 // open starts the socket of call c to target t.
-func (f *Forwarder) open(c *call, t *Target) *link {
+func (f *Forwarder) open(c *call, t *Target, m *targetMetrics) *link {
 	ctx, cancel := context.WithCancel(context.Background())
-	l := &link{f: f, c: c, t: t, ctx: ctx, cancel: cancel, wake: make(chan struct{}, 1)}
+	l := &link{f: f, c: c, t: t, m: m, ctx: ctx, cancel: cancel, wake: make(chan struct{}, 1), q: make([]item, f.cfg.Buffer)}
 	f.wg.Go(l.run)
 	return l
 }
@@ -56,14 +59,19 @@ func (f *Forwarder) open(c *call, t *Target) *link {
 // oldest message.
 func (l *link) push(it item) {
 	l.mu.Lock()
-	if len(l.q) >= l.f.cfg.Buffer {
-		n := copy(l.q, l.q[1:])
-		l.q = l.q[:n]
-		l.f.m.dropped.WithLabelValues(l.t.Name, string(dropSlow)).Inc()
-		l.f.warn.Warn("target too slow: its oldest queued message dropped", "target", l.t.Name, "call", l.c.info.ID, "queue", l.f.cfg.Buffer)
+	dropped := l.n == len(l.q)
+	if dropped {
+		l.q[l.head] = item{}
+		l.head = (l.head + 1) % len(l.q)
+		l.n--
 	}
-	l.q = append(l.q, it)
+	l.q[(l.head+l.n)%len(l.q)] = it
+	l.n++
 	l.mu.Unlock()
+	if dropped {
+		l.m.droppedSlow.Inc()
+		l.f.warn.Warn("target too slow: its oldest queued message dropped", "target", l.t.Name, "call", l.c.info.ID, "queue", len(l.q))
+	}
 	l.signal()
 }
 
@@ -89,9 +97,12 @@ func (l *link) abort() { l.cancel() }
 func (l *link) take(into []item) ([]item, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	into = append(into[:0], l.q...)
-	clear(l.q)
-	l.q = l.q[:0]
+	into = into[:0]
+	for ; l.n > 0; l.n-- {
+		into = append(into, l.q[l.head])
+		l.q[l.head] = item{}
+		l.head = (l.head + 1) % len(l.q)
+	}
 	return into, l.ending
 }
 
@@ -99,12 +110,12 @@ func (l *link) take(into []item) ([]item, bool) {
 // starts at live audio, not minutes behind.
 func (l *link) dropQueued() {
 	l.mu.Lock()
-	n := len(l.q)
+	n := l.n
 	clear(l.q)
-	l.q = l.q[:0]
+	l.head, l.n = 0, 0
 	l.mu.Unlock()
 	if n > 0 {
-		l.f.m.dropped.WithLabelValues(l.t.Name, string(dropRedial)).Add(float64(n))
+		l.m.droppedDown.Add(float64(n))
 	}
 }
 
@@ -122,7 +133,7 @@ func (l *link) run() {
 	for l.ctx.Err() == nil {
 		conn, err := l.dial()
 		if err != nil {
-			l.f.m.dialErrs.WithLabelValues(l.t.Name).Inc()
+			l.m.dialErrs.Inc()
 			l.f.warn.Warn("target not reachable; redialling", "target", l.t.Name, "call", l.c.info.ID, "in", wait, "err", err)
 			if l.isEnding() {
 				l.dropQueued() // the call is over and the target was never there for its end
@@ -132,21 +143,21 @@ func (l *link) run() {
 			// redial together.
 			sleep(l.ctx, wait/2+rand.N(wait))
 			wait = min(2*wait, l.f.cfg.RedialMax)
-			l.f.m.redials.WithLabelValues(l.t.Name).Inc()
+			l.m.redials.Inc()
 			continue
 		}
 		if !first {
 			l.dropQueued()
 		}
 		first, wait = false, redialMin
-		l.f.m.open.WithLabelValues(l.t.Name).Inc()
+		l.m.open.Inc()
 		err = l.serve(conn)
-		l.f.m.open.WithLabelValues(l.t.Name).Dec()
+		l.m.open.Dec()
 		if err == nil {
 			return
 		}
 		l.f.warn.Warn("socket to target lost; redialling", "target", l.t.Name, "call", l.c.info.ID, "err", err)
-		l.f.m.redials.WithLabelValues(l.t.Name).Inc()
+		l.m.redials.Inc()
 	}
 }
 
@@ -223,7 +234,7 @@ func (l *link) serve(conn *websocket.Conn) error {
 		if err := conn.WriteMessage(websocket.TextMessage, data); err != nil {
 			return err
 		}
-		l.f.m.sent.WithLabelValues(l.t.Name).Inc()
+		l.m.sent.Inc()
 		return nil
 	}
 	var batch []item
@@ -250,7 +261,7 @@ func (l *link) serve(conn *websocket.Conn) error {
 				return err
 			}
 			if !it.stored.IsZero() {
-				l.f.m.latency.WithLabelValues(l.t.Name).Observe(time.Since(it.stored).Seconds())
+				l.m.latency.Observe(time.Since(it.stored).Seconds())
 			}
 		}
 		clear(batch)

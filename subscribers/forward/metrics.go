@@ -36,7 +36,7 @@ type metrics struct {
 	dialErrs *prometheus.CounterVec
 }
 
-func newMetrics(reg prometheus.Registerer, targets []Target) (*metrics, error) {
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
 		open: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "audiofan_forward_sockets_open",
 			Help: "Sockets open to a target (one a call)."}, []string{"target"}),
@@ -59,17 +59,28 @@ func newMetrics(reg prometheus.Registerer, targets []Target) (*metrics, error) {
 			return nil, fmt.Errorf("forwarder metrics: %w", err)
 		}
 	}
-	for _, t := range targets { // every series there from the start, at 0
-		m.open.WithLabelValues(t.Name)
-		m.sent.WithLabelValues(t.Name)
-		m.redials.WithLabelValues(t.Name)
-		m.dialErrs.WithLabelValues(t.Name)
-		for _, r := range []dropReason{dropSlow, dropRedial} {
-			m.dropped.WithLabelValues(t.Name, string(r))
-		}
-		for _, r := range []backResult{backRelayed, backInvalid, backTooLarge, backMuted, backFailed} {
-			m.back.WithLabelValues(t.Name, string(r))
-		}
-	}
 	return m, nil
+}
+
+// targetMetrics are one target's series, looked up once: a socket counts
+// every message it writes, and a label lookup per frame is work the hot
+// path need not do.
+type targetMetrics struct {
+	open                     prometheus.Gauge
+	sent, redials, dialErrs  prometheus.Counter
+	droppedSlow, droppedDown prometheus.Counter
+	latency                  prometheus.Observer
+	back                     map[backResult]prometheus.Counter
+}
+
+// forTarget resolves a target's series, each there from the start at 0.
+func (m *metrics) forTarget(name string) *targetMetrics {
+	tm := &targetMetrics{open: m.open.WithLabelValues(name), sent: m.sent.WithLabelValues(name),
+		redials: m.redials.WithLabelValues(name), dialErrs: m.dialErrs.WithLabelValues(name),
+		droppedSlow: m.dropped.WithLabelValues(name, string(dropSlow)), droppedDown: m.dropped.WithLabelValues(name, string(dropRedial)),
+		latency: m.latency.WithLabelValues(name), back: map[backResult]prometheus.Counter{}}
+	for _, r := range []backResult{backRelayed, backInvalid, backTooLarge, backMuted, backFailed} {
+		tm.back[r] = m.back.WithLabelValues(name, string(r))
+	}
+	return tm
 }
