@@ -24,7 +24,7 @@ import (
 )
 
 // manifests are the files an operator applies with kubectl.
-var manifests = []string{"k8s/receiver.yaml", "k8s/roles.yaml", "k8s/console.yaml"}
+var manifests = []string{"k8s/receiver.yaml", "k8s/roles.yaml", "k8s/forwarder.yaml", "k8s/console.yaml"}
 
 // strict decodes one YAML document into out as the API server would, but
 // refusing what it would silently drop: duplicate keys, and fields the
@@ -47,6 +47,7 @@ type objects struct {
 	hpas        []*autoscalingv2.HorizontalPodAutoscaler
 	services    map[string]*corev1.Service
 	pdbs        []*policyv1.PodDisruptionBudget
+	configMaps  []*corev1.ConfigMap
 }
 
 func load(t *testing.T) objects {
@@ -81,6 +82,9 @@ func load(t *testing.T) objects {
 			case "v1 Service":
 				s := &corev1.Service{}
 				obj, o.services[fmt.Sprint(file, "/", n)] = s, s
+			case "v1 ConfigMap":
+				c := &corev1.ConfigMap{}
+				obj, o.configMaps = c, append(o.configMaps, c)
 			case "autoscaling/v2 HorizontalPodAutoscaler":
 				h := &autoscalingv2.HorizontalPodAutoscaler{}
 				obj, o.hpas = h, append(o.hpas, h)
@@ -106,9 +110,9 @@ func load(t *testing.T) objects {
 // kind, with no field its type lacks, and the set is what the README says.
 func TestManifestsDecodeStrictly(t *testing.T) {
 	o := load(t)
-	if len(o.deployments) != 5 || len(o.scaled) != 3 || len(o.hpas) != 1 || len(o.services) != 2 || len(o.pdbs) != 1 {
-		t.Errorf("%d Deployments, %d ScaledObjects, %d HPAs, %d Services, %d PDBs", len(o.deployments), len(o.scaled),
-			len(o.hpas), len(o.services), len(o.pdbs))
+	if len(o.deployments) != 6 || len(o.scaled) != 4 || len(o.hpas) != 1 || len(o.services) != 2 || len(o.pdbs) != 1 || len(o.configMaps) != 1 {
+		t.Errorf("%d Deployments, %d ScaledObjects, %d HPAs, %d Services, %d PDBs, %d ConfigMaps", len(o.deployments), len(o.scaled),
+			len(o.hpas), len(o.services), len(o.pdbs), len(o.configMaps))
 	}
 	// The strict decoder refuses what kubectl would drop.
 	var d appsv1.Deployment

@@ -152,7 +152,7 @@ func TestComposeStack(t *testing.T) {
 		}
 	}
 	slices.Sort(audiofanRoles)
-	if want := []string{"analytics", "console", "moderator", "receiver", "recorder"}; !slices.Equal(audiofanRoles, want) {
+	if want := []string{"analytics", "console", "forwarder", "moderator", "receiver", "recorder"}; !slices.Equal(audiofanRoles, want) {
 		t.Errorf("audiofan services run %v, want %v", audiofanRoles, want)
 	}
 	for _, n := range []string{"nats-1", "nats-2", "nats-3", "lb", "prometheus", "grafana"} {
@@ -246,9 +246,9 @@ func TestComposeStack(t *testing.T) {
 func TestKubernetesManifests(t *testing.T) {
 	known := metricsInSource(t)
 	pwKeys := passwordKeys(t)
-	consumers := map[string]string{"recorder": "recording", "analytics": "analytics", "moderator": "moderation"}
+	consumers := map[string]string{"recorder": "recording", "analytics": "analytics", "moderator": "moderation", "forwarder": "forwarder"}
 	kinds := map[string]int{}
-	for _, file := range []string{"receiver.yaml", "roles.yaml", "console.yaml"} {
+	for _, file := range []string{"receiver.yaml", "roles.yaml", "forwarder.yaml", "console.yaml"} {
 		raw, err := os.ReadFile(filepath.Join(repo, "deploy/k8s", file))
 		if err != nil {
 			t.Fatal(err)
@@ -323,7 +323,7 @@ func TestKubernetesManifests(t *testing.T) {
 			}
 		}
 	}
-	if kinds["Deployment"] != 5 || kinds["ScaledObject"] != 3 || kinds["HorizontalPodAutoscaler"] != 1 || kinds["PodDisruptionBudget"] != 1 || kinds["Service"] != 2 {
+	if kinds["Deployment"] != 6 || kinds["ScaledObject"] != 4 || kinds["ConfigMap"] != 1 || kinds["HorizontalPodAutoscaler"] != 1 || kinds["PodDisruptionBudget"] != 1 || kinds["Service"] != 2 {
 		t.Errorf("manifests: %v", kinds)
 	}
 	if v := readNATSValues(t); v.Container.Image.Tag != natsServerVersion(t)+"-alpine" {

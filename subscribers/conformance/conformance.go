@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"math"
 	"reflect"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -845,6 +846,28 @@ func WaitFor(t testing.TB, what string, ok func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// WaitPulling waits until every partition consumer of the role has a pull
+// waiting at the server: a replica counts as ready before it takes its
+// partitions (it first hears the others, a quarter of a lease), so a load
+// started at ready is measured with its start-up in it.
+func WaitPulling(t testing.TB, js jetstream.JetStream, ref broker.StreamRef, role string) {
+	t.Helper()
+	bus, err := broker.FindBus(context.Background(), js, ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for n := range bus.Subjects().Partitions() {
+		WaitFor(t, "partition "+strconv.Itoa(n)+" pulled", func() bool {
+			c, err := bus.Stream(n).Consumer(context.Background(), subscribers.PartitionConsumer(role, n))
+			if err != nil {
+				return false
+			}
+			ci, err := c.Info(context.Background())
+			return err == nil && ci.NumWaiting > 0
+		})
 	}
 }
 

@@ -36,6 +36,7 @@ type target struct {
 	mu      sync.Mutex
 	sockets []*socket
 	refuse  atomic.Int32 // upgrades still to refuse (503)
+	downTo  atomic.Int64 // refuse upgrades until then (unix nanoseconds)
 	stall   atomic.Bool  // never read: a target too slow for the call
 	quit    chan struct{}
 	answer  func(c *websocket.Conn, first []byte)
@@ -43,8 +44,10 @@ type target struct {
 
 type socket struct {
 	header http.Header
+	conn   *websocket.Conn
 	mu     sync.Mutex
 	msgs   [][]byte
+	at     []time.Time // when each message was read
 	closed chan struct{}
 	code   int
 }
@@ -53,6 +56,10 @@ func newTarget(t testing.TB) *target {
 	tg := &target{quit: make(chan struct{})}
 	up := websocket.Upgrader{}
 	tg.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if time.Now().UnixNano() < tg.downTo.Load() {
+			http.Error(w, "down", http.StatusServiceUnavailable)
+			return
+		}
 		if tg.refuse.Load() > 0 {
 			tg.refuse.Add(-1)
 			http.Error(w, "not yet", http.StatusServiceUnavailable)
@@ -62,7 +69,7 @@ func newTarget(t testing.TB) *target {
 		if err != nil {
 			return
 		}
-		s := &socket{header: r.Header.Clone(), closed: make(chan struct{})}
+		s := &socket{header: r.Header.Clone(), conn: c, closed: make(chan struct{})}
 		tg.mu.Lock()
 		tg.sockets = append(tg.sockets, s)
 		tg.mu.Unlock()
@@ -88,6 +95,7 @@ func newTarget(t testing.TB) *target {
 			}
 			s.mu.Lock()
 			s.msgs = append(s.msgs, m)
+			s.at = append(s.at, time.Now())
 			first := len(s.msgs) == 1
 			s.mu.Unlock()
 			if first && tg.answer != nil {
@@ -114,6 +122,15 @@ func (tg *target) all() []*socket {
 	tg.mu.Lock()
 	defer tg.mu.Unlock()
 	return append([]*socket(nil), tg.sockets...)
+}
+
+// down takes the target down for d: its sockets are cut (no close
+// handshake, as a crash or a network fault does) and upgrades refused.
+func (tg *target) down(d time.Duration) {
+	tg.downTo.Store(time.Now().Add(d).UnixNano())
+	for _, s := range tg.all() {
+		_ = s.conn.NetConn().Close()
+	}
 }
 
 func (s *socket) messages() [][]byte {
@@ -484,6 +501,67 @@ func TestForwardRedial(t *testing.T) {
 	}
 	if got := conformance.Metric(t, reg, "audiofan_forward_dial_failures_total", "agent"); got != 4 {
 		t.Errorf("%v failed dials counted, want 4", got)
+	}
+}
+
+// A target down for 10 s in mid-call (its socket cut, its upgrades
+// refused) is redialled with backoff and jitter until it is back. The new
+// socket starts with AudioMetadata and carries live audio: nothing of what
+// was said while the target was down is replayed.
+func TestForwardTargetDown(t *testing.T) {
+	const outage = 10 * time.Second
+	r := newRig(t)
+	a := newTarget(t)
+	reg := r.forwarder(a.url("#name=agent"), func(c *forward.Config) { c.RedialMax = 2 * time.Second }).reg
+	c := r.dialACS("8:acs:00000000-down-4b7c+1")
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	i := 0
+	send := func() {
+		c.send(acs.AppendAudioData(nil, t0.Add(time.Duration(i)*20*time.Millisecond), "4:+14255550199", pcm(0, i), false))
+		i++
+		<-tick.C
+	}
+	for len(a.all()) == 0 {
+		if send(); i > 500 {
+			t.Fatal("the target was never dialled")
+		}
+	}
+	for range 25 {
+		send()
+	}
+	a.down(outage)
+	wentDown, downFrame := time.Now(), i
+	for len(a.all()) < 2 {
+		if send(); i > downFrame+int(3*outage/(20*time.Millisecond)) {
+			t.Fatal("not redialled within three outages")
+		}
+	}
+	back := time.Since(wentDown)
+	for range 25 {
+		send()
+	}
+	c.hangUp()
+	s := a.all()[1]
+	<-s.closed
+	kinds, frames, _ := parse(t, s.messages())
+	if kinds[0] != "AudioMetadata" || len(frames) < 25 {
+		t.Fatalf("after the outage: %v…, %d frames", kinds[:min(2, len(kinds))], len(frames))
+	}
+	// Live audio: the new socket's first frame was said after the target
+	// came back (the test's frames are 20 ms apart in its own clock too).
+	if first, upAt := frames[0].ts, t0.Add(time.Duration(downFrame)*20*time.Millisecond+outage); first.Before(upAt.Add(-time.Second)) {
+		t.Errorf("the new socket started %v before the target was back: the outage was replayed", upAt.Sub(first))
+	}
+	if back < outage {
+		t.Errorf("a socket within %v of an outage of %v", back, outage)
+	}
+	t.Logf("back %v after the outage began; first frame on the new socket at +%v", back.Round(time.Millisecond), frames[0].ts.Sub(t0))
+	if got := conformance.Metric(t, reg, "audiofan_forward_dial_failures_total", "agent"); got < 3 {
+		t.Errorf("%v failed dials in a %v outage with redials at most 2 s (and jitter) apart", got, outage)
+	}
+	if got := conformance.Metric(t, reg, "audiofan_forward_redials_total", "agent"); got < 4 {
+		t.Errorf("%v redials counted", got)
 	}
 }
 
