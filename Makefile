@@ -3,13 +3,17 @@ GO       ?= go
 BIN      ?= bin/audiofan
 FUZZTIME ?= 30s
 BENCHTIME ?= 2s
+# What `audiofan version` prints, for builds where Go's build info lacks it (GOFLAGS=-buildvcs=false, images).
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
+COMMIT   ?= $(shell git rev-parse HEAD 2>/dev/null)
+LDFLAGS  := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 
-.PHONY: acs-sdk all build run test test-deploy test-configs config-tools test-cluster test-browser chromium vet fmt-check bench fuzz clean
+.PHONY: acs-sdk node node-examples all build run test test-deploy test-configs config-tools test-cluster test-browser chromium vet fmt-check bench fuzz clean
 
 all: build
 
 build:
-	$(GO) build -o $(BIN) ./cmd/audiofan
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/audiofan
 
 ## run: audiofan serve with the embedded NATS server (store under ./data)
 run:
@@ -17,8 +21,8 @@ run:
 
 ## test: formatting, vet, every test with the race detector in random order, then the distributed topology and the
 ## console in a browser
-test: fmt-check vet acs-sdk
-	AUDIOFAN_ACS_SDK_CHECK=$(CURDIR)/tools/acs-sdk-check/check.mjs $(GO) test -race -shuffle=on -count=1 -timeout 8m ./...
+test: fmt-check vet acs-sdk node-examples
+	AUDIOFAN_ACS_SDK_CHECK=$(CURDIR)/tools/acs-sdk-check/check.mjs AUDIOFAN_NODE_EXAMPLES=$(CURDIR)/examples/node $(GO) test -race -shuffle=on -count=1 -timeout 8m ./...
 	$(MAKE) test-deploy
 	$(MAKE) test-configs
 	$(MAKE) test-cluster
@@ -38,12 +42,18 @@ test-configs: config-tools
 
 ## acs-sdk: Microsoft's Call Automation SDK for JavaScript (pinned in tools/acs-sdk-check), which the tests parse what
 ## audiofan sends with, as an ACS application would; node and npm installed from Debian when missing
-acs-sdk:
+acs-sdk: node
+	@test -d tools/acs-sdk-check/node_modules || npm ci --prefix tools/acs-sdk-check --no-audit --no-fund --loglevel=error
+
+## node-examples: the JavaScript consumers in examples/node (@nats-io/jetstream, @msgpack/msgpack), pinned by their lockfile
+node-examples: node
+	@test -d examples/node/node_modules || npm ci --prefix examples/node --no-audit --no-fund --loglevel=error
+
+node:
 	@command -v node >/dev/null && command -v npm >/dev/null || { \
 		sudo=; [ "$$(id -u)" = 0 ] || sudo=sudo; \
-		echo "installing Debian's nodejs and npm for the SDK check"; \
+		echo "installing Debian's nodejs and npm for the SDK check and the node examples"; \
 		$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq nodejs npm >/dev/null; }
-	@test -d tools/acs-sdk-check/node_modules || npm ci --prefix tools/acs-sdk-check --no-audit --no-fund --loglevel=error
 
 config-tools:
 	@command -v haproxy >/dev/null && command -v docker-compose >/dev/null || { \

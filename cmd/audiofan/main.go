@@ -39,7 +39,7 @@ func commands() []command {
 	for _, c := range components {
 		out = append(out, componentCommand(c))
 	}
-	return append(out, consoleCommand, tapCommand, simCommand, redriveCommand, reshardCommand, healthCommand, natsAccountsCommand)
+	return append(out, consoleCommand, tapCommand, simCommand, redriveCommand, reshardCommand, healthCommand, natsAccountsCommand, versionCommand)
 }
 
 func main() {

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -110,17 +111,37 @@ func startProcs(t testing.TB) func(*proc) *proc {
 	}
 }
 
-// buildBinaries builds audiofan and the NATS server of the module in go.mod.
+// buildBinaries builds audiofan and the NATS server of the module in go.mod,
+// once per test binary: the tests that run them as processes share them.
 func buildBinaries(t testing.TB) (audiofan, natsServer string) {
-	dir := t.TempDir()
-	audiofan, natsServer = filepath.Join(dir, "audiofan"), filepath.Join(dir, "nats-server")
-	for _, b := range [][]string{{"-o", audiofan, "."}, {"-o", natsServer, "github.com/nats-io/nats-server/v2"}} {
-		cmd := exec.Command("go", append([]string{"build"}, b...)...)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("go build %v: %v\n%s", b, err, out)
+	t.Helper()
+	built.once.Do(func() {
+		dir, err := os.MkdirTemp("", "audiofan-bin-")
+		if err != nil {
+			built.err = err
+			return
 		}
+		built.dir = dir
+		built.audiofan, built.natsServer = filepath.Join(dir, "audiofan"), filepath.Join(dir, "nats-server")
+		for _, b := range [][]string{{"-o", built.audiofan, "."}, {"-o", built.natsServer, "github.com/nats-io/nats-server/v2"}} {
+			cmd := exec.Command("go", append([]string{"build"}, b...)...)
+			if out, err := cmd.CombinedOutput(); err != nil {
+				built.err = fmt.Errorf("go build %v: %v\n%s", b, err, out)
+				return
+			}
+		}
+	})
+	if built.err != nil {
+		t.Fatal(built.err)
 	}
-	return audiofan, natsServer
+	return built.audiofan, built.natsServer
+}
+
+// built is what buildBinaries built; TestMain removes it.
+var built struct {
+	once                      sync.Once
+	dir, audiofan, natsServer string
+	err                       error
 }
 
 func waitHTTP(t testing.TB, what, url string, timeout time.Duration, exited func() bool) {
