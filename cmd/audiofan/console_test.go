@@ -52,12 +52,14 @@ func TestConsoleInBrowser(t *testing.T) {
 	}()
 	waitHTTP(t, "serve", "http://"+httpAddr+"/readyz", 30*time.Second, func() bool { return len(done) > 0 })
 
-	// Two calls of two speakers with transcripts, in real time.
+	// Two calls of two speakers with transcripts, in real time: long enough
+	// for every live step below on a loaded machine (12 s calls ended
+	// before the last one, listening to one participant, in a make test).
 	simDone := make(chan int, 1)
 	var simOut, simErr syncBuffer
 	go func() {
 		simDone <- run([]string{"sim", "--url", "ws://" + httpAddr + "/ws", "--calls", "2", "--participants", "2",
-			"--duration", "12s", "--transcription", "--call-prefix", "browser:call_x"}, &simOut, &simErr)
+			"--duration", "25s", "--transcription", "--call-prefix", "browser:call_x"}, &simOut, &simErr)
 	}()
 
 	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(browser), chromedp.NoSandbox,
@@ -166,8 +168,8 @@ func TestConsoleInBrowser(t *testing.T) {
 		a.pause();
 		return a.currentTime > 0.5 ? a.duration : -a.currentTime;
 	})()`)
-	if dur < 11 || dur > 13.5 {
-		t.Errorf("the recording played for %.2f s of %.2f s (negative: did not advance); want a 12 s call", dur, dur)
+	if dur < 24 || dur > 26.5 {
+		t.Errorf("the recording played for %.2f s of %.2f s (negative: did not advance); want a 25 s call", dur, dur)
 	}
 	shot("console-call-finished.png")
 	if n := eval("policy violations", `audiofan.csp`); n != 0 {
