@@ -14,17 +14,20 @@ import (
 	"testing"
 
 	kedav1alpha1 "github.com/kedacore/keda/v2/apis/keda/v1alpha1"
+	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
 )
 
-// manifests are the files an operator applies with kubectl.
-var manifests = []string{"k8s/receiver.yaml", "k8s/roles.yaml", "k8s/forwarder.yaml", "k8s/console.yaml"}
+// manifests are what the chart renders with each values file the project
+// ships (kept by TestChartRenders): what an operator's helm install applies.
+var manifests = []string{"rendered/default.yaml", "rendered/cluster.yaml"}
 
 // strict decodes one YAML document into out as the API server would, but
 // refusing what it would silently drop: duplicate keys, and fields the
@@ -48,6 +51,10 @@ type objects struct {
 	services    map[string]*corev1.Service
 	pdbs        []*policyv1.PodDisruptionBudget
 	configMaps  []*corev1.ConfigMap
+	ingresses   []*networkingv1.Ingress
+	netpols     []*networkingv1.NetworkPolicy
+	podMonitors []*monitoringv1.PodMonitor
+	pods        []*corev1.Pod
 }
 
 func load(t *testing.T) objects {
@@ -82,6 +89,18 @@ func load(t *testing.T) objects {
 			case "v1 Service":
 				s := &corev1.Service{}
 				obj, o.services[fmt.Sprint(file, "/", n)] = s, s
+			case "networking.k8s.io/v1 Ingress":
+				x := &networkingv1.Ingress{}
+				obj, o.ingresses = x, append(o.ingresses, x)
+			case "networking.k8s.io/v1 NetworkPolicy":
+				x := &networkingv1.NetworkPolicy{}
+				obj, o.netpols = x, append(o.netpols, x)
+			case "monitoring.coreos.com/v1 PodMonitor":
+				x := &monitoringv1.PodMonitor{}
+				obj, o.podMonitors = x, append(o.podMonitors, x)
+			case "v1 Pod":
+				x := &corev1.Pod{}
+				obj, o.pods = x, append(o.pods, x)
 			case "v1 ConfigMap":
 				c := &corev1.ConfigMap{}
 				obj, o.configMaps = c, append(o.configMaps, c)
@@ -110,9 +129,27 @@ func load(t *testing.T) objects {
 // kind, with no field its type lacks, and the set is what the README says.
 func TestManifestsDecodeStrictly(t *testing.T) {
 	o := load(t)
-	if len(o.deployments) != 6 || len(o.scaled) != 4 || len(o.hpas) != 1 || len(o.services) != 2 || len(o.pdbs) != 1 || len(o.configMaps) != 1 {
-		t.Errorf("%d Deployments, %d ScaledObjects, %d HPAs, %d Services, %d PDBs, %d ConfigMaps", len(o.deployments), len(o.scaled),
-			len(o.hpas), len(o.services), len(o.pdbs), len(o.configMaps))
+	// Both renderings: six Deployments with the forwarder (cluster), five without (default); a
+	// ScaledObject and a PDB per role, PDBs for the receivers and the console.
+	if len(o.deployments) != 11 || len(o.scaled) != 7 || len(o.hpas) != 2 || len(o.services) != 4 || len(o.pdbs) != 11 ||
+		len(o.configMaps) != 2 || len(o.ingresses) != 1 || len(o.podMonitors) != 2 || len(o.pods) != 1 || len(o.netpols) != 9 {
+		t.Errorf("%d Deployments, %d ScaledObjects, %d HPAs, %d Services, %d PDBs, %d ConfigMaps, %d Ingresses, %d PodMonitors, %d Pods, %d NetworkPolicies",
+			len(o.deployments), len(o.scaled), len(o.hpas), len(o.services), len(o.pdbs), len(o.configMaps), len(o.ingresses), len(o.podMonitors), len(o.pods), len(o.netpols))
+	}
+	// Every Deployment has a PodDisruptionBudget selecting exactly its pods.
+	for where, d := range o.deployments {
+		found := false
+		for _, p := range o.pdbs {
+			if p.Spec.Selector != nil && fmt.Sprint(p.Spec.Selector.MatchLabels) == fmt.Sprint(d.Spec.Selector.MatchLabels) {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("%s (%s) has no PodDisruptionBudget", where, d.Name)
+		}
+		if len(d.Spec.Template.Spec.TopologySpreadConstraints) < 2 {
+			t.Errorf("%s (%s) is not spread over nodes and zones", where, d.Name)
+		}
 	}
 	// The strict decoder refuses what kubectl would drop.
 	var d appsv1.Deployment
@@ -255,6 +292,35 @@ func TestTriggersReachTheirEndpoints(t *testing.T) {
 				}
 			default:
 				t.Errorf("%s: trigger type %q is not checked here", s.Name, tr.Type)
+			}
+		}
+	}
+}
+
+// Autoscaling cannot stop silently. KEDA's prometheus scaler takes an
+// answer without the series as 0 unless ignoreNullValues is "false" (its
+// documented default is true), and a role then sits at its minimum however
+// far behind it is. Every trigger here makes that an error, and every
+// ScaledObject has a fallback for errors that holds the role or raises it
+// (currentReplicasIfHigher, to at least min) and that KEDA accepts (fallback
+// needs AverageValue triggers).
+func TestAutoscalingHoldsWithoutData(t *testing.T) {
+	for _, s := range load(t).scaled {
+		fb := s.Spec.Fallback
+		switch {
+		case fb == nil:
+			t.Errorf("%s: no fallback: an unreachable Prometheus leaves the role where KEDA last put it, and no data drops it to the minimum", s.Name)
+		case fb.FailureThreshold < 1 || fb.Behavior != "currentReplicasIfHigher":
+			t.Errorf("%s: fallback %+v: it must hold or raise, never lower", s.Name, *fb)
+		case s.Spec.MinReplicaCount == nil || fb.Replicas <= *s.Spec.MinReplicaCount || s.Spec.MaxReplicaCount == nil || fb.Replicas > *s.Spec.MaxReplicaCount:
+			t.Errorf("%s: fallback to %d replicas, not above its minimum and within its maximum", s.Name, fb.Replicas)
+		}
+		for _, tr := range s.Spec.Triggers {
+			if tr.Metadata["ignoreNullValues"] != "false" {
+				t.Errorf("%s: trigger %q has ignoreNullValues %q: with no series it reads 0", s.Name, tr.Metadata["query"], tr.Metadata["ignoreNullValues"])
+			}
+			if tr.MetricType != "" && tr.MetricType != "AverageValue" {
+				t.Errorf("%s: metricType %s: KEDA refuses a fallback with it", s.Name, tr.MetricType)
 			}
 		}
 	}

@@ -248,8 +248,10 @@ func TestKubernetesManifests(t *testing.T) {
 	pwKeys := passwordKeys(t)
 	consumers := map[string]string{"recorder": "recording", "analytics": "analytics", "moderator": "moderation", "forwarder": "forwarder"}
 	kinds := map[string]int{}
-	for _, file := range []string{"receiver.yaml", "roles.yaml", "forwarder.yaml", "console.yaml"} {
-		raw, err := os.ReadFile(filepath.Join(repo, "deploy/k8s", file))
+	// What the Helm chart renders with each values file the project ships
+	// (deploy/rendered, kept equal to the chart by the deploy module's tests).
+	for _, file := range []string{"default.yaml", "cluster.yaml"} {
+		raw, err := os.ReadFile(filepath.Join(repo, "deploy/rendered", file))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -323,7 +325,7 @@ func TestKubernetesManifests(t *testing.T) {
 			}
 		}
 	}
-	if kinds["Deployment"] != 6 || kinds["ScaledObject"] != 4 || kinds["ConfigMap"] != 1 || kinds["HorizontalPodAutoscaler"] != 1 || kinds["PodDisruptionBudget"] != 1 || kinds["Service"] != 2 {
+	if kinds["Deployment"] != 11 || kinds["ScaledObject"] != 7 || kinds["ConfigMap"] != 2 || kinds["HorizontalPodAutoscaler"] != 2 || kinds["PodDisruptionBudget"] != 11 || kinds["Service"] != 4 {
 		t.Errorf("manifests: %v", kinds)
 	}
 	if v := readNATSValues(t); v.Container.Image.Tag != natsServerVersion(t)+"-alpine" {
