@@ -34,11 +34,15 @@ test-deploy:
 	cd deploy && $(GO) vet ./... && $(GO) test -count=1 ./...
 
 ## test-configs: each deployment file checked by its own ecosystem's tool: nats-server -t (built from go.mod's
-## version) on the compose nodes' nats.conf, Debian's haproxy -c and docker-compose config (installed when missing)
+## version) on the compose nodes' nats.conf, Debian's haproxy -c, docker-compose config and promtool (check config,
+## check rules, test rules: a unit test per alert) (installed when missing)
 test-configs: config-tools
 	NATS_SERVER_NAME=nats-1 NATS_RECEIVER_PASSWORD=x NATS_ROLE_PASSWORD=y $(GO) run github.com/nats-io/nats-server/v2 -t -c deploy/nats/nats.conf
 	haproxy -c -f deploy/haproxy/haproxy.cfg
 	NATS_RECEIVER_PASSWORD=x NATS_ROLE_PASSWORD=y docker-compose -f docker-compose.yml config -q
+	promtool check config --syntax-only deploy/prometheus/prometheus.yml
+	promtool check rules deploy/helm/audiofan/files/alerts.yaml
+	promtool test rules deploy/prometheus/alerts_test.yml
 
 ## acs-sdk: Microsoft's Call Automation SDK for JavaScript (pinned in tools/acs-sdk-check), which the tests parse what
 ## audiofan sends with, as an ACS application would; node and npm installed from Debian when missing
@@ -55,11 +59,12 @@ node:
 		echo "installing Debian's nodejs and npm for the SDK check and the node examples"; \
 		$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq nodejs npm >/dev/null; }
 
+# promtool comes with Debian's prometheus package: building it from its Go module takes 6 minutes here.
 config-tools:
-	@command -v haproxy >/dev/null && command -v docker-compose >/dev/null || { \
+	@command -v haproxy >/dev/null && command -v docker-compose >/dev/null && command -v promtool >/dev/null || { \
 		sudo=; [ "$$(id -u)" = 0 ] || sudo=sudo; \
-		echo "installing Debian's haproxy and docker-compose for test-configs"; \
-		$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq haproxy docker-compose >/dev/null; }
+		echo "installing Debian's haproxy, docker-compose and prometheus (for promtool) for test-configs"; \
+		$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends haproxy docker-compose prometheus >/dev/null; }
 
 ## test-cluster: the distributed topology as processes on loopback (3 NATS nodes, receivers, every role), with a NATS
 ## node and a recorder killed mid-call; then roles as processes with a recorder frozen mid-call and a call whose

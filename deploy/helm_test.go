@@ -261,3 +261,51 @@ func TestPodsRestrictedCatchesRoot(t *testing.T) {
 		t.Error("a container that drops no capability passed the restricted profile")
 	}
 }
+
+// The install steps in docs/deployment.md take the chart as it is: every
+// `helm install … deploy/helm/audiofan` there renders with the values it
+// sets (placeholders filled in), and every file it names exists.
+func TestDocsInstallSteps(t *testing.T) {
+	raw, err := os.ReadFile("../docs/deployment.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, line := range strings.Split(string(raw), "\n") {
+		line = strings.TrimSpace(line)
+		if !strings.HasPrefix(line, "helm install audiofan deploy/helm/audiofan") {
+			continue
+		}
+		n++
+		set := map[string]any{}
+		fields := strings.Fields(line)
+		for i := 0; i < len(fields); i++ {
+			switch fields[i] {
+			case "--set":
+				k, v, _ := strings.Cut(fields[i+1], "=")
+				v = strings.NewReplacer("<registry>", "registry.example.com", "<tag>", "v0.1.0").Replace(v)
+				m := set
+				parts := strings.Split(k, ".")
+				for _, p := range parts[:len(parts)-1] {
+					if _, ok := m[p].(map[string]any); !ok {
+						m[p] = map[string]any{}
+					}
+					m = m[p].(map[string]any)
+				}
+				m[parts[len(parts)-1]] = v
+				i++
+			case "-f":
+				if _, err := os.Stat(filepath.Join("..", fields[i+1])); err != nil {
+					t.Errorf("the docs install with %s: %v", fields[i+1], err)
+				}
+				i++
+			}
+		}
+		if _, err := render(t, "", set); err != nil {
+			t.Errorf("the docs' %q does not render: %v", line, err)
+		}
+	}
+	if n == 0 {
+		t.Error("docs/deployment.md has no helm install of the chart")
+	}
+}

@@ -54,6 +54,7 @@ type objects struct {
 	ingresses   []*networkingv1.Ingress
 	netpols     []*networkingv1.NetworkPolicy
 	podMonitors []*monitoringv1.PodMonitor
+	rules       []*monitoringv1.PrometheusRule
 	pods        []*corev1.Pod
 }
 
@@ -98,6 +99,9 @@ func load(t *testing.T) objects {
 			case "monitoring.coreos.com/v1 PodMonitor":
 				x := &monitoringv1.PodMonitor{}
 				obj, o.podMonitors = x, append(o.podMonitors, x)
+			case "monitoring.coreos.com/v1 PrometheusRule":
+				x := &monitoringv1.PrometheusRule{}
+				obj, o.rules = x, append(o.rules, x)
 			case "v1 Pod":
 				x := &corev1.Pod{}
 				obj, o.pods = x, append(o.pods, x)
@@ -132,7 +136,7 @@ func TestManifestsDecodeStrictly(t *testing.T) {
 	// Both renderings: six Deployments with the forwarder (cluster), five without (default); a
 	// ScaledObject and a PDB per role, PDBs for the receivers and the console.
 	if len(o.deployments) != 11 || len(o.scaled) != 7 || len(o.hpas) != 2 || len(o.services) != 4 || len(o.pdbs) != 11 ||
-		len(o.configMaps) != 2 || len(o.ingresses) != 1 || len(o.podMonitors) != 2 || len(o.pods) != 1 || len(o.netpols) != 9 {
+		len(o.configMaps) != 2 || len(o.ingresses) != 1 || len(o.podMonitors) != 2 || len(o.pods) != 1 || len(o.netpols) != 9 || len(o.rules) != 2 {
 		t.Errorf("%d Deployments, %d ScaledObjects, %d HPAs, %d Services, %d PDBs, %d ConfigMaps, %d Ingresses, %d PodMonitors, %d Pods, %d NetworkPolicies",
 			len(o.deployments), len(o.scaled), len(o.hpas), len(o.services), len(o.pdbs), len(o.configMaps), len(o.ingresses), len(o.podMonitors), len(o.pods), len(o.netpols))
 	}

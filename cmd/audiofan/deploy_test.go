@@ -332,3 +332,53 @@ func TestKubernetesManifests(t *testing.T) {
 		t.Errorf("the chart runs nats %s, the tests %s", v.Container.Image.Tag, natsServerVersion(t))
 	}
 }
+
+// Every alert names only metrics the code registers and links a runbook
+// section of docs/runbooks.md that exists; every section is an alert's.
+func TestAlertsRunbooks(t *testing.T) {
+	raw, err := os.ReadFile(filepath.Join(repo, "deploy/helm/audiofan/files/alerts.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rules struct {
+		Groups []struct {
+			Rules []struct {
+				Alert       string            `yaml:"alert"`
+				Expr        string            `yaml:"expr"`
+				Annotations map[string]string `yaml:"annotations"`
+			} `yaml:"rules"`
+		} `yaml:"groups"`
+	}
+	if err := yaml.Unmarshal(raw, &rules); err != nil {
+		t.Fatal(err)
+	}
+	book, err := os.ReadFile(filepath.Join(repo, "docs/runbooks.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sections := map[string]bool{}
+	for _, m := range regexp.MustCompile(`(?m)^## (.+)$`).FindAllStringSubmatch(string(book), -1) {
+		sections[githubAnchor(m[1])] = true
+	}
+	known := metricsInSource(t)
+	linked := map[string]bool{}
+	const base = "https://github.com/audiofan/audiofan/blob/main/docs/runbooks.md#"
+	for _, g := range rules.Groups {
+		for _, r := range g.Rules {
+			checkMetrics(t, "alert "+r.Alert, r.Expr, known)
+			anchor, ok := strings.CutPrefix(r.Annotations["runbook_url"], base)
+			if !ok || !sections[anchor] {
+				t.Errorf("alert %s: runbook %q is no section of docs/runbooks.md", r.Alert, r.Annotations["runbook_url"])
+			}
+			linked[anchor] = true
+		}
+	}
+	for s := range sections {
+		if !linked[s] {
+			t.Errorf("docs/runbooks.md has a section %s that no alert links", s)
+		}
+	}
+	if len(linked) < 9 {
+		t.Errorf("%d alerts", len(linked))
+	}
+}
