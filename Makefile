@@ -53,16 +53,20 @@ acs-sdk: node
 node-examples: node
 	@test -d examples/node/node_modules || npm ci --prefix examples/node --no-audit --no-fund --loglevel=error
 
+node: APT_HINT = apt-get install nodejs npm
 node:
 	@command -v node >/dev/null && command -v npm >/dev/null || { \
 		sudo=; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+		[ -z "$$sudo" ] || command -v sudo >/dev/null || { echo "make test needs Debian packages it cannot install without root or sudo: $(APT_HINT)"; exit 1; }; \
 		echo "installing Debian's nodejs and npm for the SDK check and the node examples"; \
 		$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq nodejs npm >/dev/null; }
 
 # promtool comes with Debian's prometheus package: building it from its Go module takes 6 minutes here.
+config-tools: APT_HINT = apt-get install --no-install-recommends haproxy docker-compose prometheus
 config-tools:
 	@command -v haproxy >/dev/null && command -v docker-compose >/dev/null && command -v promtool >/dev/null || { \
 		sudo=; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+		[ -z "$$sudo" ] || command -v sudo >/dev/null || { echo "make test needs Debian packages it cannot install without root or sudo: $(APT_HINT)"; exit 1; }; \
 		echo "installing Debian's haproxy, docker-compose and prometheus (for promtool) for test-configs"; \
 		$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends haproxy docker-compose prometheus >/dev/null; }
 
@@ -80,9 +84,11 @@ test-browser: chromium
 	AUDIOFAN_BROWSER=$(CHROMIUM) $(GO) test -race -count=1 -run '^TestConsoleInBrowser$$' -v -timeout 5m \
 		-artifacts -outputdir $(CURDIR)/artifacts ./cmd/audiofan
 
+chromium: APT_HINT = apt-get install chromium
 chromium:
 	@test -x $(CHROMIUM) || { \
 		sudo=; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+		[ -z "$$sudo" ] || command -v sudo >/dev/null || { echo "make test needs Debian packages it cannot install without root or sudo: $(APT_HINT)"; exit 1; }; \
 		echo "installing Debian's chromium for the browser test"; \
 		$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq chromium >/dev/null; }
 
