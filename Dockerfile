@@ -18,7 +18,7 @@ LABEL org.opencontainers.image.title="audiofan" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${COMMIT}" \
-      dev.audiofan.contract.version="1.0.0"
+      dev.audiofan.contract.version="1.1.0"
 COPY --from=build /out/audiofan /usr/local/bin/audiofan
 # The data folder belongs to the non-root user, so a named volume mounted on it (initialised from the image) is writable.
 COPY --from=build --chown=65532:65532 /out/data /data

@@ -8,7 +8,7 @@ VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev
 COMMIT   ?= $(shell git rev-parse HEAD 2>/dev/null)
 LDFLAGS  := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 
-.PHONY: acs-sdk node node-examples all build run test test-deploy test-configs config-tools test-cluster test-browser chromium vet fmt-check bench fuzz clean
+.PHONY: acs-sdk azurite npm-deps node node-examples all build run test test-deploy test-configs config-tools test-cluster test-browser chromium vet fmt-check bench fuzz clean
 
 all: build
 
@@ -21,8 +21,10 @@ run:
 
 ## test: formatting, vet, every test with the race detector in random order, then the distributed topology and the
 ## console in a browser
-test: fmt-check vet acs-sdk node-examples
-	AUDIOFAN_ACS_SDK_CHECK=$(CURDIR)/tools/acs-sdk-check/check.mjs AUDIOFAN_NODE_EXAMPLES=$(CURDIR)/examples/node $(GO) test -race -shuffle=on -count=1 -timeout 8m ./...
+test: fmt-check
+	$(MAKE) -j2 vet npm-deps
+	AUDIOFAN_ACS_SDK_CHECK=$(CURDIR)/tools/acs-sdk-check/check.mjs AUDIOFAN_NODE_EXAMPLES=$(CURDIR)/examples/node \
+	AUDIOFAN_AZURITE=$(CURDIR)/tools/azurite/node_modules/.bin/azurite-blob $(GO) test -race -shuffle=on -count=1 -timeout 8m ./...
 	$(MAKE) test-deploy
 	$(MAKE) test-configs
 	$(MAKE) test-cluster
@@ -48,6 +50,15 @@ test-configs: config-tools
 ## audiofan sends with, as an ACS application would; node and npm installed from Debian when missing
 acs-sdk: node
 	@test -d tools/acs-sdk-check/node_modules || npm ci --prefix tools/acs-sdk-check --no-audit --no-fund --loglevel=error
+
+## npm-deps: the test's npm packages, installed side by side (each pinned by its lockfile)
+npm-deps: node
+	$(MAKE) -j3 acs-sdk node-examples azurite
+
+## azurite: Microsoft's Azure Storage emulator (azurite 3.37.0, pinned in tools/azurite), which the recorder's blob store
+## tests run as a real process
+azurite: node
+	@test -d tools/azurite/node_modules || npm ci --prefix tools/azurite --no-audit --no-fund --loglevel=error
 
 ## node-examples: the JavaScript consumers in examples/node (@nats-io/jetstream, @msgpack/msgpack), pinned by their lockfile
 node-examples: node

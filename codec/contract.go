@@ -5,4 +5,4 @@ package codec
 // (its change list says what each version changed). It follows semantic
 // versioning: a key or subject added is a minor version, anything removed
 // or changed in meaning a major one.
-const ContractVersion = "1.0.0"
+const ContractVersion = "1.1.0"

@@ -46,7 +46,7 @@ type RecordingFile struct {
 	Mix         bool   `msgpack:"mix" json:"mix"`
 	Outbound    bool   `msgpack:"outbound" json:"outbound"`
 	Path        string `msgpack:"path" json:"path"`     // under AUDIOFAN_DATA_DIR; "" when not on disk
-	Object      string `msgpack:"object" json:"object"` // <bucket>/<call token>/<name>; "" when not in a bucket
+	Object      string `msgpack:"object" json:"object"` // <bucket>/<call token>/<name> (Object Store), a blob store's URL of the file (contract 1.1); "" when in neither
 	Bytes       int64  `msgpack:"bytes" json:"bytes"`
 	SHA256      string `msgpack:"sha256" json:"sha256"`
 	DurationMs  int64  `msgpack:"durationMs" json:"durationMs"`

@@ -64,6 +64,9 @@ type Env struct {
 	// DataDir is the process's AUDIOFAN_DATA_DIR, for a role that set
 	// Component.DataDir.
 	DataDir string
+	// Version is the binary's release (what `audiofan version` prints),
+	// for what a role stamps on its output.
+	Version string
 	Reg     prometheus.Registerer
 	Log     *slog.Logger
 }

@@ -225,6 +225,10 @@ func (g *Group) Ready() error {
 		return errors.New(g.role.Name + ": NATS disconnected")
 	case g.unavail.Load() > 0:
 		return fmt.Errorf("%s: %d calls waiting on an unavailable resource", g.role.Name, g.unavail.Load())
+	case g.role.Ready != nil:
+		if err := g.role.Ready(); err != nil {
+			return fmt.Errorf("%s: %w", g.role.Name, err)
+		}
 	}
 	return nil
 }

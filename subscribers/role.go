@@ -27,6 +27,10 @@ type Role struct {
 	// when the replica is given the call: at its start, or on a takeover,
 	// when the messages already handled elsewhere are replayed first.
 	NewCall func(ctx context.Context, call CallInfo) (CallHandler, error)
+	// Ready, when set, says whether what the role writes to (a store) is
+	// usable: the replica reports itself unready with its error (and keeps
+	// running, so it is ready again once the store is). Nil: always.
+	Ready func() error
 }
 
 // CallInfo names a call.

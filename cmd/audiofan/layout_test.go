@@ -46,6 +46,11 @@ var busReaders = []string{"broker", "broker/httpserve", "broker/warn", "subscrib
 var heavy = []string{"github.com/nats-io/nats-server/", "github.com/gorilla/websocket", "github.com/golang-jwt/", "github.com/nats-io/jwt/",
 	"github.com/MicahParks/", "net/http/pprof"}
 
+// linkedOnPurpose are heavy modules a bus reader links for a reason of its
+// own: the recorder's blob store reaches Azure through azidentity (managed
+// identities), whose MSAL links a JWT library.
+var linkedOnPurpose = map[string][]string{"subscribers/recording": {"github.com/golang-jwt/"}}
+
 type listed struct {
 	ImportPath string
 	Imports    []string
@@ -93,7 +98,7 @@ func TestLayout(t *testing.T) {
 		if slices.Contains(busReaders, name) {
 			for _, d := range p.Deps {
 				for _, h := range heavy {
-					if strings.HasPrefix(d, h) {
+					if strings.HasPrefix(d, h) && !slices.Contains(linkedOnPurpose[name], h) {
 						t.Errorf("%s links %s: a reader of the bus should not", name, d)
 					}
 				}

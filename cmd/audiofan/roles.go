@@ -180,7 +180,7 @@ func startGroup(ctx context.Context, url string, nopts NATSSettings, ref broker.
 	if err != nil {
 		return nil, nil, err
 	}
-	role, cleanup, err := c.Start(ctx, own, subscribers.Env{JS: js, Published: ref.Published(), DataDir: dataDir, Reg: reg, Log: log})
+	role, cleanup, err := c.Start(ctx, own, subscribers.Env{JS: js, Published: ref.Published(), DataDir: dataDir, Version: readVersion().Version, Reg: reg, Log: log})
 	if err != nil {
 		nc.Close()
 		return nil, nil, fmt.Errorf("%s: %w", c.Role, err)

@@ -8,7 +8,9 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -26,7 +28,7 @@ const RoleName = codec.SourceRecording
 
 // Config is the recorder's settings.
 type Config struct {
-	Store          string        `env:"AUDIOFAN_RECORDING_STORE" envDefault:"disk" help:"where finished recordings go: disk (AUDIOFAN_DATA_DIR/recordings/<call token>/), object (the JetStream Object Store bucket AUDIOFAN_RECORDING_BUCKET, as <call token>/<file>) or both"`
+	Store          string        `env:"AUDIOFAN_RECORDING_STORE" envDefault:"disk" help:"where finished recordings go: disk (AUDIOFAN_DATA_DIR/recordings/<call token>/), object (the JetStream Object Store bucket AUDIOFAN_RECORDING_BUCKET, as <call token>/<file>), both, or a blob store URL: azblob://<container> (credentials from AZURE_STORAGE_CONNECTION_STRING, an account and key or SAS, or a managed identity) or s3://<bucket> (the AWS default chain), ?prefix= for a folder; blobs are <prefix>/<date>/<call token>/<file>"`
 	Bucket         string        `env:"AUDIOFAN_RECORDING_BUCKET" envDefault:"recordings" help:"Object Store bucket of the recordings (created when missing)"`
 	BucketReplicas int           `env:"AUDIOFAN_RECORDING_BUCKET_REPLICAS" envDefault:"1" help:"replicas of the bucket when it is created (3 on a cluster)"`
 	MaxDuration    time.Duration `env:"AUDIOFAN_RECORDING_MAX_DURATION" envDefault:"4h" help:"longest recording: audio later than this after a call's first frame is left out (counted); 0 = no bound"`
@@ -34,15 +36,18 @@ type Config struct {
 
 // Validate checks the settings.
 func (c Config) Validate() error {
-	switch c.Store {
-	case "disk", "object", "both":
+	switch {
+	case c.Store == "disk", c.Store == "object", c.Store == "both", isBlobURL(c.Store):
+	case strings.Contains(c.Store, "://"):
+		scheme, _, _ := strings.Cut(c.Store, "://")
+		return fmt.Errorf("AUDIOFAN_RECORDING_STORE: a %s:// store is not supported: want azblob:// or s3://", scheme)
 	default:
-		return fmt.Errorf("AUDIOFAN_RECORDING_STORE %q: want disk, object or both", c.Store)
+		return fmt.Errorf("AUDIOFAN_RECORDING_STORE %q: want disk, object, both, azblob://<container> or s3://<bucket>", c.Store)
 	}
 	if c.MaxDuration < 0 {
 		return errors.New("AUDIOFAN_RECORDING_MAX_DURATION must not be negative")
 	}
-	if c.Store != "disk" && c.Bucket == "" {
+	if (c.Store == "object" || c.Store == "both") && c.Bucket == "" {
 		return errors.New("AUDIOFAN_RECORDING_BUCKET is empty")
 	}
 	return nil
@@ -54,11 +59,23 @@ type Recorder struct {
 	dir   string // recordings
 	spool string // where calls in progress are spooled, per process
 	store jetstream.ObjectStore
-	log   *slog.Logger
+	// blob is the blob store (a blob URL's), or nil; blobErr why it could
+	// not even be opened (the recorder then stays unready: calls wait on
+	// the bus).
+	blob       *blobStore
+	blobErr    error
+	blobFailed chan struct{} // an upload failed: probe the store again
+	stopWatch  func()        // stops the store's probes
+	version    string
+	log        *slog.Logger
+
+	mu      sync.Mutex
+	pending map[codec.Token]time.Time // calls whose upload is not yet done, since their first attempt
 
 	recordings *prometheus.CounterVec
 	bytes      prometheus.Counter
 	cut        prometheus.Counter
+	uploadErrs prometheus.Counter
 }
 
 // New prepares the recorder: recordings go under dataDir/recordings. Calls
@@ -69,6 +86,9 @@ func New(ctx context.Context, cfg Config, dataDir string, js jetstream.JetStream
 		return nil, err
 	}
 	r := &Recorder{cfg: cfg, dir: filepath.Join(dataDir, "recordings"), log: log.With("role", RoleName),
+		pending: map[codec.Token]time.Time{}, blobFailed: make(chan struct{}, 1),
+		uploadErrs: prometheus.NewCounter(prometheus.CounterOpts{Name: "audiofan_recorder_upload_failures_total",
+			Help: "Uploads of a recording to the blob store that failed (each is tried again; the call waits on the bus)."}),
 		recordings: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "audiofan_recorder_recordings_total",
 			Help: "Calls recorded, by result: written, or empty (no audio)."}, []string{"result"}),
 		bytes: prometheus.NewCounter(prometheus.CounterOpts{Name: "audiofan_recorder_written_bytes_total",
@@ -76,7 +96,28 @@ func New(ctx context.Context, cfg Config, dataDir string, js jetstream.JetStream
 		cut: prometheus.NewCounter(prometheus.CounterOpts{Name: "audiofan_recorder_frames_cut_total",
 			Help: "Frames left out of recordings: later than AUDIOFAN_RECORDING_MAX_DURATION after the call's first."}),
 	}
-	for _, c := range []prometheus.Collector{r.recordings, r.bytes, r.cut} {
+	pendingCalls := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "audiofan_recorder_uploads_pending",
+		Help: "Calls whose recording is rendered or being rendered and not yet confirmed by the store."}, func() float64 {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		return float64(len(r.pending))
+	})
+	oldest := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "audiofan_recorder_upload_oldest_seconds",
+		Help: "How long the oldest pending upload has waited since its first attempt (0: none pending): past the bus's retention its call can no longer be rebuilt whole."}, func() float64 {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		var first time.Time
+		for _, t := range r.pending {
+			if first.IsZero() || t.Before(first) {
+				first = t
+			}
+		}
+		if first.IsZero() {
+			return 0
+		}
+		return time.Since(first).Seconds()
+	})
+	for _, c := range []prometheus.Collector{r.recordings, r.bytes, r.cut, r.uploadErrs, pendingCalls, oldest} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("recorder metrics: %w", err)
 		}
@@ -93,6 +134,20 @@ func New(ctx context.Context, cfg Config, dataDir string, js jetstream.JetStream
 		return nil, fmt.Errorf("recordings folder: %w", err)
 	}
 	r.spool = spool
+	if isBlobURL(cfg.Store) {
+		if r.blob, err = openBlobStore(ctx, cfg.Store); err != nil {
+			// Unready, not a crash loop: the calls wait on the bus, and
+			// the error says what to fix.
+			r.blobErr = err
+			r.log.Error("recordings cannot be stored: the recorder stays unready until this is fixed and it restarts", "err", err)
+		} else {
+			wctx, cancel := context.WithCancel(ctx)
+			done := make(chan struct{})
+			r.stopWatch = func() { cancel(); <-done }
+			go func() { defer close(done); r.blob.watch(wctx, r.blobFailed) }()
+		}
+		return r, nil
+	}
 	if cfg.Store != "disk" {
 		err = broker.Provision(ctx, log, "bucket "+cfg.Bucket, func(ctx context.Context) (err error) {
 			r.store, err = js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{Bucket: cfg.Bucket,
@@ -107,15 +162,37 @@ func New(ctx context.Context, cfg Config, dataDir string, js jetstream.JetStream
 	return r, nil
 }
 
-// Close removes this process's spool folder.
-func (r *Recorder) Close() error { return os.RemoveAll(r.spool) }
+// Close removes this process's spool folder and closes the blob store.
+func (r *Recorder) Close() error {
+	err := os.RemoveAll(r.spool)
+	if r.stopWatch != nil {
+		r.stopWatch()
+	}
+	if r.blob != nil {
+		err = errors.Join(err, r.blob.Close())
+	}
+	return err
+}
+
+// ready is the recorder's own readiness: its blob store takes uploads.
+func (r *Recorder) ready() error {
+	switch {
+	case r.blobErr != nil:
+		return r.blobErr
+	case r.blob != nil:
+		if err := r.blob.ready(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
 
 // Role is the recorder as the subscriber framework runs it.
 func (r *Recorder) Role() subscribers.Role {
 	return subscribers.Role{Name: RoleName, Kinds: []broker.Kind{broker.KindAudio, broker.KindOutbound},
 		NewCall: func(_ context.Context, c subscribers.CallInfo) (subscribers.CallHandler, error) {
 			return &callRecorder{r: r, call: c}, nil
-		}}
+		}, Ready: r.ready}
 }
 
 // Dir is where a call's files go on disk.
@@ -239,7 +316,7 @@ func (c *callRecorder) End(ctx context.Context, reason subscribers.EndReason, ou
 		return emit(ctx, out, &rec)
 	}
 	dir := c.r.Dir(c.call.Token)
-	if c.r.cfg.Store == "object" {
+	if c.r.cfg.Store != "disk" && c.r.cfg.Store != "both" {
 		tmp, err := os.MkdirTemp(c.r.spool, "render-*")
 		if err != nil {
 			return fmt.Errorf("%w: %w", subscribers.ErrUnavailable, err)
@@ -258,7 +335,7 @@ func (c *callRecorder) End(ctx context.Context, reason subscribers.EndReason, ou
 			c.r.cut.Add(float64(f.Cut))
 			c.r.log.Warn("recording cut at AUDIOFAN_RECORDING_MAX_DURATION", "call", c.call.ID, "file", f.Name, "frames", f.Cut)
 		}
-		if c.r.cfg.Store != "object" {
+		if c.r.cfg.Store == "disk" || c.r.cfg.Store == "both" {
 			rf.Path = path.Join("recordings", string(c.call.Token), f.Name) // under AUDIOFAN_DATA_DIR
 			c.r.bytes.Add(float64(f.Bytes))
 		}
@@ -271,6 +348,11 @@ func (c *callRecorder) End(ctx context.Context, reason subscribers.EndReason, ou
 			c.r.bytes.Add(float64(f.Bytes))
 		}
 		rec.Files = append(rec.Files, rf)
+	}
+	if c.r.blob != nil || c.r.blobErr != nil {
+		if err := c.r.uploadBlobs(ctx, c.call, res, rec.Files); err != nil {
+			return err
+		}
 	}
 	rec.SampleRate, rec.Start, rec.DurationMs = res.SampleRate, res.Start, res.Duration.Milliseconds()
 	c.r.recordings.WithLabelValues("written").Inc()
@@ -299,7 +381,65 @@ func (r *Recorder) upload(ctx context.Context, name, path string) error {
 	return nil
 }
 
+// uploadBlobs uploads a rendered call's files to the blob store, naming
+// each blob in its file's Object. Until the store confirms every one the
+// call's End fails as unavailable: it is tried again, and its messages
+// stay on the bus (parked after a while, re-driven once the store is back),
+// so a store that is down loses nothing while the bus keeps the call. A
+// file uploaded twice (a retry, a takeover) is the same blob again.
+func (r *Recorder) uploadBlobs(ctx context.Context, call subscribers.CallInfo, res *Result, files []codec.RecordingFile) error {
+	r.mu.Lock()
+	if _, ok := r.pending[call.Token]; !ok {
+		r.pending[call.Token] = time.Now()
+	}
+	r.mu.Unlock()
+	if r.blobErr != nil {
+		return fmt.Errorf("%w: %w", subscribers.ErrUnavailable, r.blobErr)
+	}
+	var parts []string
+	for _, f := range res.Files {
+		if f.Participant != "" {
+			parts = append(parts, f.Participant)
+		}
+	}
+	for i, f := range res.Files {
+		key := blobKey(res.Start, string(call.Token), f.Name)
+		md := map[string]string{
+			// Raw: gocloud URL-escapes metadata values (HTTP headers are ASCII).
+			"callid": call.ID, "calltoken": string(call.Token), "participants": strings.Join(parts, ","),
+			"participant": f.Participant, "start": res.Start.UTC().Format(time.RFC3339Nano),
+			"samplerate": strconv.Itoa(res.SampleRate), "audiofanversion": cmpOr(r.version, "devel"),
+		}
+		if err := r.blob.put(ctx, key, f.Path, md); err != nil {
+			r.uploadErrs.Inc()
+			select {
+			case r.blobFailed <- struct{}{}:
+			default:
+			}
+			return fmt.Errorf("%w: upload %s to %s: %s: %s", subscribers.ErrUnavailable, key, r.blob.where, storeFault(err), firstLine(err))
+		}
+		files[i].Object = r.blob.where + "/" + key
+		r.bytes.Add(float64(f.Bytes))
+	}
+	r.mu.Lock()
+	delete(r.pending, call.Token)
+	r.mu.Unlock()
+	return nil
+}
+
+func cmpOr(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}
+
 func (c *callRecorder) Close() error {
+	// Done here (recorded, handed over or parked): a parked call shows in
+	// audiofan_subscriber_calls_parked, and its re-drive starts again.
+	c.r.mu.Lock()
+	delete(c.r.pending, c.call.Token)
+	c.r.mu.Unlock()
 	if c.spool == nil {
 		return nil
 	}
@@ -348,6 +488,7 @@ var Component = subscribers.Component{
 		if err != nil {
 			return subscribers.Role{}, nil, err
 		}
+		r.version = env.Version
 		return r.Role(), func() {
 			if err := r.Close(); err != nil {
 				env.Log.Warn("recorder spool", "err", err)

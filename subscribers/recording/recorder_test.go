@@ -99,6 +99,14 @@ type replica struct {
 
 func (r *rig) replica(t *testing.T) *replica {
 	t.Helper()
+	rep := r.start(t)
+	conformance.WaitFor(t, "replica ready", func() bool { return rep.g.Ready() == nil })
+	return rep
+}
+
+// start runs a replica without waiting for it to be ready.
+func (r *rig) start(t *testing.T) *replica {
+	t.Helper()
 	nc, err := nats.Connect(r.ns.URL())
 	if err != nil {
 		t.Fatal(err)
@@ -120,7 +128,6 @@ func (r *rig) replica(t *testing.T) *replica {
 	rep.cancel = cancel
 	go func() { rep.done <- rep.g.Run(ctx) }()
 	t.Cleanup(func() { rep.stop(); rec.Close() })
-	conformance.WaitFor(t, "replica ready", func() bool { return rep.g.Ready() == nil })
 	return rep
 }
 

@@ -1,0 +1,255 @@
+package recording
+
+import (
+	"context"
+	"crypto/md5"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/container"
+	"gocloud.dev/blob"
+	"gocloud.dev/blob/azureblob" // azblob:// URLs
+	_ "gocloud.dev/blob/s3blob"  // s3:// URLs
+	"gocloud.dev/gcerrors"
+)
+
+// Blob stores: recordings uploaded to Azure Blob Storage or S3 through
+// gocloud.dev/blob, whose URL openers take credentials the way each
+// ecosystem does (AZURE_STORAGE_CONNECTION_STRING, an account and key or
+// SAS, or a managed identity through azidentity's default chain; the AWS
+// default chain for S3), and whose writers commit a blob only when it is
+// whole (Azure's block list, S3's multipart completion): a blob is never
+// visible under its name half written.
+
+// blobSchemes are the URL schemes AUDIOFAN_RECORDING_STORE takes for a blob
+// store.
+var blobSchemes = []string{"azblob", "s3"}
+
+// isBlobURL says whether a store setting names a blob store.
+func isBlobURL(store string) bool {
+	scheme, _, ok := strings.Cut(store, "://")
+	if !ok {
+		return false
+	}
+	for _, s := range blobSchemes {
+		if scheme == s {
+			return true
+		}
+	}
+	return false
+}
+
+// ErrStoreSetting marks a blob store setting that cannot work: a bad URL,
+// a missing container, refused credentials or no write permission. The
+// recorder stays unready with it until the store accepts a probe.
+var ErrStoreSetting = errors.New("recording store")
+
+// blobStore is the bucket recordings go to.
+type blobStore struct {
+	bucket *blob.Bucket
+	where  string // scheme://bucket/prefix, for logs and events: no query, so no secret
+
+	mu      sync.Mutex
+	checked error // the last probe's result
+}
+
+// openBlobStore opens the bucket a blob URL names. It does not reach the
+// store: check does.
+func openBlobStore(ctx context.Context, raw string) (*blobStore, error) {
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" {
+		return nil, fmt.Errorf("%w: AUDIOFAN_RECORDING_STORE: not a blob URL (azblob://<container> or s3://<bucket>)", ErrStoreSetting)
+	}
+	if u.User != nil {
+		return nil, fmt.Errorf("%w: AUDIOFAN_RECORDING_STORE: credentials go in the environment (AZURE_STORAGE_CONNECTION_STRING, AWS_…), never in the URL", ErrStoreSetting)
+	}
+	var b *blob.Bucket
+	if cs := os.Getenv("AZURE_STORAGE_CONNECTION_STRING"); u.Scheme == "azblob" && cs != "" && !hasAny(u.Query(), "domain", "protocol", "localemu", "storage_account") {
+		// The connection string names its own endpoint (Azure's, or
+		// Azurite's http://127.0.0.1:10000/devstoreaccount1): used as it
+		// is, as Azure's own tools do, so nothing else needs setting.
+		b, err = openConnectionString(ctx, cs, u)
+	} else {
+		b, err = blob.OpenBucket(ctx, raw)
+	}
+	if err != nil {
+		// The opener's error may quote the URL: keep only what it says.
+		return nil, fmt.Errorf("%w: AUDIOFAN_RECORDING_STORE %s://%s: %s", ErrStoreSetting, u.Scheme, u.Host, redact(err, raw))
+	}
+	where := u.Scheme + "://" + u.Host
+	if p := u.Query().Get("prefix"); p != "" {
+		where += "/" + strings.TrimSuffix(p, "/")
+	}
+	return &blobStore{bucket: b, where: where}, nil
+}
+
+func hasAny(q url.Values, keys ...string) bool {
+	for _, k := range keys {
+		if q.Has(k) {
+			return true
+		}
+	}
+	return false
+}
+
+// openConnectionString opens the container an azblob URL names through the
+// Azure SDK's connection string client, with the URL's prefix.
+func openConnectionString(ctx context.Context, cs string, u *url.URL) (*blob.Bucket, error) {
+	c, err := container.NewClientFromConnectionString(cs, u.Host, nil)
+	if err != nil {
+		return nil, errors.New("AZURE_STORAGE_CONNECTION_STRING is not a connection string") // its text holds the key
+	}
+	b, err := azureblob.OpenBucket(ctx, c, nil)
+	if err != nil {
+		return nil, err
+	}
+	for k := range u.Query() {
+		if k != "prefix" {
+			_ = b.Close()
+			return nil, fmt.Errorf("the URL option %q does not go with AZURE_STORAGE_CONNECTION_STRING (only prefix does)", k)
+		}
+	}
+	if p := u.Query().Get("prefix"); p != "" {
+		b = blob.PrefixedBucket(b, p)
+	}
+	return b, nil
+}
+
+// redact is err's text without the URL's query (where a SAS could be).
+func redact(err error, raw string) string {
+	s := err.Error()
+	if _, q, ok := strings.Cut(raw, "?"); ok && q != "" {
+		s = strings.ReplaceAll(s, q, "…")
+	}
+	return s
+}
+
+// check writes and removes a probe blob: the container exists, the
+// credentials are accepted, and they may write.
+func (s *blobStore) check(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	var id [8]byte
+	_, _ = rand.Read(id[:])
+	key := ".audiofan-probe/" + hex.EncodeToString(id[:])
+	err := s.bucket.WriteAll(ctx, key, []byte("audiofan write probe\n"), &blob.WriterOptions{ContentType: "text/plain"})
+	if err == nil {
+		err = s.bucket.Delete(ctx, key)
+	}
+	if err != nil {
+		// The SDKs' errors run to a page (the response's XML): the first
+		// line says enough, and the rest goes to the debug log.
+		err = fmt.Errorf("%w %s: %s: %s", ErrStoreSetting, s.where, storeFault(err), firstLine(err))
+	}
+	s.mu.Lock()
+	s.checked = err
+	s.mu.Unlock()
+	return err
+}
+
+// storeFault says in words what a store's error means to an operator.
+func storeFault(err error) string {
+	var re *azcore.ResponseError
+	if errors.As(err, &re) {
+		switch re.StatusCode {
+		case http.StatusNotFound:
+			return "no such container or bucket (" + re.ErrorCode + ")"
+		case http.StatusForbidden, http.StatusUnauthorized:
+			return "the credentials are refused, or may not write there (" + re.ErrorCode + ")"
+		}
+	}
+	switch gcerrors.Code(err) {
+	case gcerrors.NotFound:
+		return "no such container or bucket"
+	case gcerrors.PermissionDenied:
+		return "the credentials are refused, or may not write there"
+	case gcerrors.DeadlineExceeded, gcerrors.Unknown, gcerrors.Internal:
+		return "the store does not answer"
+	}
+	return "the store refused the probe"
+}
+
+func firstLine(err error) string {
+	l, _, _ := strings.Cut(err.Error(), "\n")
+	return strings.TrimSpace(l)
+}
+
+// ready is the last probe's verdict.
+func (s *blobStore) ready() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.checked
+}
+
+// watch probes the store until it accepts one, then again whenever an
+// upload failed, so the replica's readiness follows the store.
+func (s *blobStore) watch(ctx context.Context, failed <-chan struct{}) {
+	for {
+		wait := 10 * time.Second
+		if s.check(ctx) == nil {
+			select {
+			case <-failed:
+				continue
+			case <-ctx.Done():
+				return
+			}
+		}
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// put uploads a file as key with its metadata, checked against its MD5 by
+// the store (Content-MD5): a blob that arrived otherwise is refused, not
+// kept.
+func (s *blobStore) put(ctx context.Context, key, path string, md map[string]string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	h := md5.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return err
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
+	w, err := s.bucket.NewWriter(ctx, key, &blob.WriterOptions{ContentType: "audio/wav", ContentMD5: h.Sum(nil), Metadata: md})
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(w, f); err != nil {
+		_ = w.Close()
+		return err
+	}
+	if err := w.Close(); err != nil { // the commit: before it nothing is visible under key
+		return err
+	}
+	s.mu.Lock()
+	s.checked = nil // the store takes uploads again
+	s.mu.Unlock()
+	return nil
+}
+
+// blobKey is a recording file's name in the store: the day the call
+// started (UTC), the call's token (safe in any store: A-Z a-z 0-9 - _) and
+// the file, under the URL's prefix.
+func blobKey(start time.Time, callToken, file string) string {
+	return start.UTC().Format("2006-01-02") + "/" + callToken + "/" + file
+}
+
+func (s *blobStore) Close() error { return s.bucket.Close() }

@@ -1,0 +1,264 @@
+package recording_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/to"
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob"
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/sas"
+
+	"github.com/audiofan/audiofan/codec"
+	"github.com/audiofan/audiofan/subscribers/conformance"
+)
+
+// Azurite's well-known development account (its documentation's, not a
+// secret).
+const (
+	devAccount = "devstoreaccount1"
+	devKey     = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+)
+
+// azurite is Microsoft's Azure Storage emulator as a real process
+// (tools/azurite, installed by make azurite; make test sets
+// AUDIOFAN_AZURITE to its azurite-blob).
+type azurite struct {
+	t         *testing.T
+	bin, dir  string
+	port      int
+	cmd       *exec.Cmd
+	connector string // the connection string of the development account
+}
+
+func startAzurite(t *testing.T) *azurite {
+	bin := os.Getenv("AUDIOFAN_AZURITE")
+	if bin == "" {
+		t.Skip("AUDIOFAN_AZURITE is not set: make test installs Azurite (make azurite) and sets it")
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	a := &azurite{t: t, bin: bin, dir: t.TempDir(), port: port}
+	a.connector = fmt.Sprintf("DefaultEndpointsProtocol=http;AccountName=%s;AccountKey=%s;BlobEndpoint=http://127.0.0.1:%d/%s;", devAccount, devKey, port, devAccount)
+	a.start()
+	t.Cleanup(a.kill)
+	return a
+}
+
+// start runs the emulator on its port and folder (what it stored survives
+// a restart).
+func (a *azurite) start() {
+	a.t.Helper()
+	a.cmd = exec.Command(a.bin, "--blobHost", "127.0.0.1", "--blobPort", fmt.Sprint(a.port), "--location", a.dir, "--silent", "--skipApiVersionCheck", "--loose")
+	if err := a.cmd.Start(); err != nil {
+		a.t.Fatal(err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", a.port)); err == nil {
+			c.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			a.t.Fatal("azurite did not start")
+		}
+	}
+}
+
+// kill stops the emulator at once (SIGKILL), mid-upload if one is going.
+func (a *azurite) kill() {
+	if a.cmd != nil {
+		_ = a.cmd.Process.Kill()
+		_ = a.cmd.Wait()
+		a.cmd = nil
+	}
+}
+
+func (a *azurite) client(t *testing.T) *azblob.Client {
+	c, err := azblob.NewClientFromConnectionString(a.connector, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// download fetches every blob under prefix into a folder, by file name.
+func (a *azurite) download(t *testing.T, containerName, prefix string) (dir string, md map[string]map[string]*string) {
+	t.Helper()
+	c := a.client(t)
+	dir, md = t.TempDir(), map[string]map[string]*string{}
+	pager := c.NewListBlobsFlatPager(containerName, &azblob.ListBlobsFlatOptions{Prefix: to.Ptr(prefix), Include: azblob.ListBlobsInclude{Metadata: true}})
+	for pager.More() {
+		page, err := pager.NextPage(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, b := range page.Segment.BlobItems {
+			name := filepath.Base(*b.Name)
+			f, err := os.Create(filepath.Join(dir, name))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := c.DownloadFile(context.Background(), containerName, *b.Name, f, nil); err != nil {
+				t.Fatal(err)
+			}
+			f.Close()
+			md[name] = b.Metadata
+		}
+	}
+	return dir, md
+}
+
+// Calls recorded into Azure Blob Storage (Azurite) with only
+// AUDIOFAN_RECORDING_STORE=azblob://<container> and Azure's own
+// AZURE_STORAGE_CONNECTION_STRING: each file a blob named
+// <prefix>/<date>/<call token>/<file>, its PCM bit-exact, with the call's
+// metadata, and the recording event naming the blobs.
+func TestRecorderAzureBlob(t *testing.T) {
+	az := startAzurite(t)
+	if _, err := az.client(t).CreateContainer(context.Background(), "recordings", nil); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("AZURE_STORAGE_CONNECTION_STRING", az.connector)
+	r := newRig(t)
+	r.cfg.Store = "azblob://recordings?prefix=calls/"
+	rep := r.replica(t)
+	c := &acsCall{id: "8:acs:1d0c-44a2+blob/1", parts: []string{"4:+14255550123", "8:acs:00000000-aaaa_0000002a"}, n: 80,
+		skip: func(p, i int) bool { return p == 1 && i%9 == 0 }}
+	c.stream(t, r.rcv.Addr, nil)
+	conformance.WaitFor(t, "the recording", func() bool { return len(recordingEvents(t, r.rcv.JS, r.rcv.Stream.StreamRef, c.id)) == 1 })
+	tok := string(codec.EncodeToken(c.id))
+	prefix := "calls/" + t0.Format("2006-01-02") + "/" + tok + "/"
+	dir, md := az.download(t, "recordings", prefix)
+	c.check(t, dir)
+	if len(md) != 3 {
+		t.Fatalf("blobs under %s: %v", prefix, md)
+	}
+	m := md["mix.wav"]
+	get := func(k string) string { // gocloud URL-escapes the values
+		if v := m[k]; v != nil {
+			s, err := url.PathUnescape(*v)
+			if err != nil {
+				t.Errorf("metadata %s=%q: %v", k, *v, err)
+			}
+			return s
+		}
+		return ""
+	}
+	if get("callid") != c.id || get("calltoken") != tok || get("samplerate") != "16000" || get("start") != t0.Format(time.RFC3339Nano) ||
+		get("audiofanversion") == "" || get("participants") != strings.Join(c.parts, ",") {
+		seen := map[string]string{}
+		for k := range m {
+			seen[k] = get(k)
+		}
+		t.Errorf("mix.wav's metadata: %v", seen)
+	}
+	ev := recordingEvents(t, r.rcv.JS, r.rcv.Stream.StreamRef, c.id)[0]
+	for _, f := range ev.Data["files"].([]any) {
+		f := f.(map[string]any)
+		if want := "azblob://recordings/calls/" + strings.TrimPrefix(prefix, "calls/") + f["name"].(string); f["object"] != want || f["path"] != "" {
+			t.Errorf("event file %v, want object %s and no path", f, want)
+		}
+	}
+	if got := conformance.Metric(t, rep.reg, "audiofan_recorder_uploads_pending", ""); got != 0 {
+		t.Errorf("%v uploads pending after the recording", got)
+	}
+}
+
+// The store is killed before a call ends, and the replica recording it is
+// killed while its upload waits: nothing is lost. The replica is unready
+// while the store is down, the upload is retried and counted, and once
+// the emulator is back the replica that took the call over uploads it
+// whole, once.
+func TestRecorderAzureBlobOutage(t *testing.T) {
+	az := startAzurite(t)
+	if _, err := az.client(t).CreateContainer(context.Background(), "recordings", nil); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("AZURE_STORAGE_CONNECTION_STRING", az.connector)
+	r := newRig(t)
+	r.cfg.Store = "azblob://recordings"
+	a := r.replica(t)
+	// Azurite saves its container list every few seconds: a kill right
+	// after the container's creation forgets it (the emulator's, not
+	// audiofan's); wait for the save.
+	time.Sleep(6 * time.Second)
+	az.kill()
+	c := &acsCall{id: "4:+14255550199-outage", parts: []string{"8:acs:alice", "8:acs:bob"}, n: 60, skip: func(p, i int) bool { return false }}
+	c.stream(t, r.rcv.Addr, nil)
+	conformance.WaitFor(t, "a failed upload", func() bool {
+		return conformance.Metric(t, a.reg, "audiofan_recorder_upload_failures_total", "") > 0
+	})
+	conformance.WaitFor(t, "the replica unready", func() bool { return a.g.Ready() != nil })
+	t.Logf("unready while the store is down: %v", a.g.Ready())
+	a.kill()
+	b := r.start(t) // takes the call over while the store is still down
+	conformance.WaitFor(t, "the takeover's upload failing too", func() bool {
+		return conformance.Metric(t, b.reg, "audiofan_recorder_upload_failures_total", "") > 0
+	})
+	az.start()
+	conformance.WaitFor(t, "the recording", func() bool { return len(recordingEvents(t, r.rcv.JS, r.rcv.Stream.StreamRef, c.id)) == 1 })
+	dir, _ := az.download(t, "recordings", t0.Format("2006-01-02")+"/"+string(codec.EncodeToken(c.id))+"/")
+	c.check(t, dir)
+	conformance.WaitFor(t, "the replica ready again", func() bool { return b.g.Ready() == nil })
+}
+
+// Bad settings are a clear error and an unready recorder, never a crash:
+// a container that does not exist, and credentials that may only read.
+func TestRecorderAzureBlobRefused(t *testing.T) {
+	az := startAzurite(t)
+	if _, err := az.client(t).CreateContainer(context.Background(), "readonly", nil); err != nil {
+		t.Fatal(err)
+	}
+	cred, err := azblob.NewSharedKeyCredential(devAccount, devKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, err := sas.BlobSignatureValues{Protocol: sas.ProtocolHTTPSandHTTP, ExpiryTime: time.Now().Add(time.Hour), ContainerName: "readonly",
+		Permissions: to.Ptr(sas.ContainerPermissions{Read: true, List: true}).String()}.SignWithSharedKey(cred)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, store string
+		env         map[string]string
+		want        string
+	}{
+		{"no such container", "azblob://missing", map[string]string{"AZURE_STORAGE_CONNECTION_STRING": az.connector}, "no such container"},
+		{"read-only SAS", fmt.Sprintf("azblob://readonly?protocol=http&domain=127.0.0.1:%d&localemu=true", az.port),
+			map[string]string{"AZURE_STORAGE_ACCOUNT": devAccount, "AZURE_STORAGE_SAS_TOKEN": q.Encode()}, "may not write"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for k, v := range tc.env {
+				t.Setenv(k, v)
+			}
+			r := newRig(t)
+			r.cfg.Store = tc.store
+			rep := r.start(t)
+			for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+				err := rep.g.Ready()
+				if err != nil && strings.Contains(err.Error(), tc.want) {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("not unready with %q: %v", tc.want, err)
+				}
+			}
+			err := rep.g.Ready()
+			t.Logf("unready: %v", err)
+			if strings.Contains(err.Error(), "sig=") || strings.Contains(err.Error(), devKey) {
+				t.Errorf("the error shows a secret: %v", err)
+			}
+		})
+	}
+}
