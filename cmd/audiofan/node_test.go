@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 )
@@ -105,10 +104,10 @@ func TestNodeMembers(t *testing.T) {
 
 	type member struct {
 		cmd      *exec.Cmd
-		out, err *lockedBuffer
+		out, err *syncBuffer
 	}
 	start := func(i int) member {
-		m := member{cmd: exec.CommandContext(ctx, "node", filepath.Join(dir, "member.mjs"), "talktime"), out: &lockedBuffer{}, err: &lockedBuffer{}}
+		m := member{cmd: exec.CommandContext(ctx, "node", filepath.Join(dir, "member.mjs"), "talktime"), out: &syncBuffer{}, err: &syncBuffer{}}
 		m.cmd.Env = append(cleanEnv(), "NATS_URL=nats://"+natsAddr, "MEMBERS=2", "MEMBER_INDEX="+strconv.Itoa(i), "MEMBER=m"+strconv.Itoa(i), "STANDBY_MS=1000")
 		m.cmd.Stdout, m.cmd.Stderr = m.out, m.err
 		if err := m.cmd.Start(); err != nil {
@@ -188,24 +187,6 @@ func TestNodeMembers(t *testing.T) {
 		}
 	}
 	t.Logf("calls by member: %v, then all 8 by m0", count)
-}
-
-// lockedBuffer is a process's output, read while it runs.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // waitFor polls ok for up to a minute.

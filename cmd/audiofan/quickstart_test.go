@@ -84,7 +84,7 @@ func TestQuickStart(t *testing.T) {
 	}()
 	waitHTTP(t, "serve", "http://127.0.0.1:8080/readyz", 60*time.Second, nil)
 
-	var simOut bytes.Buffer
+	var simOut syncBuffer // read on a timeout while sim still runs
 	sim := exec.Command(bin, args(cmds[1])...)
 	sim.Dir, sim.Env, sim.Stdout, sim.Stderr = dir, cleanEnv(), &simOut, &simOut
 	if err := sim.Start(); err != nil {

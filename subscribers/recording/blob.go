@@ -245,11 +245,12 @@ func (s *blobStore) put(ctx context.Context, key, path string, md map[string]str
 	return nil
 }
 
-// blobKey is a recording file's name in the store: the day the call
-// started (UTC), the call's token (safe in any store: A-Z a-z 0-9 - _) and
+// blobKey is a recording file's name in the store: the day the bus
+// stored the call's first message (UTC; the sender's clock is not
+// trusted for it), the call's token (safe in any store: A-Z a-z 0-9 - _) and
 // the file, under the URL's prefix.
-func blobKey(start time.Time, callToken, file string) string {
-	return start.UTC().Format("2006-01-02") + "/" + callToken + "/" + file
+func blobKey(day time.Time, callToken, file string) string {
+	return day.UTC().Format("2006-01-02") + "/" + callToken + "/" + file
 }
 
 func (s *blobStore) Close() error { return s.bucket.Close() }

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -119,59 +120,86 @@ func (a *azurite) download(t *testing.T, containerName, prefix string) (dir stri
 	return dir, md
 }
 
-// Calls recorded into Azure Blob Storage (Azurite) with only
-// AUDIOFAN_RECORDING_STORE=azblob://<container> and Azure's own
-// AZURE_STORAGE_CONNECTION_STRING: each file a blob named
-// <prefix>/<date>/<call token>/<file>, its PCM bit-exact, with the call's
-// metadata, and the recording event naming the blobs.
-func TestRecorderAzureBlob(t *testing.T) {
+// azuriteRig is a receiver and a recorder rig storing to a container of a
+// fresh Azurite, through AZURE_STORAGE_CONNECTION_STRING alone.
+func azuriteRig(t *testing.T, store string) (*azurite, *rig) {
+	t.Helper()
 	az := startAzurite(t)
 	if _, err := az.client(t).CreateContainer(context.Background(), "recordings", nil); err != nil {
 		t.Fatal(err)
 	}
 	t.Setenv("AZURE_STORAGE_CONNECTION_STRING", az.connector)
 	r := newRig(t)
-	r.cfg.Store = "azblob://recordings?prefix=calls/"
+	r.cfg.Store = store
+	return az, r
+}
+
+// Calls recorded into Azure Blob Storage (Azurite) with only
+// AUDIOFAN_RECORDING_STORE=azblob://<container> and Azure's own
+// AZURE_STORAGE_CONNECTION_STRING: 24 concurrent calls with ACS-shaped ids,
+// each file a blob named <prefix>/<date>/<call token>/<file>, its PCM
+// bit-exact, with the call's metadata, and the recording event naming the
+// blobs. The senders' clock is 12 days behind the bus's (t0): the date
+// folder is the bus's day, never the sender's.
+func TestRecorderAzureBlob(t *testing.T) {
+	az, r := azuriteRig(t, "azblob://recordings?prefix=calls/")
 	rep := r.replica(t)
-	c := &acsCall{id: "8:acs:1d0c-44a2+blob/1", parts: []string{"4:+14255550123", "8:acs:00000000-aaaa_0000002a"}, n: 80,
-		skip: func(p, i int) bool { return p == 1 && i%9 == 0 }}
-	c.stream(t, r.rcv.Addr, nil)
-	conformance.WaitFor(t, "the recording", func() bool { return len(recordingEvents(t, r.rcv.JS, r.rcv.Stream.StreamRef, c.id)) == 1 })
-	tok := string(codec.EncodeToken(c.id))
-	prefix := "calls/" + t0.Format("2006-01-02") + "/" + tok + "/"
-	dir, md := az.download(t, "recordings", prefix)
-	c.check(t, dir)
-	if len(md) != 3 {
-		t.Fatalf("blobs under %s: %v", prefix, md)
+	dayBefore := time.Now().UTC().Format("2006-01-02")
+	calls := make([]*acsCall, 24)
+	var wg sync.WaitGroup
+	for i := range calls {
+		calls[i] = &acsCall{id: fmt.Sprintf("8:acs:1d0c-44a2+blob/%d", i), parts: []string{fmt.Sprintf("4:+1425555%04d", i), "8:acs:00000000-aaaa_0000002a"},
+			n: 80, skip: func(p, f int) bool { return p == 1 && f%9 == i%9 }}
+		wg.Go(func() { calls[i].stream(t, r.rcv.Addr, nil) })
 	}
-	m := md["mix.wav"]
-	get := func(k string) string { // gocloud URL-escapes the values
-		if v := m[k]; v != nil {
-			s, err := url.PathUnescape(*v)
-			if err != nil {
-				t.Errorf("metadata %s=%q: %v", k, *v, err)
+	wg.Wait()
+	dayAfter := time.Now().UTC().Format("2006-01-02")
+	for _, c := range calls {
+		conformance.WaitFor(t, "the recording of "+c.id, func() bool { return len(recordingEvents(t, r.rcv.JS, r.rcv.Stream.StreamRef, c.id)) == 1 })
+	}
+	for _, c := range calls {
+		tok := string(codec.EncodeToken(c.id))
+		var dir, prefix string
+		var md map[string]map[string]*string
+		for _, day := range []string{dayBefore, dayAfter} { // the bus's day, whichever side of midnight
+			prefix = "calls/" + day + "/" + tok + "/"
+			if dir, md = az.download(t, "recordings", prefix); len(md) > 0 {
+				break
 			}
-			return s
 		}
-		return ""
-	}
-	if get("callid") != c.id || get("calltoken") != tok || get("samplerate") != "16000" || get("start") != t0.Format(time.RFC3339Nano) ||
-		get("audiofanversion") == "" || get("participants") != strings.Join(c.parts, ",") {
-		seen := map[string]string{}
-		for k := range m {
-			seen[k] = get(k)
+		if len(md) != 3 {
+			t.Fatalf("blobs under %s: %v (the date folder must be the bus's day, not the sender's %s)", prefix, md, t0.Format("2006-01-02"))
 		}
-		t.Errorf("mix.wav's metadata: %v", seen)
-	}
-	ev := recordingEvents(t, r.rcv.JS, r.rcv.Stream.StreamRef, c.id)[0]
-	for _, f := range ev.Data["files"].([]any) {
-		f := f.(map[string]any)
-		if want := "azblob://recordings/calls/" + strings.TrimPrefix(prefix, "calls/") + f["name"].(string); f["object"] != want || f["path"] != "" {
-			t.Errorf("event file %v, want object %s and no path", f, want)
+		c.check(t, dir)
+		m := md["mix.wav"]
+		get := func(k string) string { // gocloud URL-escapes the values
+			if v := m[k]; v != nil {
+				s, err := url.PathUnescape(*v)
+				if err != nil {
+					t.Errorf("metadata %s=%q: %v", k, *v, err)
+				}
+				return s
+			}
+			return ""
+		}
+		if get("callid") != c.id || get("calltoken") != tok || get("samplerate") != "16000" || get("start") != t0.Format(time.RFC3339Nano) ||
+			get("audiofanversion") == "" || get("participants") != strings.Join(c.parts, ",") {
+			seen := map[string]string{}
+			for k := range m {
+				seen[k] = get(k)
+			}
+			t.Errorf("mix.wav's metadata: %v", seen)
+		}
+		ev := recordingEvents(t, r.rcv.JS, r.rcv.Stream.StreamRef, c.id)[0]
+		for _, f := range ev.Data["files"].([]any) {
+			f := f.(map[string]any)
+			if want := "azblob://recordings/" + prefix + f["name"].(string); f["object"] != want || f["path"] != "" {
+				t.Errorf("event file %v, want object %s and no path", f, want)
+			}
 		}
 	}
 	if got := conformance.Metric(t, rep.reg, "audiofan_recorder_uploads_pending", ""); got != 0 {
-		t.Errorf("%v uploads pending after the recording", got)
+		t.Errorf("%v uploads pending after the recordings", got)
 	}
 }
 
@@ -181,13 +209,7 @@ func TestRecorderAzureBlob(t *testing.T) {
 // the emulator is back the replica that took the call over uploads it
 // whole, once.
 func TestRecorderAzureBlobOutage(t *testing.T) {
-	az := startAzurite(t)
-	if _, err := az.client(t).CreateContainer(context.Background(), "recordings", nil); err != nil {
-		t.Fatal(err)
-	}
-	t.Setenv("AZURE_STORAGE_CONNECTION_STRING", az.connector)
-	r := newRig(t)
-	r.cfg.Store = "azblob://recordings"
+	az, r := azuriteRig(t, "azblob://recordings")
 	a := r.replica(t)
 	// Azurite saves its container list every few seconds: a kill right
 	// after the container's creation forgets it (the emulator's, not
@@ -208,7 +230,13 @@ func TestRecorderAzureBlobOutage(t *testing.T) {
 	})
 	az.start()
 	conformance.WaitFor(t, "the recording", func() bool { return len(recordingEvents(t, r.rcv.JS, r.rcv.Stream.StreamRef, c.id)) == 1 })
-	dir, _ := az.download(t, "recordings", t0.Format("2006-01-02")+"/"+string(codec.EncodeToken(c.id))+"/")
+	var dir string
+	for _, day := range []time.Time{time.Now(), time.Now().Add(-24 * time.Hour)} { // the bus's day, whichever side of midnight
+		var md map[string]map[string]*string
+		if dir, md = az.download(t, "recordings", day.UTC().Format("2006-01-02")+"/"+string(codec.EncodeToken(c.id))+"/"); len(md) == 3 {
+			break
+		}
+	}
 	c.check(t, dir)
 	conformance.WaitFor(t, "the replica ready again", func() bool { return b.g.Ready() == nil })
 }

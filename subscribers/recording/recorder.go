@@ -1,6 +1,7 @@
 package recording
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -214,9 +215,16 @@ type callRecorder struct {
 	// outEnd is when the audio played into the call so far ends: the
 	// receiver plays each Outbound after the one before.
 	outEnd time.Time
+	// firstStored is when the bus stored the call's first message: the
+	// same on every replica (a takeover replays from it), and the bus's
+	// clock, not the sender's, which can be years off.
+	firstStored time.Time
 }
 
 func (c *callRecorder) Handle(_ context.Context, d subscribers.Delivery, _ *subscribers.Output) error {
+	if c.firstStored.IsZero() {
+		c.firstStored = d.Stored
+	}
 	var err error
 	switch p := d.Payload.(type) {
 	case *codec.Lifecycle:
@@ -350,7 +358,7 @@ func (c *callRecorder) End(ctx context.Context, reason subscribers.EndReason, ou
 		rec.Files = append(rec.Files, rf)
 	}
 	if c.r.blob != nil || c.r.blobErr != nil {
-		if err := c.r.uploadBlobs(ctx, c.call, res, rec.Files); err != nil {
+		if err := c.r.uploadBlobs(ctx, c.call, cmp.Or(c.firstStored, res.Start), res, rec.Files); err != nil {
 			return err
 		}
 	}
@@ -387,7 +395,9 @@ func (r *Recorder) upload(ctx context.Context, name, path string) error {
 // stay on the bus (parked after a while, re-driven once the store is back),
 // so a store that is down loses nothing while the bus keeps the call. A
 // file uploaded twice (a retry, a takeover) is the same blob again.
-func (r *Recorder) uploadBlobs(ctx context.Context, call subscribers.CallInfo, res *Result, files []codec.RecordingFile) error {
+// The blobs' date folder is day's: when the bus stored the call's first
+// message.
+func (r *Recorder) uploadBlobs(ctx context.Context, call subscribers.CallInfo, day time.Time, res *Result, files []codec.RecordingFile) error {
 	r.mu.Lock()
 	if _, ok := r.pending[call.Token]; !ok {
 		r.pending[call.Token] = time.Now()
@@ -403,12 +413,12 @@ func (r *Recorder) uploadBlobs(ctx context.Context, call subscribers.CallInfo, r
 		}
 	}
 	for i, f := range res.Files {
-		key := blobKey(res.Start, string(call.Token), f.Name)
+		key := blobKey(day, string(call.Token), f.Name)
 		md := map[string]string{
 			// Raw: gocloud URL-escapes metadata values (HTTP headers are ASCII).
 			"callid": call.ID, "calltoken": string(call.Token), "participants": strings.Join(parts, ","),
 			"participant": f.Participant, "start": res.Start.UTC().Format(time.RFC3339Nano),
-			"samplerate": strconv.Itoa(res.SampleRate), "audiofanversion": cmpOr(r.version, "devel"),
+			"samplerate": strconv.Itoa(res.SampleRate), "audiofanversion": cmp.Or(r.version, "devel"),
 		}
 		if err := r.blob.put(ctx, key, f.Path, md); err != nil {
 			r.uploadErrs.Inc()
@@ -425,13 +435,6 @@ func (r *Recorder) uploadBlobs(ctx context.Context, call subscribers.CallInfo, r
 	delete(r.pending, call.Token)
 	r.mu.Unlock()
 	return nil
-}
-
-func cmpOr(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
 }
 
 func (c *callRecorder) Close() error {
