@@ -468,15 +468,23 @@ func diagnose(t *testing.T, js jetstream.JetStream, role, tok string) {
 // durableConsumers counts the durable consumers on the bus's streams: the
 // roles' partitions, however many calls come and go.
 func durableConsumers(t testing.TB, js jetstream.JetStream) int {
+	return len(durableConsumerNames(t, js))
+}
+
+// durableConsumerNames names the durable consumers on every shard of the
+// bus, as "stream/consumer".
+func durableConsumerNames(t testing.TB, js jetstream.JetStream) []string {
 	bus, err := broker.FindBus(context.Background(), js, natstest.Defaults[broker.StreamRef](t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := 0
+	var names []string
 	for _, name := range bus.Layout.Streams() {
-		n += conformance.DurableConsumers(t, js, name)
+		for _, c := range conformance.DurableConsumerNames(t, js, name) {
+			names = append(names, name+"/"+c)
+		}
 	}
-	return n
+	return names
 }
 
 // renderStored renders a call's frames as the stream holds them: what the

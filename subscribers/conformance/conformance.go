@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"math"
 	"reflect"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -886,19 +887,30 @@ func StreamSubjects(t testing.TB, js jetstream.JetStream, ref broker.StreamRef) 
 // too, and are not counted).
 func DurableConsumers(t testing.TB, js jetstream.JetStream, stream string) int {
 	t.Helper()
+	return len(DurableConsumerNames(t, js, stream))
+}
+
+// DurableConsumerNames names the durable consumers on the stream, so that a
+// test finding too many can say which. The server lists consumers a page
+// (256) at a time, by offset into their names: ordered readers made or
+// removed between two pages shift the rest, so one name can come twice and
+// is counted once.
+func DurableConsumerNames(t testing.TB, js jetstream.JetStream, stream string) []string {
+	t.Helper()
 	s, err := js.Stream(context.Background(), stream)
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := 0
+	var names []string
 	list := s.ListConsumers(context.Background())
 	for ci := range list.Info() {
 		if ci.Config.Durable != "" {
-			n++
+			names = append(names, ci.Name)
 		}
 	}
 	if err := list.Err(); err != nil {
 		t.Fatal(err)
 	}
-	return n
+	slices.Sort(names)
+	return slices.Compact(names)
 }
