@@ -8,7 +8,7 @@ VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev
 COMMIT   ?= $(shell git rev-parse HEAD 2>/dev/null)
 LDFLAGS  := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 
-.PHONY: acs-sdk azurite npm-deps node node-examples all build run test test-deploy test-configs config-tools test-cluster test-browser chromium vet fmt-check bench fuzz clean
+.PHONY: acs-sdk azurite npm-deps node node-examples all build run test test-race test-lane test-deploy test-configs config-tools test-cluster test-browser chromium vet fmt-check bench fuzz clean
 
 all: build
 
@@ -19,16 +19,25 @@ build:
 run:
 	$(GO) run ./cmd/audiofan serve
 
-## test: formatting, vet, every test with the race detector in random order, then the distributed topology and the
-## console in a browser
+## test: formatting, vet, every test with the race detector in random order and, beside it, the deployment files, the
+## console in a browser and the distributed topology (the race suite alone leaves about half of the CPU idle, waiting
+## on timers and processes, so the second lane costs little wall time)
 test: fmt-check
+	$(MAKE) config-tools chromium
 	$(MAKE) -j2 vet npm-deps
+	$(MAKE) -j2 -Oline test-race test-lane
+
+## test-race: every test of the main module with the race detector, in random order (part of `make test`)
+test-race:
 	AUDIOFAN_ACS_SDK_CHECK=$(CURDIR)/tools/acs-sdk-check/check.mjs AUDIOFAN_NODE_EXAMPLES=$(CURDIR)/examples/node \
 	AUDIOFAN_AZURITE=$(CURDIR)/tools/azurite/node_modules/.bin/azurite-blob $(GO) test -race -shuffle=on -count=1 -timeout 8m ./...
+
+# test-lane: what make test runs beside the race suite, one after another
+test-lane:
 	$(MAKE) test-deploy
 	$(MAKE) test-configs
-	$(MAKE) test-cluster
 	$(MAKE) test-browser
+	$(MAKE) test-cluster
 
 ## test-deploy: the Kubernetes manifests decoded strictly into the real API types (k8s.io/api, KEDA's ScaledObject),
 ## in a module of their own under deploy/ so the main go.mod does not carry them (part of `make test`)

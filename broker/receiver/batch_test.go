@@ -67,7 +67,20 @@ func TestFastBatchPublishing(t *testing.T) {
 		last[key] = f.Seq
 	}
 	if n := frames(msgs); n != sockets*perPart*len(parts)+1 {
-		t.Errorf("%d frames stored, want %d", n, sockets*perPart*len(parts)+1)
+		// Say where the frames went: what each socket's ended message
+		// counted as stored, what the stream holds, and whether the rest
+		// came after the ended messages (stored late, not lost).
+		claimed := map[string]uint64{}
+		for _, m := range msgs {
+			if lc, ok := m.payload.(*codec.Lifecycle); ok && lc.Type == codec.LifecycleEnded {
+				for part, n := range lc.Frames {
+					claimed[lc.Call+"/"+part] = n
+				}
+			}
+		}
+		later := frames(h.readAll()) - n
+		t.Errorf("%d frames stored, want %d; %d more stored after the ended messages; per stream, ended's count against the last stored seq: %v against %v",
+			n, sockets*perPart*len(parts)+1, later, claimed, last)
 	}
 	if h.counter("audiofan_receiver_fast_batches_total", "result", "committed") == 0 {
 		t.Error("no fast batch committed: the last frame's tail was not")
