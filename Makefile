@@ -25,7 +25,7 @@ run:
 test: fmt-check
 	$(MAKE) config-tools chromium
 	$(MAKE) -j2 vet npm-deps
-	$(MAKE) -j2 -Oline test-race test-lane
+	$(MAKE) -j2 test-race test-lane
 
 ## test-race: every test of the main module with the race detector, in random order (part of `make test`)
 test-race:

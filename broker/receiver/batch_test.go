@@ -66,10 +66,14 @@ func TestFastBatchPublishing(t *testing.T) {
 		}
 		last[key] = f.Seq
 	}
-	if n := frames(msgs); n != sockets*perPart*len(parts)+1 {
+	// Sockets sending as fast as they can may outrun the window on a
+	// loaded machine: the receiver then sheds live frames, by design and
+	// counted. Every frame is stored once or counted as shed.
+	sent := sockets*perPart*len(parts) + 1
+	shed := int(h.counter("audiofan_receiver_dropped_total", "reason", "backpressure"))
+	if n := frames(msgs); n+shed != sent {
 		// Say where the frames went: what each socket's ended message
-		// counted as stored, what the stream holds, and whether the rest
-		// came after the ended messages (stored late, not lost).
+		// counted as stored, against the last sequence stored.
 		claimed := map[string]uint64{}
 		for _, m := range msgs {
 			if lc, ok := m.payload.(*codec.Lifecycle); ok && lc.Type == codec.LifecycleEnded {
@@ -79,8 +83,10 @@ func TestFastBatchPublishing(t *testing.T) {
 			}
 		}
 		later := frames(h.readAll()) - n
-		t.Errorf("%d frames stored, want %d; %d more stored after the ended messages; per stream, ended's count against the last stored seq: %v against %v",
-			n, sockets*perPart*len(parts)+1, later, claimed, last)
+		t.Errorf("%d frames stored and %d shed, want %d in all; %d more stored after the ended messages; per stream, ended's count against the last stored seq: %v against %v",
+			n, shed, sent, later, claimed, last)
+	} else if shed > 0 {
+		t.Logf("%d frames shed for backpressure (the machine is loaded)", shed)
 	}
 	if h.counter("audiofan_receiver_fast_batches_total", "result", "committed") == 0 {
 		t.Error("no fast batch committed: the last frame's tail was not")
