@@ -1,6 +1,7 @@
 package recording
 
 import (
+	"bytes"
 	"context"
 	"crypto/md5"
 	"crypto/rand"
@@ -53,6 +54,10 @@ func isBlobURL(store string) bool {
 // a missing container, refused credentials or no write permission. The
 // recorder stays unready with it until the store accepts a probe.
 var ErrStoreSetting = errors.New("recording store")
+
+// errBlobMismatch is a blob the store holds otherwise than it was sent:
+// the upload failed, and is made again.
+var errBlobMismatch = errors.New("the stored blob differs from the recording")
 
 // blobStore is the bucket recordings go to.
 type blobStore struct {
@@ -228,7 +233,8 @@ func (s *blobStore) put(ctx context.Context, key, path string, md map[string]str
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return err
 	}
-	w, err := s.bucket.NewWriter(ctx, key, &blob.WriterOptions{ContentType: "audio/wav", ContentMD5: h.Sum(nil), Metadata: md})
+	sum := h.Sum(nil)
+	w, err := s.bucket.NewWriter(ctx, key, &blob.WriterOptions{ContentType: "audio/wav", ContentMD5: sum, Metadata: md})
 	if err != nil {
 		return err
 	}
@@ -238,6 +244,18 @@ func (s *blobStore) put(ctx context.Context, key, path string, md map[string]str
 	}
 	if err := w.Close(); err != nil { // the commit: before it nothing is visible under key
 		return err
+	}
+	// Read back what the store holds. Azure checked Content-MD5 on the
+	// way in; S3 takes no Content-MD5 through gocloud (the SDK's CRC32
+	// trailer protects the transfer instead), but a whole-object upload's
+	// ETag is its MD5, which gocloud gives as MD5: where there is one, it
+	// must be this file's.
+	a, err := s.bucket.Attributes(ctx, key)
+	if err != nil {
+		return fmt.Errorf("reading back %s: %w", key, err)
+	}
+	if len(a.MD5) > 0 && !bytes.Equal(a.MD5, sum) {
+		return fmt.Errorf("%w: %s holds MD5 %x, the file has %x", errBlobMismatch, key, a.MD5, sum)
 	}
 	s.mu.Lock()
 	s.checked = nil // the store takes uploads again
