@@ -15,7 +15,9 @@ import (
 
 	"github.com/audiofan/audiofan/broker"
 	"github.com/audiofan/audiofan/broker/httpserve"
+	"github.com/audiofan/audiofan/subscribers"
 	"github.com/audiofan/audiofan/subscribers/console"
+	"github.com/audiofan/audiofan/subscribers/recording"
 )
 
 // ConsoleSettings are the settings of `audiofan console`.
@@ -60,14 +62,30 @@ var consoleCommand = command{
 // it and closes the connection.
 func startConsole(ctx context.Context, url string, nopts NATSSettings, ref broker.StreamRef, cfg console.Config, dataDir string,
 	reg prometheus.Registerer, log *slog.Logger) (*console.Console, func(), error) {
+	deps := console.Deps{Stream: ref, DataDir: dataDir, Reg: reg, Log: log, Roles: roleNames()}
+	var blobs *recording.BlobSource
+	if cfg.Recordings != "" {
+		var err error
+		if blobs, err = recording.OpenBlobSource(ctx, cfg.Recordings); err != nil {
+			return nil, nil, fmt.Errorf("the console's recordings (AUDIOFAN_CONSOLE_RECORDINGS, or the recorder's store): %w", err)
+		}
+		deps.Blobs = blobs
+	}
+	closeBlobs := func() {
+		if blobs != nil {
+			_ = blobs.Close()
+		}
+	}
 	nc, js, err := connectJS(url, nopts, "audiofan console", log)
 	if err != nil {
+		closeBlobs()
 		return nil, nil, err
 	}
-	c, err := console.New(cfg, console.Deps{NC: nc, JS: js, Stream: ref, DataDir: dataDir, Reg: reg, Log: log,
-		Roles: roleNames()})
+	deps.NC, deps.JS = nc, js
+	c, err := console.New(cfg, deps)
 	if err != nil {
 		nc.Close()
+		closeBlobs()
 		return nil, nil, err
 	}
 	var wg sync.WaitGroup
@@ -79,7 +97,19 @@ func startConsole(ctx context.Context, url string, nopts NATSSettings, ref broke
 	return c, func() {
 		wg.Wait()
 		drainConn(nc, log)
+		closeBlobs()
 	}, nil
+}
+
+// besideRecorder is the console's settings beside the roles own: with no
+// blob store of its own, it plays the recordings from the recorder's.
+func besideRecorder(cfg console.Config, own ...subscribers.Settings) console.Config {
+	for _, o := range own {
+		if rc, ok := o.(*recording.Config); ok && cfg.Recordings == "" {
+			cfg.Recordings = rc.BlobStore()
+		}
+	}
+	return cfg
 }
 
 // consoleRoot is the console's handler for a role's listener at addr, or

@@ -158,7 +158,7 @@ func runSubscriber(ctx context.Context, s SubscriberSettings, dataDir string, lo
 		return err
 	}
 	defer stop()
-	root, stopConsole, err := consoleRoot(ctx, s.Console, s.HTTPAddr, dataDir, s.NATS.URL, s.NATS, s.Stream, reg, log)
+	root, stopConsole, err := consoleRoot(ctx, besideRecorder(s.Console, own), s.HTTPAddr, dataDir, s.NATS.URL, s.NATS, s.Stream, reg, log)
 	if err != nil {
 		return err
 	}

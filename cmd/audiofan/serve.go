@@ -172,7 +172,7 @@ var serveCommand = command{
 			}
 			stops = append(stops, stop)
 		}
-		root, stopConsole, err := consoleRoot(ctx, s.Console, s.Receiver.HTTPAddr, s.DataDir, url, nopts, s.Stream.StreamRef, reg, log)
+		root, stopConsole, err := consoleRoot(ctx, besideRecorder(s.Console, s.own...), s.Receiver.HTTPAddr, s.DataDir, url, nopts, s.Stream.StreamRef, reg, log)
 		if err != nil {
 			return err
 		}

@@ -18,6 +18,7 @@ import (
 	"embed"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"net/http"
@@ -45,6 +46,9 @@ type Config struct {
 	Password string        `env:"AUDIOFAN_CONSOLE_PASSWORD" help:"basic-auth password for the console"`
 	History  time.Duration `env:"AUDIOFAN_CONSOLE_HISTORY" envDefault:"1h" help:"how far back the call list reaches at start, and how long ended calls stay listed"`
 	MaxEnded int           `env:"AUDIOFAN_CONSOLE_MAX_ENDED" envDefault:"200" help:"ended calls kept in the list"`
+	// Recordings is opened by whoever starts the console (the blob
+	// drivers live with the recorder), and given as Deps.Blobs.
+	Recordings string `env:"AUDIOFAN_CONSOLE_RECORDINGS" help:"blob store the console plays recordings from (azblob://<container> or s3://<bucket>, as the recorder's AUDIOFAN_RECORDING_STORE, its credentials in the environment); empty: beside a recorder (serve, audiofan recorder) the recorder's own store, else none"`
 }
 
 // ErrUnprotected: the console would expose call audio beyond this machine
@@ -90,10 +94,19 @@ type Deps struct {
 	Stream broker.StreamRef
 	// DataDir holds the recordings written to disk (AUDIOFAN_DATA_DIR).
 	DataDir string
+	// Blobs opens recordings a blob store holds; nil: none is read.
+	Blobs BlobSource
 	// Roles are the subscriber roles whose consumers the health view shows.
 	Roles []string
 	Reg   prometheus.Registerer
 	Log   *slog.Logger
+}
+
+// BlobSource opens a recording that a blob store holds, by the object URL
+// its recording event names, to read and seek in; a missing object, or one
+// outside the store, is fs.ErrNotExist.
+type BlobSource interface {
+	OpenBlob(ctx context.Context, object string) (io.ReadSeekCloser, time.Time, error)
 }
 
 // Console serves the pages and their feeds.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"io/fs"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -18,7 +19,7 @@ import (
 
 // serveRecording serves one file the call's recording event lists: from
 // AUDIOFAN_DATA_DIR when it is there (with ranges, so the page can seek),
-// else from the Object Store bucket the event names. Only listed files are
+// else from the Object Store bucket or the blob store the event names. Only listed files are
 // served, so no path from the request reaches the disk.
 func (c *Console) serveRecording(w http.ResponseWriter, r *http.Request) {
 	v, ok := c.index.view(codec.Token(r.PathValue("call")), time.Now())
@@ -46,7 +47,23 @@ func (c *Console) serveRecording(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
-	if bucket, key, ok := strings.Cut(obj, "/"); ok {
+	if strings.Contains(obj, "://") { // a blob store's URL
+		if c.d.Blobs == nil {
+			http.Error(w, "the recording is in "+schemeOf(obj)+" storage, which this console is not given (AUDIOFAN_CONSOLE_RECORDINGS)", http.StatusNotFound)
+			return
+		}
+		fh, mod, err := c.d.Blobs.OpenBlob(r.Context(), obj)
+		if err == nil {
+			defer fh.Close()
+			http.ServeContent(w, r, name, mod, fh) // ranges: the page seeks
+			return
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			c.log.Warn("console: recording from the blob store", "err", err)
+			http.Error(w, "the blob store did not give the recording", http.StatusBadGateway)
+			return
+		}
+	} else if bucket, key, ok := strings.Cut(obj, "/"); ok {
 		if err := c.serveObject(r.Context(), w, bucket, key); err == nil {
 			return
 		} else if !errors.Is(err, jetstream.ErrObjectNotFound) && !errors.Is(err, jetstream.ErrBucketNotFound) {
@@ -54,6 +71,12 @@ func (c *Console) serveRecording(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	http.Error(w, "the file is not on this console's disk nor in the object store", http.StatusNotFound)
+}
+
+// schemeOf is a store URL's scheme, which names the kind of store.
+func schemeOf(u string) string {
+	s, _, _ := strings.Cut(u, "://")
+	return s
 }
 
 func (c *Console) serveObject(ctx context.Context, w http.ResponseWriter, bucket, key string) error {

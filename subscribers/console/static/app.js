@@ -240,7 +240,8 @@ function renderFinished(c) {
     $("#recordings").replaceChildren(...(rec.files || []).map((f) => el("li", { "data-file": f.name },
       el("span", {}, f.mix ? "whole call" : f.outbound ? "played into the call" : who(f.participant)), el("audio", { controls: "", preload: "metadata", src: base + encodeURIComponent(f.name) }),
       el("a", { href: base + encodeURIComponent(f.name) + "?download" }, "download"),
-      el("span", { class: "muted" }, fmtMs(f.durationMs) + ", " + fmtBytes(f.bytes)))));
+      el("span", { class: "muted" }, fmtMs(f.durationMs) + ", " + fmtBytes(f.bytes)),
+      ...(f.object && f.object.includes("://") ? [el("code", { class: "muted blob", title: "where the recorder stored it" }, f.object)] : []))));
   }
   if (an && an.final) {
     const rows = (an.participants || []).map((p) => el("tr", {}, el("td", {}, who(p.participant)), el("td", {}, fmtMs(p.talkMs)),
