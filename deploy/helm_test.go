@@ -147,6 +147,8 @@ func TestChartRefusesBadValues(t *testing.T) {
 		{map[string]any{"forwarder": map[string]any{"enabled": true}}, "forwarder.targets"},
 		{map[string]any{"receiver": map[string]any{"drainTimeout": "2m"}}, "drainTimeout"},
 		{map[string]any{"recorder": map[string]any{"env": map[string]any{"PATH": "/x"}}}, "PATH"},
+		{map[string]any{"recorder": map[string]any{"store": "azblob://user:key@recordings"}}, "store"}, // credentials go in a Secret
+		{map[string]any{"recorder": map[string]any{"store": "gs://recordings"}}, "store"},
 	} {
 		_, err := render(t, "", tc.set)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
@@ -21,6 +22,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
 )
@@ -134,9 +136,10 @@ func load(t *testing.T) objects {
 func TestManifestsDecodeStrictly(t *testing.T) {
 	o := load(t)
 	// Both renderings: six Deployments with the forwarder (cluster), five without (default); a
-	// ScaledObject and a PDB per role, PDBs for the receivers and the console.
+	// ScaledObject and a PDB per role, PDBs for the receivers and the console; the cluster's blob
+	// store adds a NetworkPolicy.
 	if len(o.deployments) != 11 || len(o.scaled) != 7 || len(o.hpas) != 2 || len(o.services) != 4 || len(o.pdbs) != 11 ||
-		len(o.configMaps) != 2 || len(o.ingresses) != 1 || len(o.podMonitors) != 2 || len(o.pods) != 1 || len(o.netpols) != 9 || len(o.rules) != 2 {
+		len(o.configMaps) != 2 || len(o.ingresses) != 1 || len(o.podMonitors) != 2 || len(o.pods) != 1 || len(o.netpols) != 10 || len(o.rules) != 2 {
 		t.Errorf("%d Deployments, %d ScaledObjects, %d HPAs, %d Services, %d PDBs, %d ConfigMaps, %d Ingresses, %d PodMonitors, %d Pods, %d NetworkPolicies",
 			len(o.deployments), len(o.scaled), len(o.hpas), len(o.services), len(o.pdbs), len(o.configMaps), len(o.ingresses), len(o.podMonitors), len(o.pods), len(o.netpols))
 	}
@@ -338,5 +341,75 @@ func TestValuesFileParses(t *testing.T) {
 	}
 	if _, err := yaml.YAMLToJSONStrict(raw); err != nil {
 		t.Error(err)
+	}
+}
+
+// With a blob store (the cluster's values), the recorder and the console get
+// its credentials from the Secret, the console plays from the recorder's
+// store, and a NetworkPolicy lets exactly those two reach it.
+func TestBlobStoreWiring(t *testing.T) {
+	o := load(t)
+	envOf := func(d *appsv1.Deployment) (map[string]string, []string) {
+		env, from := map[string]string{}, []string{}
+		c := d.Spec.Template.Spec.Containers[0]
+		for _, e := range c.Env {
+			env[e.Name] = e.Value
+		}
+		for _, f := range c.EnvFrom {
+			if f.SecretRef != nil {
+				from = append(from, f.SecretRef.Name)
+			}
+		}
+		return env, from
+	}
+	var rec, con *appsv1.Deployment
+	for where, d := range o.deployments {
+		if !strings.HasPrefix(where, "rendered/cluster.yaml") {
+			continue
+		}
+		switch d.Spec.Template.Labels["app.kubernetes.io/component"] {
+		case "recorder":
+			rec = d
+		case "console":
+			con = d
+		}
+	}
+	if rec == nil || con == nil {
+		t.Fatalf("the cluster rendering has no recorder or console: %v", o.deployments)
+	}
+	recEnv, recFrom := envOf(rec)
+	conEnv, conFrom := envOf(con)
+	if store := recEnv["AUDIOFAN_RECORDING_STORE"]; !strings.HasPrefix(store, "azblob://") || conEnv["AUDIOFAN_CONSOLE_RECORDINGS"] != store {
+		t.Errorf("recorder stores to %q, console plays from %q", store, conEnv["AUDIOFAN_CONSOLE_RECORDINGS"])
+	}
+	if !slices.Equal(recFrom, []string{"audiofan-blob"}) || !slices.Equal(conFrom, []string{"audiofan-blob"}) {
+		t.Errorf("credentials from Secrets: recorder %v, console %v", recFrom, conFrom)
+	}
+	allows443 := func(d *appsv1.Deployment) bool {
+		for _, np := range o.netpols {
+			sel, err := metav1.LabelSelectorAsSelector(&np.Spec.PodSelector)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if np.Namespace != d.Namespace || !sel.Matches(labels.Set(d.Spec.Template.Labels)) {
+				continue
+			}
+			for _, e := range np.Spec.Egress {
+				for _, p := range e.Ports {
+					if len(e.To) == 0 && p.Port != nil && p.Port.IntValue() == 443 {
+						return true
+					}
+				}
+			}
+		}
+		return false
+	}
+	if !allows443(rec) || !allows443(con) {
+		t.Errorf("egress to the blob store on 443: recorder %v, console %v", allows443(rec), allows443(con))
+	}
+	for where, d := range o.deployments {
+		if c := d.Spec.Template.Labels["app.kubernetes.io/component"]; c != "recorder" && c != "console" && c != "forwarder" && allows443(d) {
+			t.Errorf("%s (%s) may leave the cluster on 443", where, c)
+		}
 	}
 }

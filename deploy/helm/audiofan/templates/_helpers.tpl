@@ -90,3 +90,8 @@ spec:
     matchLabels:
       {{- include "audiofan.selector" . | nindent 6 }}
 {{- end }}
+
+{{- /* The recorder's blob store URL (azblob://, s3://), or nothing when it stores on disk or in the Object Store. */}}
+{{- define "audiofan.blobStore" -}}
+{{- if regexMatch "^(azblob|s3)://" .Values.recorder.store }}{{ .Values.recorder.store }}{{ end }}
+{{- end }}
