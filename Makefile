@@ -120,8 +120,9 @@ fmt-check:
 	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
 ## bench: codec, receiver and subscriber benchmarks, each beside its baseline
-bench:
+bench: azurite
 	$(GO) test -run=NONE -bench=. -benchmem -benchtime=$(BENCHTIME) -count=3 ./codec/... ./subscribers/moderation
+	AUDIOFAN_AZURITE=$(CURDIR)/tools/azurite/node_modules/.bin/azurite-blob \
 	$(GO) test -run=NONE -bench=. -benchmem -benchtime=3x -count=3 ./subscribers/recording ./subscribers/analytics
 	$(GO) test -run=NONE -bench=. -benchtime=40x -count=3 ./subscribers/console
 	$(GO) test -run=NONE -bench=. -benchmem -benchtime=1x -count=3 -timeout 30m ./broker/receiver

@@ -34,7 +34,7 @@ import (
 func Throughput(b *testing.B, calls, parts, seconds int, newRole func(b *testing.B, dir string, js jetstream.JetStream, reg prometheus.Registerer) subscribers.Role) {
 	bus := natstest.StartBus(b)
 	ns, js, sc := bus.NS, bus.JS, bus.Stream
-	frames := storeCalls(b, js, sc.Subjects(), calls, parts, seconds)
+	frames := StoreCalls(b, js, sc.Subjects(), calls, parts, seconds)
 	var plain, direct, run, cpu time.Duration
 	name := ""
 	for b.Loop() {
@@ -58,7 +58,7 @@ func Throughput(b *testing.B, calls, parts, seconds int, newRole func(b *testing
 
 		cpu0 := cpuTime()
 		start = time.Now()
-		name = runRole(b, ns, sc.StreamRef, calls, func(js jetstream.JetStream, reg prometheus.Registerer) subscribers.Role {
+		name = RunToEnd(b, ns, sc.StreamRef, calls, func(js jetstream.JetStream, reg prometheus.Registerer) subscribers.Role {
 			return newRole(b, dir, js, reg)
 		})
 		run += time.Since(start)
@@ -85,8 +85,10 @@ func directRun(b *testing.B, js jetstream.JetStream, ref broker.StreamRef, calls
 	}
 }
 
-// storeCalls publishes the benchmark's calls and returns their frame count.
-func storeCalls(b *testing.B, js jetstream.JetStream, subj broker.Subjects, calls, parts, seconds int) int {
+// StoreCalls publishes calls of parts participant streams, seconds long
+// each (16 kHz tones taking turns, ids bench-NN), and returns their frame
+// count.
+func StoreCalls(b *testing.B, js jetstream.JetStream, subj broker.Subjects, calls, parts, seconds int) int {
 	t0 := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
 	frames := 0
 	pub := func(subject string, v any) {
@@ -125,9 +127,9 @@ func storeCalls(b *testing.B, js jetstream.JetStream, subj broker.Subjects, call
 	return frames
 }
 
-// runRole runs one replica until every call is finished; it returns the
-// role's name.
-func runRole(b *testing.B, ns *natstest.Server, ref broker.StreamRef, calls int, build func(jetstream.JetStream, prometheus.Registerer) subscribers.Role) string {
+// RunToEnd runs one replica of the role build makes until it has ended
+// calls calls; it returns the role's name.
+func RunToEnd(b *testing.B, ns *natstest.Server, ref broker.StreamRef, calls int, build func(jetstream.JetStream, prometheus.Registerer) subscribers.Role) string {
 	nc, err := nats.Connect(ns.URL())
 	if err != nil {
 		b.Fatal(err)

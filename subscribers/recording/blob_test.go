@@ -32,14 +32,14 @@ const (
 // (tools/azurite, installed by make azurite; make test sets
 // AUDIOFAN_AZURITE to its azurite-blob).
 type azurite struct {
-	t         *testing.T
+	t         testing.TB
 	bin, dir  string
 	port      int
 	cmd       *exec.Cmd
 	connector string // the connection string of the development account
 }
 
-func startAzurite(t *testing.T) *azurite {
+func startAzurite(t testing.TB) *azurite {
 	bin := os.Getenv("AUDIOFAN_AZURITE")
 	if bin == "" {
 		t.Skip("AUDIOFAN_AZURITE is not set: make test installs Azurite (make azurite) and sets it")
@@ -85,7 +85,7 @@ func (a *azurite) kill() {
 	}
 }
 
-func (a *azurite) client(t *testing.T) *azblob.Client {
+func (a *azurite) client(t testing.TB) *azblob.Client {
 	c, err := azblob.NewClientFromConnectionString(a.connector, nil)
 	if err != nil {
 		t.Fatal(err)
