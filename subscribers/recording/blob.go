@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob"
+	azblobblob "github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/blob"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/container"
 	"gocloud.dev/blob"
 	"gocloud.dev/blob/azureblob" // azblob:// URLs
@@ -240,15 +242,19 @@ func (s *blobStore) put(ctx context.Context, key, path string, md map[string]str
 	}
 	defer f.Close()
 	h := md5.New()
-	if _, err := io.Copy(h, f); err != nil {
+	size, err := io.Copy(h, f)
+	if err != nil {
 		return err
 	}
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return err
 	}
 	sum := h.Sum(nil)
-	w, err := s.bucket.NewWriter(ctx, key, &blob.WriterOptions{ContentType: "audio/wav", ContentMD5: sum, Metadata: md,
-		BufferSize: s.part, MaxConcurrency: 2})
+	opts := &blob.WriterOptions{ContentType: "audio/wav", ContentMD5: sum, Metadata: md, BufferSize: s.part, MaxConcurrency: 2}
+	if size > int64(s.part) {
+		opts.BeforeWrite = perBlockCRC64
+	}
+	w, err := s.bucket.NewWriter(ctx, key, opts)
 	if err != nil {
 		return err
 	}
@@ -260,10 +266,9 @@ func (s *blobStore) put(ctx context.Context, key, path string, md map[string]str
 		return err
 	}
 	// Read back what the store holds. gocloud has checked the bytes
-	// written against ContentMD5, which Azure stores with the blob (for any
-	// later download to check) but does not check on the way in: TLS
-	// guards that transfer (the SDK's per-block CRC64 would do more, and
-	// Azurite refuses it). S3 checks the SDK's CRC32 of every part, and a
+	// written against ContentMD5; Azure checks a one-piece upload against
+	// it and stores it with the blob, and a file of many blocks block by
+	// block (CRC64). S3 checks the SDK's CRC32 of every part, and a
 	// whole-object upload's ETag is its MD5, which gocloud gives as MD5:
 	// where the store gives one, it must be this file's.
 	a, err := s.bucket.Attributes(ctx, key)
@@ -276,6 +281,20 @@ func (s *blobStore) put(ctx context.Context, key, path string, md map[string]str
 	s.mu.Lock()
 	s.checked = nil // the store takes uploads again
 	s.mu.Unlock()
+	return nil
+}
+
+// perBlockCRC64 has Azure check every block of an upload of many against
+// a CRC64 the SDK computes as it goes. A file of one piece goes in one Put
+// Blob, which Azure checks whole against its Content-MD5 (Azure refuses a
+// CRC64 beside it: BothCrc64AndMd5HeaderPresent); a block list it does not
+// check against the MD5 it stores. S3's writer takes no such option (the
+// AWS SDK sends a CRC32 with every part anyway).
+func perBlockCRC64(as func(any) bool) error {
+	var o *azblob.UploadStreamOptions
+	if as(&o) {
+		o.TransactionalValidation = azblobblob.TransferValidationTypeComputeCRC64()
+	}
 	return nil
 }
 

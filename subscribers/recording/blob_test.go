@@ -1,7 +1,9 @@
 package recording_test
 
 import (
+	"bytes"
 	"context"
+	"crypto/rand"
 	"fmt"
 	"net"
 	"net/url"
@@ -19,6 +21,7 @@ import (
 
 	"github.com/audiofan/audiofan/codec"
 	"github.com/audiofan/audiofan/subscribers/conformance"
+	"github.com/audiofan/audiofan/subscribers/recording"
 )
 
 // Azurite's well-known development account (its documentation's, not a
@@ -289,4 +292,41 @@ func TestRecorderAzureBlobRefused(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Files of many pieces (11 MiB: six Azure blocks of 2 MiB, each checked
+// against its CRC64, and three S3 parts of 5 MiB, each with its CRC32),
+// uploaded as the recorder uploads, come back byte for byte.
+func TestBlobManyPieces(t *testing.T) {
+	data := make([]byte, 11<<20+12345)
+	if _, err := rand.Read(data); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "large.wav")
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Run("azure", func(t *testing.T) {
+		az := startAzurite(t)
+		if _, err := az.client(t).CreateContainer(context.Background(), "recordings", nil); err != nil {
+			t.Fatal(err)
+		}
+		t.Setenv("AZURE_STORAGE_CONNECTION_STRING", az.connector)
+		if err := recording.PutBlob(context.Background(), "azblob://recordings", "x/large.wav", path); err != nil {
+			t.Fatal(err)
+		}
+		dir, _ := az.download(t, "recordings", "x/")
+		if got, err := os.ReadFile(filepath.Join(dir, "large.wav")); err != nil || !bytes.Equal(got, data) {
+			t.Errorf("the blob differs from the file (%d bytes of %d, %v)", len(got), len(data), err)
+		}
+	})
+	t.Run("s3", func(t *testing.T) {
+		s3 := conformance.StartS3(t, "recordings")
+		if err := recording.PutBlob(context.Background(), s3.URL("recordings", ""), "x/large.wav", path); err != nil {
+			t.Fatal(err)
+		}
+		if got := s3.Objects("recordings", "x/")["large.wav"].Data; !bytes.Equal(got, data) {
+			t.Errorf("the object differs from the file (%d bytes of %d)", len(got), len(data))
+		}
+	})
 }
