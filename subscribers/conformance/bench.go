@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
+	"os"
+	"strconv"
 	"syscall"
 	"testing"
 	"time"
@@ -31,8 +33,21 @@ import (
 // many times faster than the streams are produced live (x-realtime), the
 // ratio to the plain consumer, and the ratio to the direct run (x-direct:
 // what the Group keeps of the role's own speed).
+//
+// AUDIOFAN_BENCH_SHARDS=S spreads the bus's partitions over S streams (S
+// dividing the partitions): a partition consumer filters its shard, whose
+// stored messages the server walks to find the partition's, so the walk
+// shrinks as partitions per shard do.
 func Throughput(b *testing.B, calls, parts, seconds int, newRole func(b *testing.B, dir string, js jetstream.JetStream, reg prometheus.Registerer) subscribers.Role) {
-	bus := natstest.StartBus(b)
+	shards := 1
+	if v := os.Getenv("AUDIOFAN_BENCH_SHARDS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			b.Fatalf("AUDIOFAN_BENCH_SHARDS=%q: want a count of streams", v)
+		}
+		shards = n
+	}
+	bus := natstest.StartBusWith(b, func(sc *broker.StreamConfig) { sc.Shards = shards })
 	ns, js, sc := bus.NS, bus.JS, bus.Stream
 	frames := StoreCalls(b, js, sc.Subjects(), calls, parts, seconds)
 	var plain, direct, run, cpu time.Duration
@@ -48,8 +63,10 @@ func Throughput(b *testing.B, calls, parts, seconds int, newRole func(b *testing
 		})
 		direct += time.Since(start)
 		if name != "" { // start the role over: a new consumer, nothing remembered
-			for p := range sc.Partitions {
-				_ = js.DeleteConsumer(context.Background(), sc.Name, subscribers.PartitionConsumer(name, p))
+			for _, stream := range sc.Layout().Streams() {
+				for p := range sc.Partitions {
+					_ = js.DeleteConsumer(context.Background(), stream, subscribers.PartitionConsumer(name, p))
+				}
 			}
 			_ = js.DeleteKeyValue(context.Background(), subscribers.StateBucket(sc.Name, name))
 		}
@@ -71,6 +88,7 @@ func Throughput(b *testing.B, calls, parts, seconds int, newRole func(b *testing
 	b.ReportMetric(float64(frames)/perRun/float64(calls*parts*50), "x-realtime")
 	b.ReportMetric(plain.Seconds()/run.Seconds(), "x-plain-consumer")
 	b.ReportMetric(direct.Seconds()/run.Seconds(), "x-direct")
+	b.ReportMetric(float64(sc.Partitions/shards), "partitions/shard")
 }
 
 // directRun applies the role to every call straight from one ordered
@@ -164,27 +182,50 @@ func RunToEnd(b *testing.B, ns *natstest.Server, ref broker.StreamRef, calls int
 	}
 }
 
-// plainRead reads and decodes every frame with one ordered consumer.
+// plainRead reads and decodes every frame with one ordered consumer per
+// shard, one shard after another.
 func plainRead(b *testing.B, js jetstream.JetStream, ref broker.StreamRef, frames int) {
-	oc, err := js.OrderedConsumer(context.Background(), ref.Name, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{StreamSubjects(b, js, ref).AllKind(broker.KindAudio)}})
+	bus, err := broker.FindBus(context.Background(), js, ref)
 	if err != nil {
 		b.Fatal(err)
 	}
-	it, err := oc.Messages()
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer it.Stop()
-	var f codec.Frame
-	for range frames {
-		m, err := it.Next()
+	read := 0
+	for _, s := range bus.Shards() {
+		info, err := s.Info(context.Background(), jetstream.WithSubjectFilter(bus.Subjects().AllKind(broker.KindAudio)))
 		if err != nil {
 			b.Fatal(err)
 		}
-		if err := codec.UnmarshalFrame(m.Data(), &f); err != nil {
+		n := 0
+		for _, c := range info.State.Subjects {
+			n += int(c)
+		}
+		if n == 0 {
+			continue
+		}
+		oc, err := s.OrderedConsumer(context.Background(), jetstream.OrderedConsumerConfig{
+			FilterSubjects: []string{bus.Subjects().AllKind(broker.KindAudio)}})
+		if err != nil {
 			b.Fatal(err)
 		}
+		it, err := oc.Messages()
+		if err != nil {
+			b.Fatal(err)
+		}
+		var f codec.Frame
+		for range n {
+			m, err := it.Next()
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := codec.UnmarshalFrame(m.Data(), &f); err != nil {
+				b.Fatal(err)
+			}
+		}
+		it.Stop()
+		read += n
+	}
+	if read != frames {
+		b.Fatalf("the plain reader read %d frames of %d", read, frames)
 	}
 }
 
