@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path"
@@ -135,6 +136,13 @@ func New(ctx context.Context, cfg Config, dataDir string, js jetstream.JetStream
 		return nil, fmt.Errorf("recordings folder: %w", err)
 	}
 	r.spool = spool
+	spoolBytes := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "audiofan_recorder_spool_bytes",
+		Help: "Bytes in this replica's spool: the calls in progress, and the recordings rendered and not yet confirmed by the store (what a store that stays down makes grow)."},
+		func() float64 { return float64(dirBytes(spool)) })
+	if err := reg.Register(spoolBytes); err != nil {
+		_ = os.RemoveAll(spool)
+		return nil, fmt.Errorf("recorder metrics: %w", err)
+	}
 	if isBlobURL(cfg.Store) {
 		if r.blob, err = openBlobStore(ctx, cfg.Store); err != nil {
 			// Unready, not a crash loop: the calls wait on the bus, and
@@ -501,4 +509,20 @@ var Component = subscribers.Component{
 	Publishes: func(s subscribers.Settings, _ broker.Published) []string {
 		return []string{"$O." + s.(*Config).Bucket + ".>"}
 	},
+}
+
+// dirBytes is the size of the files under dir, read at each scrape (a
+// spool holds a few files a call: walking it costs less than keeping
+// every write's count right across renders and removals).
+func dirBytes(dir string) int64 {
+	var n int64
+	_ = filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			if info, err := d.Info(); err == nil {
+				n += info.Size()
+			}
+		}
+		return nil // a file removed meanwhile: not counted
+	})
+	return n
 }

@@ -91,6 +91,9 @@ func TestRecorderS3Outage(t *testing.T) {
 	})
 	conformance.WaitFor(t, "the replica unready", func() bool { return rep.g.Ready() != nil })
 	t.Logf("unready while the store is down: %v", rep.g.Ready())
+	if got := conformance.Metric(t, rep.reg, "audiofan_recorder_spool_bytes", ""); got < 2*60*640 {
+		t.Errorf("spool bytes %v while the recording waits for the store: want its files", got)
+	}
 	s3.Start()
 	conformance.WaitFor(t, "the recording", func() bool { return len(recordingEvents(t, r.rcv.JS, r.rcv.Stream.StreamRef, c.id)) == 1 })
 	objs, prefix := s3.CallObjects("recordings", "", string(codec.EncodeToken(c.id)))
@@ -99,6 +102,7 @@ func TestRecorderS3Outage(t *testing.T) {
 	}
 	c.check(t, toDir(t, objs))
 	conformance.WaitFor(t, "the replica ready again", func() bool { return rep.g.Ready() == nil })
+	conformance.WaitFor(t, "the spool emptied", func() bool { return conformance.Metric(t, rep.reg, "audiofan_recorder_spool_bytes", "") == 0 })
 }
 
 // A bucket that does not exist: the recorder is unready, saying so, and
