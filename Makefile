@@ -36,10 +36,11 @@ TEST_ENV := AUDIOFAN_ACS_SDK_CHECK=$(CURDIR)/tools/acs-sdk-check/check.mjs AUDIO
 # run is not the race suite's long pole.
 LANE_TESTS := ^(TestNATSAccounts|TestQuickStart|TestShardedServe|TestNodeTap|TestNodeMembers)$$
 
-## test-race: every test of the main module with the race detector, in random order (part of `make test`; the
+## test-race: every test of the main module with the race detector, in random order, three packages at a time (most
+## wait on timers and processes; part of `make test`; the
 ## LANE_TESTS run beside it in test-lane)
 test-race:
-	$(TEST_ENV) $(GO) test -race -shuffle=on -count=1 -timeout 8m -skip '$(LANE_TESTS)' ./...
+	$(TEST_ENV) $(GO) test -race -shuffle=on -count=1 -p 3 -timeout 8m -skip '$(LANE_TESTS)' ./...
 
 # test-lane: what make test runs beside the race suite, one after another
 test-lane:

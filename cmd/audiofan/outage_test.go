@@ -241,7 +241,7 @@ func TestRoleOutage(t *testing.T) {
 	if os.Getenv("AUDIOFAN_TOPOLOGY") == "" {
 		t.Skip("set AUDIOFAN_TOPOLOGY=1 (make test-cluster): builds the binaries and runs the roles as processes")
 	}
-	o := outage{calls: 20, duration: 40 * time.Second, freezeAt: 5 * time.Second, freezeFor: 20 * time.Second}
+	o := outage{calls: 20, duration: 30 * time.Second, freezeAt: 5 * time.Second, freezeFor: 15 * time.Second}
 	r := runOutage(t, o)
 	t.Logf("%d calls × 2 participants, recorder frozen %v: caught up in %v (%.1f× real time); analytics meanwhile at most %.2f s of traffic behind (%.2f s with what it held unacknowledged)",
 		o.calls, o.freezeFor, r.catchUp.Round(time.Millisecond), r.catchUpFactor(o), r.analyticsLag, r.analyticsHeld)
