@@ -174,32 +174,13 @@ func TestRecorderAzureBlob(t *testing.T) {
 			t.Fatalf("blobs under %s: %v (the date folder must be the bus's day, not the sender's %s)", prefix, md, t0.Format("2006-01-02"))
 		}
 		c.check(t, dir)
-		m := md["mix.wav"]
-		get := func(k string) string { // gocloud URL-escapes the values
-			if v := m[k]; v != nil {
-				s, err := url.PathUnescape(*v)
-				if err != nil {
-					t.Errorf("metadata %s=%q: %v", k, *v, err)
-				}
-				return s
-			}
-			return ""
-		}
-		if get("callid") != c.id || get("calltoken") != tok || get("samplerate") != "16000" || get("start") != t0.Format(time.RFC3339Nano) ||
-			get("audiofanversion") == "" || get("participants") != strings.Join(c.parts, ",") {
-			seen := map[string]string{}
-			for k := range m {
-				seen[k] = get(k)
-			}
-			t.Errorf("mix.wav's metadata: %v", seen)
-		}
-		ev := recordingEvents(t, r.rcv.JS, r.rcv.Stream.StreamRef, c.id)[0]
-		for _, f := range ev.Data["files"].([]any) {
-			f := f.(map[string]any)
-			if want := "azblob://recordings/" + prefix + f["name"].(string); f["object"] != want || f["path"] != "" {
-				t.Errorf("event file %v, want object %s and no path", f, want)
+		m := map[string]string{}
+		for k, v := range md["mix.wav"] {
+			if v != nil {
+				m[k] = *v
 			}
 		}
+		checkStored(t, r, c, m, "azblob://recordings/"+prefix)
 	}
 	if got := conformance.Metric(t, rep.reg, "audiofan_recorder_uploads_pending", ""); got != 0 {
 		t.Errorf("%v uploads pending after the recordings", got)
@@ -329,4 +310,30 @@ func TestBlobManyPieces(t *testing.T) {
 			t.Errorf("the object differs from the file (%d bytes of %d)", len(got), len(data))
 		}
 	})
+}
+
+// checkStored checks what a blob store holds of a call beside its audio:
+// mix.wav's metadata md (values URL-escaped, as gocloud writes them), and
+// the recording event naming each file as an object under where
+// (scheme://bucket/prefix/date/token/) and as no path on disk.
+func checkStored(t *testing.T, r *rig, c *acsCall, md map[string]string, where string) {
+	t.Helper()
+	get := func(k string) string {
+		v, err := url.PathUnescape(md[k])
+		if err != nil {
+			t.Errorf("metadata %s=%q: %v", k, md[k], err)
+		}
+		return v
+	}
+	if get("callid") != c.id || get("calltoken") != string(codec.EncodeToken(c.id)) || get("samplerate") != "16000" ||
+		get("start") != t0.Format(time.RFC3339Nano) || get("audiofanversion") == "" || get("participants") != strings.Join(c.parts, ",") {
+		t.Errorf("mix.wav's metadata: %v", md)
+	}
+	ev := recordingEvents(t, r.rcv.JS, r.rcv.Stream.StreamRef, c.id)[0]
+	for _, f := range ev.Data["files"].([]any) {
+		f := f.(map[string]any)
+		if want := where + f["name"].(string); f["object"] != want || f["path"] != "" {
+			t.Errorf("event file %v, want object %s and no path", f, want)
+		}
+	}
 }

@@ -3,7 +3,6 @@ package recording_test
 import (
 	"errors"
 	"io/fs"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -49,25 +48,7 @@ func TestRecorderS3(t *testing.T) {
 			t.Fatalf("objects under %s: %d, want %d", prefix, len(objs), len(c.parts)+1)
 		}
 		c.check(t, toDir(t, objs))
-		m := objs["mix.wav"].Metadata
-		get := func(k string) string { // gocloud URL-escapes the values
-			s, err := url.PathUnescape(m[k])
-			if err != nil {
-				t.Errorf("metadata %s=%q: %v", k, m[k], err)
-			}
-			return s
-		}
-		if get("callid") != c.id || get("calltoken") != tok || get("samplerate") != "16000" || get("audiofanversion") == "" ||
-			get("participants") != strings.Join(c.parts, ",") {
-			t.Errorf("mix.wav's metadata: %v", m)
-		}
-		ev := recordingEvents(t, r.rcv.JS, r.rcv.Stream.StreamRef, c.id)[0]
-		for _, f := range ev.Data["files"].([]any) {
-			f := f.(map[string]any)
-			if want := "s3://recordings/" + prefix + f["name"].(string); f["object"] != want || f["path"] != "" {
-				t.Errorf("event file %v, want object %s and no path", f, want)
-			}
-		}
+		checkStored(t, r, c, objs["mix.wav"].Metadata, "s3://recordings/"+prefix)
 	}
 	if got := conformance.Metric(t, rep.reg, "audiofan_recorder_uploads_pending", ""); got != 0 {
 		t.Errorf("%v uploads pending after the recordings", got)
