@@ -31,6 +31,9 @@ const (
 	devKey     = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 )
 
+// wrongKey is a well-formed key that is not the account's.
+var wrongKey = "AAAA" + devKey[4:]
+
 // azurite is Microsoft's Azure Storage emulator as a real process
 // (tools/azurite, installed by make azurite; make test sets
 // AUDIOFAN_AZURITE to its azurite-blob).
@@ -226,7 +229,8 @@ func TestRecorderAzureBlobOutage(t *testing.T) {
 }
 
 // Bad settings are a clear error and an unready recorder, never a crash:
-// a container that does not exist, and credentials that may only read.
+// a container that does not exist, a key that is not the account's, and
+// credentials that may only read.
 func TestRecorderAzureBlobRefused(t *testing.T) {
 	az := startAzurite(t)
 	if _, err := az.client(t).CreateContainer(context.Background(), "readonly", nil); err != nil {
@@ -247,6 +251,7 @@ func TestRecorderAzureBlobRefused(t *testing.T) {
 		want        string
 	}{
 		{"no such container", "azblob://missing", map[string]string{"AZURE_STORAGE_CONNECTION_STRING": az.connector}, "no such container"},
+		{"wrong key", "azblob://readonly", map[string]string{"AZURE_STORAGE_CONNECTION_STRING": strings.Replace(az.connector, devKey, wrongKey, 1)}, "credentials are refused"},
 		{"read-only SAS", fmt.Sprintf("azblob://readonly?protocol=http&domain=127.0.0.1:%d&localemu=true", az.port),
 			map[string]string{"AZURE_STORAGE_ACCOUNT": devAccount, "AZURE_STORAGE_SAS_TOKEN": q.Encode()}, "may not write"},
 	} {
@@ -268,7 +273,7 @@ func TestRecorderAzureBlobRefused(t *testing.T) {
 			}
 			err := rep.g.Ready()
 			t.Logf("unready: %v", err)
-			if strings.Contains(err.Error(), "sig=") || strings.Contains(err.Error(), devKey) {
+			if strings.Contains(err.Error(), "sig=") || strings.Contains(err.Error(), devKey) || strings.Contains(err.Error(), wrongKey) {
 				t.Errorf("the error shows a secret: %v", err)
 			}
 		})

@@ -146,3 +146,27 @@ func TestBlobSourceStaysInItsStore(t *testing.T) {
 		t.Errorf("a store that is no blob URL: %v", err)
 	}
 }
+
+// Store URLs that cannot work are a clear reason on an unready recorder at
+// start, never a crash, and never echo a secret they carry.
+func TestRecorderBadStoreURL(t *testing.T) {
+	for _, tc := range []struct{ store, want string }{
+		{"azblob://user:s3cr3t@recordings", "never in the URL"},
+		{"s3://:s3cr3t@/", "not a blob URL"},
+		{"s3://recordings?region=us-east-1&nosuchoption=s3cr3t", "AUDIOFAN_RECORDING_STORE s3://recordings"},
+	} {
+		t.Run(tc.store, func(t *testing.T) {
+			r := newRig(t)
+			r.cfg.Store = tc.store
+			rep := r.start(t)
+			var err error
+			conformance.WaitFor(t, "the replica unready, saying why", func() bool {
+				err = rep.g.Ready()
+				return err != nil && strings.Contains(err.Error(), tc.want)
+			})
+			if strings.Contains(err.Error(), "s3cr3t") {
+				t.Errorf("the error shows the secret: %v", err)
+			}
+		})
+	}
+}
