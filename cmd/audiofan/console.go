@@ -101,12 +101,16 @@ func startConsole(ctx context.Context, url string, nopts NATSSettings, ref broke
 	}, nil
 }
 
-// besideRecorder is the console's settings beside the roles own: with no
+// besideRecorder is the console's settings beside the roles' own: with no
 // blob store of its own, it plays the recordings from the recorder's.
 func besideRecorder(cfg console.Config, own ...subscribers.Settings) console.Config {
+	if cfg.Recordings != "" {
+		return cfg
+	}
 	for _, o := range own {
-		if rc, ok := o.(*recording.Config); ok && cfg.Recordings == "" {
+		if rc, ok := o.(*recording.Config); ok {
 			cfg.Recordings = rc.BlobStore()
+			break
 		}
 	}
 	return cfg

@@ -32,7 +32,7 @@ var layers = map[string][]string{
 	"subscribers/recording":   {"subscribers", "subscribers/speech", "broker", "codec"},
 	"subscribers/analytics":   {"subscribers", "subscribers/speech", "broker", "codec"},
 	"subscribers/moderation":  {"subscribers", "subscribers/speech", "broker", "codec"},
-	"subscribers/console":     {"subscribers", "subscribers/speech", "broker", "broker/httpserve", "codec"},
+	"subscribers/console":     {"subscribers", "subscribers/speech", "broker", "broker/httpserve", "broker/warn", "codec"},
 	"subscribers/forward":     {"subscribers", "broker", "broker/warn", "codec", "codec/acs"},
 	"examples/echo-agent":     {}, // an ACS application of its own: none of ours
 }

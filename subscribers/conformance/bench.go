@@ -110,7 +110,7 @@ func directRun(b *testing.B, js jetstream.JetStream, ref broker.StreamRef, calls
 }
 
 // StoreCalls publishes calls of parts participant streams, seconds long
-// each (16 kHz tones taking turns, ids bench-NN), and returns their frame
+// each (16 kHz tones taking turns, ACS-shaped ids), and returns their frame
 // count.
 func StoreCalls(b *testing.B, js jetstream.JetStream, subj broker.Subjects, calls, parts, seconds int) int {
 	t0 := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
@@ -129,7 +129,7 @@ func StoreCalls(b *testing.B, js jetstream.JetStream, subj broker.Subjects, call
 		voices[p] = toneFrame(p)
 	}
 	for c := range calls {
-		id := fmt.Sprintf("bench-%02d", c)
+		id := fmt.Sprintf("8:acs:6a1f0c2e-5b7d+bench_%02d", c) // as ACS names a user: ':' and '+' in its token
 		tok := codec.EncodeToken(id)
 		pub(subj.Lifecycle(tok), &codec.Lifecycle{V: 1, Call: id, Type: codec.LifecycleStarted, Connection: id, SampleRate: 16000, Channels: 1})
 		for i := range seconds * 50 {

@@ -32,6 +32,7 @@ import (
 
 	"github.com/audiofan/audiofan/broker"
 	"github.com/audiofan/audiofan/broker/httpserve"
+	"github.com/audiofan/audiofan/broker/warn"
 	"github.com/audiofan/audiofan/codec"
 )
 
@@ -111,10 +112,13 @@ type BlobSource interface {
 
 // Console serves the pages and their feeds.
 type Console struct {
-	cfg   Config
-	d     Deps
-	pub   broker.Published
-	log   *slog.Logger
+	cfg Config
+	d   Deps
+	pub broker.Published
+	log *slog.Logger
+	// warn bounds the warnings a page's requests can cause (a browser
+	// retrying a recording the store will not give, say).
+	warn  *warn.Limiter
 	index *index
 	m     metrics
 
@@ -137,7 +141,8 @@ func New(cfg Config, d Deps) (*Console, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	c := &Console{cfg: cfg, d: d, pub: d.Stream.Published(), log: d.Log.With("component", "console"),
+	log := d.Log.With("component", "console")
+	c := &Console{cfg: cfg, d: d, pub: d.Stream.Published(), log: log, warn: warn.New(log, 1, 5, nil),
 		watchers: map[codec.Token]*watcher{},
 		m: metrics{
 			pages: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "audiofan_console_feeds",

@@ -59,7 +59,7 @@ func (c *Console) serveRecording(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		if !errors.Is(err, fs.ErrNotExist) {
-			c.log.Warn("console: recording from the blob store", "err", err)
+			c.warn.Warn("console: recording from the blob store", "err", err)
 			http.Error(w, "the blob store did not give the recording", http.StatusBadGateway)
 			return
 		}
@@ -67,7 +67,7 @@ func (c *Console) serveRecording(w http.ResponseWriter, r *http.Request) {
 		if err := c.serveObject(r.Context(), w, bucket, key); err == nil {
 			return
 		} else if !errors.Is(err, jetstream.ErrObjectNotFound) && !errors.Is(err, jetstream.ErrBucketNotFound) {
-			c.log.Warn("console: recording from the object store", "object", obj, "err", err)
+			c.warn.Warn("console: recording from the object store", "object", obj, "err", err)
 		}
 	}
 	http.Error(w, "the file is not on this console's disk nor in the object store", http.StatusNotFound)

@@ -175,7 +175,7 @@ func (c *Console) serveListen(w http.ResponseWriter, r *http.Request) {
 	l := &listener{part: codec.Token(r.URL.Query().Get("participant")), out: make(chan listenMsg, listenQueue)}
 	h, err := c.listen(tok, l)
 	if err != nil {
-		c.log.Warn("console: cannot listen", "call", tok, "err", err)
+		c.warn.Warn("console: cannot listen", "call", tok, "err", err)
 		http.Error(w, "bus unavailable", http.StatusServiceUnavailable)
 		return
 	}

@@ -36,6 +36,13 @@ type Config struct {
 	MaxDuration    time.Duration `env:"AUDIOFAN_RECORDING_MAX_DURATION" envDefault:"4h" help:"longest recording: audio later than this after a call's first frame is left out (counted); 0 = no bound"`
 }
 
+// onDisk says whether finished recordings stay under AUDIOFAN_DATA_DIR.
+func (c Config) onDisk() bool { return c.Store == "disk" || c.Store == "both" }
+
+// inObjectStore says whether finished recordings go to the JetStream
+// Object Store.
+func (c Config) inObjectStore() bool { return c.Store == "object" || c.Store == "both" }
+
 // Validate checks the settings.
 func (c Config) Validate() error {
 	switch {
@@ -49,7 +56,7 @@ func (c Config) Validate() error {
 	if c.MaxDuration < 0 {
 		return errors.New("AUDIOFAN_RECORDING_MAX_DURATION must not be negative")
 	}
-	if (c.Store == "object" || c.Store == "both") && c.Bucket == "" {
+	if c.inObjectStore() && c.Bucket == "" {
 		return errors.New("AUDIOFAN_RECORDING_BUCKET is empty")
 	}
 	return nil
@@ -157,7 +164,7 @@ func New(ctx context.Context, cfg Config, dataDir string, js jetstream.JetStream
 		}
 		return r, nil
 	}
-	if cfg.Store != "disk" {
+	if cfg.inObjectStore() {
 		err = broker.Provision(ctx, log, "bucket "+cfg.Bucket, func(ctx context.Context) (err error) {
 			r.store, err = js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{Bucket: cfg.Bucket,
 				Description: "audiofan call recordings", Replicas: cfg.BucketReplicas})
@@ -332,7 +339,7 @@ func (c *callRecorder) End(ctx context.Context, reason subscribers.EndReason, ou
 		return emit(ctx, out, &rec)
 	}
 	dir := c.r.Dir(c.call.Token)
-	if c.r.cfg.Store != "disk" && c.r.cfg.Store != "both" {
+	if !c.r.cfg.onDisk() { // rendered in the spool, then stored elsewhere
 		tmp, err := os.MkdirTemp(c.r.spool, "render-*")
 		if err != nil {
 			return fmt.Errorf("%w: %w", subscribers.ErrUnavailable, err)
@@ -351,7 +358,7 @@ func (c *callRecorder) End(ctx context.Context, reason subscribers.EndReason, ou
 			c.r.cut.Add(float64(f.Cut))
 			c.r.log.Warn("recording cut at AUDIOFAN_RECORDING_MAX_DURATION", "call", c.call.ID, "file", f.Name, "frames", f.Cut)
 		}
-		if c.r.cfg.Store == "disk" || c.r.cfg.Store == "both" {
+		if c.r.cfg.onDisk() {
 			rf.Path = path.Join("recordings", string(c.call.Token), f.Name) // under AUDIOFAN_DATA_DIR
 			c.r.bytes.Add(float64(f.Bytes))
 		}

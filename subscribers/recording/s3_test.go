@@ -2,10 +2,12 @@ package recording_test
 
 import (
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/audiofan/audiofan/codec"
@@ -26,7 +28,7 @@ func toDir(t *testing.T, objs map[string]conformance.Object) string {
 }
 
 // Calls recorded into an S3-compatible store with the AWS default chain's
-// credentials: each file an object named <prefix>/<date>/<call token>/<file>,
+// credentials, 32 at once: each file an object named <prefix>/<date>/<call token>/<file>,
 // its PCM bit-exact, with the call's metadata, and the event naming it.
 func TestRecorderS3(t *testing.T) {
 	s3 := conformance.StartS3(t, "recordings")
@@ -37,9 +39,17 @@ func TestRecorderS3(t *testing.T) {
 		{id: "8:acs:1d0c-44a2+s3/0", parts: []string{"4:+14255550100", "8:acs:00000000-aaaa_0000002a"}, n: 80, skip: func(p, f int) bool { return p == 1 && f%7 == 3 }},
 		{id: "4:+14255550101", parts: []string{"8:acs:bob"}, n: 60, skip: func(p, f int) bool { return false }},
 	}
-	for _, c := range calls {
-		c.stream(t, r.rcv.Addr, nil)
+	// And 30 more at once, phone numbers and ACS users, uploading
+	// together (the senders' clock is days behind the bus's, t0).
+	for i := range 30 {
+		calls = append(calls, &acsCall{id: fmt.Sprintf("4:+1425555%04d-s3", i), parts: []string{fmt.Sprintf("8:acs:6a1f0c2e_%08x", i)}, n: 40,
+			skip: func(p, f int) bool { return f%13 == 1+i%10 }}) // never the first or last frame, which bound the call
 	}
+	var wg sync.WaitGroup
+	for _, c := range calls {
+		wg.Go(func() { c.stream(t, r.rcv.Addr, nil) })
+	}
+	wg.Wait()
 	for _, c := range calls {
 		conformance.WaitFor(t, "the recording of "+c.id, func() bool { return len(recordingEvents(t, r.rcv.JS, r.rcv.Stream.StreamRef, c.id)) == 1 })
 		tok := string(codec.EncodeToken(c.id))

@@ -1,0 +1,53 @@
+package recording
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"gocloud.dev/blob/memblob"
+
+	"github.com/audiofan/audiofan/codec"
+)
+
+// What an operator reads for each kind of store failure.
+func TestStoreFault(t *testing.T) {
+	mem := memblob.OpenBucket(nil)
+	defer mem.Close()
+	_, missing := mem.Attributes(context.Background(), "no/such/blob") // gocloud's NotFound, as a driver gives it
+	for _, tc := range []struct {
+		err  error
+		want string
+	}{
+		{fmt.Errorf("put: %w", errBlobMismatch), "the store holds other bytes than were sent"},
+		{&azcore.ResponseError{StatusCode: http.StatusNotFound, ErrorCode: "ContainerNotFound"}, "no such container or bucket (ContainerNotFound)"},
+		{&azcore.ResponseError{StatusCode: http.StatusForbidden, ErrorCode: "AuthorizationFailure"}, "the credentials are refused, or may not write there (AuthorizationFailure)"},
+		{missing, "no such container or bucket"},
+		{context.DeadlineExceeded, "the store does not answer"},
+	} {
+		if got := storeFault(tc.err); got != tc.want {
+			t.Errorf("%v: %q, want %q", tc.err, got, tc.want)
+		}
+	}
+}
+
+// Blob names: the bus's UTC day, whatever the zone of the time given, and
+// the call's token, safe in any store for ACS ids with ':' and '+'.
+func TestBlobKey(t *testing.T) {
+	pst := time.FixedZone("PST", -8*3600)
+	for _, tc := range []struct {
+		day  time.Time
+		call string
+		want string
+	}{
+		{time.Date(2026, 12, 7, 23, 30, 0, 0, pst), "4:+14255550123", "2026-12-08/4_3A_2B14255550123/mix.wav"},
+		{time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), "8:acs:6a1f0c2e-5b7d_0000002a", "2026-01-01/8_3Aacs_3A6a1f0c2e-5b7d_5F0000002a/mix.wav"},
+	} {
+		if got := blobKey(tc.day, string(codec.EncodeToken(tc.call)), "mix.wav"); got != tc.want {
+			t.Errorf("%v %s: %q, want %q", tc.day, tc.call, got, tc.want)
+		}
+	}
+}
