@@ -19,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/audiofan/audiofan/broker"
 	"github.com/audiofan/audiofan/broker/warn"
@@ -254,8 +255,16 @@ func (g *Group) Run(ctx context.Context) error {
 	g.mu.Unlock()
 	g.log.Info("subscriber ready", "partitions", g.subj.Partitions(), "replica", g.id, "lease", g.cfg.Lease)
 	// Hear the replicas already there before taking any partition, so a
-	// replica joining does not grab partitions only to give them back.
-	sleep(ctx, g.cfg.Lease/4)
+	// replica joining does not pull partitions only to give them back:
+	// each answers a newcomer's first "up" at once, so a short wait after
+	// it reached the server is enough. One that answers later costs
+	// nothing lost: a partition another replica holds stays pinned to it,
+	// and this one's pulls get nothing until the assignment settles.
+	select {
+	case <-mem.joined:
+		sleep(ctx, min(joinWait, g.cfg.Lease/4))
+	case <-ctx.Done():
+	}
 
 	type running struct {
 		cancel context.CancelFunc
@@ -341,6 +350,16 @@ func (g *Group) Run(ctx context.Context) error {
 	return runErr
 }
 
+// setupRequests bounds the partition consumers a replica reads or makes at
+// once when it starts.
+const setupRequests = 8
+
+// joinWait is how long a starting replica listens for the others' answers
+// to its first announcement before pulling partitions (it used to wait a
+// quarter lease, their heartbeat period: 2.5 s at the default lease, of a
+// restart's or a scale-out's time to its first message).
+const joinWait = 200 * time.Millisecond
+
 // layoutCheck is how often a replica looks whether the bus was moved to
 // other streams (audiofan reshard): a list of stream names and S stream
 // infos.
@@ -389,15 +408,26 @@ func (g *Group) setup(ctx context.Context) error {
 		g.mu.Unlock()
 	}
 	g.shards.Store(int32(bus.Layout.Shards))
+	// A few consumers at a time: each is one to three API requests, and a
+	// consumer made (a first start) is a write through the meta leader of a
+	// cluster, so one after another the round trips add up.
+	eg, ectx := errgroup.WithContext(ctx)
+	eg.SetLimit(setupRequests)
 	for _, p := range g.parts {
 		p.shard.Store(int32(bus.Layout.ShardOf(p.n)))
 		p.cur = bus.Stream(p.n)
-		c, err := g.ensureConsumer(ctx, p, p.cur)
-		if err != nil {
-			return err
-		}
-		p.curCons = c
-		p.stream, p.cons, p.next = p.cur, c, nil // run's prepare picks a retired stream first, if one is to be read
+		eg.Go(func() error {
+			c, err := g.ensureConsumer(ectx, p, p.cur)
+			if err != nil {
+				return err
+			}
+			p.curCons = c
+			p.stream, p.cons, p.next = p.cur, c, nil // run's prepare picks a retired stream first, if one is to be read
+			return nil
+		})
+	}
+	if err := eg.Wait(); err != nil {
+		return err
 	}
 	g.detectUpgrade(ctx)
 	return nil

@@ -37,15 +37,21 @@ type members struct {
 	mu      sync.Mutex
 	seen    map[string]time.Time // replica id → when last heard (this host's clock)
 	changed chan struct{}        // a member came or went
+	// joined closes once this replica is subscribed and its first "up" is
+	// through the server: from then, the others' answers are on their way.
+	joined chan struct{}
 }
 
 func newMembers(subject, self string, lease time.Duration, redrive func()) *members {
 	return &members{subject: subject, self: self, lease: lease, redrive: redrive, seen: map[string]time.Time{self: time.Now()},
-		changed: make(chan struct{}, 1)}
+		changed: make(chan struct{}, 1), joined: make(chan struct{})}
 }
 
 // run announces this replica until ctx ends, then says it is going.
 func (m *members) run(ctx context.Context, nc *nats.Conn) error {
+	var joinOnce sync.Once
+	join := func() { joinOnce.Do(func() { close(m.joined) }) }
+	defer join() // failed to subscribe: nobody to wait for
 	sub, err := nc.Subscribe(m.subject, func(msg *nats.Msg) {
 		if string(msg.Data) == redriveRequest {
 			if m.redrive != nil {
@@ -78,6 +84,10 @@ func (m *members) run(ctx context.Context, nc *nats.Conn) error {
 	}
 	defer func() { _ = sub.Unsubscribe() }()
 	_ = nc.Publish(m.subject, []byte("up "+m.self))
+	// The flush's round trip: the subscription is in place and the "up"
+	// with the server, so every live replica answers now (see above).
+	_ = nc.FlushTimeout(m.lease / 4)
+	join()
 	t := time.NewTicker(m.lease / 4)
 	defer t.Stop()
 	for {
