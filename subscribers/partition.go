@@ -166,6 +166,11 @@ func (p *partition) consume(ctx context.Context) error {
 	// 64 MiB, far past the server's window, MaxAckPending). Its callback
 	// queues what comes without bound for this goroutine, so pulls go on,
 	// and the pin stays, while this goroutine is busy taking over.
+	if !p.owned {
+		if err := p.pullFirst(ctx); err != nil {
+			return err
+		}
+	}
 	in := &inbox{wake: make(chan struct{}, 1)}
 	cc, err := p.cons.Consume(in.message, jetstream.PullPriorityGroup(ownerGroup), jetstream.PullMaxMessages(512),
 		jetstream.PullExpiry(expiry), jetstream.PullHeartbeat(max(500*time.Millisecond, expiry/4)),
@@ -204,6 +209,32 @@ func (p *partition) consume(ctx context.Context) error {
 		}
 	}
 }
+
+// pullFirst asks for one message before the partition's pulls start, and
+// takes the partition over if it comes: the takeover's reads (the
+// checkpoint, the consumer's state) then go over a quiet connection. Behind
+// the first pulls of every partition of a replica starting on a backlog
+// (32 × 512 messages), they took 0.1 to 0.3 s, and with pulls of 2,048 the
+// first message was applied 0.5 s later still. A pull that brings nothing
+// (an idle partition, or one another replica holds) costs firstPullWait.
+func (p *partition) pullFirst(ctx context.Context) error {
+	batch, err := p.cons.Fetch(1, jetstream.FetchPriorityGroup(ownerGroup), jetstream.FetchMaxWait(firstPullWait))
+	if err != nil {
+		return err
+	}
+	for msg := range batch.Messages() {
+		if err := p.deliver(ctx, msg); err != nil {
+			return err
+		}
+	}
+	if err := batch.Error(); errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return err
+	}
+	return nil // nothing came, or not now: the pulls take it from here
+}
+
+// firstPullWait bounds pullFirst's wait.
+const firstPullWait = 250 * time.Millisecond
 
 // deliver takes one message of the partition consumer.
 func (p *partition) deliver(ctx context.Context, msg jetstream.Msg) error {
