@@ -237,36 +237,46 @@ func (s *blobStore) watch(ctx context.Context, failed <-chan struct{}) {
 
 // put uploads a file as key with its metadata, committed whole, checked on
 // the way (see below) and read back: a blob the store holds otherwise than
-// the file is removed and the upload fails, to be made again.
-func (s *blobStore) put(ctx context.Context, key, path string, md map[string]string) error {
+// the file is removed and the upload fails, to be made again. When again
+// (the call's End is tried again after a failure), a blob the store holds
+// already with the file's size and MD5 is kept as it is: a store that
+// failed on a call's third file is not sent the first two once more at
+// every retry. A blob whose MD5 the store does not give (an S3 object
+// uploaded in parts) is uploaded again.
+func (s *blobStore) put(ctx context.Context, key, path string, md map[string]string, again bool) (uploaded bool, err error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return err
+		return false, err
 	}
 	defer f.Close()
 	h := md5.New()
 	size, err := io.Copy(h, f)
 	if err != nil {
-		return err
+		return false, err
 	}
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		return err
+		return false, err
 	}
 	sum := h.Sum(nil)
+	if again {
+		if a, err := s.bucket.Attributes(ctx, key); err == nil && a.Size == size && len(a.MD5) > 0 && bytes.Equal(a.MD5, sum) {
+			return false, nil
+		}
+	}
 	opts := &blob.WriterOptions{ContentType: "audio/wav", ContentMD5: sum, Metadata: md, BufferSize: s.part, MaxConcurrency: 2}
 	if size > int64(s.part) {
 		opts.BeforeWrite = perBlockCRC64
 	}
 	w, err := s.bucket.NewWriter(ctx, key, opts)
 	if err != nil {
-		return err
+		return false, err
 	}
 	if _, err := io.Copy(w, f); err != nil {
 		_ = w.Close()
-		return err
+		return false, err
 	}
 	if err := w.Close(); err != nil { // the commit: before it nothing is visible under key
-		return err
+		return false, err
 	}
 	// Read back what the store holds. gocloud has checked the bytes
 	// written against ContentMD5; Azure checks a one-piece upload against
@@ -276,16 +286,16 @@ func (s *blobStore) put(ctx context.Context, key, path string, md map[string]str
 	// where the store gives one, it must be this file's.
 	a, err := s.bucket.Attributes(ctx, key)
 	if err != nil {
-		return fmt.Errorf("reading back %s: %w", key, err)
+		return false, fmt.Errorf("reading back %s: %w", key, err)
 	}
 	if len(a.MD5) > 0 && !bytes.Equal(a.MD5, sum) {
 		_ = s.bucket.Delete(ctx, key) // not left under its name until the retry replaces it
-		return fmt.Errorf("%w: %s holds MD5 %x, the file has %x", errBlobMismatch, key, a.MD5, sum)
+		return false, fmt.Errorf("%w: %s holds MD5 %x, the file has %x", errBlobMismatch, key, a.MD5, sum)
 	}
 	s.mu.Lock()
 	s.checked = nil // the store takes uploads again
 	s.mu.Unlock()
-	return nil
+	return true, nil
 }
 
 // perBlockCRC64 has Azure check every block of an upload of many against

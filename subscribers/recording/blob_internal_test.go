@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -48,6 +50,56 @@ func TestBlobKey(t *testing.T) {
 	} {
 		if got := blobKey(tc.day, string(codec.EncodeToken(tc.call)), "mix.wav"); got != tc.want {
 			t.Errorf("%v %s: %q, want %q", tc.day, tc.call, got, tc.want)
+		}
+	}
+}
+
+// A retried End keeps the blobs the store holds whole already, and uploads
+// again one that differs or is missing; a first attempt always uploads.
+func TestBlobPutAgain(t *testing.T) {
+	ctx := context.Background()
+	s := &blobStore{bucket: memblob.OpenBucket(nil), where: "mem://test", part: 5 << 20}
+	defer s.Close()
+	path := filepath.Join(t.TempDir(), "a.wav")
+	write := func(b string) {
+		if err := os.WriteFile(path, []byte(b), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("RIFF one")
+	for _, tc := range []struct {
+		what    string
+		content string // "" leaves the file as it is
+		remove  bool   // the blob removed first
+		again   bool
+		want    bool // uploaded
+	}{
+		{what: "first attempt", again: false, want: true},
+		{what: "first attempt, the blob there", again: false, want: true},
+		{what: "retry, the blob whole", again: true, want: false},
+		{what: "retry, the file differs", content: "RIFF two", again: true, want: true},
+		{what: "retry, the same size, other bytes", content: "RIFF tw0", again: true, want: true},
+		{what: "retry, the blob gone", remove: true, again: true, want: true},
+		{what: "retry, the blob whole again", again: true, want: false},
+	} {
+		if tc.content != "" {
+			write(tc.content)
+		}
+		if tc.remove {
+			if err := s.bucket.Delete(ctx, "k"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		uploaded, err := s.put(ctx, "k", path, map[string]string{"callid": "4:+14255550123"}, tc.again)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.what, err)
+		}
+		if uploaded != tc.want {
+			t.Errorf("%s: uploaded %v, want %v", tc.what, uploaded, tc.want)
+		}
+		got, err := s.bucket.ReadAll(ctx, "k")
+		if want, _ := os.ReadFile(path); err != nil || string(got) != string(want) {
+			t.Errorf("%s: the blob holds %q (%v), want %q", tc.what, got, err, want)
 		}
 	}
 }

@@ -11,5 +11,6 @@ func PutBlob(ctx context.Context, store, key, path string) error {
 		return err
 	}
 	defer s.Close()
-	return s.put(ctx, key, path, map[string]string{"test": "large"})
+	_, err = s.put(ctx, key, path, map[string]string{"test": "large"}, false)
+	return err
 }

@@ -234,6 +234,9 @@ type callRecorder struct {
 	// same on every replica (a takeover replays from it), and the bus's
 	// clock, not the sender's, which can be years off.
 	firstStored time.Time
+	// ends counts the attempts at End: one after the first was tried
+	// again (it failed), and its blobs stored already are kept.
+	ends int
 }
 
 func (c *callRecorder) Handle(_ context.Context, d subscribers.Delivery, _ *subscribers.Output) error {
@@ -333,6 +336,7 @@ func (c *callRecorder) outbound(o *codec.Outbound, stored time.Time) error {
 }
 
 func (c *callRecorder) End(ctx context.Context, reason subscribers.EndReason, out *subscribers.Output) error {
+	c.ends++
 	rec := codec.Recording{Reason: string(reason), Files: []codec.RecordingFile{}}
 	if c.spool == nil || c.spool.Frames() == 0 {
 		c.r.recordings.WithLabelValues("empty").Inc()
@@ -373,7 +377,7 @@ func (c *callRecorder) End(ctx context.Context, reason subscribers.EndReason, ou
 		rec.Files = append(rec.Files, rf)
 	}
 	if c.r.blob != nil || c.r.blobErr != nil {
-		if err := c.r.uploadBlobs(ctx, c.call, cmp.Or(c.firstStored, res.Start), res, rec.Files); err != nil {
+		if err := c.r.uploadBlobs(ctx, c.call, cmp.Or(c.firstStored, res.Start), res, rec.Files, c.ends > 1); err != nil {
 			return err
 		}
 	}
@@ -412,7 +416,7 @@ func (r *Recorder) upload(ctx context.Context, name, path string) error {
 // file uploaded twice (a retry, a takeover) is the same blob again.
 // The blobs' date folder is day's: when the bus stored the call's first
 // message.
-func (r *Recorder) uploadBlobs(ctx context.Context, call subscribers.CallInfo, day time.Time, res *Result, files []codec.RecordingFile) error {
+func (r *Recorder) uploadBlobs(ctx context.Context, call subscribers.CallInfo, day time.Time, res *Result, files []codec.RecordingFile, again bool) error {
 	r.mu.Lock()
 	if _, ok := r.pending[call.Token]; !ok {
 		r.pending[call.Token] = time.Now()
@@ -435,7 +439,8 @@ func (r *Recorder) uploadBlobs(ctx context.Context, call subscribers.CallInfo, d
 			"participant": f.Participant, "start": res.Start.UTC().Format(time.RFC3339Nano),
 			"samplerate": strconv.Itoa(res.SampleRate), "audiofanversion": cmp.Or(r.version, "devel"),
 		}
-		if err := r.blob.put(ctx, key, f.Path, md); err != nil {
+		uploaded, err := r.blob.put(ctx, key, f.Path, md, again)
+		if err != nil {
 			r.uploadErrs.Inc()
 			select {
 			case r.blobFailed <- struct{}{}:
@@ -444,7 +449,9 @@ func (r *Recorder) uploadBlobs(ctx context.Context, call subscribers.CallInfo, d
 			return fmt.Errorf("%w: upload %s to %s: %s: %s", subscribers.ErrUnavailable, key, r.blob.where, storeFault(err), firstLine(err))
 		}
 		files[i].Object = r.blob.where + "/" + key
-		r.bytes.Add(float64(f.Bytes))
+		if uploaded {
+			r.bytes.Add(float64(f.Bytes))
+		}
 	}
 	r.mu.Lock()
 	delete(r.pending, call.Token)
