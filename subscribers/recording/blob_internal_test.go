@@ -2,6 +2,8 @@ package recording
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"net/http"
 	"os"
@@ -10,8 +12,10 @@ import (
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/nats-io/nats.go/jetstream"
 	"gocloud.dev/blob/memblob"
 
+	"github.com/audiofan/audiofan/broker/natstest"
 	"github.com/audiofan/audiofan/codec"
 )
 
@@ -100,6 +104,47 @@ func TestBlobPutAgain(t *testing.T) {
 		got, err := s.bucket.ReadAll(ctx, "k")
 		if want, _ := os.ReadFile(path); err != nil || string(got) != string(want) {
 			t.Errorf("%s: the blob holds %q (%v), want %q", tc.what, got, err, want)
+		}
+	}
+}
+
+// The same rule for the NATS Object Store: a retry keeps an object held
+// whole (size and SHA-256), and uploads one that differs.
+func TestObjectPutAgain(t *testing.T) {
+	ctx := context.Background()
+	bus := natstest.StartBus(t)
+	store, err := bus.JS.CreateObjectStore(ctx, jetstream.ObjectStoreConfig{Bucket: "rec-test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &Recorder{store: store}
+	path := filepath.Join(t.TempDir(), "a.wav")
+	for _, tc := range []struct {
+		what    string
+		content string
+		again   bool
+		want    bool // uploaded
+	}{
+		{"first attempt", "RIFF one", false, true},
+		{"retry, the object whole", "RIFF one", true, false},
+		{"first attempt, the object there", "RIFF one", false, true},
+		{"retry, other bytes of the same size", "RIFF tw0", true, true},
+		{"retry, whole again", "RIFF tw0", true, false},
+	} {
+		if err := os.WriteFile(path, []byte(tc.content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		sum := sha256.Sum256([]byte(tc.content))
+		f := &File{Path: path, Bytes: int64(len(tc.content)), SHA256: hex.EncodeToString(sum[:])}
+		uploaded, err := r.upload(ctx, "call/a.wav", f, tc.again)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.what, err)
+		}
+		if uploaded != tc.want {
+			t.Errorf("%s: uploaded %v, want %v", tc.what, uploaded, tc.want)
+		}
+		if got, err := store.GetBytes(ctx, "call/a.wav"); err != nil || string(got) != tc.content {
+			t.Errorf("%s: the object holds %q (%v), want %q", tc.what, got, err, tc.content)
 		}
 	}
 }

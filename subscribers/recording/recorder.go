@@ -3,6 +3,7 @@ package recording
 import (
 	"cmp"
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -368,11 +369,14 @@ func (c *callRecorder) End(ctx context.Context, reason subscribers.EndReason, ou
 		}
 		if c.r.store != nil {
 			name := string(c.call.Token) + "/" + f.Name
-			if err := c.r.upload(ctx, name, f.Path); err != nil {
+			uploaded, err := c.r.upload(ctx, name, &f, c.ends > 1)
+			if err != nil {
 				return err
 			}
 			rf.Object = c.r.cfg.Bucket + "/" + name
-			c.r.bytes.Add(float64(f.Bytes))
+			if uploaded {
+				c.r.bytes.Add(float64(f.Bytes))
+			}
 		}
 		rec.Files = append(rec.Files, rf)
 	}
@@ -396,16 +400,33 @@ func emit(ctx context.Context, out *subscribers.Output, rec *codec.Recording) er
 	return out.Emit(ctx, ev)
 }
 
-func (r *Recorder) upload(ctx context.Context, name, path string) error {
-	f, err := os.Open(path)
+// upload puts a rendered file into the Object Store as name. When again
+// (End tried again after a failure), an object the bucket holds already
+// with the file's size and SHA-256 is kept: only what is missing goes.
+func (r *Recorder) upload(ctx context.Context, name string, rf *File, again bool) (uploaded bool, err error) {
+	if again && r.storedAlready(ctx, name, rf) {
+		return false, nil
+	}
+	f, err := os.Open(rf.Path)
 	if err != nil {
-		return fmt.Errorf("%w: %w", subscribers.ErrUnavailable, err)
+		return false, fmt.Errorf("%w: %w", subscribers.ErrUnavailable, err)
 	}
 	defer f.Close()
 	if _, err := r.store.Put(ctx, jetstream.ObjectMeta{Name: name}, f); err != nil {
-		return fmt.Errorf("%w: upload %s to %s: %w", subscribers.ErrUnavailable, name, r.cfg.Bucket, err)
+		return false, fmt.Errorf("%w: upload %s to %s: %w", subscribers.ErrUnavailable, name, r.cfg.Bucket, err)
 	}
-	return nil
+	return true, nil
+}
+
+// storedAlready says whether the Object Store holds name with rf's size
+// and SHA-256.
+func (r *Recorder) storedAlready(ctx context.Context, name string, rf *File) bool {
+	info, err := r.store.GetInfo(ctx, name)
+	if err != nil || info.Size != uint64(rf.Bytes) {
+		return false
+	}
+	got, err := jetstream.DecodeObjectDigest(info.Digest)
+	return err == nil && hex.EncodeToString(got) == rf.SHA256
 }
 
 // uploadBlobs uploads a rendered call's files to the blob store, naming
