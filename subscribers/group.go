@@ -262,7 +262,7 @@ func (g *Group) Run(ctx context.Context) error {
 	// and this one's pulls get nothing until the assignment settles.
 	select {
 	case <-mem.joined:
-		sleep(ctx, min(joinWait, g.cfg.Lease/4))
+		sleep(ctx, joinWait) // under the heartbeat period: the lease is at least 2 s
 	case <-ctx.Done():
 	}
 

@@ -158,6 +158,11 @@ func (p *partition) consume(ctx context.Context) error {
 	// The server keeps the pin while pulls come within the lease: pull
 	// at least three times a lease.
 	expiry := max(time.Second, p.g.cfg.Lease/3)
+	if !p.owned {
+		if err := p.pullFirst(ctx); err != nil {
+			return err
+		}
+	}
 	// Consume, not Messages: nats.go hands Messages' deliveries over in a
 	// channel as large as a pull, and drops what overflows it (a slow
 	// consumer) when it pulls again after a missed heartbeat or a
@@ -166,11 +171,6 @@ func (p *partition) consume(ctx context.Context) error {
 	// 64 MiB, far past the server's window, MaxAckPending). Its callback
 	// queues what comes without bound for this goroutine, so pulls go on,
 	// and the pin stays, while this goroutine is busy taking over.
-	if !p.owned {
-		if err := p.pullFirst(ctx); err != nil {
-			return err
-		}
-	}
 	in := &inbox{wake: make(chan struct{}, 1)}
 	cc, err := p.cons.Consume(in.message, jetstream.PullPriorityGroup(ownerGroup), jetstream.PullMaxMessages(512),
 		jetstream.PullExpiry(expiry), jetstream.PullHeartbeat(max(500*time.Millisecond, expiry/4)),

@@ -36,8 +36,9 @@ import (
 //
 // AUDIOFAN_BENCH_SHARDS=S spreads the bus's partitions over S streams (S
 // dividing the partitions): a partition consumer filters its shard, whose
-// stored messages the server walks to find the partition's, so the walk
-// shrinks as partitions per shard do.
+// stored messages the server walks to find the partition's. Fewer
+// partitions a shard shorten that walk, but on one server 4 and 32 shards
+// measured no faster than 1 (docs/benchmarks.md).
 func Throughput(b *testing.B, calls, parts, seconds int, newRole func(b *testing.B, dir string, js jetstream.JetStream, reg prometheus.Registerer) subscribers.Role) {
 	shards := 1
 	if v := os.Getenv("AUDIOFAN_BENCH_SHARDS"); v != "" {
@@ -62,13 +63,8 @@ func Throughput(b *testing.B, calls, parts, seconds int, newRole func(b *testing
 			return newRole(b, b.TempDir(), js, reg)
 		})
 		direct += time.Since(start)
-		if name != "" { // start the role over: a new consumer, nothing remembered
-			for _, stream := range sc.Layout().Streams() {
-				for p := range sc.Partitions {
-					_ = js.DeleteConsumer(context.Background(), stream, subscribers.PartitionConsumer(name, p))
-				}
-			}
-			_ = js.DeleteKeyValue(context.Background(), subscribers.StateBucket(sc.Name, name))
+		if name != "" {
+			ForgetRole(js, sc, name)
 		}
 		dir := b.TempDir()
 		b.StartTimer()
@@ -95,6 +91,18 @@ func Throughput(b *testing.B, calls, parts, seconds int, newRole func(b *testing
 	b.ReportMetric(plain.Seconds()/(run-startup).Seconds(), "x-plain-reading")
 	b.ReportMetric(direct.Seconds()/run.Seconds(), "x-direct")
 	b.ReportMetric(float64(sc.Partitions/shards), "partitions/shard")
+}
+
+// ForgetRole removes a role's partition consumers and state bucket from
+// the bus, so that its next replica starts over: new consumers, nothing
+// remembered.
+func ForgetRole(js jetstream.JetStream, sc broker.StreamConfig, role string) {
+	for _, stream := range sc.Layout().Streams() {
+		for p := range sc.Partitions {
+			_ = js.DeleteConsumer(context.Background(), stream, subscribers.PartitionConsumer(role, p))
+		}
+	}
+	_ = js.DeleteKeyValue(context.Background(), subscribers.StateBucket(sc.Name, role))
 }
 
 // directRun applies the role to every call straight from one ordered

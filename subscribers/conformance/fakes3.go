@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -33,8 +34,21 @@ type S3 struct {
 	srv  *httptest.Server
 	// Corrupt is how many WAV uploads are still to be stored with a byte
 	// changed, as a faulty store would keep them after the transfer
-	// itself checked out.
-	Corrupt atomic.Int32
+	// itself checked out; CorruptOnly, when set before any upload, limits
+	// them to keys ending so (one file of a call).
+	Corrupt     atomic.Int32
+	CorruptOnly string
+
+	mu   sync.Mutex
+	puts map[string]int // uploads received, by key
+}
+
+// Puts is how many uploads of key the store received, whole-object or
+// completed multipart alike.
+func (s *S3) Puts(key string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.puts[key]
 }
 
 // StartS3 serves an S3-compatible store holding the buckets, and sets the
@@ -164,7 +178,13 @@ type corrupting struct {
 }
 
 func (c corrupting) PutObject(bucket, key string, meta map[string]string, input io.Reader, size int64, cond *gofakes3.PutConditions) (gofakes3.PutObjectResult, error) {
-	if !strings.HasSuffix(key, ".wav") || c.s.Corrupt.Add(-1) < 0 {
+	c.s.mu.Lock()
+	if c.s.puts == nil {
+		c.s.puts = map[string]int{}
+	}
+	c.s.puts[key]++
+	c.s.mu.Unlock()
+	if !strings.HasSuffix(key, ".wav") || !strings.HasSuffix(key, c.s.CorruptOnly) || c.s.Corrupt.Load() <= 0 || c.s.Corrupt.Add(-1) < 0 {
 		return c.Backend.PutObject(bucket, key, meta, input, size, cond)
 	}
 	data, err := io.ReadAll(input)

@@ -70,7 +70,7 @@ func (c *Console) serveRecording(w http.ResponseWriter, r *http.Request) {
 			c.warn.Warn("console: recording from the object store", "object", obj, "err", err)
 		}
 	}
-	http.Error(w, "the file is not on this console's disk nor in the object store", http.StatusNotFound)
+	http.Error(w, "the file is not on this console's disk nor in the store its recording event names", http.StatusNotFound)
 }
 
 // schemeOf is a store URL's scheme, which names the kind of store.

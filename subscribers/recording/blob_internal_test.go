@@ -71,6 +71,9 @@ func TestBlobPutAgain(t *testing.T) {
 		}
 	}
 	write("RIFF one")
+	// Named as the recorder names a blob: an ACS call's token, ':' and '+'
+	// escaped, in its UTC day's folder.
+	key := blobKey(time.Date(2026, 12, 7, 23, 59, 59, 0, time.FixedZone("PST", -8*3600)), string(codec.EncodeToken("4:+14255550123")), "mix.wav")
 	for _, tc := range []struct {
 		what    string
 		content string // "" leaves the file as it is
@@ -90,18 +93,18 @@ func TestBlobPutAgain(t *testing.T) {
 			write(tc.content)
 		}
 		if tc.remove {
-			if err := s.bucket.Delete(ctx, "k"); err != nil {
+			if err := s.bucket.Delete(ctx, key); err != nil {
 				t.Fatal(err)
 			}
 		}
-		uploaded, err := s.put(ctx, "k", path, map[string]string{"callid": "4:+14255550123"}, tc.again)
+		uploaded, err := s.put(ctx, key, path, map[string]string{"callid": "4:+14255550123"}, tc.again)
 		if err != nil {
 			t.Fatalf("%s: %v", tc.what, err)
 		}
 		if uploaded != tc.want {
 			t.Errorf("%s: uploaded %v, want %v", tc.what, uploaded, tc.want)
 		}
-		got, err := s.bucket.ReadAll(ctx, "k")
+		got, err := s.bucket.ReadAll(ctx, key)
 		if want, _ := os.ReadFile(path); err != nil || string(got) != string(want) {
 			t.Errorf("%s: the blob holds %q (%v), want %q", tc.what, got, err, want)
 		}
@@ -119,6 +122,7 @@ func TestObjectPutAgain(t *testing.T) {
 	}
 	r := &Recorder{store: store}
 	path := filepath.Join(t.TempDir(), "a.wav")
+	name := string(codec.EncodeToken("8:acs:6a1f0c2e-5b7d+store_0000002a")) + "/mix.wav" // as the recorder names it
 	for _, tc := range []struct {
 		what    string
 		content string
@@ -136,14 +140,14 @@ func TestObjectPutAgain(t *testing.T) {
 		}
 		sum := sha256.Sum256([]byte(tc.content))
 		f := &File{Path: path, Bytes: int64(len(tc.content)), SHA256: hex.EncodeToString(sum[:])}
-		uploaded, err := r.upload(ctx, "call/a.wav", f, tc.again)
+		uploaded, err := r.upload(ctx, name, f, tc.again)
 		if err != nil {
 			t.Fatalf("%s: %v", tc.what, err)
 		}
 		if uploaded != tc.want {
 			t.Errorf("%s: uploaded %v, want %v", tc.what, uploaded, tc.want)
 		}
-		if got, err := store.GetBytes(ctx, "call/a.wav"); err != nil || string(got) != tc.content {
+		if got, err := store.GetBytes(ctx, name); err != nil || string(got) != tc.content {
 			t.Errorf("%s: the object holds %q (%v), want %q", tc.what, got, err, tc.content)
 		}
 	}

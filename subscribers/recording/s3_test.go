@@ -136,6 +136,39 @@ func TestRecorderS3Corrupted(t *testing.T) {
 	c.check(t, toDir(t, objs))
 }
 
+// A retried End keeps what the store holds whole already: the call's last
+// file (the mix) comes back corrupted once, and the retry sends the mix
+// again but not the participants' files, confirmed on the first attempt.
+func TestRecorderS3RetryKeepsStored(t *testing.T) {
+	s3 := conformance.StartS3(t, "recordings")
+	s3.CorruptOnly = "/mix.wav"
+	s3.Corrupt.Store(1)
+	r := newRig(t)
+	r.cfg.Store = s3.URL("recordings", "prefix=calls/")
+	rep := r.replica(t)
+	c := &acsCall{id: "8:acs:6a1f0c2e-5b7d+retry_0000002a", parts: []string{"4:+14255550123", "8:acs:00000000-aaaa_0000002b"}, n: 60,
+		skip: func(p, f int) bool { return p == 0 && f%9 == 4 }}
+	c.stream(t, r.rcv.Addr, nil)
+	conformance.WaitFor(t, "the recording", func() bool { return len(recordingEvents(t, r.rcv.JS, r.rcv.Stream.StreamRef, c.id)) == 1 })
+	if got := conformance.Metric(t, rep.reg, "audiofan_recorder_upload_failures_total", ""); got < 1 {
+		t.Errorf("upload failures %v: the corrupted mix was taken as stored", got)
+	}
+	objs, prefix := s3.CallObjects("recordings", "calls/", string(codec.EncodeToken(c.id)))
+	if len(objs) != len(c.parts)+1 {
+		t.Fatalf("objects under %s: %d, want %d", prefix, len(objs), len(c.parts)+1)
+	}
+	c.check(t, toDir(t, objs))
+	for name := range objs {
+		want := 1
+		if name == "mix.wav" {
+			want = 2
+		}
+		if got := s3.Puts(prefix + name); got != want {
+			t.Errorf("%s uploaded %d times, want %d", name, got, want)
+		}
+	}
+}
+
 // The console's reader opens only objects of the store it was given: an
 // event naming another bucket, another prefix or another kind of store is
 // not found, and nothing is dialled for it.

@@ -73,7 +73,7 @@ func BenchmarkUploads(b *testing.B) {
 					r.peakHeap = max(r.peakHeap, h-base)
 				}
 				if g := live.Load(); g != nil {
-					r.peakPending = max(r.peakPending, gauge(g, "audiofan_recorder_uploads_pending"))
+					r.peakPending = max(r.peakPending, conformance.Metric(b, g, "audiofan_recorder_uploads_pending", ""))
 				}
 			}
 		}()
@@ -93,11 +93,7 @@ func BenchmarkUploads(b *testing.B) {
 		r.took = time.Since(start)
 		close(stop)
 		<-sampled
-		// The next run is a role anew: its consumers and state go.
-		for p := range bus.Stream.Partitions {
-			_ = bus.JS.DeleteConsumer(context.Background(), bus.Stream.Name, subscribers.PartitionConsumer(r.name, p))
-		}
-		_ = bus.JS.DeleteKeyValue(context.Background(), subscribers.StateBucket(bus.Stream.Name, r.name))
+		conformance.ForgetRole(bus.JS, bus.Stream, r.name) // the next run is a role anew
 		return r
 	}
 	var disk, azure, s3run run
@@ -121,19 +117,4 @@ func BenchmarkUploads(b *testing.B) {
 	b.ReportMetric(float64(disk.peakHeap)/1e6, "disk-peak-heap-MB")
 	b.ReportMetric(heapX/n, "azblob-heap-x-disk")
 	b.ReportMetric(max(azure.peakPending, s3run.peakPending), "max-pending")
-}
-
-// gauge is a gauge's value in a registry (0 when absent).
-func gauge(reg *prometheus.Registry, name string) float64 {
-	mfs, _ := reg.Gather()
-	for _, mf := range mfs {
-		if mf.GetName() == name {
-			v := 0.0
-			for _, m := range mf.GetMetric() {
-				v += m.GetGauge().GetValue()
-			}
-			return v
-		}
-	}
-	return 0
 }
